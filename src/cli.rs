@@ -1,0 +1,506 @@
+//! The `samvault` command line (SPEC §3.1). `main.rs` only calls [`run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::app::{self, App};
+use crate::config::{self, Config};
+use crate::devidp::{self, DevIdpOptions};
+use crate::domain::{Resource, TenantId};
+use crate::storage::clients::{self, NewClient, Permission};
+use crate::storage::{audit, now, partners};
+
+#[derive(Parser)]
+#[command(
+    name = "samvault",
+    version,
+    about = "Consent and refresh-token vault for Microsoft Secure Application Model CPVs"
+)]
+pub struct Cli {
+    /// TOML configuration file (also SAMVAULT_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The whole product on one machine: dev IdP, samvault, SQLite, a local key file.
+    Demo(DemoArgs),
+    /// Run the service.
+    Serve,
+    /// Run the Entra-compatible dev IdP alone.
+    DevIdp(DevIdpArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage integration clients.
+    #[command(subcommand)]
+    Client(ClientCommand),
+    /// Manage onboarding invitations.
+    #[command(subcommand)]
+    Invite(InviteCommand),
+    /// Inspect partners.
+    #[command(subcommand)]
+    Partners(PartnersCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Generated partner tenants to add to the dev IdP's directory.
+    #[arg(long, default_value_t = 0)]
+    tenants: u32,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    idp_listen: std::net::SocketAddr,
+    #[arg(long, default_value = "samvault-demo.db")]
+    database: PathBuf,
+}
+
+#[derive(Args)]
+struct DevIdpArgs {
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: std::net::SocketAddr,
+    /// Generated partner tenants to add to the directory.
+    #[arg(long, default_value_t = 0)]
+    tenants: u32,
+    /// A refresh token dies at first use (IdPs with reuse detection).
+    #[arg(long)]
+    strict_rotation: bool,
+    /// Directory TOML file instead of the demo directory.
+    #[arg(long, value_name = "FILE")]
+    directory: Option<PathBuf>,
+    /// Latency added to every token call, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum ClientCommand {
+    /// Create a client; prints its id and its secret once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Audience this client may ask for (repeatable).
+        #[arg(long = "resource", required = true)]
+        resources: Vec<String>,
+        /// Partner tenant this client may use (repeatable; default: all partners).
+        #[arg(long = "partner")]
+        partners: Vec<String>,
+        /// tokens:issue or partners:read (repeatable; default: both).
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        /// Token requests per minute.
+        #[arg(long, default_value_t = 600)]
+        rate_limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Revoke {
+        client_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum InviteCommand {
+    /// Create an onboarding URL.
+    Create {
+        /// Restrict the invitation to one partner tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value = "7d")]
+        expires: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PartnersCommand {
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain.
+    Verify,
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(execute(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("samvault: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli_config: Option<&PathBuf>) -> anyhow::Result<Config> {
+    Ok(Config::load(cli_config.map(PathBuf::as_path))?)
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Demo(args) => demo(args).await.map(|_| ExitCode::SUCCESS),
+        Command::DevIdp(args) => {
+            app::init_tracing(config::LogFormat::Text);
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("--listen: cannot listen on {}: {e}", args.listen))?;
+            eprintln!(
+                "samvault dev IdP on http://{} (client id {})",
+                listener.local_addr()?,
+                devidp::DEMO_CLIENT_ID
+            );
+            let options = DevIdpOptions {
+                generated_tenants: args.tenants,
+                strict_rotation: args.strict_rotation,
+                directory_file: args.directory,
+                token_latency_ms: args.latency_ms,
+            };
+            tokio::select! {
+                result = devidp::serve(listener, options) => result?,
+                _ = app::shutdown_signal() => {}
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            let config = load_config(cli.config.as_ref())?;
+            app::init_tracing(config.log_format);
+            run_with_config(command, config).await
+        }
+    }
+}
+
+async fn run_with_config(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve => {
+            App::build(config).await?.run().await?;
+        }
+        Command::Migrate => {
+            app::open_db(&config).await?;
+            eprintln!("migrations applied");
+        }
+        Command::Client(cmd) => client_command(cmd, &config).await?,
+        Command::Invite(InviteCommand::Create {
+            tenant,
+            expires,
+            json,
+        }) => {
+            let tenant = tenant
+                .map(|t| TenantId::parse(&t).map_err(|e| anyhow::anyhow!("--tenant: {e}")))
+                .transpose()?;
+            let lifetime =
+                config::parse_duration(&expires).map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
+            let db = app::open_db(&config).await?;
+            let (url, expires_at) = crate::http::onboard::create_invitation(
+                &db,
+                &config.public_url,
+                tenant.as_ref(),
+                lifetime.as_secs() as i64,
+            )
+            .await?;
+            audit::append(
+                &db,
+                "cli",
+                "invite.create",
+                tenant.as_ref().map(TenantId::as_str),
+                serde_json::json!({ "expires_at": expires_at }),
+                now(),
+            )
+            .await?;
+            let expires_at = rfc3339(expires_at);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "url": url.as_str(), "expires_at": expires_at })
+                );
+            } else {
+                println!("{url}\n(expires {expires_at})");
+            }
+        }
+        Command::Partners(PartnersCommand::List { json }) => {
+            let db = app::open_db(&config).await?;
+            let list = partners::list(&db).await?;
+            if json {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "tenant_id": p.tenant_id, "name": p.display_name, "status": p.status,
+                            "status_code": p.status_code, "status_reason": p.status_reason,
+                            "mfa": p.mfa, "last_refresh": rfc3339(p.last_refresh_at), "expiry_horizon": rfc3339(p.horizon()),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<36}  {:<24}  {:<18}  {:<20}  HORIZON",
+                    "TENANT ID", "NAME", "STATUS", "LAST REFRESH"
+                );
+                for p in &list {
+                    println!(
+                        "{:<36}  {:<24}  {:<18}  {:<20}  {}",
+                        p.tenant_id,
+                        p.display_name,
+                        p.status.as_str(),
+                        rfc3339(p.last_refresh_at),
+                        rfc3339(p.horizon())
+                    );
+                }
+            }
+        }
+        Command::Audit(AuditCommand::Verify) => {
+            let db = app::open_db(&config).await?;
+            match audit::verify(&db).await? {
+                Ok(rows) => println!("audit chain intact: {rows} events"),
+                Err(seq) => {
+                    println!("audit chain broken at event {seq}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        Command::Demo(_) | Command::DevIdp(_) => {
+            unreachable!("handled before configuration is loaded")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<()> {
+    let db = app::open_db(config).await?;
+    match cmd {
+        ClientCommand::Create {
+            name,
+            resources,
+            partners,
+            permissions,
+            rate_limit,
+            json,
+        } => {
+            let name = name.trim().to_string();
+            anyhow::ensure!(
+                !name.is_empty() && name.len() <= 100,
+                "--name: 1 to 100 characters"
+            );
+            anyhow::ensure!(rate_limit > 0, "--rate-limit: must be positive");
+            let resources = resources
+                .iter()
+                .map(|r| {
+                    Resource::parse(r)
+                        .ok()
+                        .filter(|r| config.resources.contains(r))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("--resource: '{r}' is not one of SAMVAULT_RESOURCES")
+                        })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let partners = if partners.is_empty() {
+                None
+            } else {
+                Some(
+                    partners
+                        .iter()
+                        .map(|t| TenantId::parse(t).map_err(|e| anyhow::anyhow!("--partner: {e}")))
+                        .collect::<anyhow::Result<Vec<_>>>()?,
+                )
+            };
+            let permissions = if permissions.is_empty() {
+                vec![Permission::TokensIssue, Permission::PartnersRead]
+            } else {
+                permissions
+                    .iter()
+                    .map(|p| {
+                        Permission::parse(p).ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--permission: '{p}' is not tokens:issue or partners:read"
+                            )
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            };
+            let new = NewClient {
+                name,
+                permissions,
+                resources,
+                partners,
+                rate_limit_per_minute: rate_limit,
+            };
+            let (client_id, secret) = create_client(&db, &new).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "client_id": client_id, "client_secret": secret.expose_secret() })
+                );
+            } else {
+                println!(
+                    "client_id:     {client_id}\nclient_secret: {}\n(the secret is shown once; samvault stores only its SHA-256)",
+                    secret.expose_secret()
+                );
+            }
+        }
+        ClientCommand::List { json } => {
+            let list = clients::list(&db).await?;
+            if json {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "client_id": c.client_id, "name": c.name,
+                            "permissions": c.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                            "resources": c.resources, "partners": c.partners,
+                            "rate_limit_per_minute": c.rate_limit_per_minute,
+                            "created_at": rfc3339(c.created_at), "last_used_at": c.last_used_at.map(rfc3339),
+                            "revoked_at": c.revoked_at.map(rfc3339),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<36}  {:<24}  {:<8}  RESOURCES",
+                    "CLIENT ID", "NAME", "STATE"
+                );
+                for c in &list {
+                    let state = if c.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    let resources: Vec<_> = c.resources.iter().map(Resource::as_str).collect();
+                    println!(
+                        "{:<36}  {:<24}  {:<8}  {}",
+                        c.client_id,
+                        c.name,
+                        state,
+                        resources.join(" ")
+                    );
+                }
+            }
+        }
+        ClientCommand::Revoke { client_id } => {
+            anyhow::ensure!(
+                clients::revoke(&db, &client_id, now()).await?,
+                "no active client {client_id}"
+            );
+            audit::append(
+                &db,
+                "cli",
+                "client.revoke",
+                None,
+                serde_json::json!({ "client_id": client_id }),
+                now(),
+            )
+            .await?;
+            println!("revoked {client_id}");
+        }
+    }
+    Ok(())
+}
+
+/// Creates a client and records it in the audit log; returns `(client_id, secret)`.
+pub async fn create_client(
+    db: &crate::storage::Db,
+    new: &NewClient,
+) -> anyhow::Result<(String, SecretString)> {
+    let (client_id, secret) = clients::issue(db, new, now()).await?;
+    let detail = serde_json::json!({
+        "client_id": client_id, "name": new.name,
+        "resources": new.resources, "partners": new.partners,
+        "permissions": new.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+    });
+    audit::append(db, "cli", "client.create", None, detail, now()).await?;
+    Ok((client_id, secret))
+}
+
+pub fn rfc3339(unix: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// `samvault demo`: the dev IdP and samvault in one process, wired to each other.
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    app::init_tracing(config::LogFormat::Text);
+    let idp_listener = tokio::net::TcpListener::bind(args.idp_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("--idp-listen: cannot listen on {}: {e}", args.idp_listen))?;
+    let idp_url = format!("http://{}", idp_listener.local_addr()?);
+    let options = DevIdpOptions {
+        generated_tenants: args.tenants,
+        ..DevIdpOptions::default()
+    };
+    let idp = tokio::spawn(devidp::serve(idp_listener, options));
+
+    let database_url = format!("sqlite://{}?mode=rwc", args.database.display());
+    let mut env: std::collections::BTreeMap<String, String> =
+        std::env::vars().filter(|(k, _)| k == "RUST_LOG").collect();
+    for (key, value) in [
+        ("DATABASE_URL", database_url.as_str()),
+        ("SAMVAULT_LISTEN", &args.listen.to_string()),
+        ("SAMVAULT_PUBLIC_URL", &format!("http://{}", args.listen)),
+        ("SAMVAULT_AUTHORITY", &idp_url),
+        ("SAMVAULT_CLIENT_ID", devidp::DEMO_CLIENT_ID),
+        ("SAMVAULT_CLIENT_SECRET", devidp::DEMO_CLIENT_SECRET),
+        ("SAMVAULT_KEY_PROVIDER", "local:samvault-demo.key"),
+    ] {
+        env.insert(key.into(), value.into());
+    }
+    let config = Config::from_sources(None, &env)?;
+    let public_url = config.public_url.clone();
+    let app = App::build(config).await?;
+    let resource = crate::config::PARTNER_CENTER;
+    let new = NewClient {
+        name: "demo integration".into(),
+        permissions: vec![Permission::TokensIssue, Permission::PartnersRead],
+        resources: app.state.config.resources.clone(),
+        partners: None,
+        rate_limit_per_minute: 600,
+    };
+    let (client_id, secret) = create_client(&app.state.db, &new).await?;
+    let contoso = devidp::CONTOSO;
+    println!(
+        "\nsamvault demo is running.\n\n\
+         dev IdP (Entra-compatible): {idp_url}\n\
+         samvault:                   {public_url}\n\n\
+         1. Open {public_url}onboard and press \"Grant consent\".\n\
+         2. Sign in as jane@contoso.example, tick MFA, accept.\n\
+         3. Ask for a Partner Center token with the demo integration client:\n\n\
+         \x20  client_id:     {client_id}\n\
+         \x20  client_secret: {secret}\n\n\
+         curl -s -u '{client_id}:{secret}' -H 'content-type: application/json' \\\n\
+         \x20 -d '{{\"resource\": \"{resource}\", \"purpose\": \"demo\"}}' \\\n\
+         \x20 {public_url}api/v1/partners/{contoso}/token\n\n\
+         Ctrl-C stops the demo.\n",
+        secret = secret.expose_secret(),
+    );
+    tokio::select! {
+        result = app.run() => result?,
+        result = idp => result??,
+    }
+    Ok(())
+}

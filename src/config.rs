@@ -1,0 +1,577 @@
+//! Configuration (SPEC §3.4): defaults < optional TOML file < environment.
+//!
+//! Every setting is named by its environment variable; the TOML file uses the same names
+//! in lower case without the `SAMVAULT_` prefix (`listen`, `client_id`, `database_url`).
+//! Every secret can also come from a file (`SAMVAULT_CLIENT_SECRET_FILE`,
+//! `client_secret_file`). A bad or missing setting is one clear line naming it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::domain::Resource;
+
+pub const PARTNER_CENTER: &str = "https://api.partnercenter.microsoft.com";
+pub const GRAPH: &str = "https://graph.microsoft.com";
+pub const ARM: &str = "https://management.azure.com";
+
+/// (environment variable, default) for every non-secret setting.
+const SETTINGS: &[(&str, Option<&str>)] = &[
+    ("DATABASE_URL", Some("sqlite://samvault.db?mode=rwc")),
+    ("SAMVAULT_LISTEN", Some("127.0.0.1:8080")),
+    ("SAMVAULT_PUBLIC_URL", Some("http://127.0.0.1:8080")),
+    ("SAMVAULT_AUTHORITY", Some("public")),
+    ("SAMVAULT_CLIENT_ID", None),
+    ("SAMVAULT_CLIENT_CERT", None),
+    (
+        "SAMVAULT_CONSENT_SCOPES",
+        Some(
+            "https://api.partnercenter.microsoft.com/user_impersonation offline_access openid profile",
+        ),
+    ),
+    (
+        "SAMVAULT_RESOURCES",
+        Some(
+            "https://api.partnercenter.microsoft.com https://graph.microsoft.com https://management.azure.com",
+        ),
+    ),
+    ("SAMVAULT_KEY_PROVIDER", Some("local:samvault.key")),
+    ("SAMVAULT_ROTATE_AFTER", Some("7d")),
+    ("SAMVAULT_EXPIRY_WARN", Some("30d")),
+    ("SAMVAULT_REQUIRE_MFA", Some("true")),
+    ("SAMVAULT_WEBHOOK_URL", None),
+    ("SAMVAULT_LOG_FORMAT", Some("text")),
+    ("SAMVAULT_CONSENT_TIMEOUT", Some("10m")),
+    ("SAMVAULT_APP_NAME", Some("samvault")),
+];
+
+/// Settings that are secrets: they may also be read from `<NAME>_FILE`.
+const SECRETS: &[&str] = &[
+    "DATABASE_URL",
+    "SAMVAULT_CLIENT_SECRET",
+    "SAMVAULT_CLIENT_KEY",
+    "SAMVAULT_WEBHOOK_SECRET",
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad(name: &str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError(format!("{name}: {why}"))
+}
+
+/// Where the key-encryption key lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyProviderConfig {
+    Local(PathBuf),
+    AzureKeyVault(Url),
+}
+
+/// How the CPV app proves its identity to Entra ID.
+#[derive(Clone)]
+pub enum AppCredential {
+    Secret(SecretString),
+    Certificate { cert: PathBuf, key: SecretString },
+}
+
+impl std::fmt::Debug for AppCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Secret(_) => f.write_str("Secret([redacted])"),
+            Self::Certificate { cert, .. } => {
+                write!(f, "Certificate({}, key [redacted])", cert.display())
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub database_url: SecretString,
+    pub listen: SocketAddr,
+    pub public_url: Url,
+    pub authority: Url,
+    pub client_id: Option<String>,
+    pub app_credential: Option<AppCredential>,
+    pub consent_scopes: Vec<String>,
+    pub resources: Vec<Resource>,
+    pub key_provider: KeyProviderConfig,
+    pub rotate_after: Duration,
+    pub expiry_warn: Duration,
+    pub require_mfa: bool,
+    pub webhook_url: Option<Url>,
+    pub webhook_secret: Option<SecretString>,
+    pub log_format: LogFormat,
+    /// How long a started consent may take before its `state` is refused.
+    pub consent_timeout: Duration,
+    /// The CPV application's name as partner admins know it (shown on onboarding pages).
+    pub app_name: String,
+}
+
+impl Config {
+    /// Loads from the process environment and an optional TOML file.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        Self::from_sources(file, &env)
+    }
+
+    /// Loads from explicit sources; what `load` does, testable without touching the process.
+    pub fn from_sources(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let file = file
+            .map(PathBuf::from)
+            .or_else(|| env.get("SAMVAULT_CONFIG").map(PathBuf::from));
+        let mut raw: BTreeMap<String, String> = BTreeMap::new();
+        for (name, default) in SETTINGS {
+            if let Some(value) = default {
+                raw.insert((*name).to_string(), (*value).to_string());
+            }
+        }
+        if let Some(path) = file {
+            merge_toml(&path, &mut raw)?;
+        }
+        for name in SETTINGS
+            .iter()
+            .map(|(n, _)| *n)
+            .chain(SECRETS.iter().copied())
+        {
+            if let Some(value) = env.get(name) {
+                raw.insert(name.to_string(), value.clone());
+            }
+            let file_var = format!("{name}_FILE");
+            if let Some(path) = env.get(&file_var) {
+                raw.insert(file_var, path.clone());
+            }
+        }
+        resolve_secret_files(&mut raw)?;
+        Self::parse(&raw)
+    }
+
+    fn parse(raw: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| raw.get(name).map(|s| s.trim()).filter(|s| !s.is_empty());
+        let required = |name: &str| get(name).ok_or_else(|| bad(name, "is required"));
+
+        let database_url = required("DATABASE_URL")?;
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(bad(
+                "DATABASE_URL",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        let listen = required("SAMVAULT_LISTEN")?;
+        let listen = listen.parse().map_err(|_| {
+            bad(
+                "SAMVAULT_LISTEN",
+                format!("'{listen}' is not an address like 127.0.0.1:8080"),
+            )
+        })?;
+        let public_url = parse_http_url("SAMVAULT_PUBLIC_URL", required("SAMVAULT_PUBLIC_URL")?)?;
+        let authority = match required("SAMVAULT_AUTHORITY")? {
+            "public" => Url::parse("https://login.microsoftonline.com").expect("static"),
+            "usgov" => Url::parse("https://login.microsoftonline.us").expect("static"),
+            "china" => Url::parse("https://login.partner.microsoftonline.cn").expect("static"),
+            "germany" => {
+                return Err(bad(
+                    "SAMVAULT_AUTHORITY",
+                    "Azure Germany closed in 2021; use public",
+                ));
+            }
+            other => parse_http_url("SAMVAULT_AUTHORITY", other)?,
+        };
+        let client_id = get("SAMVAULT_CLIENT_ID").map(str::to_string);
+        let app_credential = match (
+            get("SAMVAULT_CLIENT_SECRET"),
+            get("SAMVAULT_CLIENT_CERT"),
+            get("SAMVAULT_CLIENT_KEY"),
+        ) {
+            (Some(secret), _, _) => Some(AppCredential::Secret(SecretString::from(
+                secret.to_string(),
+            ))),
+            (None, Some(cert), Some(key)) => Some(AppCredential::Certificate {
+                cert: PathBuf::from(cert),
+                key: SecretString::from(key.to_string()),
+            }),
+            (None, Some(_), None) => {
+                return Err(bad(
+                    "SAMVAULT_CLIENT_KEY",
+                    "is required with SAMVAULT_CLIENT_CERT",
+                ));
+            }
+            (None, None, Some(_)) => {
+                return Err(bad(
+                    "SAMVAULT_CLIENT_CERT",
+                    "is required with SAMVAULT_CLIENT_KEY",
+                ));
+            }
+            (None, None, None) => None,
+        };
+        let consent_scopes: Vec<String> = required("SAMVAULT_CONSENT_SCOPES")?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let resources = required("SAMVAULT_RESOURCES")?
+            .split([' ', ','])
+            .filter(|s| !s.is_empty())
+            .map(|r| Resource::parse(r).map_err(|e| bad("SAMVAULT_RESOURCES", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key_provider = parse_key_provider(required("SAMVAULT_KEY_PROVIDER")?)?;
+        let rotate_after = parse_duration(required("SAMVAULT_ROTATE_AFTER")?)
+            .map_err(|e| bad("SAMVAULT_ROTATE_AFTER", e))?;
+        let expiry_warn = parse_duration(required("SAMVAULT_EXPIRY_WARN")?)
+            .map_err(|e| bad("SAMVAULT_EXPIRY_WARN", e))?;
+        let require_mfa = parse_bool(required("SAMVAULT_REQUIRE_MFA")?)
+            .ok_or_else(|| bad("SAMVAULT_REQUIRE_MFA", "must be true or false"))?;
+        let webhook_url = get("SAMVAULT_WEBHOOK_URL")
+            .map(|u| parse_http_url("SAMVAULT_WEBHOOK_URL", u))
+            .transpose()?;
+        let webhook_secret =
+            get("SAMVAULT_WEBHOOK_SECRET").map(|s| SecretString::from(s.to_string()));
+        if webhook_url.is_some() && webhook_secret.is_none() {
+            return Err(bad(
+                "SAMVAULT_WEBHOOK_SECRET",
+                "is required with SAMVAULT_WEBHOOK_URL",
+            ));
+        }
+        let log_format = match required("SAMVAULT_LOG_FORMAT")? {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(bad("SAMVAULT_LOG_FORMAT", "must be text or json")),
+        };
+        let consent_timeout = parse_duration(required("SAMVAULT_CONSENT_TIMEOUT")?)
+            .map_err(|e| bad("SAMVAULT_CONSENT_TIMEOUT", e))?;
+        let app_name = required("SAMVAULT_APP_NAME")?.to_string();
+        if app_name.chars().count() > 80 {
+            return Err(bad("SAMVAULT_APP_NAME", "must be at most 80 characters"));
+        }
+        Ok(Self {
+            consent_timeout,
+            app_name,
+            database_url: SecretString::from(database_url.to_string()),
+            listen,
+            public_url,
+            authority,
+            client_id,
+            app_credential,
+            consent_scopes,
+            resources,
+            key_provider,
+            rotate_after,
+            expiry_warn,
+            require_mfa,
+            webhook_url,
+            webhook_secret,
+            log_format,
+        })
+    }
+
+    /// The redirect URI registered with Entra: public URL + `/onboard/callback`.
+    pub fn redirect_uri(&self) -> Url {
+        self.public_url
+            .join("onboard/callback")
+            .expect("valid relative path")
+    }
+
+    /// The partner's primary resource: the first consent scope that names a resource.
+    pub fn primary_resource(&self) -> Resource {
+        self.consent_scopes
+            .iter()
+            .find_map(|s| {
+                s.rsplit_once('/')
+                    .and_then(|(r, _)| Resource::parse(r).ok())
+            })
+            .unwrap_or_else(|| Resource::parse(PARTNER_CENTER).expect("static"))
+    }
+
+    /// The CPV app's identity, required by every command that talks to Entra.
+    pub fn app_identity(&self) -> Result<(String, AppCredential), ConfigError> {
+        let id = self
+            .client_id
+            .clone()
+            .ok_or_else(|| bad("SAMVAULT_CLIENT_ID", "is required"))?;
+        let credential = self.app_credential.clone().ok_or_else(|| {
+            bad(
+                "SAMVAULT_CLIENT_SECRET",
+                "is required (or SAMVAULT_CLIENT_CERT with SAMVAULT_CLIENT_KEY)",
+            )
+        })?;
+        Ok((id, credential))
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        use secrecy::ExposeSecret;
+        self.database_url.expose_secret().starts_with("sqlite:")
+    }
+}
+
+fn merge_toml(path: &Path, raw: &mut BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        bad(
+            "SAMVAULT_CONFIG",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        bad(
+            "SAMVAULT_CONFIG",
+            format!("{}: {}", path.display(), e.message()),
+        )
+    })?;
+    for (key, value) in table {
+        let name = env_name(&key).ok_or_else(|| {
+            bad(
+                "SAMVAULT_CONFIG",
+                format!("{}: unknown setting '{key}'", path.display()),
+            )
+        })?;
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or(()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| bad(&name, "array items must be strings"))?
+                .join(" "),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => return Err(bad(&name, "must be a string")),
+        };
+        raw.insert(name, value);
+    }
+    Ok(())
+}
+
+/// Maps a TOML key (`client_secret_file`) to its environment name (`SAMVAULT_CLIENT_SECRET_FILE`).
+fn env_name(key: &str) -> Option<String> {
+    let upper = key.to_ascii_uppercase();
+    let (base, suffix) = match upper.strip_suffix("_FILE") {
+        Some(base) => (base.to_string(), "_FILE"),
+        None => (upper.clone(), ""),
+    };
+    let known = |n: &str| SETTINGS.iter().any(|(s, _)| *s == n) || SECRETS.contains(&n);
+    let name = if known(&base) {
+        base
+    } else if known(&format!("SAMVAULT_{base}")) {
+        format!("SAMVAULT_{base}")
+    } else {
+        return None;
+    };
+    if !suffix.is_empty() && !SECRETS.contains(&name.as_str()) {
+        return None;
+    }
+    Some(format!("{name}{suffix}"))
+}
+
+/// `NAME_FILE` wins over nothing but loses to an explicit `NAME`; its content is trimmed.
+fn resolve_secret_files(raw: &mut BTreeMap<String, String>) -> Result<(), ConfigError> {
+    for name in SECRETS {
+        let file_var = format!("{name}_FILE");
+        if let Some(path) = raw.remove(&file_var) {
+            let value = std::fs::read_to_string(&path)
+                .map_err(|e| bad(&file_var, format!("cannot read {path}: {e}")))?;
+            raw.entry((*name).to_string())
+                .or_insert_with(|| value.trim().to_string());
+        }
+    }
+    Ok(())
+}
+
+fn parse_http_url(name: &str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|e| bad(name, format!("'{value}' is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad(name, format!("'{value}' must be an http(s) URL")));
+    }
+    Ok(url)
+}
+
+fn parse_key_provider(value: &str) -> Result<KeyProviderConfig, ConfigError> {
+    const NAME: &str = "SAMVAULT_KEY_PROVIDER";
+    if let Some(path) = value.strip_prefix("local:") {
+        if path.is_empty() {
+            return Err(bad(NAME, "local: needs a file path"));
+        }
+        Ok(KeyProviderConfig::Local(PathBuf::from(path)))
+    } else if let Some(url) = value.strip_prefix("azure-keyvault:") {
+        let url = Url::parse(url).map_err(|e| bad(NAME, format!("bad Key Vault key URL: {e}")))?;
+        if url.scheme() != "https" || !url.path().starts_with("/keys/") {
+            return Err(bad(
+                NAME,
+                "expected azure-keyvault:https://NAME.vault.azure.net/keys/KEY",
+            ));
+        }
+        Ok(KeyProviderConfig::AzureKeyVault(url))
+    } else {
+        Err(bad(
+            NAME,
+            format!("'{value}' must be local:PATH or azure-keyvault:URL"),
+        ))
+    }
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses `90s`, `15m`, `12h`, `7d` (one number, one unit).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("'{value}' needs a unit (s, m, h or d)"))?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{value}' is not a duration like 7d or 30m"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("'{value}' has an unknown unit (use s, m, h or d)")),
+    };
+    number
+        .checked_mul(seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("'{value}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let config = Config::from_sources(None, &env(&[])).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            config.redirect_uri().as_str(),
+            "http://127.0.0.1:8080/onboard/callback"
+        );
+        assert_eq!(
+            config.authority.as_str(),
+            "https://login.microsoftonline.com/"
+        );
+        assert_eq!(
+            config.key_provider,
+            KeyProviderConfig::Local("samvault.key".into())
+        );
+        assert_eq!(config.rotate_after, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.resources.len(), 3);
+        assert_eq!(config.primary_resource().as_str(), PARTNER_CENTER);
+        assert!(config.require_mfa);
+        assert!(config.is_sqlite());
+    }
+
+    #[test]
+    fn environment_beats_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("samvault.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nrotate_after = \"1d\"\nauthority = \"usgov\"\n",
+        )
+        .unwrap();
+        let config =
+            Config::from_sources(Some(&file), &env(&[("SAMVAULT_LISTEN", "127.0.0.1:9100")]))
+                .unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(config.rotate_after, Duration::from_secs(86_400));
+        assert_eq!(
+            config.authority.as_str(),
+            "https://login.microsoftonline.us/"
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cr3t-value\n").unwrap();
+        let config = Config::from_sources(
+            None,
+            &env(&[
+                ("SAMVAULT_CLIENT_ID", "app"),
+                ("SAMVAULT_CLIENT_SECRET_FILE", secret.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        let (_, credential) = config.app_identity().unwrap();
+        match &credential {
+            AppCredential::Secret(s) => {
+                use secrecy::ExposeSecret;
+                assert_eq!(s.expose_secret(), "s3cr3t-value");
+            }
+            _ => panic!("expected a secret"),
+        }
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn bad_settings_name_themselves() {
+        let cases = [
+            ("SAMVAULT_LISTEN", "nowhere"),
+            ("SAMVAULT_ROTATE_AFTER", "7 days"),
+            ("SAMVAULT_REQUIRE_MFA", "maybe"),
+            ("SAMVAULT_KEY_PROVIDER", "vault:x"),
+            ("SAMVAULT_AUTHORITY", "germany"),
+            ("DATABASE_URL", "mysql://x"),
+            ("SAMVAULT_RESOURCES", "ftp://x"),
+        ];
+        for (name, value) in cases {
+            let err = Config::from_sources(None, &env(&[(name, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
+        let err = Config::from_sources(None, &env(&[]))
+            .unwrap()
+            .app_identity()
+            .unwrap_err();
+        assert!(err.to_string().contains("SAMVAULT_CLIENT_ID"));
+    }
+
+    #[test]
+    fn unknown_file_setting_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        let err = Config::from_sources(Some(&file), &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("d").is_err());
+        assert!(parse_duration("5w").is_err());
+    }
+}

@@ -1,0 +1,80 @@
+//! HTTP: the router and what every response shares. One module per audience:
+//! `onboard` (partner admins, HTML), `api` (integrations, JSON), `health` (probes).
+
+pub mod api;
+mod health;
+pub mod onboard;
+pub mod problem;
+mod templates;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
+use axum::routing::get;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, SessionManagerLayer};
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::idp::IdpClient;
+use crate::storage::Db;
+use crate::storage::sessions::SealedSessionStore;
+use crate::vault::Vault;
+
+/// Largest request body accepted anywhere (the token API's JSON is a few hundred bytes).
+const BODY_LIMIT: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub vault: Vault,
+    pub idp: IdpClient,
+    pub broker: Broker,
+}
+
+pub fn router(state: AppState) -> Router {
+    let secure_cookies = state.config.public_url.scheme() == "https";
+    let sessions = SessionManagerLayer::new(SealedSessionStore::new(
+        state.db.clone(),
+        state.vault.clone(),
+    ))
+    .with_name("samvault_session")
+    .with_http_only(true)
+    .with_same_site(SameSite::Lax)
+    .with_secure(secure_cookies)
+    .with_expiry(Expiry::OnInactivity(time::Duration::minutes(15)));
+    let pages = onboard::router()
+        .route("/static/samvault.css", get(templates::stylesheet))
+        .layer(sessions);
+    Router::new()
+        .merge(pages)
+        .merge(api::router())
+        .merge(health::router())
+        .fallback(not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+}
+
+async fn not_found() -> problem::Problem {
+    problem::Problem::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    )
+}

@@ -1,0 +1,157 @@
+//! `application/problem+json` (RFC 9457) errors with the stable codes of SPEC §3.2.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::broker::BrokerError;
+
+#[derive(Debug, serde::Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    #[serde(skip)]
+    pub status: StatusCode,
+    #[serde(rename = "status")]
+    pub status_code: u16,
+    pub code: &'static str,
+    pub detail: String,
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            kind: format!("https://samvault.dev/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status,
+            status_code: status.as_u16(),
+            code,
+            detail: detail.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    pub fn invalid_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
+    }
+
+    pub fn invalid_client() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "an internal error occurred; it has been logged",
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(&self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"samvault\""),
+            );
+        }
+        if let Some(after) = self.retry_after {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        response
+    }
+}
+
+fn aadsts(code: Option<impl std::fmt::Display>) -> String {
+    code.map(|c| format!(" (AADSTS{c})")).unwrap_or_default()
+}
+
+impl From<BrokerError> for Problem {
+    fn from(error: BrokerError) -> Self {
+        match error {
+            BrokerError::PartnerNotFound => Problem::new(
+                StatusCode::NOT_FOUND,
+                "partner_not_found",
+                "no partner with this tenant id has consented",
+            ),
+            BrokerError::ReconsentRequired { code } => Problem::new(
+                StatusCode::CONFLICT,
+                "reconsent_required",
+                format!(
+                    "the partner's grant is no longer usable{}; the partner admin must consent again",
+                    aadsts(code)
+                ),
+            ),
+            BrokerError::ResourceNotConsented { code } => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "resource_not_consented",
+                format!(
+                    "the partner has not consented to this resource{}",
+                    aadsts(code)
+                ),
+            ),
+            BrokerError::AppCredentialsInvalid { code } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "app_credentials_invalid",
+                format!(
+                    "Entra ID rejects the CPV app's own credentials{}; operators have been alerted",
+                    aadsts(code)
+                ),
+            ),
+            BrokerError::IdpUnavailable { retry_after } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "idp_unavailable",
+                "Entra ID is unavailable or throttling; retry later",
+            )
+            .retry_after(retry_after.unwrap_or(Duration::from_secs(5))),
+            BrokerError::IdpError { code } => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "idp_error",
+                format!("Entra ID answered with an unexpected error{}", aadsts(code)),
+            ),
+            BrokerError::KeyUnavailable => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "key_provider_unavailable",
+                "the key provider is unavailable; retry later",
+            )
+            .retry_after(Duration::from_secs(5)),
+            BrokerError::Storage(e) => {
+                tracing::error!(error = %e, "storage failure during token exchange");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the database is unavailable; retry later",
+                )
+                .retry_after(Duration::from_secs(5))
+            }
+            BrokerError::Vault(e) => {
+                tracing::error!(error = %e, "a sealed grant could not be opened");
+                Problem::internal()
+            }
+        }
+    }
+}

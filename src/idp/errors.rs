@@ -1,0 +1,357 @@
+//! What Entra ID answers when it refuses, and what samvault makes of it (SPEC §4
+//! "Classification"). The whole mapping lives here, in one table, so the token API, the
+//! rotation engine and the dashboard always agree.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Entra's error body, field for field (`error_codes` etc. are Entra's additions to RFC 6749).
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct EntraErrorBody {
+    pub error: String,
+    #[serde(default)]
+    pub error_description: Option<String>,
+    #[serde(default)]
+    pub error_codes: Vec<u32>,
+    #[serde(default)]
+    pub timestamp: Option<String>,
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    #[serde(default)]
+    pub error_uri: Option<String>,
+}
+
+impl fmt::Display for EntraErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.code() {
+            Some(code) => write!(f, "{} (AADSTS{code})", self.error),
+            None => f.write_str(&self.error),
+        }
+    }
+}
+
+impl oauth2::ErrorResponse for EntraErrorBody {}
+
+impl EntraErrorBody {
+    /// The AADSTS code: the first of `error_codes`, else parsed from the description.
+    pub fn code(&self) -> Option<u32> {
+        self.error_codes.first().copied().or_else(|| {
+            let d = self.error_description.as_deref()?;
+            let digits: String = d
+                .strip_prefix("AADSTS")?
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+    }
+
+    /// Parses a body Entra sent; `None` when it is not Entra's JSON shape.
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice::<Self>(body)
+            .ok()
+            .filter(|b| !b.error.is_empty())
+    }
+}
+
+/// Why a call to the IdP failed, with what is needed to decide what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum IdpError {
+    #[error("Entra ID refused: {body}")]
+    Entra {
+        status: u16,
+        body: EntraErrorBody,
+        retry_after: Option<Duration>,
+    },
+    #[error("Entra ID answered HTTP {status} with a body that is not an OAuth error")]
+    Malformed {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("Entra ID unreachable: {0}")]
+    Transport(String),
+    #[error("Entra ID's response is not usable: {0}")]
+    Protocol(String),
+}
+
+/// What an IdP failure means for the partner and for the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The grant is dead: the partner must consent again.
+    ReconsentRequired { code: Option<u32> },
+    /// This resource was never consented; the partner is otherwise healthy.
+    ResourceNotConsented { code: Option<u32> },
+    /// The CPV app's own credential is rejected: one global alarm, nobody is demoted.
+    AppCredentialsInvalid { code: Option<u32> },
+    /// Try again later (honouring `retry_after` when given).
+    Transient {
+        code: Option<u32>,
+        retry_after: Option<Duration>,
+    },
+    /// An answer samvault does not expect (misconfiguration, a new Entra behaviour).
+    Unexpected { code: Option<u32> },
+}
+
+impl IdpError {
+    /// Classifies a failed redemption. `primary` says whether the resource asked for is the
+    /// partner's primary one (the one consent was given for).
+    pub fn classify(&self, primary: bool) -> Outcome {
+        match self {
+            IdpError::Entra {
+                status,
+                body,
+                retry_after,
+            } => {
+                let code = body.code();
+                match (body.error.as_str(), code) {
+                    // 50196: Entra's loop detection, a throttle for user flows.
+                    (_, Some(50196)) => Outcome::Transient {
+                        code,
+                        retry_after: *retry_after,
+                    },
+                    (
+                        "invalid_grant" | "interaction_required" | "consent_required",
+                        Some(65001 | 500011),
+                    ) if !primary => Outcome::ResourceNotConsented { code },
+                    ("invalid_grant" | "interaction_required" | "consent_required", _) => {
+                        Outcome::ReconsentRequired { code }
+                    }
+                    ("invalid_client" | "unauthorized_client", _) => {
+                        Outcome::AppCredentialsInvalid { code }
+                    }
+                    ("temporarily_unavailable" | "server_error", _) => Outcome::Transient {
+                        code,
+                        retry_after: *retry_after,
+                    },
+                    _ if *status == 429 || *status >= 500 => Outcome::Transient {
+                        code,
+                        retry_after: *retry_after,
+                    },
+                    _ => Outcome::Unexpected { code },
+                }
+            }
+            IdpError::Malformed { retry_after, .. } => Outcome::Transient {
+                code: None,
+                retry_after: *retry_after,
+            },
+            IdpError::Transport(_) => Outcome::Transient {
+                code: None,
+                retry_after: None,
+            },
+            IdpError::Protocol(_) => Outcome::Unexpected { code: None },
+        }
+    }
+
+    pub fn code(&self) -> Option<u32> {
+        match self {
+            IdpError::Entra { body, .. } => body.code(),
+            _ => None,
+        }
+    }
+}
+
+/// What an AADSTS code means and what a person should do about it.
+pub struct CodeInfo {
+    pub meaning: &'static str,
+    pub action: &'static str,
+}
+
+const RECONSENT: &str =
+    "Send the partner admin a fresh onboarding link and have them consent again.";
+
+/// The codes samvault meets, in the words ops need. Unknown codes get a generic entry.
+pub fn describe(code: u32) -> CodeInfo {
+    let (meaning, action) = match code {
+        700082 => (
+            "The refresh token expired after 90 days of inactivity.",
+            RECONSENT,
+        ),
+        70008 => ("The refresh token or code expired (inactivity).", RECONSENT),
+        50173 => (
+            "The grant was revoked, typically because the user's password was changed or reset.",
+            RECONSENT,
+        ),
+        50132 => (
+            "The session is no longer valid: the password changed or expired.",
+            RECONSENT,
+        ),
+        70043 => (
+            "The refresh token is expired or invalid because of a Conditional Access sign-in frequency policy.",
+            "Exclude the consenting account from the sign-in-frequency policy in the partner tenant, then have it consent again.",
+        ),
+        50076 | 50079 => (
+            "The user must now use multi-factor authentication (policy changed or MFA registration required).",
+            "Have the partner admin register and complete MFA, then consent again.",
+        ),
+        50078 => (
+            "The user's MFA claim expired.",
+            "Have the partner admin sign in with MFA and consent again.",
+        ),
+        53003 => (
+            "Access was blocked by a Conditional Access policy in the partner tenant.",
+            "Ask the partner to allow the CPV app in their Conditional Access policies, then consent again.",
+        ),
+        70000 => (
+            "The grant is invalid or malformed (revoked, or already used where reuse is detected).",
+            RECONSENT,
+        ),
+        65001 => (
+            "The user or administrator has not consented to the application for this resource.",
+            "Have the partner admin consent again, including this resource.",
+        ),
+        500011 => (
+            "The resource is not registered in the partner tenant.",
+            "Check the resource URL; have the partner consent to it if it is needed.",
+        ),
+        90002 => (
+            "The partner tenant no longer exists.",
+            "Confirm with the partner; remove them or invite again.",
+        ),
+        7000215 => (
+            "The CPV app's client secret is invalid.",
+            "Check SAMVAULT_CLIENT_SECRET against the app registration; roll a new secret if it was changed.",
+        ),
+        7000222 => (
+            "The CPV app's client secret has expired.",
+            "Create a new secret in the app registration and deploy it to samvault.",
+        ),
+        700016 => (
+            "The CPV app was not found in the directory (wrong client id, or the app was deleted).",
+            "Check SAMVAULT_CLIENT_ID and the app registration.",
+        ),
+        7000218 => (
+            "The request did not include a client credential.",
+            "Configure SAMVAULT_CLIENT_SECRET or a certificate.",
+        ),
+        54005 => (
+            "The authorization code was already redeemed.",
+            "Start the consent again from the onboarding page.",
+        ),
+        50196 => (
+            "Entra detected a request loop and throttled this user.",
+            "None: samvault retries later.",
+        ),
+        _ => (
+            "Entra ID refused the request.",
+            "Look the code up in Microsoft's AADSTS reference.",
+        ),
+    };
+    CodeInfo { meaning, action }
+}
+
+/// `Retry-After` as seconds (the only form Entra uses); dates are ignored.
+pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
+    value?.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entra(status: u16, error: &str, code: u32) -> IdpError {
+        IdpError::Entra {
+            status,
+            body: EntraErrorBody {
+                error: error.into(),
+                error_description: Some(format!("AADSTS{code}: something")),
+                error_codes: vec![code],
+                ..Default::default()
+            },
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn the_classification_table_of_the_spec() {
+        for code in [
+            700082, 70008, 50173, 50132, 70043, 50076, 50078, 50079, 53003, 70000, 65001,
+        ] {
+            assert_eq!(
+                entra(400, "invalid_grant", code).classify(true),
+                Outcome::ReconsentRequired { code: Some(code) }
+            );
+        }
+        assert_eq!(
+            entra(400, "interaction_required", 50076).classify(true),
+            Outcome::ReconsentRequired { code: Some(50076) }
+        );
+        assert_eq!(
+            entra(400, "invalid_grant", 65001).classify(false),
+            Outcome::ResourceNotConsented { code: Some(65001) }
+        );
+        assert_eq!(
+            entra(400, "invalid_grant", 500011).classify(false),
+            Outcome::ResourceNotConsented { code: Some(500011) }
+        );
+        assert!(matches!(
+            entra(400, "invalid_grant", 50196).classify(true),
+            Outcome::Transient { .. }
+        ));
+        for code in [7000215, 7000222, 700016, 7000218] {
+            assert_eq!(
+                entra(401, "invalid_client", code).classify(true),
+                Outcome::AppCredentialsInvalid { code: Some(code) }
+            );
+        }
+        assert_eq!(
+            entra(400, "unauthorized_client", 700016).classify(true),
+            Outcome::AppCredentialsInvalid { code: Some(700016) }
+        );
+        assert!(matches!(
+            entra(503, "temporarily_unavailable", 0).classify(true),
+            Outcome::Transient { .. }
+        ));
+        assert!(matches!(
+            entra(500, "server_error", 0).classify(true),
+            Outcome::Transient { .. }
+        ));
+        assert!(matches!(
+            entra(429, "whatever", 0).classify(true),
+            Outcome::Transient { .. }
+        ));
+        assert!(matches!(
+            IdpError::Malformed {
+                status: 502,
+                retry_after: None
+            }
+            .classify(true),
+            Outcome::Transient { .. }
+        ));
+        assert!(matches!(
+            IdpError::Transport("timeout".into()).classify(true),
+            Outcome::Transient { .. }
+        ));
+        assert_eq!(
+            entra(400, "invalid_request", 900144).classify(true),
+            Outcome::Unexpected { code: Some(900144) }
+        );
+    }
+
+    #[test]
+    fn code_comes_from_error_codes_or_description() {
+        let body = EntraErrorBody::parse(br#"{"error":"invalid_grant","error_description":"AADSTS700082: The refresh token has expired"}"#).unwrap();
+        assert_eq!(body.code(), Some(700082));
+        assert!(EntraErrorBody::parse(b"<html>").is_none());
+        assert!(EntraErrorBody::parse(br#"{"error":""}"#).is_none());
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        assert_eq!(parse_retry_after(Some("30")), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT")),
+            None
+        );
+        assert_eq!(parse_retry_after(None), None);
+    }
+
+    #[test]
+    fn every_spec_code_has_advice() {
+        for code in [700082, 70043, 50076, 7000222] {
+            assert!(!describe(code).action.is_empty());
+            assert_ne!(describe(code).meaning, describe(1).meaning);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! samvault: a consent and refresh-token vault for Microsoft Secure Application Model CPVs.
+//!
+//! The tree mirrors the architecture (see `docs/ARCHITECTURE.md`):
+//! `http` (onboarding, integrations API, health) → `broker` (token exchange) →
+//! `idp` (talks to Entra ID) and `vault` (seals refresh tokens) → `storage`.
+//! `devidp` is the Entra-compatible simulator used by the demo and the tests.
+
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod devidp;
+pub mod domain;
+pub mod http;
+pub mod idp;
+pub mod storage;
+pub mod vault;

@@ -1,0 +1,263 @@
+//! Integration clients: who may ask for which partner's tokens, for which audiences.
+//! Secrets are 256-bit random values shown once; only their SHA-256 digests are stored.
+
+use sqlx::any::AnyRow;
+use sqlx::{Acquire, Row};
+
+use super::{Db, StorageError};
+use crate::domain::{Resource, TenantId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permission {
+    /// Exchange a partner's grant for access tokens.
+    TokensIssue,
+    /// Read partner metadata (status, horizon); no token power.
+    PartnersRead,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TokensIssue => "tokens:issue",
+            Self::PartnersRead => "partners:read",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "tokens:issue" => Some(Self::TokensIssue),
+            "partners:read" => Some(Self::PartnersRead),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub client_id: String,
+    pub name: String,
+    pub permissions: Vec<Permission>,
+    pub resources: Vec<Resource>,
+    /// `None`: every partner.
+    pub partners: Option<Vec<TenantId>>,
+    pub rate_limit_per_minute: i64,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl Client {
+    pub fn may(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission)
+    }
+
+    pub fn may_use_resource(&self, resource: &Resource) -> bool {
+        self.resources.contains(resource)
+    }
+
+    pub fn may_use_partner(&self, tenant: &TenantId) -> bool {
+        self.partners
+            .as_ref()
+            .is_none_or(|list| list.contains(tenant))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NewClient {
+    pub name: String,
+    pub permissions: Vec<Permission>,
+    pub resources: Vec<Resource>,
+    pub partners: Option<Vec<TenantId>>,
+    pub rate_limit_per_minute: i64,
+}
+
+const COLUMNS: &str = "client_id, name, permissions, resources, partners, rate_limit_per_minute, created_at, last_used_at, revoked_at";
+
+fn client_from_row(row: &AnyRow) -> Result<Client, StorageError> {
+    let id: String = row.try_get("client_id")?;
+    let corrupt = |what: &str| StorageError::Corrupt(format!("client {id}: {what}"));
+    let permissions: String = row.try_get("permissions")?;
+    let resources: String = row.try_get("resources")?;
+    let partners: Option<String> = row.try_get("partners")?;
+    Ok(Client {
+        permissions: permissions
+            .split_whitespace()
+            .map(|p| Permission::parse(p).ok_or_else(|| corrupt("permission")))
+            .collect::<Result<_, _>>()?,
+        resources: resources
+            .split_whitespace()
+            .map(|r| Resource::parse(r).map_err(|_| corrupt("resource")))
+            .collect::<Result<_, _>>()?,
+        partners: partners
+            .map(|list| {
+                list.split_whitespace()
+                    .map(|t| TenantId::parse(t).map_err(|_| corrupt("partner")))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?,
+        name: row.try_get("name")?,
+        rate_limit_per_minute: row.try_get("rate_limit_per_minute")?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+        client_id: id,
+    })
+}
+
+fn join<T>(items: &[T], f: impl Fn(&T) -> &str) -> String {
+    items.iter().map(f).collect::<Vec<_>>().join(" ")
+}
+
+/// Creates a client with its first secret (given as a digest; the caller shows the secret once).
+pub async fn create(
+    db: &Db,
+    client_id: &str,
+    new: &NewClient,
+    secret_id: &str,
+    secret_digest: &[u8; 32],
+    now: i64,
+) -> Result<(), StorageError> {
+    let mut conn = db.pool().acquire().await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "INSERT INTO clients (client_id, name, permissions, resources, partners, rate_limit_per_minute, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(client_id)
+    .bind(&new.name)
+    .bind(join(&new.permissions, |p| p.as_str()))
+    .bind(join(&new.resources, |r| r.as_str()))
+    .bind(new.partners.as_ref().map(|list| join(list, |t| t.as_str())))
+    .bind(new.rate_limit_per_minute)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO client_secrets (id, client_id, digest, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(secret_id)
+    .bind(client_id)
+    .bind(secret_digest.as_slice())
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+pub async fn get(db: &Db, client_id: &str) -> Result<Option<Client>, StorageError> {
+    let sql = format!("SELECT {COLUMNS} FROM clients WHERE client_id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(client_id)
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(client_from_row).transpose()
+}
+
+pub async fn list(db: &Db) -> Result<Vec<Client>, StorageError> {
+    let sql = format!("SELECT {COLUMNS} FROM clients ORDER BY created_at, client_id");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter().map(client_from_row).collect()
+}
+
+/// Digests of the client's secrets that are not revoked.
+pub async fn active_secret_digests(db: &Db, client_id: &str) -> Result<Vec<Vec<u8>>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT digest FROM client_secrets WHERE client_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(client_id)
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            r.try_get::<Vec<u8>, _>("digest")
+                .map_err(StorageError::from)
+        })
+        .collect()
+}
+
+/// Revokes the client and all its secrets. Returns false when no such live client exists.
+pub async fn revoke(db: &Db, client_id: &str, now: i64) -> Result<bool, StorageError> {
+    let mut conn = db.pool().acquire().await?;
+    let mut tx = conn.begin().await?;
+    let done = sqlx::query(
+        "UPDATE clients SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(client_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE client_secrets SET revoked_at = $2 WHERE client_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(client_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn touch(db: &Db, client_id: &str, now: i64) -> Result<(), StorageError> {
+    sqlx::query("UPDATE clients SET last_used_at = $2 WHERE client_id = $1")
+        .bind(client_id)
+        .bind(now)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// Prefix that makes samvault client secrets recognisable to secret scanners.
+pub const SECRET_PREFIX: &str = "svs_";
+
+/// SHA-256 of a presented secret, the only form that is stored or compared.
+pub fn digest(secret: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Creates a client with a fresh 256-bit secret; returns `(client_id, secret)`. The
+/// secret exists only in the return value: show it once.
+pub async fn issue(
+    db: &Db,
+    new: &NewClient,
+    now: i64,
+) -> Result<(String, secrecy::SecretString), StorageError> {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(bytes.as_mut());
+    let secret = format!(
+        "{SECRET_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref())
+    );
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let secret_id = uuid::Uuid::new_v4().to_string();
+    create(db, &client_id, new, &secret_id, &digest(&secret), now).await?;
+    Ok((client_id, secrecy::SecretString::from(secret)))
+}
+
+/// Checks `client_id:secret`; `None` for unknown, revoked or wrong. Every stored digest is
+/// compared in constant time so timing does not tell which part was wrong.
+pub async fn authenticate(
+    db: &Db,
+    client_id: &str,
+    secret: &str,
+) -> Result<Option<Client>, StorageError> {
+    use subtle::ConstantTimeEq;
+    let presented = digest(secret);
+    let Some(client) = get(db, client_id).await? else {
+        return Ok(None);
+    };
+    if client.revoked_at.is_some() {
+        return Ok(None);
+    }
+    let matched = active_secret_digests(db, client_id)
+        .await?
+        .iter()
+        .fold(subtle::Choice::from(0), |acc, stored| {
+            acc | stored.as_slice().ct_eq(&presented)
+        });
+    Ok(bool::from(matched).then_some(client))
+}

@@ -1,0 +1,139 @@
+//! Storage: one set of queries over SQLite (the embedded default) and PostgreSQL.
+//!
+//! sqlx's `Any` driver picks the backend from `DATABASE_URL` at run time, so every query
+//! is written once in the SQL both dialects share (`$n` parameters, `ON CONFLICT`,
+//! `RETURNING`, integers for times and flags). Each backend has its own migrations folder
+//! because DDL differs (BLOB/BYTEA, AUTOINCREMENT/BIGSERIAL). Where behaviour must differ
+//! (row locks on PostgreSQL), [`Backend`] says which one is in use.
+
+pub mod audit;
+pub mod clients;
+pub mod invitations;
+pub mod partners;
+pub mod sessions;
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor, SqlSafeStr};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// The database handle shared by every part of the service.
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Migrations are compiled into the binary, one list per backend.
+macro_rules! migrations {
+    ($dir:literal: $($version:literal $name:literal),* $(,)?) => {
+        vec![$(Migration::new(
+            $version,
+            Cow::Borrowed($name),
+            MigrationType::Simple,
+            include_str!(concat!("../../migrations/", $dir, "/", $name, ".sql")).into_sql_str(),
+            false,
+        )),*]
+    };
+}
+
+fn migrator(backend: Backend) -> Migrator {
+    let migrations = match backend {
+        Backend::Sqlite => migrations!("sqlite": 1 "0001_initial"),
+        Backend::Postgres => migrations!("postgres": 1 "0001_initial"),
+    };
+    Migrator::with_migrations(migrations)
+}
+
+impl Db {
+    /// Connects (creating the SQLite file if the URL says `mode=rwc`).
+    pub async fn connect(url: &SecretString) -> Result<Self, StorageError> {
+        install_default_drivers();
+        let url = url.expose_secret();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(10));
+        let options = if backend == Backend::Sqlite {
+            options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    // WAL lets readers proceed during a write; the busy timeout turns brief
+                    // writer contention into a wait instead of an error.
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL")
+                        .await?;
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options.connect(url).await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        migrator(self.backend).run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// For `/readyz`: one round trip.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// Seconds since the Unix epoch, the one time representation in the database.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Converts a stored 0/1 flag.
+pub(crate) fn flag(value: i64) -> bool {
+    value != 0
+}

@@ -1,0 +1,320 @@
+//! Partners, their sealed grants (one row per refresh-token version) and consent history.
+
+use sqlx::any::AnyRow;
+use sqlx::{Acquire, Row};
+
+use super::{Db, StorageError, flag};
+use crate::domain::{PartnerStatus, TenantId};
+use crate::vault::{Sealed, SealedRecord, VaultError, WrappedKey};
+
+/// Entra refresh tokens die after 90 days of inactivity.
+pub const INACTIVITY_LIMIT_SECS: i64 = 90 * 86_400;
+
+/// How many newest grant versions keep their sealed payload. The previous version stays
+/// as a fallback (Entra keeps old refresh tokens valid); anything older is crypto-shredded.
+const KEEP_VERSIONS: i64 = 2;
+
+#[derive(Clone, Debug)]
+pub struct Partner {
+    pub tenant_id: TenantId,
+    pub display_name: String,
+    pub domain: Option<String>,
+    pub status: PartnerStatus,
+    pub status_code: Option<String>,
+    pub status_reason: Option<String>,
+    pub status_changed_at: i64,
+    pub mfa: bool,
+    pub consented_by: String,
+    pub consented_at: i64,
+    pub last_refresh_at: i64,
+    pub grant_version: i64,
+}
+
+impl Partner {
+    /// When the current refresh token dies if nobody redeems it.
+    pub fn horizon(&self) -> i64 {
+        self.last_refresh_at + INACTIVITY_LIMIT_SECS
+    }
+}
+
+const PARTNER_COLUMNS: &str = "tenant_id, display_name, domain, status, status_code, status_reason, status_changed_at, mfa, consented_by, consented_at, last_refresh_at, grant_version";
+
+fn partner_from_row(row: &AnyRow) -> Result<Partner, StorageError> {
+    let tenant: String = row.try_get("tenant_id")?;
+    let status: String = row.try_get("status")?;
+    Ok(Partner {
+        tenant_id: TenantId::parse(&tenant)
+            .map_err(|e| StorageError::Corrupt(format!("partner {tenant}: {e}")))?,
+        display_name: row.try_get("display_name")?,
+        domain: row.try_get("domain")?,
+        status: PartnerStatus::parse(&status)
+            .ok_or_else(|| StorageError::Corrupt(format!("partner {tenant}: status {status}")))?,
+        status_code: row.try_get("status_code")?,
+        status_reason: row.try_get("status_reason")?,
+        status_changed_at: row.try_get("status_changed_at")?,
+        mfa: flag(row.try_get("mfa")?),
+        consented_by: row.try_get("consented_by")?,
+        consented_at: row.try_get("consented_at")?,
+        last_refresh_at: row.try_get("last_refresh_at")?,
+        grant_version: row.try_get("grant_version")?,
+    })
+}
+
+/// The associated data that binds a sealed refresh token to its tenant and version.
+pub fn grant_context(tenant: &TenantId, version: i64) -> String {
+    format!("samvault:refresh-token:{tenant}:v{version}")
+}
+
+/// A consent that completed: who, where, and with what strength.
+#[derive(Clone, Debug)]
+pub struct NewConsent {
+    pub tenant_id: TenantId,
+    pub display_name: String,
+    pub domain: Option<String>,
+    pub upn: String,
+    pub oid: Option<String>,
+    pub user_name: Option<String>,
+    pub mfa: bool,
+    pub amr: Vec<String>,
+    pub scopes: String,
+    pub invitation_id: Option<String>,
+}
+
+/// A sealed grant as stored, with the version its associated data names.
+pub struct StoredGrant {
+    pub version: i64,
+    pub sealed: Sealed,
+}
+
+pub async fn get(db: &Db, tenant: &TenantId) -> Result<Option<Partner>, StorageError> {
+    let sql = format!("SELECT {PARTNER_COLUMNS} FROM partners WHERE tenant_id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant.as_str())
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(partner_from_row).transpose()
+}
+
+pub async fn list(db: &Db) -> Result<Vec<Partner>, StorageError> {
+    let sql = format!("SELECT {PARTNER_COLUMNS} FROM partners ORDER BY display_name, tenant_id");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter().map(partner_from_row).collect()
+}
+
+/// The version the next sealed grant of this tenant will carry.
+pub async fn next_version(db: &Db, tenant: &TenantId) -> Result<i64, StorageError> {
+    let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM grants WHERE tenant_id = $1")
+        .bind(tenant.as_str())
+        .fetch_one(db.pool())
+        .await?;
+    Ok(row.try_get::<i64, _>("v")? + 1)
+}
+
+/// Records a completed consent: the partner becomes (or becomes again) active with the
+/// new grant as its current version. One transaction: all of it or nothing.
+pub async fn record_consent(
+    db: &Db,
+    consent: &NewConsent,
+    grant: &StoredGrant,
+    now: i64,
+) -> Result<(), StorageError> {
+    let mut conn = db.pool().acquire().await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "INSERT INTO partners (tenant_id, display_name, domain, status, status_code, status_reason, status_changed_at, mfa, consented_by, consented_at, last_refresh_at, grant_version, created_at)
+         VALUES ($1, $2, $3, 'active', NULL, NULL, $4, $5, $6, $4, $4, $7, $4)
+         ON CONFLICT (tenant_id) DO UPDATE SET display_name = $2, domain = $3, status = 'active', status_code = NULL, status_reason = NULL,
+             status_changed_at = $4, mfa = $5, consented_by = $6, consented_at = $4, last_refresh_at = $4, grant_version = $7",
+    )
+    .bind(consent.tenant_id.as_str())
+    .bind(&consent.display_name)
+    .bind(&consent.domain)
+    .bind(now)
+    .bind(i64::from(consent.mfa))
+    .bind(&consent.upn)
+    .bind(grant.version)
+    .execute(&mut *tx)
+    .await?;
+    insert_grant(&mut tx, &consent.tenant_id, grant, "consent", now).await?;
+    sqlx::query(
+        "INSERT INTO consents (tenant_id, upn, oid, display_name, mfa, amr, scopes, invitation_id, consented_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(consent.tenant_id.as_str())
+    .bind(&consent.upn)
+    .bind(&consent.oid)
+    .bind(&consent.user_name)
+    .bind(i64::from(consent.mfa))
+    .bind(consent.amr.join(" "))
+    .bind(&consent.scopes)
+    .bind(&consent.invitation_id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO status_changes (tenant_id, at, from_status, to_status, code, reason) VALUES ($1, $2, NULL, 'active', NULL, $3)",
+    )
+    .bind(consent.tenant_id.as_str())
+    .bind(now)
+    .bind(format!("consent by {}", consent.upn))
+    .execute(&mut *tx)
+    .await?;
+    shred_old_versions(&mut tx, &consent.tenant_id, grant.version, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Write-back after a redemption: the new refresh token becomes the current version and
+/// the horizon moves. Must commit before anyone sees the access token it came with.
+pub async fn record_refresh(
+    db: &Db,
+    tenant: &TenantId,
+    grant: &StoredGrant,
+    source: &str,
+    now: i64,
+) -> Result<(), StorageError> {
+    let mut conn = db.pool().acquire().await?;
+    let mut tx = conn.begin().await?;
+    insert_grant(&mut tx, tenant, grant, source, now).await?;
+    sqlx::query(
+        "UPDATE partners SET grant_version = $2, last_refresh_at = $3 WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_str())
+    .bind(grant.version)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    shred_old_versions(&mut tx, tenant, grant.version, now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn insert_grant(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &TenantId,
+    grant: &StoredGrant,
+    source: &str,
+    now: i64,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO grants (tenant_id, version, source, kek_id, wrapped_key, sealed, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(tenant.as_str())
+    .bind(grant.version)
+    .bind(source)
+    .bind(&grant.sealed.wrapped_key.kek_id)
+    .bind(grant.sealed.wrapped_key.bytes.as_slice())
+    .bind(grant.sealed.record.as_bytes())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn shred_old_versions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &TenantId,
+    current: i64,
+    now: i64,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "UPDATE grants SET kek_id = NULL, wrapped_key = NULL, sealed = NULL, shredded_at = $3
+         WHERE tenant_id = $1 AND version <= $2 AND shredded_at IS NULL",
+    )
+    .bind(tenant.as_str())
+    .bind(current - KEEP_VERSIONS)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The sealed grant of the partner's current version, if it still has one.
+pub async fn current_grant(
+    db: &Db,
+    tenant: &TenantId,
+) -> Result<Option<StoredGrant>, StorageError> {
+    let row = sqlx::query(
+        "SELECT g.version, g.kek_id, g.wrapped_key, g.sealed FROM grants g JOIN partners p
+           ON p.tenant_id = g.tenant_id AND p.grant_version = g.version
+         WHERE g.tenant_id = $1 AND g.sealed IS NOT NULL",
+    )
+    .bind(tenant.as_str())
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let record = SealedRecord::decode(row.try_get("sealed")?)
+        .map_err(|e: VaultError| StorageError::Corrupt(format!("grant of {tenant}: {e}")))?;
+    Ok(Some(StoredGrant {
+        version: row.try_get("version")?,
+        sealed: Sealed {
+            wrapped_key: WrappedKey {
+                kek_id: row.try_get("kek_id")?,
+                bytes: row.try_get("wrapped_key")?,
+            },
+            record,
+        },
+    }))
+}
+
+/// Changes a partner's status and records why; a no-op when the status and code are unchanged.
+/// Returns the previous status when something changed.
+pub async fn set_status(
+    db: &Db,
+    tenant: &TenantId,
+    status: PartnerStatus,
+    code: Option<&str>,
+    reason: &str,
+    now: i64,
+) -> Result<Option<PartnerStatus>, StorageError> {
+    let mut conn = db.pool().acquire().await?;
+    let mut tx = conn.begin().await?;
+    let row = sqlx::query("SELECT status, status_code FROM partners WHERE tenant_id = $1")
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let previous: String = row.try_get("status")?;
+    let previous_code: Option<String> = row.try_get("status_code")?;
+    if previous == status.as_str() && previous_code.as_deref() == code {
+        return Ok(None);
+    }
+    sqlx::query(
+        "UPDATE partners SET status = $2, status_code = $3, status_reason = $4, status_changed_at = $5 WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_str())
+    .bind(status.as_str())
+    .bind(code)
+    .bind(reason)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO status_changes (tenant_id, at, from_status, to_status, code, reason) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(tenant.as_str())
+    .bind(now)
+    .bind(&previous)
+    .bind(status.as_str())
+    .bind(code)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(PartnerStatus::parse(&previous))
+}
+
+/// Crypto-shreds every sealed grant of a tenant: without the wrapped data keys the
+/// ciphertexts are noise, even in backups taken later.
+pub async fn shred_all(db: &Db, tenant: &TenantId, now: i64) -> Result<u64, StorageError> {
+    let done = sqlx::query(
+        "UPDATE grants SET kek_id = NULL, wrapped_key = NULL, sealed = NULL, shredded_at = $2 WHERE tenant_id = $1 AND shredded_at IS NULL",
+    )
+    .bind(tenant.as_str())
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected())
+}

@@ -49,7 +49,16 @@ pub fn router(state: AppState) -> Router {
     .with_expiry(Expiry::OnInactivity(time::Duration::minutes(15)));
     let pages = onboard::router()
         .route("/static/samvault.css", get(templates::stylesheet))
-        .layer(sessions);
+        .layer(sessions)
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            content_security_policy(&state.config),
+        ))
+        // Pages carry CSRF tokens and consent outcomes: never cached (the stylesheet sets its own).
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
     Router::new()
         .merge(pages)
         .merge(api::router())
@@ -69,6 +78,16 @@ pub fn router(state: AppState) -> Router {
             header::X_FRAME_OPTIONS,
             HeaderValue::from_static("DENY"),
         ))
+}
+
+/// No script at all, styles from samvault only, no framing. `form-action` must also allow
+/// the IdP, because browsers check the redirect that follows the consent form's POST.
+fn content_security_policy(config: &Config) -> HeaderValue {
+    let idp = config.authority.origin().ascii_serialization();
+    HeaderValue::from_str(&format!(
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' {idp}; frame-ancestors 'none'; base-uri 'none'"
+    ))
+    .expect("an origin is a valid header value")
 }
 
 async fn not_found() -> problem::Problem {

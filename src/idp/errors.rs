@@ -62,7 +62,7 @@ pub enum IdpError {
     #[error("Entra ID refused: {body}")]
     Entra {
         status: u16,
-        body: EntraErrorBody,
+        body: Box<EntraErrorBody>,
         retry_after: Option<Duration>,
     },
     #[error("Entra ID answered HTTP {status} with a body that is not an OAuth error")]
@@ -253,12 +253,12 @@ mod tests {
     fn entra(status: u16, error: &str, code: u32) -> IdpError {
         IdpError::Entra {
             status,
-            body: EntraErrorBody {
+            body: Box::new(EntraErrorBody {
                 error: error.into(),
                 error_description: Some(format!("AADSTS{code}: something")),
                 error_codes: vec![code],
                 ..Default::default()
-            },
+            }),
             retry_after: None,
         }
     }

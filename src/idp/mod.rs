@@ -287,7 +287,10 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Transport {
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| errors::parse_retry_after(Some(v)));
-            *self.captured.0.lock().expect("capture lock") = Some((status.as_u16(), retry_after));
+            *self.captured.0.lock().expect("capture lock") = Some(Seen {
+                status: status.as_u16(),
+                retry_after,
+            });
             let mut builder = http::Response::builder().status(status);
             for (name, value) in response.headers() {
                 builder = builder.header(name, value);
@@ -301,17 +304,27 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Transport {
 }
 
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Option<(u16, Option<Duration>)>>>);
+struct Capture(Arc<Mutex<Option<Seen>>>);
+
+/// What the token endpoint's HTTP response said besides its body.
+#[derive(Clone, Copy)]
+struct Seen {
+    status: u16,
+    retry_after: Option<Duration>,
+}
 
 fn finish(
     result: Result<EntraTokenResponse, RequestTokenError<reqwest::Error, EntraErrorBody>>,
     captured: &Capture,
 ) -> Result<TokenSet, IdpError> {
-    let (status, retry_after) = captured
-        .0
-        .lock()
-        .expect("capture lock")
-        .unwrap_or((0, None));
+    let seen = *captured.0.lock().expect("capture lock");
+    let Seen {
+        status,
+        retry_after,
+    } = seen.unwrap_or(Seen {
+        status: 0,
+        retry_after: None,
+    });
     match result {
         Ok(response) => Ok(TokenSet {
             access_token: SecretString::from(response.access_token().secret().to_string()),
@@ -326,7 +339,7 @@ fn finish(
         }),
         Err(RequestTokenError::ServerResponse(body)) => Err(IdpError::Entra {
             status,
-            body,
+            body: Box::new(body),
             retry_after,
         }),
         Err(RequestTokenError::Parse(_, _)) if status != 200 => Err(IdpError::Malformed {

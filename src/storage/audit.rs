@@ -104,8 +104,7 @@ pub async fn verify(db: &Db) -> Result<Result<u64, i64>, StorageError> {
         .fetch_all(db.pool())
         .await?;
     let mut prev = GENESIS.to_string();
-    let mut expected_seq = 1;
-    for row in &rows {
+    for (expected_seq, row) in (1..).zip(rows.iter()) {
         let seq: i64 = row.try_get("seq")?;
         let tenant: Option<String> = row.try_get("tenant_id")?;
         let stored_prev: String = row.try_get("prev_hash")?;
@@ -123,7 +122,6 @@ pub async fn verify(db: &Db) -> Result<Result<u64, i64>, StorageError> {
             return Ok(Err(seq));
         }
         prev = stored;
-        expected_seq += 1;
     }
     Ok(Ok(rows.len() as u64))
 }

@@ -1,0 +1,446 @@
+//! The simulated directory: tenants, their users, and the apps registered in it.
+//!
+//! The directory is immutable once built (mutations the tests need, such as a
+//! deleted tenant or a password reset, live in `grants::SimState`), so every
+//! lookup is a lock-free `HashMap` read even with 10,000 generated tenants.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{CONTOSO, DEMO_APP_NAME, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FABRIKAM, WINGTIP};
+
+/// Resources the demo CPV app declares as required permissions; `.default` at
+/// the authorize endpoint expands to these, as Entra does with an app's static
+/// permissions.
+const DEMO_PERMISSIONS: &[(&str, &str)] = &[
+    (
+        "https://api.partnercenter.microsoft.com",
+        "user_impersonation",
+    ),
+    ("https://graph.microsoft.com", "Directory.AccessAsUser.All"),
+    ("https://management.azure.com", "user_impersonation"),
+];
+
+/// How a tenant's conditional access treats MFA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MfaPolicy {
+    /// Entra MFA is required at every sign-in (amr `pwd` + `mfa`).
+    Enforced,
+    /// MFA is performed by the tenant's federated IdP (amr `fed` + `mfa`).
+    Federated,
+    /// Users may sign in with a password only.
+    NotEnforced,
+}
+
+impl MfaPolicy {
+    pub fn enforced(self) -> bool {
+        !matches!(self, MfaPolicy::NotEnforced)
+    }
+}
+
+// TOML accepts `mfa = true|false` or one of the policy names.
+impl<'de> Deserialize<'de> for MfaPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(MfaPolicy::Enforced),
+            Raw::Bool(false) => Ok(MfaPolicy::NotEnforced),
+            Raw::Name(name) => match name.to_ascii_lowercase().replace(['-', ' '], "_").as_str() {
+                "enforced" | "entra" | "required" => Ok(MfaPolicy::Enforced),
+                "federated" => Ok(MfaPolicy::Federated),
+                "not_enforced" | "none" | "off" | "optional" => Ok(MfaPolicy::NotEnforced),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown mfa policy {other:?} (expected enforced, federated or not_enforced)"
+                ))),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub domain: String,
+    pub mfa: MfaPolicy,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub upn: String,
+    pub name: String,
+    pub role: String,
+    pub oid: String,
+    pub tenant_id: String,
+}
+
+/// An app registration. The secret here is the initial one; the live secret
+/// (rotated or expired through `/_sim/app/...`) is in `SimState`.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub client_id: String,
+    pub name: String,
+    pub secret: String,
+    /// (resource, permission) pairs the app declares, used for `.default`.
+    pub permissions: Vec<(String, String)>,
+}
+
+impl App {
+    pub fn static_permissions(&self, resource: &str) -> Vec<String> {
+        self.permissions
+            .iter()
+            .filter(|(r, _)| r == resource)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Directory {
+    tenants: Vec<Tenant>,
+    tenant_by_id: HashMap<String, usize>,
+    tenant_by_domain: HashMap<String, usize>,
+    users: Vec<User>,
+    user_by_upn: HashMap<String, usize>,
+    apps: HashMap<String, App>,
+}
+
+/// The TOML shape of a directory file (see `DirectoryFile` in the module docs of `mod.rs`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirectoryFile {
+    #[serde(default)]
+    apps: Vec<AppFile>,
+    #[serde(default)]
+    tenants: Vec<TenantFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppFile {
+    client_id: String,
+    client_secret: String,
+    name: String,
+    /// Full scope strings such as `https://api.partnercenter.microsoft.com/user_impersonation`.
+    #[serde(default)]
+    permissions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantFile {
+    id: String,
+    name: String,
+    domain: String,
+    #[serde(default = "default_mfa")]
+    mfa: MfaPolicy,
+    #[serde(default)]
+    users: Vec<UserFile>,
+}
+
+fn default_mfa() -> MfaPolicy {
+    MfaPolicy::Enforced
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserFile {
+    upn: String,
+    name: String,
+    role: String,
+    #[serde(default)]
+    oid: Option<String>,
+}
+
+impl Directory {
+    /// The demo directory of SPEC 5.1 (plus one Global Admin so every role exists).
+    pub fn demo() -> Directory {
+        let mut dir = Directory::default();
+        dir.add_app(demo_app());
+        type SeedUser = (&'static str, &'static str, &'static str);
+        let seed: [(&str, &str, &str, MfaPolicy, &[SeedUser]); 3] = [
+            (
+                CONTOSO,
+                "Contoso",
+                "contoso.example",
+                MfaPolicy::Enforced,
+                &[
+                    ("jane@contoso.example", "Jane Doe", "Admin Agent"),
+                    ("sam@contoso.example", "Sam Seller", "Sales Agent"),
+                    ("grace@contoso.example", "Grace Hopper", "Global Admin"),
+                ],
+            ),
+            (
+                WINGTIP,
+                "Wingtip",
+                "wingtip.example",
+                MfaPolicy::Federated,
+                &[("trent@wingtip.example", "Trent Walker", "Admin Agent")],
+            ),
+            (
+                FABRIKAM,
+                "Fabrikam",
+                "fabrikam.example",
+                MfaPolicy::NotEnforced,
+                &[("john@fabrikam.example", "John Smith", "Admin Agent")],
+            ),
+        ];
+        for (id, name, domain, mfa, users) in seed {
+            dir.add_tenant(Tenant {
+                id: id.into(),
+                name: name.into(),
+                domain: domain.into(),
+                mfa,
+            })
+            .expect("demo tenants are unique");
+            for (upn, uname, role) in users {
+                dir.add_user(id, upn, uname, role, None)
+                    .expect("demo users are unique");
+            }
+        }
+        dir
+    }
+
+    /// A directory read from a TOML file. The demo app is registered unless the
+    /// file registers its own app with the same client id.
+    pub fn from_toml_file(path: &Path) -> anyhow::Result<Directory> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading dev IdP directory {}", path.display()))?;
+        Self::from_toml_str(&text)
+            .with_context(|| format!("parsing dev IdP directory {}", path.display()))
+    }
+
+    pub fn from_toml_str(text: &str) -> anyhow::Result<Directory> {
+        let file: DirectoryFile = toml::from_str(text)?;
+        let mut dir = Directory::default();
+        for app in file.apps {
+            let mut permissions = Vec::new();
+            for scope in app.permissions {
+                let Some((resource, perm)) = scope.rsplit_once('/') else {
+                    bail!("app permission {scope:?} must look like <resource>/<permission>");
+                };
+                permissions.push((normalize_resource(resource), perm.to_string()));
+            }
+            dir.add_app(App {
+                client_id: app.client_id.to_ascii_lowercase(),
+                name: app.name,
+                secret: app.client_secret,
+                permissions,
+            });
+        }
+        if !dir.apps.contains_key(DEMO_CLIENT_ID) {
+            dir.add_app(demo_app());
+        }
+        for t in file.tenants {
+            let id = parse_tenant_id(&t.id)?;
+            dir.add_tenant(Tenant {
+                id: id.clone(),
+                name: t.name,
+                domain: t.domain.to_ascii_lowercase(),
+                mfa: t.mfa,
+            })?;
+            for u in t.users {
+                dir.add_user(&id, &u.upn, &u.name, &u.role, u.oid)?;
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Adds the `--tenants N` load-test tenants exactly as SPEC 5.1 names them.
+    pub fn add_generated(&mut self, count: u32) -> anyhow::Result<()> {
+        self.tenants.reserve(count as usize);
+        self.users.reserve(count as usize);
+        for k in 1..=count {
+            let id = generated_tenant_id(k);
+            self.add_tenant(Tenant {
+                id: id.clone(),
+                name: format!("Tenant {k}"),
+                domain: format!("tenant-{k}.example"),
+                mfa: MfaPolicy::Enforced,
+            })?;
+            let upn = format!("admin@tenant-{k}.example");
+            self.add_user(&id, &upn, &format!("Tenant {k} Admin"), "Admin Agent", None)?;
+        }
+        Ok(())
+    }
+
+    fn add_app(&mut self, app: App) {
+        self.apps.insert(app.client_id.clone(), app);
+    }
+
+    fn add_tenant(&mut self, tenant: Tenant) -> anyhow::Result<()> {
+        if self.tenant_by_id.contains_key(&tenant.id) {
+            bail!("duplicate tenant id {}", tenant.id);
+        }
+        let idx = self.tenants.len();
+        self.tenant_by_id.insert(tenant.id.clone(), idx);
+        self.tenant_by_domain.insert(tenant.domain.clone(), idx);
+        self.tenants.push(tenant);
+        Ok(())
+    }
+
+    fn add_user(
+        &mut self,
+        tenant_id: &str,
+        upn: &str,
+        name: &str,
+        role: &str,
+        oid: Option<String>,
+    ) -> anyhow::Result<()> {
+        let key = upn.to_ascii_lowercase();
+        if self.user_by_upn.contains_key(&key) {
+            bail!("duplicate user {upn}");
+        }
+        let oid = match oid {
+            Some(oid) => uuid::Uuid::parse_str(&oid)
+                .with_context(|| format!("oid of {upn}"))?
+                .to_string(),
+            None => deterministic_uuid(&format!("oid:{key}")),
+        };
+        self.user_by_upn.insert(key.clone(), self.users.len());
+        self.users.push(User {
+            upn: key,
+            name: name.to_string(),
+            role: role.to_string(),
+            oid,
+            tenant_id: tenant_id.to_string(),
+        });
+        Ok(())
+    }
+
+    /// A tenant by id (case-insensitive) or by its domain, as Entra accepts both in paths.
+    pub fn tenant(&self, id_or_domain: &str) -> Option<&Tenant> {
+        let key = id_or_domain.to_ascii_lowercase();
+        self.tenant_by_id
+            .get(&key)
+            .or_else(|| self.tenant_by_domain.get(&key))
+            .map(|&i| &self.tenants[i])
+    }
+
+    pub fn user(&self, upn: &str) -> Option<&User> {
+        self.user_by_upn
+            .get(&upn.trim().to_ascii_lowercase())
+            .map(|&i| &self.users[i])
+    }
+
+    pub fn app(&self, client_id: &str) -> Option<&App> {
+        self.apps.get(&client_id.to_ascii_lowercase())
+    }
+
+    pub fn apps(&self) -> impl Iterator<Item = &App> {
+        self.apps.values()
+    }
+
+    pub fn tenants(&self) -> &[Tenant] {
+        &self.tenants
+    }
+
+    pub fn users(&self) -> &[User] {
+        &self.users
+    }
+}
+
+fn demo_app() -> App {
+    App {
+        client_id: DEMO_CLIENT_ID.into(),
+        name: DEMO_APP_NAME.into(),
+        secret: DEMO_CLIENT_SECRET.into(),
+        permissions: DEMO_PERMISSIONS
+            .iter()
+            .map(|(r, p)| (r.to_string(), p.to_string()))
+            .collect(),
+    }
+}
+
+/// Tenant number `k` of `--tenants N`: `00000000-0000-4000-8000-` + k as 12 digits.
+pub fn generated_tenant_id(k: u32) -> String {
+    format!("00000000-0000-4000-8000-{k:012}")
+}
+
+fn parse_tenant_id(raw: &str) -> anyhow::Result<String> {
+    let id = uuid::Uuid::parse_str(raw).with_context(|| format!("tenant id {raw:?}"))?;
+    Ok(id.to_string())
+}
+
+/// Stable ids across restarts, so a grant listing or a test fixture can name a user's oid.
+pub fn deterministic_uuid(seed: &str) -> String {
+    let digest = Sha256::digest(seed.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+/// Resources compare case-insensitively and without a trailing slash, as Entra matches
+/// identifier URIs.
+pub fn normalize_resource(raw: &str) -> String {
+    raw.trim().trim_end_matches('/').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_directory_matches_spec() {
+        let dir = Directory::demo();
+        assert_eq!(dir.tenant(CONTOSO).unwrap().name, "Contoso");
+        assert!(dir.tenant(CONTOSO).unwrap().mfa.enforced());
+        assert!(!dir.tenant(FABRIKAM).unwrap().mfa.enforced());
+        assert_eq!(dir.tenant("wingtip.example").unwrap().id, WINGTIP);
+        assert_eq!(
+            dir.user("Jane@Contoso.example").unwrap().role,
+            "Admin Agent"
+        );
+        assert_eq!(dir.user("sam@contoso.example").unwrap().role, "Sales Agent");
+    }
+
+    #[test]
+    fn generated_tenants_follow_spec_naming() {
+        let mut dir = Directory::demo();
+        dir.add_generated(10_000).unwrap();
+        assert_eq!(
+            generated_tenant_id(7),
+            "00000000-0000-4000-8000-000000000007"
+        );
+        let t = dir.tenant(&generated_tenant_id(10_000)).unwrap();
+        assert_eq!(t.name, "Tenant 10000");
+        assert!(t.mfa.enforced());
+        let u = dir.user("admin@tenant-10000.example").unwrap();
+        assert_eq!(u.tenant_id, t.id);
+        assert_eq!(u.role, "Admin Agent");
+    }
+
+    #[test]
+    fn toml_directory_loads() {
+        let dir = Directory::from_toml_str(
+            r#"
+            [[tenants]]
+            id = "11111111-2222-4333-8444-555555555555"
+            name = "Northwind"
+            domain = "northwind.example"
+            mfa = false
+            [[tenants.users]]
+            upn = "nina@northwind.example"
+            name = "Nina"
+            role = "Admin Agent"
+            "#,
+        )
+        .unwrap();
+        let t = dir.tenant("northwind.example").unwrap();
+        assert_eq!(t.mfa, MfaPolicy::NotEnforced);
+        assert!(dir.user("nina@northwind.example").is_some());
+        assert!(dir.app(DEMO_CLIENT_ID).is_some());
+    }
+}

@@ -1,0 +1,535 @@
+//! Entra's error responses, byte for byte where it matters to a client.
+//!
+//! Clients (samvault included) branch on the OAuth `error` field and read the
+//! AADSTS code from `error_codes`; people read `error_description`. Messages
+//! below follow Microsoft's published texts so that logs from the simulator
+//! look like logs from production.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::clock::{entra_timestamp, iso_o};
+
+#[derive(Debug, Clone)]
+pub struct EntraError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub suberror: Option<&'static str>,
+    pub code: u32,
+    pub message: String,
+}
+
+impl EntraError {
+    /// An error whose OAuth `error` and HTTP status follow from its AADSTS code.
+    pub fn new(code: u32, message: impl Into<String>) -> Self {
+        let (error, status) = classify(code);
+        EntraError {
+            status,
+            error,
+            suberror: None,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn with_error(mut self, error: &'static str) -> Self {
+        self.error = error;
+        self
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// `AADSTSnnnn: message\r\nTrace ID: ...` as Entra formats it, in JSON and in redirects alike.
+    pub fn description(&self, ids: &RequestIds, now: OffsetDateTime) -> String {
+        format!(
+            "AADSTS{}: {}\r\nTrace ID: {}\r\nCorrelation ID: {}\r\nTimestamp: {}",
+            self.code,
+            self.message,
+            ids.trace_id,
+            ids.correlation_id,
+            entra_timestamp(now)
+        )
+    }
+
+    pub fn error_uri(&self, base: &str) -> String {
+        format!("{base}/error?code={}", self.code)
+    }
+
+    pub fn body(&self, base: &str, ids: &RequestIds, now: OffsetDateTime) -> serde_json::Value {
+        let mut body = json!({
+            "error": self.error,
+            "error_description": self.description(ids, now),
+            "error_codes": [self.code],
+            "timestamp": entra_timestamp(now),
+            "trace_id": ids.trace_id,
+            "correlation_id": ids.correlation_id,
+            "error_uri": self.error_uri(base),
+        });
+        if let Some(sub) = self.suberror {
+            body["suberror"] = json!(sub);
+        }
+        body
+    }
+
+    pub fn to_response(&self, base: &str, ids: &RequestIds, now: OffsetDateTime) -> Response {
+        let mut resp = (self.status, json_string(&self.body(base, ids, now))).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        no_store(h);
+        if let Ok(v) = HeaderValue::from_str(&ids.trace_id) {
+            h.insert("x-ms-request-id", v);
+        }
+        resp
+    }
+}
+
+/// The per-request ids Entra puts in every error. `client-request-id` is echoed
+/// as the correlation id, as Entra does, so client logs can be joined with ours.
+#[derive(Debug, Clone)]
+pub struct RequestIds {
+    pub trace_id: String,
+    pub correlation_id: String,
+}
+
+impl RequestIds {
+    pub fn new(headers: &axum::http::HeaderMap) -> Self {
+        let correlation_id = headers
+            .get("client-request-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| uuid::Uuid::parse_str(v).ok())
+            .unwrap_or_else(uuid::Uuid::new_v4)
+            .to_string();
+        RequestIds {
+            trace_id: uuid::Uuid::new_v4().to_string(),
+            correlation_id,
+        }
+    }
+}
+
+pub fn no_store(h: &mut axum::http::HeaderMap) {
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, no-cache"),
+    );
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+pub fn json_string(v: &serde_json::Value) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+}
+
+/// OAuth `error` value and HTTP status per AADSTS code (Entra's own pairing).
+fn classify(code: u32) -> (&'static str, StatusCode) {
+    match code {
+        7000215 | 7000222 | 7000218 => ("invalid_client", StatusCode::UNAUTHORIZED),
+        700016 => ("unauthorized_client", StatusCode::BAD_REQUEST),
+        50076 | 50079 => ("interaction_required", StatusCode::BAD_REQUEST),
+        50058 => ("login_required", StatusCode::BAD_REQUEST),
+        65004 => ("access_denied", StatusCode::BAD_REQUEST),
+        70003 => ("unsupported_grant_type", StatusCode::BAD_REQUEST),
+        700054 => ("unsupported_response_type", StatusCode::BAD_REQUEST),
+        70011 => ("invalid_scope", StatusCode::BAD_REQUEST),
+        90002 | 900144 | 9002313 | 900561 | 28000 | 50149 | 501491 | 50011 | 90023 => {
+            ("invalid_request", StatusCode::BAD_REQUEST)
+        }
+        90006 => ("temporarily_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+        90055 => ("temporarily_unavailable", StatusCode::TOO_MANY_REQUESTS),
+        50000 => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
+        _ => ("invalid_grant", StatusCode::BAD_REQUEST),
+    }
+}
+
+/// A .NET TimeSpan rendering (`d.hh:mm:ss` / `hh:mm:ss`), as in Entra's 700082 and 70043 texts.
+pub fn timespan(seconds: i64) -> String {
+    let s = seconds.max(0);
+    let (d, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
+    if d > 0 {
+        format!("{d}.{h:02}:{m:02}:{sec:02}")
+    } else {
+        format!("{h:02}:{m:02}:{sec:02}")
+    }
+}
+
+// Constructors for every code the simulator emits. Message texts are Entra's.
+
+pub fn missing_parameter(name: &str) -> EntraError {
+    EntraError::new(
+        900144,
+        format!("The request body must contain the following parameter: '{name}'."),
+    )
+}
+
+pub fn malformed_request() -> EntraError {
+    EntraError::new(9002313, "Invalid request. Request is malformed or invalid.")
+}
+
+pub fn post_only(method: &str) -> EntraError {
+    EntraError::new(
+        900561,
+        format!("The endpoint only accepts POST, OPTIONS requests. Received a {method} request."),
+    )
+}
+
+pub fn tenant_not_found(tenant: &str) -> EntraError {
+    EntraError::new(
+        90002,
+        format!(
+            "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and \
+             are signing into the correct cloud. Check with your subscription administrator, \
+             this may happen if there are no active subscriptions for the tenant."
+        ),
+    )
+}
+
+pub fn app_not_found(client_id: &str, directory: &str) -> EntraError {
+    EntraError::new(
+        700016,
+        format!(
+            "Application with identifier '{client_id}' was not found in the directory \
+             '{directory}'. This can happen if the application has not been installed by the \
+             administrator of the tenant or consented to by any user in the tenant. You may have \
+             sent your authentication request to the wrong tenant."
+        ),
+    )
+}
+
+pub fn missing_client_credential() -> EntraError {
+    EntraError::new(
+        7000218,
+        "The request body must contain the following parameter: 'client_assertion' or \
+         'client_secret'.",
+    )
+}
+
+pub fn invalid_client_secret(client_id: &str) -> EntraError {
+    EntraError::new(
+        7000215,
+        format!(
+            "Invalid client secret provided. Ensure the secret being sent in the request is the \
+             client secret value, not the client secret ID, for a secret added to app \
+             '{client_id}'."
+        ),
+    )
+}
+
+pub fn client_secret_expired(client_id: &str) -> EntraError {
+    EntraError::new(
+        7000222,
+        format!(
+            "The provided client secret keys for app '{client_id}' are expired. Visit the Azure \
+             portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider \
+             using certificate credentials for added security: https://aka.ms/certCreds."
+        ),
+    )
+}
+
+pub fn unsupported_grant_type(grant_type: &str) -> EntraError {
+    EntraError::new(
+        70003,
+        format!("The app requested an unsupported grant type '{grant_type}'."),
+    )
+}
+
+pub fn invalid_code() -> EntraError {
+    EntraError::new(
+        70000,
+        "The provided value for the 'code' parameter is not valid.",
+    )
+}
+
+pub fn invalid_refresh_token() -> EntraError {
+    EntraError::new(
+        70000,
+        "The provided value for the input parameter 'refresh_token' or 'assertion' is not valid.",
+    )
+}
+
+pub fn invalid_grant(detail: &str) -> EntraError {
+    EntraError::new(
+        70000,
+        format!("Provided grant is invalid or malformed. {detail}"),
+    )
+}
+
+pub fn refresh_token_reused(issued: OffsetDateTime) -> EntraError {
+    EntraError::new(
+        70000,
+        format!(
+            "Provided grant is invalid or malformed. The refresh token issued on {} was already \
+             redeemed: refresh token reuse detected (strict rotation is on, a refresh token is \
+             valid for one use only).",
+            iso_o(issued)
+        ),
+    )
+}
+
+pub fn code_expired() -> EntraError {
+    EntraError::new(
+        70008,
+        "The provided authorization code or refresh token has expired due to inactivity. Send a \
+         new interactive authorization request for this user and resource.",
+    )
+}
+
+pub fn code_redeemed() -> EntraError {
+    EntraError::new(
+        54005,
+        "OAuth2 Authorization code was already redeemed, please retry with a new valid code or \
+         use an existing refresh token.",
+    )
+}
+
+pub fn code_wrong_tenant() -> EntraError {
+    EntraError::new(
+        700005,
+        "Provided Authorization Code is intended to use against other tenant, thus rejected.",
+    )
+}
+
+pub fn reply_address_mismatch() -> EntraError {
+    EntraError::new(
+        500112,
+        "The reply address does not match the reply address provided when requesting \
+         Authorization code.",
+    )
+}
+
+pub fn pkce_mismatch() -> EntraError {
+    EntraError::new(
+        501481,
+        "The Code_Verifier does not match the code_challenge supplied in the authorization \
+         request.",
+    )
+}
+
+pub fn refresh_token_inactive(issued: OffsetDateTime) -> EntraError {
+    EntraError::new(
+        700082,
+        format!(
+            "The refresh token has expired due to inactivity. The token was issued on {} and was \
+             inactive for 90.00:00:00.",
+            iso_o(issued)
+        ),
+    )
+}
+
+pub fn grant_revoked(auth_time: OffsetDateTime, valid_from: OffsetDateTime) -> EntraError {
+    EntraError::new(
+        50173,
+        format!(
+            "The provided grant has expired due to it being revoked, a fresh auth token is \
+             needed. The user might have changed or reset their password. The grant was issued \
+             on '{}' and the TokensValidFrom date (before which tokens are not valid) for this \
+             user is '{}'.",
+            iso_o(auth_time),
+            iso_o(valid_from)
+        ),
+    )
+}
+
+pub fn sign_in_frequency(issued: OffsetDateTime, max_lifetime_secs: i64) -> EntraError {
+    EntraError::new(
+        70043,
+        format!(
+            "The refresh token has expired or is invalid due to sign-in frequency checks by \
+             conditional access. The token was issued on {} and the maximum allowed lifetime for \
+             this request is {}.",
+            iso_o(issued),
+            timespan(max_lifetime_secs)
+        ),
+    )
+}
+
+pub fn mfa_required(resource: &str) -> EntraError {
+    EntraError::new(
+        50076,
+        format!(
+            "Due to a configuration change made by your administrator, or because you moved to a \
+             new location, you must use multi-factor authentication to access '{resource}'."
+        ),
+    )
+}
+
+pub fn consent_required(client_id: &str, app_name: &str) -> EntraError {
+    let mut e = EntraError::new(
+        65001,
+        format!(
+            "The user or administrator has not consented to use the application with ID \
+             '{client_id}' named '{app_name}'. Send an interactive authorization request for \
+             this user and resource."
+        ),
+    );
+    e.suberror = Some("consent_required");
+    e
+}
+
+pub fn more_than_one_resource(scope: &str) -> EntraError {
+    EntraError::new(
+        28000,
+        format!(
+            "Provided value for the input parameter scope is not valid because it contains more \
+             than one resource. Scope {scope} is not valid."
+        ),
+    )
+}
+
+pub fn user_declined() -> EntraError {
+    EntraError::new(65004, "User declined to consent to access the app.")
+}
+
+pub fn user_not_found(upn: &str, tenant: &str) -> EntraError {
+    EntraError::new(
+        50034,
+        format!(
+            "The user account {upn} does not exist in the {tenant} directory. To sign into this \
+             application, the account must be added to the directory."
+        ),
+    )
+}
+
+pub fn user_not_in_tenant(
+    upn: &str,
+    home_tid: &str,
+    tenant: &str,
+    client_id: &str,
+    app: &str,
+) -> EntraError {
+    EntraError::new(
+        50020,
+        format!(
+            "User account '{upn}' from identity provider 'https://sts.windows.net/{home_tid}/' \
+             does not exist in tenant '{tenant}' and cannot access the application \
+             '{client_id}'({app}) in that tenant. The account needs to be added as an external \
+             user in the tenant first. Sign out and sign in again with a different Azure Active \
+             Directory user account."
+        ),
+    )
+}
+
+pub fn redirect_uri_mismatch(uri: &str, client_id: &str) -> EntraError {
+    EntraError::new(
+        50011,
+        format!(
+            "The redirect URI '{uri}' specified in the request does not match the redirect URIs \
+             configured for the application '{client_id}'. Make sure the redirect URI sent in \
+             the request matches one added to your application in the Azure portal. Navigate to \
+             https://aka.ms/redirectUriMismatchError to learn more about how to fix this."
+        ),
+    )
+}
+
+pub fn login_required() -> EntraError {
+    EntraError::new(
+        50058,
+        "A silent sign-in request was sent but no user is signed in.",
+    )
+}
+
+pub fn unsupported_response_type(rt: &str) -> EntraError {
+    EntraError::new(
+        700054,
+        format!("response_type '{rt}' is not enabled for the application."),
+    )
+}
+
+pub fn invalid_challenge_method() -> EntraError {
+    EntraError::new(
+        50149,
+        "Invalid Code_Challenge_method parameter. Only S256 is accepted by this app.",
+    )
+}
+
+pub fn invalid_challenge_size() -> EntraError {
+    EntraError::new(501491, "Invalid size of Code_Challenge parameter.")
+}
+
+pub fn invalid_response_mode(mode: &str) -> EntraError {
+    EntraError::new(90023, format!("Unsupported response_mode '{mode}'."))
+}
+
+/// Body of a fault injected with `/_sim/faults` when the test asked for no specific body.
+pub fn fault_error(status: StatusCode) -> EntraError {
+    match status.as_u16() {
+        429 => EntraError::new(
+            90055,
+            "There are too many incoming requests. Please try again later.",
+        )
+        .with_status(status),
+        s if s > 500 => EntraError::new(
+            90006,
+            "The service is temporarily unavailable. Please try again.",
+        )
+        .with_status(status),
+        s if s >= 500 => EntraError::new(
+            50000,
+            "There was an error issuing a token or an issue with our sign-in service.",
+        )
+        .with_status(status),
+        _ => EntraError::new(9002313, "Invalid request. Request is malformed or invalid.")
+            .with_status(status),
+    }
+}
+
+/// Short human text for `GET /error?code=`.
+pub fn known_meaning(code: u32) -> Option<&'static str> {
+    Some(match code {
+        700016 => {
+            "UnauthorizedClient_DoesNotMatchRequest: the application was not found in the directory."
+        }
+        7000215 => "InvalidClientSecret: an invalid client secret was provided.",
+        7000218 => {
+            "InvalidClientCredential: the request must contain client_assertion or client_secret."
+        }
+        7000222 => "InvalidClientSecretExpiredKeysProvided: the client secret keys are expired.",
+        90002 => "InvalidTenantName: the tenant wasn't found.",
+        70000 => "InvalidGrant: authentication failed; the grant is invalid or malformed.",
+        70008 => "ExpiredOrRevokedGrant: the code or refresh token expired due to inactivity.",
+        54005 => "OAuth2 authorization code was already redeemed.",
+        501481 => "The Code_Verifier doesn't match the code_challenge.",
+        700082 => {
+            "ExpiredOrRevokedGrantInactiveToken: the refresh token expired due to inactivity (90 days)."
+        }
+        50173 => "FreshTokenNeeded: the grant was revoked, e.g. after a password change or reset.",
+        70043 => "BadTokenDueToSignInFrequency: sign-in frequency checks by Conditional Access.",
+        50076 => "UserStrongAuthClientAuthNRequired: multifactor authentication is required.",
+        65001 => "DelegationDoesNotExist: the user or admin hasn't consented to the app.",
+        65004 => "UserDeclinedConsent: the user declined to consent.",
+        50034 => "UserAccountNotFound: the account doesn't exist in the directory.",
+        50020 => "UserUnauthorized: the user is not a member of the tenant.",
+        50011 => "InvalidReplyTo: the redirect URI doesn't match the app registration.",
+        28000 => "The scope parameter contains more than one resource.",
+        900144 => "InvalidRequest: a required parameter is missing.",
+        9002313 => "InvalidRequest: the request is malformed or invalid.",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timespan_matches_dotnet() {
+        assert_eq!(timespan(90 * 86_400), "90.00:00:00");
+        assert_eq!(timespan(3600), "01:00:00");
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(invalid_client_secret("x").status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            refresh_token_inactive(OffsetDateTime::UNIX_EPOCH).error,
+            "invalid_grant"
+        );
+        assert_eq!(mfa_required("r").error, "interaction_required");
+        assert_eq!(tenant_not_found("t").error, "invalid_request");
+    }
+}

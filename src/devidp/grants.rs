@@ -1,0 +1,787 @@
+//! The simulator's mutable state: codes, refresh tokens, consents, the changes
+//! `/_sim/` makes to tenants, users and the app, counters and pending faults.
+//!
+//! It lives behind one `std::sync::Mutex` in `Inner`. Every method here is
+//! synchronous and short (hash lookups, no I/O, no signing), so the lock is
+//! never held across an await and 500 concurrent token calls only contend for
+//! microseconds each. JWT signing happens after the lock is released.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use axum::http::StatusCode;
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+
+use super::clock::rfc3339;
+use super::directory::{App, Directory, User, normalize_resource};
+use super::errors::{self, EntraError};
+use super::tokens::Subject;
+
+/// Codes live 10 minutes, as Entra's do.
+pub const CODE_LIFETIME: Duration = Duration::minutes(10);
+/// Entra's default refresh token inactivity window.
+pub const RT_INACTIVITY: Duration = Duration::days(90);
+/// Redeemed and expired codes are kept this long so reuse still answers 54005/70008.
+const CODE_RETENTION: Duration = Duration::hours(1);
+const CODE_PURGE_THRESHOLD: usize = 20_000;
+
+pub const GRAPH: &str = "https://graph.microsoft.com";
+const OIDC_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
+
+/// A parsed `scope` parameter: OIDC scopes, and resource-qualified permissions
+/// grouped by resource in request order (Entra issues a code's token for the first).
+#[derive(Debug, Clone, Default)]
+pub struct Scopes {
+    pub oidc: BTreeSet<String>,
+    pub resources: Vec<(String, Vec<String>)>,
+}
+
+impl Scopes {
+    pub fn parse(raw: &str) -> Scopes {
+        let mut s = Scopes::default();
+        for scope in raw.split_whitespace() {
+            let lower = scope.to_ascii_lowercase();
+            if OIDC_SCOPES.contains(&lower.as_str()) {
+                s.oidc.insert(lower);
+                continue;
+            }
+            // `https://host/perm`, `api://id/perm`; a bare permission means Microsoft Graph.
+            let (resource, perm) = match scope.rsplit_once('/') {
+                Some((r, p)) if !p.is_empty() && is_resource_id(r) => {
+                    (normalize_resource(r), p.to_string())
+                }
+                _ => (GRAPH.to_string(), scope.to_string()),
+            };
+            match s.resources.iter_mut().find(|(r, _)| *r == resource) {
+                Some((_, perms)) => perms.push(perm),
+                None => s.resources.push((resource, vec![perm])),
+            }
+        }
+        s
+    }
+
+    pub fn single_resource(resource: &str) -> Scopes {
+        Scopes {
+            oidc: BTreeSet::new(),
+            resources: vec![(normalize_resource(resource), vec![".default".into()])],
+        }
+    }
+
+    pub fn has(&self, oidc: &str) -> bool {
+        self.oidc.contains(oidc)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CodeGrant {
+    pub tenant_id: String,
+    pub upn: String,
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub code_challenge: Option<String>,
+    pub nonce: Option<String>,
+    pub scopes: Scopes,
+    pub amr: Vec<String>,
+    pub auth_time: OffsetDateTime,
+    pub issued_at: OffsetDateTime,
+    pub redeemed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RefreshGrant {
+    pub token: String,
+    pub tenant_id: String,
+    pub upn: String,
+    pub client_id: String,
+    pub amr: Vec<String>,
+    /// The interactive sign-in this RT descends from: password resets and
+    /// sign-in frequency are judged against it, like Entra's TokensValidFrom.
+    pub auth_time: OffsetDateTime,
+    pub issued_at: OffsetDateTime,
+    pub last_used_at: Option<OffsetDateTime>,
+    /// Used for v1 refreshes that name no resource.
+    pub primary_resource: Option<String>,
+    /// Set only under `--strict-rotation`: the RT has been redeemed and is dead.
+    pub spent: bool,
+}
+
+#[derive(Debug, Clone)]
+struct SignInFrequency {
+    set_at: OffsetDateTime,
+    max_age: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppSecret {
+    pub value: String,
+    pub expired: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultBody {
+    Entra,
+    Malformed,
+    Html,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub remaining: u32,
+    pub status: StatusCode,
+    pub retry_after: Option<u64>,
+    pub latency_ms: u64,
+    pub body: FaultBody,
+    /// Optional Entra error to inject instead of the default for `status`.
+    pub error: Option<EntraError>,
+}
+
+/// `/_sim/counters`. `errors` counts every AADSTS code the simulator answered
+/// with, on the token endpoint and the authorize endpoint alike (and injected
+/// faults with an Entra body); `faults_served` counts injected faults.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub token_calls: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub faults_served: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GrantView {
+    pub tenant_id: String,
+    pub upn: String,
+    pub client_id: String,
+    pub refresh_token: String,
+    pub issued_at: String,
+    pub last_used_at: Option<String>,
+    pub valid: bool,
+    /// Why the RT would be refused (an AADSTS code), when it would.
+    pub invalid_reason: Option<u32>,
+    pub amr: Vec<String>,
+}
+
+/// What a successful redemption hands to the token endpoint for signing.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub subject: Subject,
+    pub resource: String,
+    pub permissions: Vec<String>,
+    pub refresh_token: Option<String>,
+    pub id_token: Option<IdTokenRequest>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdTokenRequest {
+    pub nonce: Option<String>,
+    pub email: bool,
+}
+
+pub struct CodeRedemption<'a> {
+    pub code: &'a str,
+    pub app: &'a App,
+    pub redirect_uri: Option<&'a str>,
+    pub code_verifier: Option<&'a str>,
+    pub path_tenant: Option<&'a str>,
+    /// v2 `scope` of the token request (optional for code redemption).
+    pub scope: Option<Scopes>,
+    /// v1 `resource` of the token request.
+    pub resource: Option<String>,
+    pub v1: bool,
+}
+
+pub struct RefreshRedemption<'a> {
+    pub refresh_token: &'a str,
+    pub app: &'a App,
+    pub path_tenant: Option<&'a str>,
+    pub scope: Option<Scopes>,
+    pub resource: Option<String>,
+    pub strict_rotation: bool,
+    pub v1: bool,
+}
+
+#[derive(Debug)]
+pub struct SimState {
+    codes: HashMap<String, CodeGrant>,
+    rt_index: HashMap<String, usize>,
+    rts: Vec<RefreshGrant>,
+    /// (tenant id, client id) → resource → consented permissions.
+    consents: HashMap<(String, String), BTreeMap<String, BTreeSet<String>>>,
+    mfa_required: HashSet<String>,
+    deleted_tenants: HashSet<String>,
+    tokens_valid_from: HashMap<String, OffsetDateTime>,
+    sign_in_frequency: HashMap<String, SignInFrequency>,
+    secrets: HashMap<String, AppSecret>,
+    pub counters: Counters,
+    fault: Option<Fault>,
+}
+
+impl SimState {
+    pub fn new(dir: &Directory) -> SimState {
+        SimState {
+            codes: HashMap::new(),
+            rt_index: HashMap::new(),
+            rts: Vec::new(),
+            consents: HashMap::new(),
+            mfa_required: HashSet::new(),
+            deleted_tenants: HashSet::new(),
+            tokens_valid_from: HashMap::new(),
+            sign_in_frequency: HashMap::new(),
+            secrets: dir
+                .apps()
+                .map(|a| {
+                    let secret = AppSecret {
+                        value: a.secret.clone(),
+                        expired: false,
+                    };
+                    (a.client_id.clone(), secret)
+                })
+                .collect(),
+            counters: Counters::default(),
+            fault: None,
+        }
+    }
+
+    // ---- counters and faults ----
+
+    /// Counts a token call and takes one pending fault, if any. Faulted calls
+    /// count in `token_calls` too: the client did make them, and tests of
+    /// retry logic want to see every attempt.
+    pub fn begin_token_call(&mut self, grant_type: &str) -> Option<Fault> {
+        let label: String = if grant_type.is_empty() {
+            "missing".into()
+        } else {
+            grant_type.chars().take(64).collect()
+        };
+        *self.counters.token_calls.entry(label).or_default() += 1;
+        let fault = self.fault.as_mut()?;
+        fault.remaining = fault.remaining.saturating_sub(1);
+        let taken = fault.clone();
+        if fault.remaining == 0 {
+            self.fault = None;
+        }
+        self.counters.faults_served += 1;
+        Some(taken)
+    }
+
+    pub fn count_error(&mut self, code: u32) {
+        *self.counters.errors.entry(code.to_string()).or_default() += 1;
+    }
+
+    pub fn set_fault(&mut self, fault: Option<Fault>) {
+        self.fault = fault.filter(|f| f.remaining > 0);
+    }
+
+    pub fn pending_faults(&self) -> u32 {
+        self.fault.as_ref().map_or(0, |f| f.remaining)
+    }
+
+    // ---- directory overrides from /_sim ----
+
+    pub fn tenant_deleted(&self, tid: &str) -> bool {
+        self.deleted_tenants.contains(tid)
+    }
+
+    pub fn delete_tenant(&mut self, tid: &str) {
+        self.deleted_tenants.insert(tid.to_string());
+    }
+
+    pub fn mfa_enforced(&self, dir: &Directory, tid: &str) -> bool {
+        self.mfa_required.contains(tid) || dir.tenant(tid).is_some_and(|t| t.mfa.enforced())
+    }
+
+    pub fn require_mfa(&mut self, tid: &str) {
+        self.mfa_required.insert(tid.to_string());
+    }
+
+    pub fn revoke_consent(&mut self, tid: &str) -> usize {
+        let before = self.consents.len();
+        self.consents.retain(|(t, _), _| t != tid);
+        before - self.consents.len()
+    }
+
+    pub fn reset_password(&mut self, upn: &str, now: OffsetDateTime) {
+        self.tokens_valid_from.insert(upn.to_string(), now);
+    }
+
+    pub fn set_sign_in_frequency(
+        &mut self,
+        upn: &str,
+        now: OffsetDateTime,
+        max_age: Option<Duration>,
+    ) {
+        self.sign_in_frequency.insert(
+            upn.to_string(),
+            SignInFrequency {
+                set_at: now,
+                max_age,
+            },
+        );
+    }
+
+    pub fn expire_secret(&mut self, client_id: Option<&str>) -> usize {
+        let mut n = 0;
+        for (id, s) in self.secrets.iter_mut() {
+            if client_id.is_none_or(|c| c.eq_ignore_ascii_case(id)) {
+                s.expired = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn rotate_secret(&mut self, client_id: &str, secret: String) -> bool {
+        match self.secrets.get_mut(client_id) {
+            Some(s) => {
+                *s = AppSecret {
+                    value: secret,
+                    expired: false,
+                };
+                true
+            }
+            None => false,
+        }
+    }
+
+    // ---- client authentication ----
+
+    /// Entra's order: unknown app (700016), no credential (7000218), wrong
+    /// secret (7000215), right but expired secret (7000222).
+    pub fn authenticate<'d>(
+        &self,
+        dir: &'d Directory,
+        client_id: Option<&str>,
+        secret: Option<&str>,
+        directory_label: &str,
+    ) -> Result<&'d App, EntraError> {
+        let client_id = client_id.ok_or_else(|| errors::missing_parameter("client_id"))?;
+        let app = dir
+            .app(client_id)
+            .ok_or_else(|| errors::app_not_found(client_id, directory_label))?;
+        let secret = secret.ok_or_else(errors::missing_client_credential)?;
+        let live = self
+            .secrets
+            .get(&app.client_id)
+            .ok_or_else(|| errors::invalid_client_secret(&app.client_id))?;
+        if !constant_time_eq(live.value.as_bytes(), secret.as_bytes()) {
+            return Err(errors::invalid_client_secret(&app.client_id));
+        }
+        if live.expired {
+            return Err(errors::client_secret_expired(&app.client_id));
+        }
+        Ok(app)
+    }
+
+    // ---- authorize ----
+
+    /// Records the consent a user just gave, one entry per resource.
+    pub fn record_consent(&mut self, tid: &str, app: &App, scopes: &Scopes) {
+        let entry = self
+            .consents
+            .entry((tid.to_string(), app.client_id.clone()))
+            .or_default();
+        for (resource, perms) in &scopes.resources {
+            let set = entry.entry(resource.clone()).or_default();
+            for perm in perms {
+                if perm == ".default" {
+                    let statics = app.static_permissions(resource);
+                    if statics.is_empty() {
+                        set.insert("user_impersonation".into());
+                    }
+                    set.extend(statics);
+                } else {
+                    set.insert(perm.clone());
+                }
+            }
+        }
+    }
+
+    pub fn insert_code(&mut self, code: String, grant: CodeGrant, now: OffsetDateTime) {
+        if self.codes.len() >= CODE_PURGE_THRESHOLD {
+            self.codes.retain(|_, c| now - c.issued_at < CODE_RETENTION);
+        }
+        self.codes.insert(code, grant);
+    }
+
+    // ---- token: authorization_code ----
+
+    pub fn redeem_code(
+        &mut self,
+        dir: &Directory,
+        req: CodeRedemption<'_>,
+        new_rt: String,
+        now: OffsetDateTime,
+    ) -> Result<Issued, EntraError> {
+        let grant = match self.codes.get(req.code) {
+            Some(g) => g.clone(),
+            None if req.code.starts_with("1.A") => return Err(errors::invalid_code()),
+            None => return Err(errors::malformed_request()),
+        };
+        if now - grant.issued_at > CODE_LIFETIME {
+            return Err(errors::code_expired());
+        }
+        if grant.redeemed {
+            return Err(errors::code_redeemed());
+        }
+        if grant.client_id != req.app.client_id {
+            return Err(errors::invalid_grant(
+                "The code was issued to a different client.",
+            ));
+        }
+        if req.path_tenant.is_some_and(|t| t != grant.tenant_id) {
+            return Err(errors::code_wrong_tenant());
+        }
+        if self.tenant_deleted(&grant.tenant_id) {
+            return Err(errors::tenant_not_found(&grant.tenant_id));
+        }
+        let redirect_uri = req
+            .redirect_uri
+            .ok_or_else(|| errors::missing_parameter("redirect_uri"))?;
+        if redirect_uri != grant.redirect_uri {
+            return Err(errors::reply_address_mismatch());
+        }
+        if let Some(challenge) = &grant.code_challenge {
+            let verifier = req
+                .code_verifier
+                .ok_or_else(|| errors::missing_parameter("code_verifier"))?;
+            if &super::tokens::pkce_s256(verifier) != challenge {
+                return Err(errors::pkce_mismatch());
+            }
+        }
+        let target = match (&req.scope, &req.resource) {
+            (Some(s), _) if !s.resources.is_empty() => Some(single_target(s, req.scope_raw())?),
+            (_, Some(r)) => Some((normalize_resource(r), vec![".default".to_string()])),
+            _ => grant.scopes.resources.first().cloned(),
+        };
+        let user = dir
+            .user(&grant.upn)
+            .ok_or_else(|| errors::invalid_grant("The user no longer exists."))?
+            .clone();
+        let (resource, permissions) = match target {
+            Some((resource, perms)) => {
+                if self.mfa_enforced(dir, &grant.tenant_id) && !has_mfa(&grant.amr) {
+                    return Err(errors::mfa_required(&resource));
+                }
+                let granted = self
+                    .consented(&grant.tenant_id, &req.app.client_id, &resource, &perms)
+                    .ok_or_else(|| errors::consent_required(&req.app.client_id, &req.app.name))?;
+                (resource, granted)
+            }
+            None => oidc_only_target(&grant.scopes),
+        };
+        let refresh_token = if grant.scopes.has("offline_access") || req.v1 {
+            Some(self.push_rt(RefreshGrant {
+                token: new_rt,
+                tenant_id: grant.tenant_id.clone(),
+                upn: grant.upn.clone(),
+                client_id: grant.client_id.clone(),
+                amr: grant.amr.clone(),
+                auth_time: grant.auth_time,
+                issued_at: now,
+                last_used_at: None,
+                primary_resource: grant.scopes.resources.first().map(|(r, _)| r.clone()),
+                spent: false,
+            }))
+        } else {
+            None
+        };
+        if let Some(g) = self.codes.get_mut(req.code) {
+            g.redeemed = true;
+        }
+        let id_token = grant.scopes.has("openid").then(|| IdTokenRequest {
+            nonce: grant.nonce.clone(),
+            email: grant.scopes.has("email"),
+        });
+        Ok(Issued {
+            subject: subject(user, &grant.client_id, &grant.amr),
+            resource,
+            permissions,
+            refresh_token,
+            id_token,
+        })
+    }
+
+    // ---- token: refresh_token ----
+
+    pub fn redeem_refresh(
+        &mut self,
+        dir: &Directory,
+        req: RefreshRedemption<'_>,
+        new_rt: String,
+        now: OffsetDateTime,
+    ) -> Result<Issued, EntraError> {
+        let idx = match self.rt_index.get(req.refresh_token) {
+            Some(&i) => i,
+            None if req.refresh_token.starts_with("0.A") => {
+                return Err(errors::invalid_refresh_token());
+            }
+            None => return Err(errors::malformed_request()),
+        };
+        let rt = self.rts[idx].clone();
+        if rt.client_id != req.app.client_id {
+            return Err(errors::invalid_grant(
+                "The refresh token was issued to a different client.",
+            ));
+        }
+        if req.path_tenant.is_some_and(|t| t != rt.tenant_id) {
+            return Err(errors::invalid_grant(
+                "The refresh token was issued for a different tenant.",
+            ));
+        }
+        // Resource resolution first: a malformed scope is a request error, not a grant one.
+        let target = match (&req.scope, &req.resource) {
+            (Some(s), _) if !s.resources.is_empty() => Some(single_target(s, req.scope_raw())?),
+            (_, Some(r)) => Some((normalize_resource(r), vec![".default".to_string()])),
+            (Some(_), None) if !req.v1 => None,
+            _ => rt
+                .primary_resource
+                .clone()
+                .map(|r| (r, vec![".default".to_string()])),
+        };
+        let resource_label = target.as_ref().map_or(GRAPH, |(r, _)| r.as_str());
+        self.check_rt_alive(dir, &rt, now, resource_label)?;
+        let (resource, permissions) = match target {
+            Some((resource, perms)) => {
+                let granted = self
+                    .consented(&rt.tenant_id, &rt.client_id, &resource, &perms)
+                    .ok_or_else(|| errors::consent_required(&req.app.client_id, &req.app.name))?;
+                (resource, granted)
+            }
+            None => oidc_only_target(req.scope.as_ref().unwrap_or(&Scopes::default())),
+        };
+        let user = dir
+            .user(&rt.upn)
+            .ok_or_else(|| errors::invalid_grant("The user no longer exists."))?
+            .clone();
+        {
+            let old = &mut self.rts[idx];
+            old.last_used_at = Some(now);
+            if req.strict_rotation {
+                old.spent = true;
+            }
+        }
+        let refresh_token = self.push_rt(RefreshGrant {
+            token: new_rt,
+            issued_at: now,
+            last_used_at: None,
+            spent: false,
+            ..rt.clone()
+        });
+        let id_token = req
+            .scope
+            .as_ref()
+            .filter(|s| s.has("openid") && !req.v1)
+            .map(|s| IdTokenRequest {
+                nonce: None,
+                email: s.has("email"),
+            });
+        Ok(Issued {
+            subject: subject(user, &rt.client_id, &rt.amr),
+            resource,
+            permissions,
+            refresh_token: Some(refresh_token),
+            id_token,
+        })
+    }
+
+    /// Checks, in Entra's order, everything that can kill an RT regardless of
+    /// the resource asked for. Shared by redemption and the `/_sim/grants` view.
+    fn check_rt_alive(
+        &self,
+        dir: &Directory,
+        rt: &RefreshGrant,
+        now: OffsetDateTime,
+        resource: &str,
+    ) -> Result<(), EntraError> {
+        if self.tenant_deleted(&rt.tenant_id) {
+            return Err(errors::tenant_not_found(&rt.tenant_id));
+        }
+        if now - rt.issued_at > RT_INACTIVITY {
+            return Err(errors::refresh_token_inactive(rt.issued_at));
+        }
+        if let Some(&valid_from) = self.tokens_valid_from.get(&rt.upn)
+            && rt.auth_time < valid_from
+        {
+            return Err(errors::grant_revoked(rt.auth_time, valid_from));
+        }
+        if let Some(sif) = self.sign_in_frequency.get(&rt.upn) {
+            let dead = match sif.max_age {
+                Some(max) => now - rt.auth_time > max,
+                None => rt.auth_time < sif.set_at,
+            };
+            if dead {
+                let lifetime = sif
+                    .max_age
+                    .unwrap_or(sif.set_at - rt.auth_time)
+                    .whole_seconds();
+                return Err(errors::sign_in_frequency(rt.auth_time, lifetime));
+            }
+        }
+        if rt.spent {
+            return Err(errors::refresh_token_reused(rt.issued_at));
+        }
+        if self.mfa_enforced(dir, &rt.tenant_id) && !has_mfa(&rt.amr) {
+            return Err(errors::mfa_required(resource));
+        }
+        Ok(())
+    }
+
+    /// The permissions granted for `resource`, or None when consent is missing.
+    /// `.default` (or no permission named) means "everything consented".
+    fn consented(
+        &self,
+        tid: &str,
+        client_id: &str,
+        resource: &str,
+        perms: &[String],
+    ) -> Option<Vec<String>> {
+        let set = self
+            .consents
+            .get(&(tid.to_string(), client_id.to_string()))?
+            .get(resource)?;
+        if set.is_empty() {
+            return None;
+        }
+        if perms.is_empty() || perms.iter().any(|p| p == ".default") {
+            return Some(set.iter().cloned().collect());
+        }
+        perms
+            .iter()
+            .all(|p| set.iter().any(|s| s.eq_ignore_ascii_case(p)))
+            .then(|| perms.to_vec())
+    }
+
+    fn push_rt(&mut self, rt: RefreshGrant) -> String {
+        let token = rt.token.clone();
+        self.rt_index.insert(token.clone(), self.rts.len());
+        self.rts.push(rt);
+        token
+    }
+
+    pub fn grants_view(&self, dir: &Directory, now: OffsetDateTime) -> Vec<GrantView> {
+        self.rts
+            .iter()
+            .map(|rt| {
+                let mut reason = self
+                    .check_rt_alive(dir, rt, now, GRAPH)
+                    .err()
+                    .map(|e| e.code);
+                let consented = self
+                    .consents
+                    .get(&(rt.tenant_id.clone(), rt.client_id.clone()))
+                    .is_some_and(|c| !c.is_empty());
+                if reason.is_none() && !consented {
+                    reason = Some(65001);
+                }
+                GrantView {
+                    tenant_id: rt.tenant_id.clone(),
+                    upn: rt.upn.clone(),
+                    client_id: rt.client_id.clone(),
+                    refresh_token: rt.token.clone(),
+                    issued_at: rfc3339(rt.issued_at),
+                    last_used_at: rt.last_used_at.map(rfc3339),
+                    valid: reason.is_none(),
+                    invalid_reason: reason,
+                    amr: rt.amr.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl CodeRedemption<'_> {
+    fn scope_raw(&self) -> String {
+        scope_text(self.scope.as_ref())
+    }
+}
+
+impl RefreshRedemption<'_> {
+    fn scope_raw(&self) -> String {
+        scope_text(self.scope.as_ref())
+    }
+}
+
+fn scope_text(s: Option<&Scopes>) -> String {
+    let Some(s) = s else { return String::new() };
+    let mut parts: Vec<String> = s
+        .resources
+        .iter()
+        .flat_map(|(r, ps)| ps.iter().map(move |p| format!("{r}/{p}")))
+        .collect();
+    parts.extend(s.oidc.iter().cloned());
+    parts.join(" ")
+}
+
+/// One resource per token request, as Entra enforces (AADSTS28000).
+fn single_target(s: &Scopes, raw: String) -> Result<(String, Vec<String>), EntraError> {
+    match s.resources.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(errors::more_than_one_resource(&raw)),
+    }
+}
+
+/// A request with only OIDC scopes gets a Graph token for the OIDC scopes, as Entra does.
+fn oidc_only_target(scopes: &Scopes) -> (String, Vec<String>) {
+    let mut perms: Vec<String> = scopes
+        .oidc
+        .iter()
+        .filter(|s| *s != "offline_access")
+        .cloned()
+        .collect();
+    if perms.is_empty() {
+        perms.push("openid".into());
+    }
+    (GRAPH.to_string(), perms)
+}
+
+/// `https://host[/path]`, `api://id` or a bare app id GUID: anything but a scheme alone.
+fn is_resource_id(r: &str) -> bool {
+    match r.split_once("://") {
+        Some((_, rest)) => !rest.trim_matches('/').is_empty(),
+        None => !r.is_empty() && !r.contains(':'),
+    }
+}
+
+fn has_mfa(amr: &[String]) -> bool {
+    amr.iter().any(|a| a == "mfa")
+}
+
+fn subject(user: User, client_id: &str, amr: &[String]) -> Subject {
+    Subject {
+        global_admin: user.role == "Global Admin",
+        user,
+        client_id: client_id.to_string(),
+        amr: amr.to_vec(),
+    }
+}
+
+/// The secret check must not leak, through timing, how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_parsing() {
+        let s = Scopes::parse(
+            "https://api.partnercenter.microsoft.com/user_impersonation offline_access openid profile User.Read",
+        );
+        assert!(s.has("offline_access") && s.has("openid") && s.has("profile"));
+        assert_eq!(
+            s.resources,
+            vec![
+                (
+                    "https://api.partnercenter.microsoft.com".to_string(),
+                    vec!["user_impersonation".to_string()]
+                ),
+                (GRAPH.to_string(), vec!["User.Read".to_string()]),
+            ]
+        );
+        let d = Scopes::parse("https://management.azure.com//.default");
+        assert_eq!(d.resources[0].0, "https://management.azure.com");
+    }
+}

@@ -1,0 +1,272 @@
+//! Entra-compatible dev IdP: an in-process, in-memory simulator of Microsoft
+//! Entra ID's OAuth 2.0 / OIDC wire protocol (SPEC §5).
+//!
+//! It exists so that the demo, local development and the test-suite exercise
+//! the same HTTP paths, parameters, JSON shapes and AADSTS codes samvault meets
+//! in production: pointing `SAMVAULT_AUTHORITY` at it is the only change.
+//!
+//! - `directory`: seeded tenants, users and the CPV app; TOML loading; `--tenants N`.
+//! - `grants`: codes, refresh tokens, consents, `/_sim` overrides, counters, faults.
+//! - `tokens`: the RS256 key and JWKS, JWT claims, opaque codes and refresh tokens.
+//! - `errors`: Entra's error bodies and the AADSTS catalogue.
+//! - `clock`: the simulated clock every expiry is judged on.
+//! - `discovery`, `authorize`, `token`, `sim`: the HTTP surface.
+//!
+//! A directory file (`directory_file`) looks like:
+//!
+//! ```toml
+//! [[apps]]                       # optional: the demo CPV app is always registered
+//! client_id = "..."
+//! client_secret = "..."
+//! name = "My CPV"
+//! permissions = ["https://api.partnercenter.microsoft.com/user_impersonation"]
+//!
+//! [[tenants]]
+//! id = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01"
+//! name = "Contoso"
+//! domain = "contoso.example"
+//! mfa = "enforced"               # or "federated", "not_enforced", true, false
+//! [[tenants.users]]
+//! upn = "jane@contoso.example"
+//! name = "Jane Doe"
+//! role = "Admin Agent"           # "Sales Agent", "Global Admin", ...
+//! ```
+
+// Handlers return early with a finished `Response` as the error value; boxing
+// it would only add noise.
+#![allow(clippy::result_large_err)]
+
+mod authorize;
+mod clock;
+mod directory;
+mod discovery;
+mod errors;
+mod grants;
+mod sim;
+mod token;
+mod tokens;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub use directory::{MfaPolicy, generated_tenant_id};
+
+use directory::{Directory, Tenant};
+use errors::EntraError;
+use grants::SimState;
+use tokens::SigningKey;
+
+/// Client id of the CPV app registered in the demo directory (a simulator fixture).
+pub const DEMO_CLIENT_ID: &str = "5a7e3c1d-0000-4000-8000-00000000c0de";
+/// Its secret; shown here because the simulator is a test tool, nothing more.
+pub const DEMO_CLIENT_SECRET: &str = "samvault-demo-secret";
+/// Display name of the demo CPV app, shown on the consent page.
+pub const DEMO_APP_NAME: &str = "samvault demo CPV app";
+/// Contoso: MFA enforced (Entra MFA).
+pub const CONTOSO: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01";
+/// Wingtip: MFA enforced (federated MFA).
+pub const WINGTIP: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a02";
+/// Fabrikam: MFA not enforced.
+pub const FABRIKAM: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a03";
+
+#[derive(Debug, Clone, Default)]
+pub struct DevIdpOptions {
+    /// `--tenants N`: adds N generated tenants (SPEC 5.1) to the directory.
+    pub generated_tenants: u32,
+    /// `--strict-rotation`: a refresh token dies at its first use.
+    pub strict_rotation: bool,
+    /// A TOML directory to use instead of the demo one.
+    pub directory_file: Option<std::path::PathBuf>,
+    /// Added to every token call, for benchmarks; sleeps without blocking other calls.
+    pub token_latency_ms: u64,
+}
+
+/// The simulator. Cheap to clone: all state is behind one `Arc`.
+#[derive(Clone)]
+pub struct DevIdp {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DevIdp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevIdp")
+            .field("opts", &self.inner.opts)
+            .field("tenants", &self.inner.directory.tenants().len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    opts: DevIdpOptions,
+    directory: Directory,
+    key: SigningKey,
+    clock: clock::SimClock,
+    state: Mutex<SimState>,
+}
+
+impl DevIdp {
+    /// Builds the directory and generates the signing key (CPU-bound: call it
+    /// from `spawn_blocking` inside a runtime if start-up latency matters).
+    pub fn new(opts: DevIdpOptions) -> anyhow::Result<DevIdp> {
+        let mut directory = match &opts.directory_file {
+            Some(path) => Directory::from_toml_file(path)?,
+            None => Directory::demo(),
+        };
+        directory.add_generated(opts.generated_tenants)?;
+        let state = Mutex::new(SimState::new(&directory));
+        Ok(DevIdp {
+            inner: Arc::new(Inner {
+                key: SigningKey::generate()?,
+                opts,
+                directory,
+                clock: clock::SimClock::default(),
+                state,
+            }),
+        })
+    }
+
+    /// The router; `base_url` like "http://127.0.0.1:8081" is used for issuer/endpoint URLs.
+    pub fn router(&self, base_url: &str) -> Router {
+        let st = AppState {
+            idp: self.clone(),
+            base: Arc::from(base_url.trim_end_matches('/')),
+        };
+        Router::new()
+            .route(
+                "/{tenant}/v2.0/.well-known/openid-configuration",
+                get(discovery::openid_configuration_v2),
+            )
+            .route(
+                "/{tenant}/.well-known/openid-configuration",
+                get(discovery::openid_configuration_v1),
+            )
+            .route("/{tenant}/discovery/v2.0/keys", get(discovery::keys_v2))
+            .route("/{tenant}/discovery/keys", get(discovery::keys_v1))
+            .route(
+                "/{tenant}/oauth2/v2.0/authorize",
+                get(authorize::get_v2).post(authorize::post_v2),
+            )
+            .route(
+                "/{tenant}/oauth2/authorize",
+                get(authorize::get_v1).post(authorize::post_v1),
+            )
+            .route(
+                "/{tenant}/oauth2/v2.0/token",
+                post(token::token_v2).get(token::token_get),
+            )
+            .route(
+                "/{tenant}/oauth2/token",
+                post(token::token_v1).get(token::token_get),
+            )
+            .route("/{tenant}/oauth2/v2.0/logout", get(authorize::logout))
+            .route("/{tenant}/oauth2/logout", get(authorize::logout))
+            .route("/error", get(discovery::error_page))
+            .nest("/_sim", sim::router())
+            .with_state(st)
+    }
+
+    /// The simulator's current time (wall clock plus `/_sim/clock/advance`).
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.inner.clock.now()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn directory(&self) -> &Directory {
+        &self.inner.directory
+    }
+
+    /// Resolves `{tenant}` of a path: a tenant id or domain, or `common` /
+    /// `organizations` (any tenant). Unknown or deleted tenants are AADSTS90002.
+    fn path_tenant(&self, raw: &str) -> Result<PathTenant<'_>, EntraError> {
+        let lower = raw.to_ascii_lowercase();
+        if lower == "common" || lower == "organizations" {
+            return Ok(PathTenant::Any(if lower == "common" {
+                "common"
+            } else {
+                "organizations"
+            }));
+        }
+        match self.directory().tenant(raw) {
+            Some(t) if !self.lock().tenant_deleted(&t.id) => Ok(PathTenant::Tenant(t)),
+            _ => Err(errors::tenant_not_found(raw)),
+        }
+    }
+}
+
+/// Binds nothing itself: serves on an already-bound listener until the future is dropped.
+pub async fn serve(listener: tokio::net::TcpListener, opts: DevIdpOptions) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    // Issuers must be URLs clients can reach; a wildcard bind is reached via loopback.
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let base = format!("http://{host}:{}", addr.port());
+    let idp = tokio::task::spawn_blocking(move || DevIdp::new(opts)).await??;
+    tracing::info!(%base, "dev IdP listening");
+    axum::serve(listener, idp.router(&base)).await?;
+    Ok(())
+}
+
+#[derive(Clone)]
+struct AppState {
+    idp: DevIdp,
+    base: Arc<str>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum PathTenant<'a> {
+    Any(&'static str),
+    Tenant(&'a Tenant),
+}
+
+impl PathTenant<'_> {
+    /// The tenant id when the path names one.
+    fn id(&self) -> Option<&str> {
+        match self {
+            PathTenant::Any(_) => None,
+            PathTenant::Tenant(t) => Some(&t.id),
+        }
+    }
+
+    /// How error messages name the directory, like Entra's `'common'` or the tenant's name.
+    fn label(&self) -> &str {
+        match self {
+            PathTenant::Any(s) => s,
+            PathTenant::Tenant(t) => &t.name,
+        }
+    }
+}
+
+/// Form or query parameters, first value wins; Entra treats empty values as missing.
+#[derive(Debug, Clone, Default)]
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(raw: &[u8]) -> Params {
+        Params(serde_urlencoded::from_bytes(raw).unwrap_or_default())
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `self` overridden by `other` (form fields over query string).
+    fn merged(mut self, other: Params) -> Params {
+        let keys: Vec<String> = other.0.iter().map(|(k, _)| k.clone()).collect();
+        self.0.retain(|(k, _)| !keys.contains(k));
+        self.0.extend(other.0);
+        self
+    }
+}

@@ -1,0 +1,377 @@
+//! `/_sim/`: the control API tests use to move time and break things (SPEC §5).
+//!
+//! JSON in, JSON out. The simulator is a test tool, so this API shows secrets
+//! and refresh tokens freely; it has no place in front of real users.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::Duration;
+
+use super::clock::rfc3339;
+use super::errors::EntraError;
+use super::grants::{Fault, FaultBody, SimState};
+use super::{AppState, DEMO_CLIENT_ID};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/clock", get(clock))
+        .route("/clock/advance", post(advance))
+        .route("/counters", get(counters))
+        .route("/grants", get(grants))
+        .route(
+            "/faults",
+            post(set_faults).get(get_faults).delete(clear_faults),
+        )
+        .route("/tenants/{tenant_id}", delete(delete_tenant))
+        .route("/tenants/{tenant_id}/revoke-consent", post(revoke_consent))
+        .route("/tenants/{tenant_id}/require-mfa", post(require_mfa))
+        .route("/users/{upn}/reset-password", post(reset_password))
+        .route("/users/{upn}/sign-in-frequency", post(sign_in_frequency))
+        .route("/app/secret/expire", post(expire_secret))
+        .route("/app/secret/rotate", post(rotate_secret))
+        .route("/directory", get(directory))
+        .route("/reset", post(reset))
+}
+
+fn bad_request(msg: impl Into<String>) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({ "error": msg.into() })),
+    )
+        .into_response()
+}
+
+fn not_found(msg: impl Into<String>) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// Bodies are optional on most calls: empty means "all defaults".
+fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn clock_view(st: &AppState) -> Value {
+    json!({
+        "now": rfc3339(st.idp.now()),
+        "offset_seconds": st.idp.inner.clock.offset().whole_seconds(),
+    })
+}
+
+async fn clock(State(st): State<AppState>) -> Json<Value> {
+    Json(clock_view(&st))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Advance {
+    days: Option<f64>,
+    hours: Option<f64>,
+    seconds: Option<f64>,
+}
+
+async fn advance(State(st): State<AppState>, body: Bytes) -> Response {
+    let a: Advance = match parse_body(&body) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let secs = a.days.unwrap_or(0.0) * 86_400.0
+        + a.hours.unwrap_or(0.0) * 3600.0
+        + a.seconds.unwrap_or(0.0);
+    if !secs.is_finite() || secs < 0.0 {
+        return bad_request("the clock only moves forward");
+    }
+    if secs == 0.0 {
+        return bad_request("give \"days\", \"hours\" or \"seconds\"");
+    }
+    st.idp.inner.clock.advance(Duration::seconds_f64(secs));
+    Json(clock_view(&st)).into_response()
+}
+
+async fn counters(State(st): State<AppState>) -> Json<Value> {
+    let c = st.idp.lock().counters.clone();
+    Json(json!(c))
+}
+
+async fn grants(State(st): State<AppState>) -> Json<Value> {
+    let now = st.idp.now();
+    let view = st.idp.lock().grants_view(st.idp.directory(), now);
+    Json(json!(view))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FaultSpec {
+    count: Option<u32>,
+    status: Option<u16>,
+    retry_after: Option<u64>,
+    latency_ms: Option<u64>,
+    body: Option<String>,
+    /// Extension: inject a specific Entra error, e.g. `{"error_code": 50196}`.
+    error_code: Option<u32>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Replaces any pending fault: the next `count` token calls fail this way.
+async fn set_faults(State(st): State<AppState>, body: Bytes) -> Response {
+    let spec: FaultSpec = match parse_body(&body) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let body_kind = match spec.body.as_deref() {
+        None | Some("entra" | "json") => FaultBody::Entra,
+        Some("malformed") => FaultBody::Malformed,
+        Some("html") => FaultBody::Html,
+        Some(other) => {
+            return bad_request(format!(
+                "unknown body {other:?}: use \"malformed\", \"html\" or null"
+            ));
+        }
+    };
+    let error_name = match spec.error.as_deref().map(oauth_error_name) {
+        None => None,
+        Some(Some(name)) => Some(name),
+        Some(None) => return bad_request("unknown OAuth \"error\" value"),
+    };
+    let error = spec.error_code.map(|code| {
+        let msg = spec
+            .error_description
+            .clone()
+            .unwrap_or_else(|| "Simulated error injected by /_sim/faults.".into());
+        let e = EntraError::new(code, msg);
+        match error_name {
+            Some(name) => e.with_error(name),
+            None => e,
+        }
+    });
+    let default_status = error.as_ref().map_or(503, |e| e.status.as_u16());
+    let status = match StatusCode::from_u16(spec.status.unwrap_or(default_status)) {
+        Ok(s) if s.as_u16() >= 400 => s,
+        _ => return bad_request("status must be an HTTP error status (400-599)"),
+    };
+    let count = spec.count.unwrap_or(1);
+    st.idp.lock().set_fault(Some(Fault {
+        remaining: count,
+        status,
+        retry_after: spec.retry_after,
+        latency_ms: spec.latency_ms.unwrap_or(0),
+        body: body_kind,
+        error,
+    }));
+    Json(json!({ "pending": count })).into_response()
+}
+
+/// The OAuth `error` values Entra uses (RFC 6749 §5.2 plus OIDC's).
+fn oauth_error_name(name: &str) -> Option<&'static str> {
+    const NAMES: [&str; 12] = [
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+        "interaction_required",
+        "login_required",
+        "consent_required",
+        "access_denied",
+        "server_error",
+        "temporarily_unavailable",
+    ];
+    NAMES.into_iter().find(|n| *n == name)
+}
+
+async fn get_faults(State(st): State<AppState>) -> Json<Value> {
+    Json(json!({ "pending": st.idp.lock().pending_faults() }))
+}
+
+async fn clear_faults(State(st): State<AppState>) -> Json<Value> {
+    st.idp.lock().set_fault(None);
+    Json(json!({ "pending": 0 }))
+}
+
+fn known_tenant(st: &AppState, raw: &str) -> Result<String, Response> {
+    st.idp
+        .directory()
+        .tenant(raw)
+        .map(|t| t.id.clone())
+        .ok_or_else(|| not_found(format!("unknown tenant {raw}")))
+}
+
+fn known_user(st: &AppState, upn: &str) -> Result<String, Response> {
+    st.idp
+        .directory()
+        .user(upn)
+        .map(|u| u.upn.clone())
+        .ok_or_else(|| not_found(format!("unknown user {upn}")))
+}
+
+/// The app's grant in that tenant is gone: refreshes answer 65001.
+async fn revoke_consent(State(st): State<AppState>, Path(tenant): Path<String>) -> Response {
+    match known_tenant(&st, &tenant) {
+        Ok(tid) => {
+            let removed = st.idp.lock().revoke_consent(&tid);
+            Json(json!({ "tenant_id": tid, "consent_revoked": removed > 0 })).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// The tenant now enforces MFA: RTs whose sign-in lacked MFA answer 50076.
+async fn require_mfa(State(st): State<AppState>, Path(tenant): Path<String>) -> Response {
+    match known_tenant(&st, &tenant) {
+        Ok(tid) => {
+            st.idp.lock().require_mfa(&tid);
+            Json(json!({ "tenant_id": tid, "mfa_required": true })).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// The tenant is gone: its RTs and its endpoints answer 90002.
+async fn delete_tenant(State(st): State<AppState>, Path(tenant): Path<String>) -> Response {
+    match known_tenant(&st, &tenant) {
+        Ok(tid) => {
+            st.idp.lock().delete_tenant(&tid);
+            Json(json!({ "tenant_id": tid, "deleted": true })).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// TokensValidFrom moves to now: the user's existing RTs answer 50173.
+async fn reset_password(State(st): State<AppState>, Path(upn): Path<String>) -> Response {
+    match known_user(&st, &upn) {
+        Ok(upn) => {
+            let now = st.idp.now();
+            st.idp.lock().reset_password(&upn, now);
+            Json(json!({ "upn": upn, "tokens_valid_from": rfc3339(now) })).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SignInFrequencyBody {
+    /// A standing policy ("sign in again every N seconds"); without it, only
+    /// RTs from sign-ins before now die.
+    max_age_seconds: Option<i64>,
+}
+
+/// A sign-in frequency policy now applies: the user's RTs answer 70043.
+async fn sign_in_frequency(
+    State(st): State<AppState>,
+    Path(upn): Path<String>,
+    body: Bytes,
+) -> Response {
+    let b: SignInFrequencyBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    if b.max_age_seconds.is_some_and(|s| s < 0) {
+        return bad_request("max_age_seconds must be positive");
+    }
+    match known_user(&st, &upn) {
+        Ok(upn) => {
+            let now = st.idp.now();
+            st.idp.lock().set_sign_in_frequency(
+                &upn,
+                now,
+                b.max_age_seconds.map(Duration::seconds),
+            );
+            Json(json!({ "upn": upn, "sign_in_frequency": true })).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SecretBody {
+    client_id: Option<String>,
+    secret: Option<String>,
+}
+
+/// The app's secret has expired: token calls with it answer 7000222.
+async fn expire_secret(State(st): State<AppState>, body: Bytes) -> Response {
+    let b: SecretBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let n = st.idp.lock().expire_secret(b.client_id.as_deref());
+    if n == 0 {
+        return not_found("unknown client_id");
+    }
+    Json(json!({ "expired": n })).into_response()
+}
+
+/// Replaces the app's secret (and clears an expiry): the old one answers 7000215.
+async fn rotate_secret(State(st): State<AppState>, body: Bytes) -> Response {
+    let b: SecretBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(secret) = b.secret.filter(|s| !s.is_empty()) else {
+        return bad_request("give the new \"secret\"");
+    };
+    let client_id = b
+        .client_id
+        .unwrap_or_else(|| DEMO_CLIENT_ID.into())
+        .to_ascii_lowercase();
+    if st.idp.lock().rotate_secret(&client_id, secret) {
+        Json(json!({ "client_id": client_id, "rotated": true })).into_response()
+    } else {
+        not_found("unknown client_id")
+    }
+}
+
+/// Everything back to start-up state (same key and directory).
+async fn reset(State(st): State<AppState>) -> Json<Value> {
+    *st.idp.lock() = SimState::new(st.idp.directory());
+    st.idp.inner.clock.reset();
+    Json(json!({ "reset": true }))
+}
+
+/// The directory with live overrides, for the demo and for test fixtures.
+async fn directory(State(st): State<AppState>) -> Json<Value> {
+    let dir = st.idp.directory();
+    let state = st.idp.lock();
+    let mut users: HashMap<&str, Vec<Value>> = HashMap::new();
+    for u in dir.users() {
+        users
+            .entry(u.tenant_id.as_str())
+            .or_default()
+            .push(json!(u));
+    }
+    let tenants: Vec<Value> = dir
+        .tenants()
+        .iter()
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "name": t.name,
+                "domain": t.domain,
+                "mfa": t.mfa,
+                "mfa_enforced": state.mfa_enforced(dir, &t.id),
+                "deleted": state.tenant_deleted(&t.id),
+                "users": users.remove(t.id.as_str()).unwrap_or_default(),
+            })
+        })
+        .collect();
+    let apps: Vec<Value> = dir
+        .apps()
+        .map(|a| json!({ "client_id": a.client_id, "name": a.name }))
+        .collect();
+    Json(json!({ "apps": apps, "tenants": tenants }))
+}

@@ -1,0 +1,350 @@
+//! The token endpoint (`/{tenant}/oauth2/v2.0/token` and v1 `/{tenant}/oauth2/token`).
+//!
+//! Order of checks follows Entra: injected faults, client authentication,
+//! tenant, then the grant. All grant bookkeeping happens in one short critical
+//! section (`SimState::redeem_*`); signing runs after the lock is released.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::json;
+
+use super::errors::{self, EntraError, RequestIds, json_string, no_store};
+use super::grants::{CodeRedemption, Fault, FaultBody, GRAPH, Issued, RefreshRedemption, Scopes};
+use super::tokens::{
+    TOKEN_LIFETIME_SECS, access_token_claims, id_token_claims, id_token_v1_claims,
+    new_refresh_token,
+};
+use super::{AppState, Params};
+
+pub async fn token_v2(
+    State(st): State<AppState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    token(st, tenant, headers, body, false).await
+}
+
+pub async fn token_v1(
+    State(st): State<AppState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    token(st, tenant, headers, body, true).await
+}
+
+/// Entra answers a GET on the token endpoint with AADSTS900561.
+pub async fn token_get(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let e = errors::post_only("GET");
+    st.idp.lock().count_error(e.code);
+    e.to_response(&st.base, &RequestIds::new(&headers), st.idp.now())
+}
+
+async fn token(
+    st: AppState,
+    tenant: String,
+    headers: HeaderMap,
+    body: Bytes,
+    v1: bool,
+) -> Response {
+    let ids = RequestIds::new(&headers);
+    let params = Params::parse(&body);
+    let grant_type = params.get("grant_type").unwrap_or("").to_string();
+    let fault = st.idp.lock().begin_token_call(&grant_type);
+    let latency = st.idp.inner.opts.token_latency_ms + fault.as_ref().map_or(0, |f| f.latency_ms);
+    if latency > 0 {
+        // A timer, not a blocked thread: other calls proceed meanwhile.
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    if let Some(fault) = fault {
+        return fault_response(&st, fault, &ids);
+    }
+    match process(&st, &tenant, &params, &headers, &grant_type, v1) {
+        Ok(resp) => resp,
+        Err(e) => {
+            st.idp.lock().count_error(e.code);
+            e.to_response(&st.base, &ids, st.idp.now())
+        }
+    }
+}
+
+fn process(
+    st: &AppState,
+    tenant_raw: &str,
+    params: &Params,
+    headers: &HeaderMap,
+    grant_type: &str,
+    v1: bool,
+) -> Result<Response, EntraError> {
+    let idp = &st.idp;
+    let dir = idp.directory();
+    let path = idp.path_tenant(tenant_raw);
+    let (client_id, secret) = client_credentials(params, headers)?;
+    let label = path.as_ref().map_or(tenant_raw, |p| p.label()).to_string();
+    let app = idp
+        .lock()
+        .authenticate(dir, client_id.as_deref(), secret.as_deref(), &label)?;
+    let path = path?;
+    let path_tenant = path.id();
+    let scope = params.get("scope").map(Scopes::parse);
+    let resource = params.get("resource").map(str::to_string);
+    let new_rt = new_refresh_token();
+    let now = idp.now();
+    let issued = match grant_type {
+        "authorization_code" => {
+            let code = params
+                .get("code")
+                .ok_or_else(|| errors::missing_parameter("code"))?;
+            let req = CodeRedemption {
+                code,
+                app,
+                redirect_uri: params.get("redirect_uri"),
+                code_verifier: params.get("code_verifier"),
+                path_tenant,
+                scope,
+                resource: if v1 { resource } else { None },
+                v1,
+            };
+            idp.lock().redeem_code(dir, req, new_rt, now)?
+        }
+        "refresh_token" => {
+            let refresh_token = params
+                .get("refresh_token")
+                .ok_or_else(|| errors::missing_parameter("refresh_token"))?;
+            if !v1 && scope.is_none() {
+                return Err(errors::missing_parameter("scope"));
+            }
+            let req = RefreshRedemption {
+                refresh_token,
+                app,
+                path_tenant,
+                scope,
+                resource: if v1 { resource } else { None },
+                strict_rotation: idp.inner.opts.strict_rotation,
+                v1,
+            };
+            idp.lock().redeem_refresh(dir, req, new_rt, now)?
+        }
+        "" => return Err(errors::missing_parameter("grant_type")),
+        other => return Err(errors::unsupported_grant_type(other)),
+    };
+    respond(st, issued, v1, now)
+}
+
+/// Client authentication: HTTP Basic or `client_id` + `client_secret` in the
+/// body, both accepted as by Entra (RFC 6749 §2.3.1).
+fn client_credentials(
+    params: &Params,
+    headers: &HeaderMap,
+) -> Result<(Option<String>, Option<String>), EntraError> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+        .map(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+                .and_then(|raw| String::from_utf8(raw).ok())
+                .and_then(|s| {
+                    s.split_once(':')
+                        .map(|(i, p)| (percent_decode(i), percent_decode(p)))
+                })
+                .ok_or_else(errors::malformed_request)
+        })
+        .transpose()?;
+    if let Some((id, secret)) = basic {
+        if params
+            .get("client_id")
+            .is_some_and(|b| !b.eq_ignore_ascii_case(&id))
+        {
+            return Err(errors::malformed_request());
+        }
+        return Ok((Some(id), Some(secret)));
+    }
+    if params.get("client_assertion").is_some() && params.get("client_secret").is_none() {
+        return Err(EntraError::new(
+            700027,
+            "Client assertion failed signature validation. The dev IdP has no certificate \
+             registered for this app: authenticate with client_secret.",
+        )
+        .with_error("invalid_client")
+        .with_status(StatusCode::UNAUTHORIZED));
+    }
+    Ok((
+        params.get("client_id").map(str::to_string),
+        params.get("client_secret").map(str::to_string),
+    ))
+}
+
+/// `%XX` decoding for HTTP Basic credentials; `+` is left alone because many
+/// clients do not form-encode them.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn respond(
+    st: &AppState,
+    issued: Issued,
+    v1: bool,
+    now: time::OffsetDateTime,
+) -> Result<Response, EntraError> {
+    let key = &st.idp.inner.key;
+    let sign_failed = |_| {
+        EntraError::new(
+            50000,
+            "There was an error issuing a token or an issue with our sign-in service.",
+        )
+    };
+    let scp = issued.permissions.join(" ");
+    let access_token = key
+        .sign(&access_token_claims(
+            &st.base,
+            &issued.subject,
+            &issued.resource,
+            &scp,
+            now,
+        ))
+        .map_err(sign_failed)?;
+    let id_token = match &issued.id_token {
+        Some(req) if v1 => Some(
+            key.sign(&id_token_v1_claims(
+                &st.base,
+                &issued.subject,
+                req.nonce.as_deref(),
+                now,
+            ))
+            .map_err(sign_failed)?,
+        ),
+        Some(req) => Some(
+            key.sign(&id_token_claims(
+                &st.base,
+                &issued.subject,
+                req.nonce.as_deref(),
+                req.email,
+                now,
+            ))
+            .map_err(sign_failed)?,
+        ),
+        None => None,
+    };
+    let mut body = if v1 {
+        // Entra's v1 endpoint sends numbers as strings and names the resource.
+        let exp = now.unix_timestamp() + TOKEN_LIFETIME_SECS;
+        json!({
+            "token_type": "Bearer",
+            "scope": scp,
+            "expires_in": TOKEN_LIFETIME_SECS.to_string(),
+            "ext_expires_in": TOKEN_LIFETIME_SECS.to_string(),
+            "expires_on": exp.to_string(),
+            "not_before": now.unix_timestamp().to_string(),
+            "resource": issued.resource,
+            "access_token": access_token,
+        })
+    } else {
+        // v2 qualifies scopes with the resource, except Graph's, as Entra does.
+        let scope = issued
+            .permissions
+            .iter()
+            .map(|p| {
+                if issued.resource == GRAPH {
+                    p.clone()
+                } else {
+                    format!("{}/{p}", issued.resource)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        json!({
+            "token_type": "Bearer",
+            "scope": scope,
+            "expires_in": TOKEN_LIFETIME_SECS,
+            "ext_expires_in": TOKEN_LIFETIME_SECS,
+            "access_token": access_token,
+        })
+    };
+    if let Some(rt) = issued.refresh_token {
+        body["refresh_token"] = json!(rt);
+    }
+    if let Some(id) = id_token {
+        body["id_token"] = json!(id);
+    }
+    let mut resp = (StatusCode::OK, json_string(&body)).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    no_store(h);
+    Ok(resp)
+}
+
+fn fault_response(st: &AppState, fault: Fault, ids: &RequestIds) -> Response {
+    let mut resp = match fault.body {
+        FaultBody::Entra => {
+            let e = fault
+                .error
+                .unwrap_or_else(|| errors::fault_error(fault.status))
+                .with_status(fault.status);
+            st.idp.lock().count_error(e.code);
+            e.to_response(&st.base, ids, st.idp.now())
+        }
+        FaultBody::Malformed => (
+            fault.status,
+            [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+            // Truncated mid-string, like a response cut by a proxy.
+            "{\"token_type\":\"Bearer\",\"scope\":\"https://api.partnercenter.microsoft.com/user_imp",
+        )
+            .into_response(),
+        FaultBody::Html => (
+            fault.status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            "<!DOCTYPE html><html><head><title>Service Unavailable</title></head><body>\
+             <h2>Service Unavailable</h2><hr><p>HTTP Error 503. The service is unavailable.</p>\
+             </body></html>",
+        )
+            .into_response(),
+    };
+    if let Some(secs) = fault.retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_percent_decoded() {
+        assert_eq!(percent_decode("a%3Ab%2B"), "a:b+");
+        assert_eq!(percent_decode("plain+secret%"), "plain+secret%");
+    }
+}

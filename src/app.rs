@@ -4,10 +4,12 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerSettings};
 use crate::config::{Config, KeyProviderConfig, LogFormat};
 use crate::http::{self, AppState};
 use crate::idp::IdpClient;
+use crate::notify::Notifier;
+use crate::rotation::{Scheduler, SchedulerSettings};
 use crate::storage::Db;
 use crate::vault::{LocalKeyProvider, Vault};
 
@@ -39,34 +41,109 @@ pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {
     }
 }
 
-/// A built service bound to its listener, ready to run.
-pub struct App {
-    pub state: AppState,
-    listener: TcpListener,
+/// Everything samvault runs on, opened from a [`Config`]: what `serve` and `rotate` share.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub vault: Vault,
+    pub idp: IdpClient,
+    pub broker: Broker,
+    pub notifier: Notifier,
+    /// Held for the process's life on SQLite: one writer process per database file.
+    _sqlite_lock: Option<std::fs::File>,
 }
 
-impl App {
-    pub async fn build(config: Config) -> anyhow::Result<App> {
+impl Services {
+    pub async fn open(config: Config) -> anyhow::Result<Services> {
         let idp = IdpClient::new(&config)?;
+        let sqlite_lock = sqlite_single_process_lock(&config)?;
         let db = open_db(&config).await?;
         let vault = open_vault(&config)?;
+        let notifier = Notifier::new(db.clone(), &config);
+        let settings = BrokerSettings {
+            primary: config.primary_resource(),
+            rotate_after: config.rotate_after,
+            expiry_warn: config.expiry_warn,
+        };
         let broker = Broker::new(
             db.clone(),
             vault.clone(),
             idp.clone(),
-            config.primary_resource(),
+            settings,
+            notifier.clone(),
         );
-        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-            anyhow::anyhow!("SAMVAULT_LISTEN: cannot listen on {}: {e}", config.listen)
-        })?;
-        let state = AppState {
+        Ok(Services {
             config: Arc::new(config),
             db,
             vault,
             idp,
             broker,
+            notifier,
+            _sqlite_lock: sqlite_lock,
+        })
+    }
+}
+
+/// SQLite is the single-node default: a second `serve` (or `rotate`) on the same file is
+/// refused with a clear message instead of two schedulers sharing one file.
+fn sqlite_single_process_lock(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
+    use secrecy::ExposeSecret;
+    let url = config.database_url.expose_secret();
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Ok(None);
+    };
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path == ":memory:" {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL: cannot create {lock_path}: {e}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "DATABASE_URL: another samvault process is already serving {path}; SQLite is for one process \
+             (stop it, or use PostgreSQL to run replicas)"
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            anyhow::bail!("DATABASE_URL: cannot lock {lock_path}: {e}")
+        }
+    }
+}
+
+/// A built service bound to its listener, ready to run.
+pub struct App {
+    pub state: AppState,
+    services: Services,
+    listener: TcpListener,
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let listen = config.listen;
+        let services = Services::open(config).await?;
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("SAMVAULT_LISTEN: cannot listen on {listen}: {e}"))?;
+        let state = AppState {
+            config: services.config.clone(),
+            db: services.db.clone(),
+            vault: services.vault.clone(),
+            idp: services.idp.clone(),
+            broker: services.broker.clone(),
         };
-        Ok(App { state, listener })
+        Ok(App {
+            state,
+            services,
+            listener,
+        })
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
@@ -75,13 +152,28 @@ impl App {
             .expect("bound listener has an address")
     }
 
-    /// Serves until Ctrl-C / SIGTERM.
+    /// Serves (with the rotation scheduler and webhook delivery) until Ctrl-C / SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
         let router = http::router(self.state.clone());
-        tracing::info!(listen = %self.local_addr(), public_url = %self.state.config.public_url, "samvault serving");
+        let config = &self.services.config;
+        tracing::info!(listen = %self.local_addr(), public_url = %config.public_url, "samvault serving");
+        let scheduler = config.scheduler.then(|| {
+            Scheduler::new(
+                self.services.broker.clone(),
+                SchedulerSettings {
+                    concurrency: config.rotation_concurrency,
+                },
+            )
+            .spawn()
+        });
+        let delivery = self.services.notifier.spawn_delivery();
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
+        if let Some(s) = scheduler {
+            s.abort();
+        }
+        delivery.abort();
         Ok(())
     }
 }

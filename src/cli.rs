@@ -49,6 +49,22 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Redeem grants now (progress bar on a terminal, one summary line otherwise).
+    Rotate(RotateArgs),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct RotateArgs {
+    /// Grants whose scheduled rotation time has passed.
+    #[arg(long)]
+    due: bool,
+    /// Every usable grant.
+    #[arg(long)]
+    all: bool,
+    /// One partner.
+    #[arg(long, value_name = "TENANT_ID")]
+    partner: Option<String>,
 }
 
 #[derive(Args)]
@@ -282,6 +298,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
                 }
             }
         }
+        Command::Rotate(args) => return rotate(args, config).await,
         Command::Demo(_) | Command::DevIdp(_) => {
             unreachable!("handled before configuration is loaded")
         }
@@ -418,6 +435,87 @@ async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// `samvault rotate`: redeems the chosen grants now with the configured concurrency.
+async fn rotate(args: RotateArgs, config: Config) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let services = crate::app::Services::open(config).await?;
+    let tenants = match &args.partner {
+        Some(t) => vec![TenantId::parse(t).map_err(|e| anyhow::anyhow!("--partner: {e}"))?],
+        None => crate::storage::rotation::usable_tenants(&services.db, args.due.then(now)).await?,
+    };
+    let total = tenants.len() as u64;
+    let started = std::time::Instant::now();
+    let succeeded = std::sync::Arc::new(AtomicU64::new(0));
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        u64,
+    >::new()));
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        services.config.rotation_concurrency,
+    ));
+    let mut set = tokio::task::JoinSet::new();
+    for tenant in tenants {
+        let (broker, succeeded, failures, permits) = (
+            services.broker.clone(),
+            succeeded.clone(),
+            failures.clone(),
+            permits.clone(),
+        );
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore open");
+            match broker.rotate(&tenant, crate::broker::Source::Manual).await {
+                Ok(_) => {
+                    succeeded.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::debug!(tenant.id = %tenant, error = %e, "rotation failed");
+                    *failures
+                        .lock()
+                        .expect("failures lock")
+                        .entry(e.to_string())
+                        .or_default() += 1;
+                }
+            }
+        });
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let mut done = 0u64;
+    while set.join_next().await.is_some() {
+        done += 1;
+        if terminal && (done.is_multiple_of(25) || done == total) {
+            let width = 30u64;
+            let filled = (done * width).checked_div(total).unwrap_or(width) as usize;
+            eprint!(
+                "\rrotating [{}{}] {done}/{total}",
+                "#".repeat(filled),
+                " ".repeat(width as usize - filled)
+            );
+        }
+    }
+    if terminal && total > 0 {
+        eprintln!();
+    }
+    let ok = succeeded.load(Ordering::Relaxed);
+    let failures = failures.lock().expect("failures lock").clone();
+    let failed: u64 = failures.values().sum();
+    let detail: Vec<String> = failures.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    println!(
+        "rotated {total} partners in {:.1}s: {ok} succeeded, {failed} failed{}",
+        started.elapsed().as_secs_f64(),
+        if detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", detail.join(", "))
+        }
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Creates a client and records it in the audit log; returns `(client_id, secret)`.

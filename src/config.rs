@@ -47,6 +47,8 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("SAMVAULT_LOG_FORMAT", Some("text")),
     ("SAMVAULT_CONSENT_TIMEOUT", Some("10m")),
     ("SAMVAULT_APP_NAME", Some("samvault")),
+    ("SAMVAULT_ROTATION_CONCURRENCY", Some("16")),
+    ("SAMVAULT_SCHEDULER", Some("true")),
 ];
 
 /// Settings that are secrets: they may also be read from `<NAME>_FILE`.
@@ -117,6 +119,10 @@ pub struct Config {
     pub consent_timeout: Duration,
     /// The CPV application's name as partner admins know it (shown on onboarding pages).
     pub app_name: String,
+    /// Redemptions the scheduler runs at once.
+    pub rotation_concurrency: usize,
+    /// Whether this process runs the rotation scheduler (replicas may opt out).
+    pub scheduler: bool,
 }
 
 impl Config {
@@ -259,7 +265,21 @@ impl Config {
         if app_name.chars().count() > 80 {
             return Err(bad("SAMVAULT_APP_NAME", "must be at most 80 characters"));
         }
+        let rotation_concurrency = required("SAMVAULT_ROTATION_CONCURRENCY")?
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=512).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    "SAMVAULT_ROTATION_CONCURRENCY",
+                    "must be a number from 1 to 512",
+                )
+            })?;
+        let scheduler = parse_bool(required("SAMVAULT_SCHEDULER")?)
+            .ok_or_else(|| bad("SAMVAULT_SCHEDULER", "must be true or false"))?;
         Ok(Self {
+            rotation_concurrency,
+            scheduler,
             consent_timeout,
             app_name,
             database_url: SecretString::from(database_url.to_string()),

@@ -13,5 +13,8 @@ pub mod devidp;
 pub mod domain;
 pub mod http;
 pub mod idp;
+pub mod metrics;
+pub mod notify;
+pub mod rotation;
 pub mod storage;
 pub mod vault;

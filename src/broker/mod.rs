@@ -14,8 +14,10 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::domain::{PartnerStatus, Resource, TenantId};
 use crate::idp::errors::describe;
 use crate::idp::{AccessClaims, IdpClient, IdpError, Outcome};
-use crate::storage::partners::{self, StoredGrant, grant_context};
-use crate::storage::{Db, StorageError, now};
+use crate::metrics;
+use crate::notify::{Event, Notifier};
+use crate::storage::partners::{self, Partner, StoredGrant, grant_context};
+use crate::storage::{Db, StorageError, now, rotation};
 use crate::vault::{Vault, VaultError};
 
 /// Cached access tokens are served until this long before they expire.
@@ -62,11 +64,61 @@ pub enum BrokerError {
     Vault(VaultError),
 }
 
-/// The one global alarm: the CPV app's own credential is being refused by Entra.
+impl BrokerError {
+    /// The stable problem code integrations see for this error (SPEC §3.2).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::PartnerNotFound => "partner_not_found",
+            Self::ReconsentRequired { .. } => "reconsent_required",
+            Self::ResourceNotConsented { .. } => "resource_not_consented",
+            Self::AppCredentialsInvalid { .. } => "app_credentials_invalid",
+            Self::IdpUnavailable { .. } => "idp_unavailable",
+            Self::IdpError { .. } => "idp_error",
+            Self::KeyUnavailable => "key_provider_unavailable",
+            Self::Storage(_) => "storage_unavailable",
+            Self::Vault(_) => "internal_error",
+        }
+    }
+}
+
+/// The global alarm's name in the `alarms` table.
+pub const APP_CREDENTIALS_ALARM: &str = "app_credentials";
+
+/// How long a lease on a partner lasts: longer than one IdP call can take (20 s timeout).
+const LEASE_SECS: i64 = 30;
+/// How long a token request waits for another replica's redemption of the same partner.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// What a redemption was for: recorded with every attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The scheduler keeping an idle grant alive.
+    Schedule,
+    /// An operator or `samvault rotate`.
+    Manual,
+    /// An integration's token request that missed the cache.
+    Token,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Schedule => "schedule",
+            Self::Manual => "manual",
+            Self::Token => "token",
+        }
+    }
+}
+
+/// What the broker needs to know about policy.
 #[derive(Clone, Debug)]
-pub struct AppAlarm {
-    pub code: Option<u32>,
-    pub since: i64,
+pub struct BrokerSettings {
+    /// The resource consent is given for; scheduled rotations redeem for it.
+    pub primary: Resource,
+    /// Redeem a grant idle this long (SAMVAULT_ROTATE_AFTER).
+    pub rotate_after: Duration,
+    /// Flag grants whose horizon is nearer than this (SAMVAULT_EXPIRY_WARN).
+    pub expiry_warn: Duration,
 }
 
 #[derive(Clone)]
@@ -78,29 +130,47 @@ struct Inner {
     db: Db,
     vault: Vault,
     idp: IdpClient,
-    primary: Resource,
+    settings: BrokerSettings,
+    notifier: Notifier,
+    /// Names this process in lease owners, so a lease says which replica holds it.
+    instance: String,
     cache: Mutex<HashMap<(TenantId, Resource), IssuedToken>>,
     partner_locks: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
-    alarm: Mutex<Option<AppAlarm>>,
 }
 
 impl Broker {
-    pub fn new(db: Db, vault: Vault, idp: IdpClient, primary: Resource) -> Self {
+    pub fn new(
+        db: Db,
+        vault: Vault,
+        idp: IdpClient,
+        settings: BrokerSettings,
+        notifier: Notifier,
+    ) -> Self {
+        let instance = format!(
+            "{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         Self {
             inner: Arc::new(Inner {
                 db,
                 vault,
                 idp,
-                primary,
+                settings,
+                notifier,
+                instance,
                 cache: Mutex::default(),
                 partner_locks: Mutex::default(),
-                alarm: Mutex::default(),
             }),
         }
     }
 
-    pub fn alarm(&self) -> Option<AppAlarm> {
-        self.inner.alarm.lock().expect("alarm lock").clone()
+    pub fn settings(&self) -> &BrokerSettings {
+        &self.inner.settings
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
     }
 
     fn cached(&self, key: &(TenantId, Resource)) -> Option<IssuedToken> {
@@ -119,6 +189,10 @@ impl Broker {
         locks.entry(tenant.clone()).or_default().clone()
     }
 
+    fn new_lease_owner(&self) -> String {
+        format!("{}:{}", self.inner.instance, uuid::Uuid::new_v4().simple())
+    }
+
     /// Drops every cached token of a partner (revocation, purge, re-consent).
     pub fn forget(&self, tenant: &TenantId) {
         self.inner
@@ -128,8 +202,17 @@ impl Broker {
             .retain(|(t, _), _| t != tenant);
     }
 
+    /// When the scheduler should next redeem a grant refreshed at `at`: `rotate_after` minus
+    /// up to a tenth of it, so grants consented together do not all come due together.
+    pub fn next_rotation(&self, at: i64) -> i64 {
+        use rand::Rng;
+        let after = self.inner.settings.rotate_after.as_secs() as i64;
+        at + after - rand::rng().random_range(0..=after / 10)
+    }
+
     /// An access token for `resource` in `tenant`: from the cache, or by redeeming the
-    /// partner's refresh token. Concurrent misses for one partner make one IdP call.
+    /// partner's refresh token. Concurrent misses for one partner make one IdP call, in this
+    /// process (a mutex) and across replicas (the partner's lease).
     pub async fn access_token(
         &self,
         tenant: &TenantId,
@@ -145,22 +228,86 @@ impl Broker {
         if let Some(token) = self.cached(&key) {
             return Ok(token);
         }
-        let token = self.redeem(tenant, resource, "refresh").await?;
-        self.inner
-            .cache
-            .lock()
-            .expect("cache lock")
-            .insert(key, token.clone());
-        Ok(token)
+        let owner = self.wait_for_lease(tenant).await?;
+        let result = self.redeem(tenant, resource, Source::Token).await;
+        self.release(tenant, &owner).await;
+        result
     }
 
-    /// Redeems the partner's current refresh token and writes the new one back.
-    /// Callers hold the partner's lock.
+    /// Redeems a partner's grant now for its primary resource (operators, `samvault rotate`).
+    pub async fn rotate(
+        &self,
+        tenant: &TenantId,
+        source: Source,
+    ) -> Result<IssuedToken, BrokerError> {
+        let lock = self.partner_lock(tenant);
+        let _guard = lock.lock().await;
+        let owner = self.wait_for_lease(tenant).await?;
+        let primary = self.inner.settings.primary.clone();
+        let result = self.redeem(tenant, &primary, source).await;
+        self.release(tenant, &owner).await;
+        result
+    }
+
+    /// The scheduler's path: it already leased `tenant` (as `owner`). If a token request of
+    /// this process is redeeming the same partner right now, that redemption keeps the grant
+    /// alive anyway: step aside (`None`) rather than wait.
+    pub async fn rotate_leased(
+        &self,
+        tenant: &TenantId,
+        owner: &str,
+    ) -> Option<Result<IssuedToken, BrokerError>> {
+        let lock = self.partner_lock(tenant);
+        let Ok(_guard) = lock.try_lock() else {
+            self.release(tenant, owner).await;
+            return None;
+        };
+        let primary = self.inner.settings.primary.clone();
+        let result = self.redeem(tenant, &primary, Source::Schedule).await;
+        self.release(tenant, owner).await;
+        Some(result)
+    }
+
+    /// A fresh lease owner id for the scheduler's claims.
+    pub fn lease_owner(&self) -> String {
+        self.new_lease_owner()
+    }
+
+    pub fn lease_secs(&self) -> i64 {
+        LEASE_SECS
+    }
+
+    async fn wait_for_lease(&self, tenant: &TenantId) -> Result<String, BrokerError> {
+        let owner = self.new_lease_owner();
+        let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+        loop {
+            if rotation::acquire_lease(&self.inner.db, tenant, &owner, now(), LEASE_SECS).await? {
+                return Ok(owner);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // Another replica has been redeeming this partner for too long.
+                return Err(BrokerError::IdpUnavailable {
+                    retry_after: Some(Duration::from_secs(2)),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn release(&self, tenant: &TenantId, owner: &str) {
+        if let Err(e) = rotation::release_lease(&self.inner.db, tenant, owner).await {
+            // The lease runs out by itself; nothing is lost.
+            tracing::warn!(tenant.id = %tenant, error = %e, "lease release failed");
+        }
+    }
+
+    /// Redeems the partner's current refresh token and writes the new one back. Callers hold
+    /// the partner's mutex and lease.
     async fn redeem(
         &self,
         tenant: &TenantId,
         resource: &Resource,
-        source: &str,
+        source: Source,
     ) -> Result<IssuedToken, BrokerError> {
         let inner = &self.inner;
         let partner = partners::get(&inner.db, tenant)
@@ -176,6 +323,7 @@ impl Broker {
                 code: partner.status_code.clone(),
             },
         )?;
+        let failures_before = rotation::failures(&inner.db, tenant).await?;
         let refresh_token = self.open(tenant, &grant).await?;
         let started = std::time::Instant::now();
         let result = inner
@@ -183,11 +331,19 @@ impl Broker {
             .redeem_refresh_token(tenant, &refresh_token, resource)
             .await;
         drop(refresh_token);
+        let elapsed = started.elapsed();
         let tokens = match result {
             Ok(tokens) => tokens,
-            Err(error) => return Err(self.handle_failure(tenant, resource, error).await),
+            Err(error) => {
+                metrics::metrics().record_idp_call("refresh_token", "error", elapsed.as_secs_f64());
+                return Err(self
+                    .handle_failure(&partner, resource, source, error, elapsed)
+                    .await);
+            }
         };
-        tracing::info!(tenant.id = %tenant, %resource, elapsed_ms = started.elapsed().as_millis() as u64, "refresh token redeemed");
+        metrics::metrics().record_idp_call("refresh_token", "success", elapsed.as_secs_f64());
+        tracing::info!(tenant.id = %tenant, %resource, source = source.as_str(), elapsed_ms = elapsed.as_millis() as u64, "refresh token redeemed");
+        let at = now();
         if let Some(new_rt) = &tokens.refresh_token {
             let version = grant.version + 1;
             let sealed = inner
@@ -202,30 +358,74 @@ impl Broker {
                 &inner.db,
                 tenant,
                 &StoredGrant { version, sealed },
-                source,
-                now(),
+                source.as_str(),
+                at,
+                self.next_rotation(at),
             )
             .await?;
         }
-        if partner.status == PartnerStatus::AtRisk {
-            partners::set_status(
-                &inner.db,
-                tenant,
-                PartnerStatus::Active,
-                None,
-                "refresh succeeded",
-                now(),
-            )
-            .await?;
-        }
-        self.clear_alarm();
+        // The access token may leave now; bookkeeping failures below must not cost it.
         let claims = AccessClaims::peek(tokens.access_token.expose_secret()).unwrap_or_default();
-        Ok(IssuedToken {
-            expires_at: now() + tokens.expires_in.as_secs() as i64,
+        let token = IssuedToken {
+            expires_at: at + tokens.expires_in.as_secs() as i64,
             access_token: tokens.access_token,
             mfa: claims.mfa(),
             cached: false,
-        })
+        };
+        self.inner
+            .cache
+            .lock()
+            .expect("cache lock")
+            .insert((tenant.clone(), resource.clone()), token.clone());
+        if let Err(e) = self
+            .after_success(&partner, source, failures_before, elapsed)
+            .await
+        {
+            tracing::warn!(tenant.id = %tenant, error = %e, "bookkeeping after a successful redemption failed");
+        }
+        Ok(token)
+    }
+
+    async fn after_success(
+        &self,
+        partner: &Partner,
+        source: Source,
+        failures_before: i64,
+        elapsed: Duration,
+    ) -> Result<(), StorageError> {
+        let db = &self.inner.db;
+        let tenant = &partner.tenant_id;
+        rotation::record_attempt(
+            db,
+            tenant,
+            now(),
+            source.as_str(),
+            "success",
+            None,
+            elapsed.as_millis() as i64,
+        )
+        .await?;
+        if source != Source::Token {
+            metrics::metrics().record_rotation("success");
+        }
+        if partner.status == PartnerStatus::AtRisk {
+            self.change_status(
+                partner,
+                PartnerStatus::Active,
+                None,
+                "Refresh succeeded again.",
+            )
+            .await?;
+        }
+        if failures_before > 0 {
+            self.publish(Event::recovered(tenant.as_str(), failures_before))
+                .await;
+        }
+        if rotation::clear_alarm(db, APP_CREDENTIALS_ALARM).await? {
+            tracing::info!("the CPV app's credentials are accepted again");
+            self.publish(Event::app_credentials_recovered()).await;
+        }
+        Ok(())
     }
 
     async fn open(
@@ -244,57 +444,175 @@ impl Broker {
         Ok(SecretString::from(text.to_string()))
     }
 
+    /// Records a status change and tells the webhook; a no-op when nothing changes.
+    async fn change_status(
+        &self,
+        partner: &Partner,
+        to: PartnerStatus,
+        code: Option<&str>,
+        reason: &str,
+    ) -> Result<(), StorageError> {
+        let tenant = &partner.tenant_id;
+        if let Some(from) =
+            partners::set_status(&self.inner.db, tenant, to, code, reason, now()).await?
+        {
+            tracing::warn!(tenant.id = %tenant, from = from.as_str(), to = to.as_str(), code, "partner status changed");
+            self.publish(Event::status_changed(
+                tenant.as_str(),
+                from.as_str(),
+                to.as_str(),
+                code,
+                reason,
+            ))
+            .await;
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, event: Event) {
+        self.inner.notifier.publish(&event).await;
+    }
+
     /// Applies SPEC §4's classification to a failed redemption.
     async fn handle_failure(
         &self,
-        tenant: &TenantId,
+        partner: &Partner,
         resource: &Resource,
+        source: Source,
         error: IdpError,
+        elapsed: Duration,
     ) -> BrokerError {
-        let primary = resource == &self.inner.primary;
+        let tenant = &partner.tenant_id;
+        let primary = resource == &self.inner.settings.primary;
         let outcome = error.classify(primary);
-        tracing::warn!(tenant.id = %tenant, %resource, error = %error, ?outcome, "refresh token redemption failed");
+        tracing::warn!(tenant.id = %tenant, %resource, source = source.as_str(), error = %error, ?outcome, "refresh token redemption failed");
+        let (label, code) = match &outcome {
+            Outcome::ReconsentRequired { code } => ("reconsent_required", *code),
+            Outcome::ResourceNotConsented { code } => ("resource_not_consented", *code),
+            Outcome::AppCredentialsInvalid { code } => ("app_credentials_invalid", *code),
+            Outcome::Transient { code, .. } => ("transient", *code),
+            Outcome::Unexpected { code } => ("unexpected", *code),
+        };
+        if source != Source::Token {
+            metrics::metrics().record_rotation(label);
+        }
+        let code_text = code.map(|c| c.to_string());
+        match self
+            .apply_failure(
+                partner,
+                source,
+                &outcome,
+                code_text.as_deref(),
+                label,
+                elapsed,
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) => return e.into(),
+        }
         match outcome {
-            Outcome::ReconsentRequired { code } => {
-                let code_text = code.map(|c| c.to_string());
-                let info = describe(code.unwrap_or(0));
-                let reason = format!("{} {}", info.meaning, info.action);
-                if let Err(e) = partners::set_status(
-                    &self.inner.db,
-                    tenant,
-                    PartnerStatus::ReconsentRequired,
-                    code_text.as_deref(),
-                    &reason,
-                    now(),
-                )
-                .await
-                {
-                    return e.into();
-                }
-                self.forget(tenant);
-                BrokerError::ReconsentRequired { code: code_text }
-            }
+            Outcome::ReconsentRequired { .. } => BrokerError::ReconsentRequired { code: code_text },
             Outcome::ResourceNotConsented { code } => BrokerError::ResourceNotConsented { code },
-            Outcome::AppCredentialsInvalid { code } => {
-                let mut alarm = self.inner.alarm.lock().expect("alarm lock");
-                if alarm.is_none() {
-                    tracing::error!(code = ?code, "the CPV app's credentials are rejected by Entra ID");
-                    *alarm = Some(AppAlarm { code, since: now() });
-                }
-                BrokerError::AppCredentialsInvalid { code }
-            }
+            Outcome::AppCredentialsInvalid { code } => BrokerError::AppCredentialsInvalid { code },
             Outcome::Transient { retry_after, .. } => BrokerError::IdpUnavailable { retry_after },
             Outcome::Unexpected { code } => BrokerError::IdpError { code },
         }
     }
 
-    fn clear_alarm(&self) {
-        let mut alarm = self.inner.alarm.lock().expect("alarm lock");
-        if alarm.take().is_some() {
-            tracing::info!("the CPV app's credentials are accepted again");
+    async fn apply_failure(
+        &self,
+        partner: &Partner,
+        source: Source,
+        outcome: &Outcome,
+        code: Option<&str>,
+        label: &str,
+        elapsed: Duration,
+    ) -> Result<(), StorageError> {
+        let db = &self.inner.db;
+        let tenant = &partner.tenant_id;
+        let at = now();
+        rotation::record_attempt(
+            db,
+            tenant,
+            at,
+            source.as_str(),
+            label,
+            code,
+            elapsed.as_millis() as i64,
+        )
+        .await?;
+        let info = describe(code.and_then(|c| c.parse().ok()).unwrap_or(0));
+        match outcome {
+            Outcome::ReconsentRequired { .. } => {
+                let reason = format!("{} {}", info.meaning, info.action);
+                self.change_status(partner, PartnerStatus::ReconsentRequired, code, &reason)
+                    .await?;
+                self.forget(tenant);
+            }
+            Outcome::ResourceNotConsented { .. } => {}
+            Outcome::AppCredentialsInvalid { .. } => {
+                let detail = format!("{} {}", info.meaning, info.action);
+                if rotation::raise_alarm(db, APP_CREDENTIALS_ALARM, code, &detail, at).await? {
+                    tracing::error!(code, "the CPV app's credentials are rejected by Entra ID");
+                    self.publish(Event::app_credentials_alarm(code, &detail))
+                        .await;
+                }
+                if source == Source::Schedule {
+                    // Not the partner's fault: try it again when the app is fixed, uncounted.
+                    rotation::postpone(db, tenant, at + APP_ALARM_RETRY_SECS).await?;
+                }
+            }
+            Outcome::Transient { retry_after, .. } => {
+                if source != Source::Token {
+                    let failures = rotation::failures(db, tenant).await? + 1;
+                    // Retry-After is honoured exactly; otherwise back off exponentially.
+                    let delay =
+                        retry_after.map_or_else(|| backoff_secs(failures), |d| d.as_secs() as i64);
+                    rotation::record_failure(db, tenant, at + delay).await?;
+                }
+                self.flag_if_expiring(partner, code).await?;
+            }
+            Outcome::Unexpected { .. } => {
+                if source != Source::Token {
+                    let failures = rotation::failures(db, tenant).await? + 1;
+                    rotation::record_failure(db, tenant, at + backoff_secs(failures)).await?;
+                }
+                self.flag_if_expiring(partner, code).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// A grant that cannot be refreshed is `at_risk` once its horizon is within the warning.
+    async fn flag_if_expiring(
+        &self,
+        partner: &Partner,
+        code: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let warn = self.inner.settings.expiry_warn.as_secs() as i64;
+        if partner.status == PartnerStatus::Active && partner.horizon() - now() < warn {
+            let reason = "Refreshing keeps failing for a transient reason (Entra ID unavailable or throttling) and the 90-day expiry is near. samvault keeps retrying; if it persists, check Entra ID's status and samvault's connectivity.";
+            self.change_status(partner, PartnerStatus::AtRisk, code, reason)
+                .await?;
+        }
+        Ok(())
     }
 }
+
+/// How long a grant waits after its n-th consecutive transient failure: 1 min doubling to
+/// 6 h, with ±20 % jitter so failing grants do not retry in lockstep.
+pub fn backoff_secs(failures: i64) -> i64 {
+    use rand::Rng;
+    let base = 60i64
+        .saturating_mul(1 << failures.clamp(1, 20).saturating_sub(1))
+        .min(6 * 3600);
+    let jitter = base / 5;
+    base + rand::rng().random_range(-jitter..=jitter)
+}
+
+/// How long a scheduled grant waits while the CPV app's own credential is rejected.
+const APP_ALARM_RETRY_SECS: i64 = 300;
 
 fn vault_error(e: VaultError) -> BrokerError {
     match e {

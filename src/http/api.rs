@@ -13,6 +13,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
 use super::problem::Problem;
+use crate::broker::BrokerError;
 use crate::domain::{Purpose, Resource, TenantId};
 use crate::storage::clients::{self, Client, Permission};
 use crate::storage::{audit, now};
@@ -126,14 +127,14 @@ async fn issue_token(
         ));
     }
     let outcome = state.broker.access_token(&tenant, &resource).await;
-    let outcome_label = match &outcome {
-        Ok(_) => "issued".to_string(),
-        Err(e) => e.to_string(),
-    };
+    let outcome_label = outcome
+        .as_ref()
+        .map_or_else(BrokerError::code, |_| "issued");
+    let cached = outcome.as_ref().is_ok_and(|t| t.cached);
+    crate::metrics::record_token_request(outcome_label, cached);
     tracing::info!(
         client.id = %client.client_id, tenant.id = %tenant, %resource, purpose = purpose.as_str(),
-        outcome = %outcome_label, cached = outcome.as_ref().map(|t| t.cached).unwrap_or(false),
-        "token request"
+        outcome = outcome_label, cached, "token request"
     );
     if let Ok(token) = &outcome
         && !token.cached

@@ -63,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .merge(pages)
         .merge(api::router())
         .merge(health::router())
+        .merge(crate::metrics::router())
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -513,9 +513,15 @@ async fn complete_consent(
             invitation_id: pending.invitation_id.clone(),
         };
         let at = now();
-        partners::record_consent(&state.db, &consent, &StoredGrant { version, sealed }, at)
-            .await
-            .map_err(|e| e.to_string())?;
+        partners::record_consent(
+            &state.db,
+            &consent,
+            &StoredGrant { version, sealed },
+            at,
+            state.broker.next_rotation(at),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         if let Some(id) = &pending.invitation_id {
             invitations::mark_used(&state.db, id, &upn, at)
                 .await

@@ -92,50 +92,51 @@ fn aadsts(code: Option<impl std::fmt::Display>) -> String {
 
 impl From<BrokerError> for Problem {
     fn from(error: BrokerError) -> Self {
+        let code = error.code();
         match error {
             BrokerError::PartnerNotFound => Problem::new(
                 StatusCode::NOT_FOUND,
-                "partner_not_found",
+                code,
                 "no partner with this tenant id has consented",
             ),
-            BrokerError::ReconsentRequired { code } => Problem::new(
+            BrokerError::ReconsentRequired { code: aad } => Problem::new(
                 StatusCode::CONFLICT,
-                "reconsent_required",
+                code,
                 format!(
                     "the partner's grant is no longer usable{}; the partner admin must consent again",
-                    aadsts(code)
+                    aadsts(aad)
                 ),
             ),
-            BrokerError::ResourceNotConsented { code } => Problem::new(
+            BrokerError::ResourceNotConsented { code: aad } => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "resource_not_consented",
+                code,
                 format!(
                     "the partner has not consented to this resource{}",
-                    aadsts(code)
+                    aadsts(aad)
                 ),
             ),
-            BrokerError::AppCredentialsInvalid { code } => Problem::new(
+            BrokerError::AppCredentialsInvalid { code: aad } => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "app_credentials_invalid",
+                code,
                 format!(
                     "Entra ID rejects the CPV app's own credentials{}; operators have been alerted",
-                    aadsts(code)
+                    aadsts(aad)
                 ),
             ),
             BrokerError::IdpUnavailable { retry_after } => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "idp_unavailable",
+                code,
                 "Entra ID is unavailable or throttling; retry later",
             )
             .retry_after(retry_after.unwrap_or(Duration::from_secs(5))),
-            BrokerError::IdpError { code } => Problem::new(
+            BrokerError::IdpError { code: aad } => Problem::new(
                 StatusCode::BAD_GATEWAY,
-                "idp_error",
-                format!("Entra ID answered with an unexpected error{}", aadsts(code)),
+                code,
+                format!("Entra ID answered with an unexpected error{}", aadsts(aad)),
             ),
             BrokerError::KeyUnavailable => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "key_provider_unavailable",
+                code,
                 "the key provider is unavailable; retry later",
             )
             .retry_after(Duration::from_secs(5)),
@@ -143,7 +144,7 @@ impl From<BrokerError> for Problem {
                 tracing::error!(error = %e, "storage failure during token exchange");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "storage_unavailable",
+                    code,
                     "the database is unavailable; retry later",
                 )
                 .retry_after(Duration::from_secs(5))

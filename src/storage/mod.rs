@@ -10,6 +10,7 @@ pub mod audit;
 pub mod clients;
 pub mod invitations;
 pub mod partners;
+pub mod rotation;
 pub mod sessions;
 
 use std::borrow::Cow;
@@ -66,8 +67,8 @@ macro_rules! migrations {
 
 fn migrator(backend: Backend) -> Migrator {
     let migrations = match backend {
-        Backend::Sqlite => migrations!("sqlite": 1 "0001_initial"),
-        Backend::Postgres => migrations!("postgres": 1 "0001_initial"),
+        Backend::Sqlite => migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation"),
+        Backend::Postgres => migrations!("postgres": 1 "0001_initial", 2 "0002_rotation"),
     };
     Migrator::with_migrations(migrations)
 }

@@ -119,14 +119,15 @@ pub async fn record_consent(
     consent: &NewConsent,
     grant: &StoredGrant,
     now: i64,
+    rotate_at: i64,
 ) -> Result<(), StorageError> {
     let mut conn = db.pool().acquire().await?;
     let mut tx = conn.begin().await?;
     sqlx::query(
-        "INSERT INTO partners (tenant_id, display_name, domain, status, status_code, status_reason, status_changed_at, mfa, consented_by, consented_at, last_refresh_at, grant_version, created_at)
-         VALUES ($1, $2, $3, 'active', NULL, NULL, $4, $5, $6, $4, $4, $7, $4)
+        "INSERT INTO partners (tenant_id, display_name, domain, status, status_code, status_reason, status_changed_at, mfa, consented_by, consented_at, last_refresh_at, grant_version, created_at, rotate_at, failures)
+         VALUES ($1, $2, $3, 'active', NULL, NULL, $4, $5, $6, $4, $4, $7, $4, $8, 0)
          ON CONFLICT (tenant_id) DO UPDATE SET display_name = $2, domain = $3, status = 'active', status_code = NULL, status_reason = NULL,
-             status_changed_at = $4, mfa = $5, consented_by = $6, consented_at = $4, last_refresh_at = $4, grant_version = $7",
+             status_changed_at = $4, mfa = $5, consented_by = $6, consented_at = $4, last_refresh_at = $4, grant_version = $7, rotate_at = $8, failures = 0",
     )
     .bind(consent.tenant_id.as_str())
     .bind(&consent.display_name)
@@ -135,6 +136,7 @@ pub async fn record_consent(
     .bind(i64::from(consent.mfa))
     .bind(&consent.upn)
     .bind(grant.version)
+    .bind(rotate_at)
     .execute(&mut *tx)
     .await?;
     insert_grant(&mut tx, &consent.tenant_id, grant, "consent", now).await?;
@@ -174,16 +176,18 @@ pub async fn record_refresh(
     grant: &StoredGrant,
     source: &str,
     now: i64,
+    rotate_at: i64,
 ) -> Result<(), StorageError> {
     let mut conn = db.pool().acquire().await?;
     let mut tx = conn.begin().await?;
     insert_grant(&mut tx, tenant, grant, source, now).await?;
     sqlx::query(
-        "UPDATE partners SET grant_version = $2, last_refresh_at = $3 WHERE tenant_id = $1",
+        "UPDATE partners SET grant_version = $2, last_refresh_at = $3, rotate_at = $4, failures = 0 WHERE tenant_id = $1",
     )
     .bind(tenant.as_str())
     .bind(grant.version)
     .bind(now)
+    .bind(rotate_at)
     .execute(&mut *tx)
     .await?;
     shred_old_versions(&mut tx, tenant, grant.version, now).await?;

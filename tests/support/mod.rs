@@ -252,3 +252,5 @@ pub fn new_tenant() -> TenantId {
 pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+pub mod stack;

@@ -1,0 +1,566 @@
+//! A running samvault for end-to-end tests: the real `samvault dev-idp` and one or more
+//! `samvault serve` replicas as child processes, a cookie-keeping browser for the onboarding
+//! flow, and helpers to read the IdP's `/_sim/` counters and the database.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+pub const CONTOSO: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01";
+pub const WINGTIP: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a02";
+pub const FABRIKAM: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a03";
+pub const PARTNER_CENTER: &str = "https://api.partnercenter.microsoft.com";
+
+/// Tenant k of the dev IdP's generated directory (`--tenants N`).
+pub fn generated_tenant(k: u32) -> String {
+    format!("00000000-0000-4000-8000-{k:012}")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct Proc(pub Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub async fn wait_ready(http: &reqwest::Client, url: &str) {
+    for _ in 0..400 {
+        if http
+            .get(url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never became ready");
+}
+
+/// Polls `check` every 100 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+pub struct StackOptions {
+    /// Extra arguments for `samvault dev-idp` (e.g. `--strict-rotation`).
+    pub idp_args: Vec<String>,
+    /// Extra environment for every replica.
+    pub env: Vec<(String, String)>,
+    pub replicas: usize,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            idp_args: vec!["--tenants".into(), "2".into()],
+            env: vec![],
+            replicas: 1,
+        }
+    }
+}
+
+impl StackOptions {
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    pub fn idp_arg(mut self, arg: &str) -> Self {
+        self.idp_args.push(arg.into());
+        self
+    }
+
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.replicas = n;
+        self
+    }
+}
+
+pub struct Replica {
+    pub url: String,
+    port: u16,
+    proc: Option<Proc>,
+}
+
+/// The dev IdP and samvault replicas sharing one database and one key file.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub db_url: String,
+    pub idp: String,
+    pub replicas: Vec<Replica>,
+    pub env: Vec<(String, String)>,
+    pub http: reqwest::Client,
+    _idp_proc: Option<Proc>,
+}
+
+impl Stack {
+    pub async fn start(db_url: &str, options: StackOptions) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let idp_port = free_port();
+        let idp = format!("http://127.0.0.1:{idp_port}");
+        let idp_proc = Command::new(env!("CARGO_BIN_EXE_samvault"))
+            .args(["dev-idp", "--listen", &format!("127.0.0.1:{idp_port}")])
+            .args(&options.idp_args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("idp.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut env: Vec<(String, String)> = [
+            ("DATABASE_URL", db_url),
+            ("SAMVAULT_AUTHORITY", &idp),
+            ("SAMVAULT_CLIENT_ID", "5a7e3c1d-0000-4000-8000-00000000c0de"),
+            ("SAMVAULT_CLIENT_SECRET", "samvault-demo-secret"),
+            (
+                "SAMVAULT_KEY_PROVIDER",
+                &format!("local:{}", dir.path().join("samvault.key").display()),
+            ),
+            (
+                "RUST_LOG",
+                "debug,sqlx=warn,hyper=info,h2=info,rustls=info,tower_sessions=info,reqwest=info",
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(options.env);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        wait_ready(
+            &http,
+            &format!("{idp}/common/v2.0/.well-known/openid-configuration"),
+        )
+        .await;
+        let replicas = (0..options.replicas)
+            .map(|_| {
+                let port = free_port();
+                Replica {
+                    url: format!("http://127.0.0.1:{port}"),
+                    port,
+                    proc: None,
+                }
+            })
+            .collect::<Vec<Replica>>();
+        // Commands run from the test (invite create) speak for the first replica.
+        env.push(("SAMVAULT_PUBLIC_URL".into(), replicas[0].url.clone()));
+        let mut stack = Stack {
+            dir,
+            db_url: db_url.to_string(),
+            idp,
+            replicas,
+            env,
+            http,
+            _idp_proc: Some(Proc(idp_proc)),
+        };
+        for i in 0..options.replicas {
+            stack.start_replica(i).await;
+        }
+        stack
+    }
+
+    /// A stack around an already running demo (no processes of its own).
+    pub fn attach(dir: tempfile::TempDir, idp: String, sv: String, http: reqwest::Client) -> Stack {
+        let port = sv.rsplit(':').next().unwrap().parse().unwrap();
+        Stack {
+            dir,
+            db_url: String::new(),
+            idp,
+            replicas: vec![Replica {
+                url: sv,
+                port,
+                proc: None,
+            }],
+            env: vec![],
+            http,
+            _idp_proc: None,
+        }
+    }
+
+    /// The first replica's base URL.
+    pub fn sv(&self) -> &str {
+        &self.replicas[0].url
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_samvault"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub fn log_path(&self, replica: usize) -> PathBuf {
+        self.dir.path().join(format!("samvault-{replica}.log"))
+    }
+
+    pub fn log(&self, replica: usize) -> String {
+        std::fs::read_to_string(self.log_path(replica)).unwrap_or_default()
+    }
+
+    pub async fn start_replica(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .unwrap();
+        let port = self.replicas[i].port;
+        let child = self
+            .command(&["serve"])
+            .env("SAMVAULT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SAMVAULT_PUBLIC_URL", &self.replicas[i].url)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.replicas[i].proc = Some(Proc(child));
+        wait_ready(&self.http, &format!("{}/healthz", self.replicas[i].url)).await;
+    }
+
+    /// SIGKILL: no shutdown of any kind.
+    pub fn kill_replica(&mut self, i: usize) {
+        self.replicas[i].proc = None;
+    }
+
+    /// Runs a CLI command to completion and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "samvault {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn partners(&self) -> Vec<Value> {
+        serde_json::from_str::<Vec<Value>>(&self.cli(&["partners", "list", "--json"])).unwrap()
+    }
+
+    pub fn partner(&self, tenant: &str) -> Option<Value> {
+        self.partners()
+            .into_iter()
+            .find(|p| p["tenant_id"] == tenant)
+    }
+
+    pub async fn sim(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let mut request = self
+            .http
+            .request(method, format!("{}/_sim/{path}", self.idp));
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "/_sim/{path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn counters(&self) -> Value {
+        self.sim(reqwest::Method::GET, "counters", Value::Null)
+            .await
+    }
+
+    pub async fn refresh_calls(&self) -> u64 {
+        self.counters().await["token_calls"]["refresh_token"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    pub async fn advance_days(&self, days: u64) {
+        self.sim(
+            reqwest::Method::POST,
+            "clock/advance",
+            json!({ "days": days }),
+        )
+        .await;
+    }
+
+    /// Creates an integration client with the CLI; returns `(client_id, client_secret)`.
+    pub fn client(&self, resources: &[&str]) -> (String, String) {
+        let mut args = vec!["client", "create", "--name", "test", "--json"];
+        for r in resources {
+            args.extend(["--resource", r]);
+        }
+        let created: Value = serde_json::from_str(&self.cli(&args)).unwrap();
+        (
+            created["client_id"].as_str().unwrap().into(),
+            created["client_secret"].as_str().unwrap().into(),
+        )
+    }
+
+    pub async fn token_at(
+        &self,
+        replica: usize,
+        creds: &(String, String),
+        tenant: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!(
+                "{}/api/v1/partners/{tenant}/token",
+                self.replicas[replica].url
+            ))
+            .basic_auth(&creds.0, Some(&creds.1))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        if status == 200 {
+            assert_eq!(response.headers()["cache-control"], "no-store");
+        } else {
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json"
+            );
+        }
+        (status, response.json().await.unwrap())
+    }
+
+    pub async fn token(&self, creds: &(String, String), tenant: &str, body: Value) -> (u16, Value) {
+        self.token_at(0, creds, tenant, body).await
+    }
+
+    /// Everything a dump of the database shows, as bytes.
+    pub fn database_dump(&self) -> Vec<u8> {
+        if let Some(path) = self.db_url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap();
+            let mut bytes = Vec::new();
+            for suffix in ["", "-wal", "-shm"] {
+                if let Ok(b) = std::fs::read(format!("{path}{suffix}")) {
+                    bytes.extend(b);
+                }
+            }
+            bytes
+        } else {
+            let out = Command::new("pg_dump")
+                .arg("--data-only")
+                .arg(&self.db_url)
+                .output()
+                .expect("pg_dump runs");
+            assert!(
+                out.status.success(),
+                "pg_dump: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        }
+    }
+
+    /// Consents `upn` through the real onboarding flow; panics unless it succeeds.
+    pub async fn consent(&self, upn: &str) {
+        let done = Browser::new(self).consent(upn, true, "accept").await;
+        assert_eq!(done.status, 200, "consent of {upn}: {}", done.body);
+    }
+
+    /// A direct database handle (for assertions on rows the API does not expose).
+    pub async fn db(&self) -> samvault::storage::Db {
+        samvault::storage::Db::connect(&secrecy::SecretString::from(self.db_url.clone()))
+            .await
+            .unwrap()
+    }
+
+    pub async fn scalar(&self, sql: &'static str, tenant: &str) -> i64 {
+        use sqlx::Row;
+        let db = self.db().await;
+        let row = sqlx::query(sql)
+            .bind(tenant)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        row.try_get::<i64, _>(0).unwrap()
+    }
+}
+
+/// A browser: one cookie (samvault's session), no redirects followed.
+pub struct Browser<'a> {
+    stack: &'a Stack,
+    cookie: Option<String>,
+}
+
+pub struct Outcome {
+    pub status: u16,
+    pub body: String,
+    pub callback_url: Option<String>,
+}
+
+pub fn field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} field in {html}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+impl<'a> Browser<'a> {
+    pub fn new(stack: &'a Stack) -> Self {
+        Browser {
+            stack,
+            cookie: None,
+        }
+    }
+
+    fn keep_cookie(&mut self, response: &reqwest::Response) {
+        for value in response.headers().get_all("set-cookie") {
+            let pair = value
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_string();
+            if pair.starts_with("samvault_session=") {
+                self.cookie = Some(pair);
+            }
+        }
+    }
+
+    pub async fn get(&mut self, url: &str) -> reqwest::Response {
+        let mut request = self.stack.http.get(url);
+        if let Some(c) = &self.cookie {
+            request = request.header("cookie", c);
+        }
+        let response = request.send().await.unwrap();
+        self.keep_cookie(&response);
+        response
+    }
+
+    /// Opens an onboarding page and presses "Grant consent"; returns the IdP authorize URL.
+    pub async fn start(&mut self, page: &str) -> String {
+        let html = self.get(page).await.text().await.unwrap();
+        assert!(html.contains("Grant consent"), "{html}");
+        let mut form = vec![("csrf", field(&html, "csrf"))];
+        if html.contains("name=\"invitation\"") {
+            form.push(("invitation", field(&html, "invitation")));
+        }
+        let response = self
+            .stack
+            .http
+            .post(format!("{}/onboard/start", self.stack.sv()))
+            .header("cookie", self.cookie.clone().unwrap())
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        self.keep_cookie(&response);
+        assert_eq!(response.status(), 303);
+        let location = response.headers()["location"].to_str().unwrap().to_string();
+        assert!(location.starts_with(&self.stack.idp), "{location}");
+        location
+    }
+
+    /// Fills the dev IdP's sign-in form as a person would and returns where it sends us.
+    pub async fn sign_in(
+        &mut self,
+        authorize_url: &str,
+        upn: &str,
+        mfa: bool,
+        consent: &str,
+    ) -> String {
+        let page = self.stack.http.get(authorize_url).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        let url = url::Url::parse(authorize_url).unwrap();
+        let mut form: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        form.push(("upn".into(), upn.into()));
+        if mfa {
+            form.push(("mfa".into(), "on".into()));
+        }
+        form.push(("consent".into(), consent.into()));
+        let action = format!("{}{}", self.stack.idp, url.path());
+        let response = self
+            .stack
+            .http
+            .post(action)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_redirection(),
+            "sign-in answered {}",
+            response.status()
+        );
+        response.headers()["location"].to_str().unwrap().to_string()
+    }
+
+    pub async fn consent(&mut self, upn: &str, mfa: bool, decision: &str) -> Outcome {
+        let page = format!("{}/onboard", self.stack.sv());
+        self.consent_from(&page, upn, mfa, decision).await
+    }
+
+    pub async fn consent_from(
+        &mut self,
+        page: &str,
+        upn: &str,
+        mfa: bool,
+        decision: &str,
+    ) -> Outcome {
+        let authorize = self.start(page).await;
+        let callback = self.sign_in(&authorize, upn, mfa, decision).await;
+        assert!(
+            callback.starts_with(&format!("{}/onboard/callback", self.stack.sv())),
+            "{callback}"
+        );
+        let response = self.get(&callback).await;
+        Outcome {
+            status: response.status().as_u16(),
+            body: response.text().await.unwrap(),
+            callback_url: Some(callback),
+        }
+    }
+}
+
+pub fn jwt_claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+pub fn token_body() -> Value {
+    json!({ "resource": PARTNER_CENTER, "purpose": "nightly invoice sync" })
+}

@@ -15,8 +15,9 @@ use std::time::Duration;
 use crate::broker::{APP_CREDENTIALS_ALARM, Broker, BrokerError};
 use crate::storage::{now, rotation};
 
-/// Longest the scheduler sleeps without looking at the database (new consents, config).
-const MAX_IDLE: Duration = Duration::from_secs(30);
+/// Longest the scheduler sleeps without looking at the database: new consents (possibly on
+/// another replica) are picked up this quickly. The look is one indexed query.
+const MAX_IDLE: Duration = Duration::from_secs(5);
 /// First and longest pause while the app-credential alarm is raised.
 const ALARM_PAUSE_MIN: Duration = Duration::from_secs(30);
 const ALARM_PAUSE_MAX: Duration = Duration::from_secs(900);

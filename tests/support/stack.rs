@@ -96,6 +96,17 @@ impl StackOptions {
         self
     }
 
+    /// The dev IdP generates `n` extra tenants (`--tenants n`, 2 by default).
+    pub fn tenants(mut self, n: u32) -> Self {
+        let at = self
+            .idp_args
+            .iter()
+            .position(|a| a == "--tenants")
+            .expect("default has --tenants");
+        self.idp_args[at + 1] = n.to_string();
+        self
+    }
+
     pub fn replicas(mut self, n: usize) -> Self {
         self.replicas = n;
         self

@@ -1,0 +1,528 @@
+//! The rotation engine, end to end: real `serve` replicas against the real dev IdP, a webhook
+//! receiver in the test, and the IdP's `/_sim/` controls to make Entra misbehave.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::Backend;
+use support::stack::*;
+
+const WEBHOOK_SECRET: &str = "whsec-test-0123456789";
+
+/// Collects webhook deliveries, checking each signature with the shared secret.
+#[derive(Clone, Default)]
+struct Receiver {
+    events: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    async fn start() -> (Receiver, String) {
+        use axum::http::HeaderMap;
+        let receiver = Receiver::default();
+        let events = receiver.events.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let events = events.clone();
+                async move {
+                    let signature = headers["x-samvault-signature"]
+                        .to_str()
+                        .unwrap()
+                        .to_string();
+                    let expected = samvault::notify::signature(WEBHOOK_SECRET.as_bytes(), &body);
+                    assert_eq!(signature, expected, "webhook signature");
+                    let event: Value = serde_json::from_slice(&body).unwrap();
+                    assert_eq!(
+                        headers["x-samvault-event"].to_str().unwrap(),
+                        event["kind"].as_str().unwrap()
+                    );
+                    events.lock().unwrap().push(event);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (receiver, url)
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    fn of_kind(&self, kind: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+}
+
+fn with_webhook(options: StackOptions, url: &str) -> StackOptions {
+    options
+        .env("SAMVAULT_WEBHOOK_URL", url)
+        .env("SAMVAULT_WEBHOOK_SECRET", WEBHOOK_SECRET)
+}
+
+async fn metrics(stack: &Stack) -> String {
+    stack
+        .http
+        .get(format!("{}/metrics", stack.sv()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+}
+
+async fn attempts(stack: &Stack, tenant: &str) -> i64 {
+    stack
+        .scalar(
+            "SELECT COUNT(*) FROM rotation_attempts WHERE tenant_id = $1 AND source = 'schedule'",
+            tenant,
+        )
+        .await
+}
+
+/// With `SAMVAULT_ROTATE_AFTER=2s` an idle grant is redeemed again and again by the scheduler,
+/// each new refresh token written back, and under strict rotation no refresh token is ever
+/// redeemed twice (the IdP would answer AADSTS70000 and the partner would die).
+async fn scheduler_keeps_idle_grants_alive(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let options = StackOptions::default()
+        .idp_arg("--strict-rotation")
+        .env("SAMVAULT_ROTATE_AFTER", "2s");
+    let stack = Stack::start(&db.url, options).await;
+    stack.consent("jane@contoso.example").await;
+    stack.consent("trent@wingtip.example").await;
+    eventually(
+        Duration::from_secs(30),
+        "three rotations of each partner",
+        || async { attempts(&stack, CONTOSO).await >= 3 && attempts(&stack, WINGTIP).await >= 3 },
+    )
+    .await;
+    let counters = stack.counters().await;
+    assert!(
+        counters["errors"].as_object().is_none_or(|e| e.is_empty()),
+        "no IdP error at all: {counters}"
+    );
+    for tenant in [CONTOSO, WINGTIP] {
+        let partner = stack.partner(tenant).unwrap();
+        assert_eq!(partner["status"], "active");
+        let versions = stack
+            .scalar(
+                "SELECT MAX(version) FROM grants WHERE tenant_id = $1",
+                tenant,
+            )
+            .await;
+        assert!(
+            versions >= 4,
+            "every rotation stored a new version ({versions})"
+        );
+        let live = stack
+            .scalar(
+                "SELECT COUNT(*) FROM grants WHERE tenant_id = $1 AND sealed IS NOT NULL",
+                tenant,
+            )
+            .await;
+        assert_eq!(live, 2, "older versions are crypto-shredded");
+    }
+    let text = metrics(&stack).await;
+    assert!(
+        metric(&text, "samvault_rotations_total{outcome=\"success\"}").unwrap() >= 6.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "samvault_partners{status=\"active\"}"),
+        Some(2.0)
+    );
+    assert!(metric(&text, "samvault_min_days_to_expiry").unwrap() > 89.0);
+}
+
+/// Every SPEC §4 code that kills a grant, triggered through `/_sim/`, makes that partner
+/// `reconsent_required` with the code and advice, in `partners list` and in a signed webhook.
+async fn dead_grants_are_classified_and_announced(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let (receiver, hook) = Receiver::start().await;
+    let options = with_webhook(StackOptions::default(), &hook).env("SAMVAULT_REQUIRE_MFA", "false");
+    let stack = Stack::start(&db.url, options).await;
+    let creds = stack.client(&[PARTNER_CENTER]);
+    let tenant1 = generated_tenant(1);
+    let tenant2 = generated_tenant(2);
+    for upn in [
+        "jane@contoso.example",
+        "trent@wingtip.example",
+        "admin@tenant-1.example",
+        "admin@tenant-2.example",
+    ] {
+        stack.consent(upn).await;
+    }
+    // John has no MFA; with SAMVAULT_REQUIRE_MFA=false his consent is stored.
+    let john = Browser::new(&stack)
+        .consent("john@fabrikam.example", false, "accept")
+        .await;
+    assert_eq!(john.status, 200, "{}", john.body);
+
+    stack
+        .sim(
+            Method::POST,
+            &format!("tenants/{CONTOSO}/revoke-consent"),
+            Value::Null,
+        )
+        .await;
+    stack
+        .sim(
+            Method::POST,
+            "users/trent@wingtip.example/reset-password",
+            Value::Null,
+        )
+        .await;
+    stack
+        .sim(
+            Method::POST,
+            &format!("tenants/{FABRIKAM}/require-mfa"),
+            Value::Null,
+        )
+        .await;
+    stack
+        .sim(
+            Method::POST,
+            "users/admin@tenant-1.example/sign-in-frequency",
+            Value::Null,
+        )
+        .await;
+    let expected = [
+        (CONTOSO, "65001"),
+        (WINGTIP, "50173"),
+        (FABRIKAM, "50076"),
+        (tenant1.as_str(), "70043"),
+    ];
+    for (tenant, code) in expected {
+        let (status, problem) = stack.token(&creds, tenant, token_body()).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (409, Some("reconsent_required")),
+            "{tenant}: {problem}"
+        );
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("AADSTS{code}")),
+            "{problem}"
+        );
+    }
+    stack.advance_days(91).await;
+    let (status, problem) = stack.token(&creds, &tenant2, token_body()).await;
+    assert_eq!(status, 409, "{problem}");
+
+    let expected = [
+        (CONTOSO, "65001"),
+        (WINGTIP, "50173"),
+        (FABRIKAM, "50076"),
+        (tenant1.as_str(), "70043"),
+        (tenant2.as_str(), "700082"),
+    ];
+    for (tenant, code) in expected {
+        let partner = stack.partner(tenant).unwrap();
+        assert_eq!(partner["status"], "reconsent_required", "{partner}");
+        assert_eq!(partner["status_code"], code, "{partner}");
+        assert!(
+            partner["status_reason"].as_str().unwrap().len() > 20,
+            "a reason people can act on"
+        );
+    }
+    assert!(
+        stack.partner(tenant1.as_str()).unwrap()["status_reason"]
+            .as_str()
+            .unwrap()
+            .contains("sign-in-frequency")
+    );
+    eventually(
+        Duration::from_secs(20),
+        "five signed status_changed events",
+        || async { receiver.of_kind("status_changed").len() >= 5 },
+    )
+    .await;
+    for (tenant, code) in expected {
+        let event = receiver
+            .of_kind("status_changed")
+            .into_iter()
+            .find(|e| e["tenant_id"] == tenant)
+            .unwrap();
+        assert_eq!(event["to_status"], "reconsent_required");
+        assert_eq!(event["from_status"], "active");
+        assert_eq!(event["code"], code);
+    }
+}
+
+/// An expired app secret is the CPV's problem, not the partners': one alarm, nobody demoted,
+/// and the alarm clears itself when a redemption works again.
+async fn app_credential_failures_raise_one_alarm(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let (receiver, hook) = Receiver::start().await;
+    let stack = Stack::start(&db.url, with_webhook(StackOptions::default(), &hook)).await;
+    let creds = stack.client(&[PARTNER_CENTER]);
+    stack.consent("jane@contoso.example").await;
+    stack.consent("trent@wingtip.example").await;
+    stack
+        .sim(Method::POST, "app/secret/expire", Value::Null)
+        .await;
+    for tenant in [CONTOSO, WINGTIP] {
+        let (status, problem) = stack.token(&creds, tenant, token_body()).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (503, Some("app_credentials_invalid")),
+            "{problem}"
+        );
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("AADSTS7000222")
+        );
+    }
+    for partner in stack.partners() {
+        assert_eq!(partner["status"], "active", "nobody is demoted: {partner}");
+    }
+    assert_eq!(
+        metric(&metrics(&stack).await, "samvault_app_credentials_alarm"),
+        Some(1.0)
+    );
+    eventually(Duration::from_secs(20), "the alarm event", || async {
+        !receiver.of_kind("app_credentials_alarm").is_empty()
+    })
+    .await;
+
+    stack
+        .sim(
+            Method::POST,
+            "app/secret/rotate",
+            json!({ "secret": "samvault-demo-secret" }),
+        )
+        .await;
+    let (status, body) = stack.token(&creds, CONTOSO, token_body()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        metric(&metrics(&stack).await, "samvault_app_credentials_alarm"),
+        Some(0.0)
+    );
+    eventually(Duration::from_secs(20), "the recovery event", || async {
+        !receiver.of_kind("app_credentials_recovered").is_empty()
+    })
+    .await;
+    assert_eq!(
+        receiver.of_kind("app_credentials_alarm").len(),
+        1,
+        "one alarm, not one per partner"
+    );
+    assert!(receiver.of_kind("status_changed").is_empty());
+}
+
+/// A partner whose refreshes fail transiently backs off (and never blocks the healthy one),
+/// `Retry-After` is honoured to the second, and the first success afterwards is announced.
+async fn transient_failures_back_off_and_recover(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let (receiver, hook) = Receiver::start().await;
+    let options = with_webhook(StackOptions::default(), &hook).env("SAMVAULT_ROTATE_AFTER", "1s");
+    let stack = Stack::start(&db.url, options).await;
+    let creds = stack.client(&[PARTNER_CENTER]);
+    stack
+        .sim(
+            Method::POST,
+            &format!("tenants/{CONTOSO}/faults"),
+            json!({ "status": 429, "retry_after": 30 }),
+        )
+        .await;
+    stack
+        .sim(
+            Method::POST,
+            &format!("tenants/{WINGTIP}/faults"),
+            json!({ "status": 503 }),
+        )
+        .await;
+    stack.consent("jane@contoso.example").await;
+    stack.consent("trent@wingtip.example").await;
+    stack.consent("admin@tenant-1.example").await;
+    let healthy = generated_tenant(1);
+    eventually(
+        Duration::from_secs(30),
+        "the healthy partner rotated 4 times",
+        || async { attempts(&stack, &healthy).await >= 4 },
+    )
+    .await;
+    assert_eq!(
+        attempts(&stack, CONTOSO).await,
+        1,
+        "429 + Retry-After: 30 means no retry for 30 s"
+    );
+    assert_eq!(
+        attempts(&stack, WINGTIP).await,
+        1,
+        "503: exponential backoff (a minute first)"
+    );
+    let wait = stack
+        .scalar(
+            "SELECT p.rotate_at - a.at FROM partners p JOIN rotation_attempts a ON a.tenant_id = p.tenant_id WHERE p.tenant_id = $1",
+            CONTOSO,
+        )
+        .await;
+    assert_eq!(wait, 30, "Retry-After is respected exactly");
+    let backoff = stack
+        .scalar(
+            "SELECT p.rotate_at - a.at FROM partners p JOIN rotation_attempts a ON a.tenant_id = p.tenant_id WHERE p.tenant_id = $1",
+            WINGTIP,
+        )
+        .await;
+    assert!(
+        (48..=72).contains(&backoff),
+        "first backoff is one minute ±20 % ({backoff})"
+    );
+    for tenant in [CONTOSO, WINGTIP] {
+        assert_eq!(
+            stack.partner(tenant).unwrap()["status"],
+            "active",
+            "transient failures far from expiry change nothing"
+        );
+    }
+
+    // The IdP recovers; the next redemption succeeds and says so.
+    stack
+        .sim(
+            Method::DELETE,
+            &format!("tenants/{WINGTIP}/faults"),
+            Value::Null,
+        )
+        .await;
+    let (status, body) = stack.token(&creds, WINGTIP, token_body()).await;
+    assert_eq!(status, 200, "{body}");
+    eventually(Duration::from_secs(20), "a recovered event", || async {
+        receiver
+            .of_kind("recovered")
+            .iter()
+            .any(|e| e["tenant_id"] == WINGTIP)
+    })
+    .await;
+    assert!(receiver.of_kind("status_changed").is_empty());
+}
+
+/// Two replicas on one PostgreSQL database under strict rotation: both work, nothing is
+/// redeemed twice, and a replica killed in the middle of rotations loses no partner.
+async fn replicas_share_rotation_and_survive_sigkill(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let options = StackOptions::default()
+        .idp_arg("--strict-rotation")
+        .tenants(12)
+        .env("SAMVAULT_ROTATE_AFTER", "1s")
+        .replicas(2);
+    let mut stack = Stack::start(&db.url, options).await;
+    let mut tenants = vec![CONTOSO.to_string(), WINGTIP.to_string()];
+    stack.consent("jane@contoso.example").await;
+    stack.consent("trent@wingtip.example").await;
+    for k in 1..=12 {
+        stack.consent(&format!("admin@tenant-{k}.example")).await;
+        tenants.push(generated_tenant(k));
+    }
+    for round in 0..4u64 {
+        tokio::time::sleep(Duration::from_millis(700 + 300 * round)).await;
+        stack.kill_replica(round as usize % 2);
+        stack.start_replica(round as usize % 2).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let counters = stack.counters().await;
+    assert!(
+        counters["errors"].as_object().is_none_or(|e| e.is_empty()),
+        "no refresh token redeemed twice: {counters}"
+    );
+    assert!(
+        counters["token_calls"]["refresh_token"].as_u64().unwrap() >= 28,
+        "{counters}"
+    );
+    for tenant in &tenants {
+        assert_eq!(
+            stack.partner(tenant).unwrap()["status"],
+            "active",
+            "{tenant}"
+        );
+    }
+    for replica in 0..2 {
+        assert!(
+            stack.log(replica).contains("refresh token redeemed"),
+            "replica {replica} did some of the work"
+        );
+    }
+    let creds = stack.client(&[PARTNER_CENTER]);
+    for tenant in &tenants {
+        let (status, body) = stack.token_at(1, &creds, tenant, token_body()).await;
+        assert_eq!(status, 200, "{tenant}: {body}");
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $name() { super::$name(super::Backend::Sqlite).await }
+            )*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $name() { super::$name(super::Backend::Postgres).await }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    scheduler_keeps_idle_grants_alive,
+    dead_grants_are_classified_and_announced,
+    app_credential_failures_raise_one_alarm,
+    transient_failures_back_off_and_recover,
+);
+
+/// Replicas share one PostgreSQL database (SQLite is one process by design).
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_replicas_share_rotation_and_survive_sigkill() {
+    replicas_share_rotation_and_survive_sigkill(Backend::Postgres).await
+}
+
+/// A second `serve` on the same SQLite file is refused with a clear message.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_refuses_a_second_serving_process() {
+    let db = support::fresh_database(Backend::Sqlite).await.unwrap();
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    let out = stack
+        .command(&["serve"])
+        .env("SAMVAULT_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another samvault process is already serving"),
+        "{stderr}"
+    );
+    let out = stack.command(&["rotate", "--all"]).output().unwrap();
+    assert!(!out.status.success(), "rotate takes the same lock");
+}

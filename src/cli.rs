@@ -148,6 +148,15 @@ enum PartnersCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Import refresh tokens held elsewhere (a Key Vault secret, a script's store): one JSON
+    /// object per line, {"tenant_id", "refresh_token", "upn", "name"?, "mfa"?}. Each is
+    /// sealed and scheduled for an immediate rotation, which proves it works. Delete the
+    /// file afterwards: it holds credentials in clear.
+    Import {
+        /// JSON-lines file, or - for standard input.
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -255,6 +264,13 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
             } else {
                 println!("{url}\n(expires {expires_at})");
             }
+        }
+        Command::Partners(PartnersCommand::Import { file }) => {
+            let db = app::open_db(&config).await?;
+            let vault = app::open_vault(&config)?;
+            let imported = import_partners(&db, &vault, &file).await?;
+            audit::append(&db, "cli", "partners.import", None, serde_json::json!({ "count": imported }), now()).await?;
+            println!("imported {imported} partners; each is due for rotation now");
         }
         Command::Partners(PartnersCommand::List { json }) => {
             let db = app::open_db(&config).await?;
@@ -516,6 +532,62 @@ async fn rotate(args: RotateArgs, config: Config) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// One line of `samvault partners import`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportLine {
+    tenant_id: String,
+    refresh_token: SecretString,
+    upn: String,
+    name: Option<String>,
+    #[serde(default)]
+    mfa: bool,
+}
+
+async fn import_partners(db: &crate::storage::Db, vault: &crate::vault::Vault, file: &std::path::Path) -> anyhow::Result<u64> {
+    use std::io::BufRead;
+    let reader: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file).map_err(|e| anyhow::anyhow!("--file {}: {e}", file.display()))?,
+        ))
+    };
+    let mut count = 0;
+    for (number, line) in reader.lines().enumerate() {
+        let line = zeroize::Zeroizing::new(line?);
+        if line.trim().is_empty() {
+            continue;
+        }
+        // The error names the line, never its content (it holds a refresh token).
+        let entry: ImportLine = serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("line {}: not an import record ({:?} error)", number + 1, e.classify()))?;
+        let tenant = TenantId::parse(&entry.tenant_id).map_err(|e| anyhow::anyhow!("line {}: {e}", number + 1))?;
+        let version = partners::next_version(db, &tenant).await?;
+        let sealed = vault
+            .seal(entry.refresh_token.expose_secret().as_bytes(), &partners::grant_context(&tenant, version))
+            .await?;
+        let (organisation, domain) = crate::http::onboard::organisation_name(&entry.upn);
+        let consent = partners::NewConsent {
+            tenant_id: tenant.clone(),
+            display_name: entry.name.unwrap_or(organisation),
+            domain,
+            upn: entry.upn,
+            oid: None,
+            user_name: None,
+            mfa: entry.mfa,
+            amr: vec!["imported".into()],
+            scopes: String::new(),
+            invitation_id: None,
+        };
+        let at = now();
+        // Due at once: the first rotation proves the imported token is alive.
+        partners::record_consent(db, &consent, &partners::StoredGrant { version, sealed }, at, at).await?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// Creates a client and records it in the audit log; returns `(client_id, secret)`.

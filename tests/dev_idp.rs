@@ -1391,3 +1391,552 @@ async fn directory_can_come_from_a_toml_file() {
         .await;
     assert!(resp.text().await.unwrap().contains("AADSTS50034"));
 }
+
+// ---------- /_sim/tokens: minting consented grants ----------
+
+impl Sim {
+    /// A `/_sim/` call whose status the test wants to see.
+    async fn sim_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, self.url(&format!("/_sim{path}")));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn mint(&self, body: Value) -> (StatusCode, Value) {
+        self.sim_call(reqwest::Method::POST, "/tokens", Some(body))
+            .await
+    }
+
+    async fn grant_count(&self) -> usize {
+        self.sim_get("/grants").await.as_array().unwrap().len()
+    }
+}
+
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
+#[tokio::test]
+async fn sim_tokens_mint_what_sign_in_and_redemption_would() {
+    let sim = demo().await;
+    let (status, minted) = sim.mint(json!({"upn": "jane@contoso.example"})).await;
+    assert_eq!(status, StatusCode::OK, "{minted}");
+    // The same JSON as a real code redemption.
+    let redeemed = sim.consent(CONTOSO, "sam@contoso.example", true).await;
+    assert_eq!(keys(&minted), keys(&redeemed));
+    assert_eq!(minted["scope"], redeemed["scope"]);
+    assert_eq!(minted["scope"], format!("{PC}/user_impersonation"));
+    assert_eq!(minted["token_type"], "Bearer");
+    assert_eq!(minted["expires_in"], 3599);
+    let rt = minted["refresh_token"].as_str().unwrap().to_string();
+    assert!(rt.starts_with("0.A"));
+
+    let (_, key) = sim.jwks_key(CONTOSO).await;
+    let iss = format!("{}/{CONTOSO}/", sim.base);
+    let at = claims(minted["access_token"].as_str().unwrap(), &key, PC, &iss);
+    assert_eq!(at["tid"], CONTOSO);
+    assert_eq!(at["upn"], "jane@contoso.example");
+    assert_eq!(at["amr"], json!(["pwd", "mfa"]));
+    assert_eq!(at["scp"], "user_impersonation");
+    let id =
+        jsonwebtoken::dangerous::insecure_decode::<Value>(minted["id_token"].as_str().unwrap())
+            .unwrap()
+            .claims;
+    assert_eq!(id["tid"], CONTOSO);
+    assert_eq!(id["aud"], DEMO_CLIENT_ID);
+
+    // Minting is not a token call: only `sim_tokens` moved.
+    let c = sim.sim_get("/counters").await;
+    assert_eq!(c["sim_tokens"], 1);
+    assert_eq!(c["token_calls"], json!({"authorization_code": 1}));
+    assert_eq!(c["errors"], json!({}));
+    assert_eq!(c["faults_served"], 0);
+
+    // The RT is in /_sim/grants like any other, and redeems.
+    let grants = sim.sim_get("/grants").await;
+    let g = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["refresh_token"] == rt.as_str())
+        .expect("the minted RT is listed");
+    assert_eq!(g["tenant_id"], CONTOSO);
+    assert_eq!(g["upn"], "jane@contoso.example");
+    assert_eq!(g["valid"], true);
+    assert!(g["last_used_at"].is_null());
+    let (status, body) = sim.refresh(CONTOSO, &rt, &format!("{PC}/.default")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["refresh_token"].as_str().unwrap().starts_with("0.A"));
+    let c = sim.sim_get("/counters").await;
+    assert_eq!(c["token_calls"]["refresh_token"], 1);
+    assert_eq!(c["sim_tokens"], 1);
+
+    // Consent was recorded for the tenant: revoking it kills the minted grant.
+    sim.sim_post(&format!("/tenants/{CONTOSO}/revoke-consent"), json!({}))
+        .await;
+    let (_, body) = sim.refresh(CONTOSO, &rt, &format!("{PC}/.default")).await;
+    assert_eq!(aadsts(&body), 65001);
+    // Minting again consents again.
+    assert_eq!(
+        sim.mint(json!({"upn": "jane@contoso.example"})).await.0,
+        StatusCode::OK
+    );
+    let (status, _) = sim.refresh(CONTOSO, &rt, &format!("{PC}/.default")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sim_tokens_respect_mfa_policy_and_scopes() {
+    let sim = demo().await;
+    // MFA enforced and not done: Entra's 50076 body, nothing recorded.
+    let (status, body) = sim
+        .mint(json!({"upn": "jane@contoso.example", "mfa": false}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(aadsts(&body), 50076);
+    assert_eq!(body["error"], "interaction_required");
+    assert_eq!(sim.grant_count().await, 0);
+    let c = sim.sim_get("/counters").await;
+    assert_eq!(c["sim_tokens"], 0);
+    assert_eq!(c["token_calls"], json!({}));
+
+    // Not enforced: MFA cannot be had, whatever was asked.
+    let (_, key) = sim.jwks_key(FABRIKAM).await;
+    for mfa in [true, false] {
+        let (status, body) = sim
+            .mint(json!({"upn": "john@fabrikam.example", "mfa": mfa}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let iss = format!("{}/{FABRIKAM}/", sim.base);
+        let at = claims(body["access_token"].as_str().unwrap(), &key, PC, &iss);
+        assert_eq!(at["amr"], json!(["pwd"]));
+    }
+    // ...so once the tenant requires MFA, John cannot be minted for.
+    sim.sim_post(&format!("/tenants/{FABRIKAM}/require-mfa"), json!({}))
+        .await;
+    let (status, body) = sim.mint(json!({"upn": "john@fabrikam.example"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(aadsts(&body), 50076);
+
+    // Federated MFA.
+    let (_, body) = sim.mint(json!({"upn": "trent@wingtip.example"})).await;
+    let at =
+        jsonwebtoken::dangerous::insecure_decode::<Value>(body["access_token"].as_str().unwrap())
+            .unwrap()
+            .claims;
+    assert_eq!(at["amr"], json!(["fed", "mfa"]));
+
+    // Scopes decide the shape: no openid → no id_token, no offline_access → no RT.
+    let (status, body) = sim
+        .mint(json!({"upn": "sam@contoso.example", "scopes": format!("{PC}/user_impersonation")}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["access_token"].is_string());
+    assert!(body.get("refresh_token").is_none());
+    assert!(body.get("id_token").is_none());
+    let (_, body) = sim
+        .mint(json!({
+            "upn": "sam@contoso.example",
+            "scopes": "https://management.azure.com/user_impersonation offline_access",
+        }))
+        .await;
+    assert_eq!(
+        body["scope"],
+        "https://management.azure.com/user_impersonation"
+    );
+    assert!(body.get("id_token").is_none());
+    // That consent was for ARM only in this request, but Partner Center's is still there.
+    let rt = body["refresh_token"].as_str().unwrap();
+    let (status, _) = sim.refresh(CONTOSO, rt, &format!("{PC}/.default")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Unknown users are 404 JSON; bad bodies are 400.
+    let (status, body) = sim.mint(json!({"upn": "ghost@nowhere.example"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("ghost@nowhere.example")
+    );
+    for bad in [
+        json!({}),
+        json!({"upn": "jane@contoso.example", "users": ["jane@contoso.example"]}),
+        json!({"upn": "jane@contoso.example", "scopes": "  "}),
+        json!({"upn": "jane@contoso.example", "surprise": 1}),
+    ] {
+        assert_eq!(sim.mint(bad).await.0, StatusCode::BAD_REQUEST);
+    }
+    // A deleted tenant's users are gone, as at sign-in.
+    sim.http
+        .delete(sim.url(&format!("/_sim/tenants/{WINGTIP}")))
+        .send()
+        .await
+        .unwrap();
+    let (status, _) = sim.mint(json!({"upn": "trent@wingtip.example"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn sim_tokens_batch_seeds_ten_thousand_tenants() {
+    let sim = start(DevIdpOptions {
+        generated_tenants: 10_000,
+        ..Default::default()
+    })
+    .await;
+    let users: Vec<String> = (1..=10_000)
+        .map(|k| format!("admin@tenant-{k}.example"))
+        .collect();
+
+    // All or nothing: one unknown user (or one MFA refusal) and nothing is recorded.
+    let mut with_ghost = users[..3].to_vec();
+    with_ghost.push("ghost@nowhere.example".into());
+    let (status, body) = sim.mint(json!({"users": with_ghost})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["upn"], "ghost@nowhere.example");
+    let (status, body) = sim
+        .mint(json!({"users": ["john@fabrikam.example", "jane@contoso.example"], "mfa": false}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(aadsts(&body), 50076);
+    assert_eq!(sim.grant_count().await, 0);
+    assert_eq!(sim.sim_get("/counters").await["sim_tokens"], 0);
+
+    // Seeding: no JWTs to sign, so 10,000 grants take one quick call.
+    let started = Instant::now();
+    let (status, body) = sim.mint(json!({"users": users, "sign": false})).await;
+    assert_eq!(status, StatusCode::OK);
+    eprintln!("minted 10,000 unsigned grants in {:?}", started.elapsed());
+    let results = body.as_array().unwrap();
+    assert_eq!(results.len(), 10_000);
+    let rts: std::collections::HashSet<&str> = results
+        .iter()
+        .map(|r| r["refresh_token"].as_str().unwrap())
+        .collect();
+    assert_eq!(rts.len(), 10_000);
+    assert!(results[0].get("access_token").is_none());
+    assert!(results[0].get("id_token").is_none());
+    assert_eq!(results[0]["scope"], format!("{PC}/user_impersonation"));
+    assert_eq!(results[0]["expires_in"], 3599);
+    assert_eq!(sim.grant_count().await, 10_000);
+    let c = sim.sim_get("/counters").await;
+    assert_eq!(c["sim_tokens"], 10_000);
+    assert_eq!(c["token_calls"], json!({}));
+    // Results come back in request order, and each RT redeems at its own tenant.
+    let grants = sim.sim_get("/grants").await;
+    let tenant_of: HashMap<&str, &str> = grants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["refresh_token"].as_str().unwrap(),
+                g["tenant_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for k in [1usize, 7_777, 10_000] {
+        let rt = results[k - 1]["refresh_token"].as_str().unwrap();
+        let tid = devidp::generated_tenant_id(k as u32);
+        assert_eq!(tenant_of[rt], tid.as_str());
+        let (status, body) = sim.refresh(&tid, rt, &format!("{PC}/.default")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    // Signed batches carry the same JSON as a single mint, in request order
+    // (they are signed on several threads).
+    let some: Vec<String> = users[..150].to_vec();
+    let (status, body) = sim.mint(json!({"users": some})).await;
+    assert_eq!(status, StatusCode::OK);
+    let results = body.as_array().unwrap();
+    assert_eq!(results.len(), 150);
+    let (_, single) = sim.mint(json!({"upn": "admin@tenant-1.example"})).await;
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(keys(r), keys(&single));
+        let at =
+            jsonwebtoken::dangerous::insecure_decode::<Value>(r["access_token"].as_str().unwrap())
+                .unwrap()
+                .claims;
+        assert_eq!(at["tid"], devidp::generated_tenant_id(i as u32 + 1));
+        assert_eq!(at["upn"], format!("admin@tenant-{}.example", i + 1));
+    }
+    assert_eq!(sim.sim_get("/counters").await["sim_tokens"], 10_151);
+
+    // A single-user batch is still an array.
+    let (_, body) = sim.mint(json!({"users": ["admin@tenant-1.example"]})).await;
+    assert_eq!(body.as_array().unwrap().len(), 1);
+}
+
+// ---------- per-tenant faults ----------
+
+#[tokio::test]
+async fn tenant_faults_fail_only_that_tenants_refreshes() {
+    let sim = demo().await;
+    let pc = format!("{PC}/.default");
+    let contoso = sim.mint(json!({"upn": "jane@contoso.example"})).await.1["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fabrikam = sim.mint(json!({"upn": "john@fabrikam.example"})).await.1["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let faults = format!("/tenants/{CONTOSO}/faults");
+
+    // No count: until cleared.
+    let set = sim
+        .sim_post(&faults, json!({"status": 503, "retry_after": 30}))
+        .await;
+    assert_eq!(
+        set,
+        json!({"tenant_id": CONTOSO, "pending": null, "until_cleared": true})
+    );
+    for _ in 0..3 {
+        let resp = sim
+            .http
+            .post(sim.url(&format!("/{CONTOSO}/oauth2/v2.0/token")))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", DEMO_CLIENT_ID),
+                ("client_secret", DEMO_CLIENT_SECRET),
+                ("refresh_token", contoso.as_str()),
+                ("scope", pc.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()["retry-after"], "30");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable");
+        aadsts(&body);
+    }
+    // The call belongs to the RT's tenant, whatever the path says.
+    assert_eq!(
+        sim.refresh("common", &contoso, &pc).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Another tenant refreshes fine, and so does Contoso's code redemption.
+    let (status, body) = sim.refresh(FABRIKAM, &fabrikam, &pc).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (code, verifier) = sim.code_for(CONTOSO, "sam@contoso.example", true).await;
+    let (status, body) = sim.redeem_at(CONTOSO, &code, &verifier).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The global queue is untouched; the tenant's is visible.
+    assert_eq!(sim.sim_get("/faults").await["pending"], 0);
+    assert_eq!(sim.sim_get(&faults).await["until_cleared"], true);
+
+    // Clearing restores the tenant.
+    let (status, cleared) = sim.sim_call(reqwest::Method::DELETE, &faults, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cleared["pending"], 0);
+    assert_eq!(sim.refresh(CONTOSO, &contoso, &pc).await.0, StatusCode::OK);
+
+    // `count` limits it; the tenant may be named by its domain.
+    let set = sim
+        .sim_post(
+            "/tenants/contoso.example/faults",
+            json!({"count": 2, "status": 429, "retry_after": 5}),
+        )
+        .await;
+    assert_eq!(set["pending"], 2);
+    assert_eq!(set["until_cleared"], false);
+    for _ in 0..2 {
+        let (status, body) = sim.refresh(CONTOSO, &contoso, &pc).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(aadsts(&body), 90055);
+    }
+    assert_eq!(sim.refresh(CONTOSO, &contoso, &pc).await.0, StatusCode::OK);
+    assert_eq!(
+        sim.sim_get(&faults).await,
+        json!({"tenant_id": CONTOSO, "pending": 0, "until_cleared": false})
+    );
+
+    // A specific Entra error.
+    sim.sim_post(&faults, json!({"error_code": 50196, "count": 1}))
+        .await;
+    let (status, body) = sim.refresh(CONTOSO, &contoso, &pc).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(aadsts(&body), 50196);
+
+    // Global faults go first, and are used up before the tenant's.
+    sim.sim_post(&faults, json!({"status": 503})).await;
+    sim.sim_post("/faults", json!({"status": 500})).await;
+    assert_eq!(
+        sim.refresh(CONTOSO, &contoso, &pc).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        sim.refresh(CONTOSO, &contoso, &pc).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        sim.refresh(FABRIKAM, &fabrikam, &pc).await.0,
+        StatusCode::OK
+    );
+    // DELETE /_sim/faults clears the global queue only, as before.
+    sim.http
+        .delete(sim.url("/_sim/faults"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        sim.refresh(CONTOSO, &contoso, &pc).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // Faulted calls are token calls: 3 + 1 + 2 + 1 + 1 + 1 + 1 faulted, 4 good.
+    let c = sim.sim_get("/counters").await;
+    assert_eq!(c["token_calls"]["refresh_token"], 14);
+    assert_eq!(c["faults_served"], 10);
+    assert_eq!(c["token_calls"]["authorization_code"], 1);
+
+    // Reset clears tenant faults too.
+    sim.sim_post("/reset", json!({})).await;
+    assert_eq!(sim.sim_get(&faults).await["until_cleared"], false);
+}
+
+#[tokio::test]
+async fn tenant_faults_latency_html_and_bad_requests() {
+    let sim = demo().await;
+    let pc = format!("{PC}/.default");
+    let rt = sim.mint(json!({"upn": "jane@contoso.example"})).await.1["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let faults = format!("/tenants/{CONTOSO}/faults");
+    let started = Instant::now();
+    sim.sim_post(
+        &faults,
+        json!({"count": 1, "status": 504, "latency_ms": 300, "body": "html"}),
+    )
+    .await;
+    let resp = sim
+        .http
+        .post(sim.url(&format!("/{CONTOSO}/oauth2/v2.0/token")))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", DEMO_CLIENT_ID),
+            ("client_secret", DEMO_CLIENT_SECRET),
+            ("refresh_token", rt.as_str()),
+            ("scope", pc.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    // An empty body means 503 until cleared.
+    let resp = sim
+        .http
+        .post(sim.url(&format!("/_sim{faults}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        sim.refresh(CONTOSO, &rt, &pc).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // An unknown RT sent to a faulted tenant's path fails like the tenant's calls.
+    assert_eq!(
+        sim.refresh(CONTOSO, "0.Aunknown", &pc).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    for (path, body, want) in [
+        (
+            "/tenants/00000000-0000-4000-8000-999999999999/faults".to_string(),
+            json!({}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            faults.clone(),
+            json!({"status": 200}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            faults.clone(),
+            json!({"body": "xml"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            faults.clone(),
+            json!({"error": "nope"}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            faults.clone(),
+            json!({"colour": 1}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (status, resp) = sim.sim_call(reqwest::Method::POST, &path, Some(body)).await;
+        assert_eq!(status, want, "{path}: {resp}");
+        assert!(resp["error"].is_string());
+    }
+    // The refused bodies left the standing fault alone.
+    assert_eq!(sim.sim_get(&faults).await["until_cleared"], true);
+}
+
+#[tokio::test]
+async fn tenant_faults_with_ten_thousand_tenants() {
+    let sim = start(DevIdpOptions {
+        generated_tenants: 10_000,
+        ..Default::default()
+    })
+    .await;
+    let pc = format!("{PC}/.default");
+    let ks = [1u32, 2, 9_999, 10_000];
+    let users: Vec<String> = ks
+        .iter()
+        .map(|k| format!("admin@tenant-{k}.example"))
+        .collect();
+    let (_, minted) = sim.mint(json!({"users": users})).await;
+    let rts: Vec<String> = minted
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["refresh_token"].as_str().unwrap().to_string())
+        .collect();
+    // Fault every other generated tenant.
+    for k in (2..=10_000).step_by(2) {
+        let tid = devidp::generated_tenant_id(k);
+        let (status, _) = sim
+            .sim_call(
+                reqwest::Method::POST,
+                &format!("/tenants/{tid}/faults"),
+                Some(json!({"status": 503})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let started = Instant::now();
+    for (k, rt) in ks.iter().zip(&rts) {
+        let tid = devidp::generated_tenant_id(*k);
+        let (status, body) = sim.refresh(&tid, rt, &pc).await;
+        let want = if k % 2 == 0 {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(status, want, "tenant {k}: {body}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

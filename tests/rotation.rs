@@ -526,3 +526,103 @@ async fn sqlite_refuses_a_second_serving_process() {
     let out = stack.command(&["rotate", "--all"]).output().unwrap();
     assert!(!out.status.success(), "rotate takes the same lock");
 }
+
+/// 1,000 partners whose refreshes fail (injected 503s) and 1,000 healthy ones, all due at
+/// once: every healthy grant is rotated in the same pass, and no failing grant is tried a
+/// second time before they are all done (failing grants back off behind the healthy ones).
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_grants_never_take_healthy_grants_turns() {
+    const N: u32 = 1000;
+    let db = support::fresh_database(Backend::Sqlite).await.unwrap();
+    let options = StackOptions::default()
+        .tenants(2 * N)
+        .env("SAMVAULT_ROTATE_AFTER", "1h")
+        .replicas(0);
+    let mut stack = Stack::start(&db.url, options).await;
+    let users: Vec<String> = (1..=2 * N)
+        .map(|k| format!("admin@tenant-{k}.example"))
+        .collect();
+    let minted = stack
+        .sim(
+            Method::POST,
+            "tokens",
+            json!({ "users": users, "sign": false }),
+        )
+        .await;
+    let mut import = String::new();
+    for (k, grant) in (1..=2 * N).zip(minted.as_array().unwrap()) {
+        let line = json!({ "tenant_id": generated_tenant(k), "refresh_token": grant["refresh_token"], "upn": users[k as usize - 1], "mfa": true });
+        import.push_str(&format!("{line}\n"));
+    }
+    let file = stack.dir.path().join("import.jsonl");
+    std::fs::write(&file, import).unwrap();
+    let out = stack.cli(&["partners", "import", "--file", file.to_str().unwrap()]);
+    assert!(out.contains(&format!("imported {}", 2 * N)), "{out}");
+    std::fs::remove_file(&file).unwrap();
+    // Odd tenants fail with 503 until cleared.
+    for k in (1..=2 * N).filter(|k| k % 2 == 1) {
+        stack
+            .sim(
+                Method::POST,
+                &format!("tenants/{}/faults", generated_tenant(k)),
+                json!({ "status": 503 }),
+            )
+            .await;
+    }
+
+    let started = std::time::Instant::now();
+    stack.start_replica(0).await;
+    let db = stack.db().await;
+    let count = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            use sqlx::Row;
+            sqlx::query(sql)
+                .fetch_one(db.pool())
+                .await
+                .unwrap()
+                .try_get::<i64, _>(0)
+                .unwrap()
+        }
+    };
+    eventually(
+        Duration::from_secs(240),
+        "every grant attempted once",
+        || async {
+            count("SELECT COUNT(DISTINCT tenant_id) FROM rotation_attempts").await
+                >= i64::from(2 * N)
+        },
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        count("SELECT COUNT(*) FROM rotation_attempts WHERE outcome = 'success'").await,
+        i64::from(N)
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM rotation_attempts WHERE outcome = 'transient'").await,
+        i64::from(N)
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM rotation_attempts").await,
+        i64::from(2 * N),
+        "nobody was tried twice"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM partners WHERE status = 'active'").await,
+        i64::from(2 * N)
+    );
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) FROM partners WHERE failures = 1 AND rotate_at > last_refresh_at + 40"
+        )
+        .await,
+        i64::from(N),
+        "each failing grant backs off"
+    );
+    eprintln!(
+        "{} grants (half failing) attempted in {:.1} s",
+        2 * N,
+        elapsed.as_secs_f64()
+    );
+}

@@ -15,7 +15,7 @@ use axum::response::{Html, IntoResponse, Response};
 
 use super::directory::{App, MfaPolicy};
 use super::errors::{self, EntraError, RequestIds};
-use super::grants::{CodeGrant, Scopes};
+use super::grants::{CodeGrant, Scopes, has_mfa, sign_in_amr};
 use super::tokens::new_code;
 use super::{AppState, Params, PathTenant};
 
@@ -168,8 +168,8 @@ fn submit(
     let scopes = requested_scopes(&params, v);
     // Users of a tenant without an MFA policy have no second factor registered (John of
     // Fabrikam): ticking the box cannot produce an `mfa` claim for them.
-    let mfa_done = params.get("mfa") == Some("on") && home.mfa != MfaPolicy::NotEnforced;
-    if st.idp.lock().mfa_enforced(dir, &home.id) && !mfa_done {
+    let amr = sign_in_amr(home.mfa, params.get("mfa") == Some("on"));
+    if st.idp.lock().mfa_enforced(dir, &home.id) && !has_mfa(&amr) {
         let target = scopes
             .resources
             .first()
@@ -178,15 +178,6 @@ fn submit(
     }
     if consent == Some("deny") {
         return error_redirect(st, &req, errors::user_declined(), &ids);
-    }
-    let first_factor = if home.mfa == MfaPolicy::Federated {
-        "fed"
-    } else {
-        "pwd"
-    };
-    let mut amr = vec![first_factor.to_string()];
-    if mfa_done {
-        amr.push("mfa".into());
     }
     let now = st.idp.now();
     let code = new_code();

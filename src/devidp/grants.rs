@@ -13,7 +13,7 @@ use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
 use super::clock::rfc3339;
-use super::directory::{App, Directory, User, normalize_resource};
+use super::directory::{App, Directory, MfaPolicy, Tenant, User, normalize_resource};
 use super::errors::{self, EntraError};
 use super::tokens::Subject;
 
@@ -126,7 +126,8 @@ pub enum FaultBody {
 
 #[derive(Debug, Clone)]
 pub struct Fault {
-    pub remaining: u32,
+    /// Calls left to fail; `None` means until cleared (per-tenant faults only).
+    pub remaining: Option<u32>,
     pub status: StatusCode,
     pub retry_after: Option<u64>,
     pub latency_ms: u64,
@@ -135,14 +136,27 @@ pub struct Fault {
     pub error: Option<EntraError>,
 }
 
+impl Fault {
+    /// Uses the fault once: the copy to serve, and whether it is now used up.
+    fn take(&mut self) -> (Fault, bool) {
+        if let Some(n) = self.remaining.as_mut() {
+            *n = n.saturating_sub(1);
+        }
+        (self.clone(), self.remaining == Some(0))
+    }
+}
+
 /// `/_sim/counters`. `errors` counts every AADSTS code the simulator answered
 /// with, on the token endpoint and the authorize endpoint alike (and injected
-/// faults with an Entra body); `faults_served` counts injected faults.
+/// faults with an Entra body); `faults_served` counts injected faults, global
+/// and per-tenant. `sim_tokens` counts grants minted by `POST /_sim/tokens`,
+/// which are not token calls and touch no other counter.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Counters {
     pub token_calls: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
     pub faults_served: u64,
+    pub sim_tokens: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -212,6 +226,25 @@ pub struct SimState {
     secrets: HashMap<String, AppSecret>,
     pub counters: Counters,
     fault: Option<Fault>,
+    /// Tenant id → fault for that tenant's refresh-token calls (`/_sim/tenants/{id}/faults`).
+    tenant_faults: HashMap<String, Fault>,
+}
+
+/// Why `POST /_sim/tokens` could not mint for a user.
+#[derive(Debug)]
+pub enum MintError {
+    /// No such user, or the user's tenant was deleted (sign-in answers 50034).
+    UnknownUser(String),
+    /// What the sign-in or the redemption would have answered (e.g. 50076).
+    Entra(EntraError),
+}
+
+/// A completed interactive sign-in: who, in which tenant, and how (`amr`).
+#[derive(Debug, Clone)]
+pub struct SignIn<'d> {
+    pub user: &'d User,
+    pub tenant: &'d Tenant,
+    pub amr: Vec<String>,
 }
 
 impl SimState {
@@ -237,26 +270,52 @@ impl SimState {
                 .collect(),
             counters: Counters::default(),
             fault: None,
+            tenant_faults: HashMap::new(),
         }
     }
 
     // ---- counters and faults ----
 
-    /// Counts a token call and takes one pending fault, if any. Faulted calls
-    /// count in `token_calls` too: the client did make them, and tests of
+    /// Counts a token call and takes one pending fault, if any: a global one
+    /// first, else, for a refresh-token call, one set on its tenant. Faulted
+    /// calls count in `token_calls` too: the client did make them, and tests of
     /// retry logic want to see every attempt.
-    pub fn begin_token_call(&mut self, grant_type: &str) -> Option<Fault> {
+    ///
+    /// A refresh-token call belongs to the tenant its refresh token was issued
+    /// in or, when the token is unknown, to the tenant its path names. Both are
+    /// hash lookups, so the cost does not grow with the number of tenants.
+    pub fn begin_token_call(
+        &mut self,
+        dir: &Directory,
+        grant_type: &str,
+        path_tenant: &str,
+        refresh_token: Option<&str>,
+    ) -> Option<Fault> {
         let label: String = if grant_type.is_empty() {
             "missing".into()
         } else {
             grant_type.chars().take(64).collect()
         };
         *self.counters.token_calls.entry(label).or_default() += 1;
-        let fault = self.fault.as_mut()?;
-        fault.remaining = fault.remaining.saturating_sub(1);
-        let taken = fault.clone();
-        if fault.remaining == 0 {
-            self.fault = None;
+        if let Some(fault) = self.fault.as_mut() {
+            let (taken, used_up) = fault.take();
+            if used_up {
+                self.fault = None;
+            }
+            self.counters.faults_served += 1;
+            return Some(taken);
+        }
+        if grant_type != "refresh_token" || self.tenant_faults.is_empty() {
+            return None;
+        }
+        let tid = match refresh_token.and_then(|rt| self.rt_index.get(rt)) {
+            Some(&i) => self.rts[i].tenant_id.clone(),
+            None => dir.tenant(path_tenant)?.id.clone(),
+        };
+        let fault = self.tenant_faults.get_mut(&tid)?;
+        let (taken, used_up) = fault.take();
+        if used_up {
+            self.tenant_faults.remove(&tid);
         }
         self.counters.faults_served += 1;
         Some(taken)
@@ -267,11 +326,27 @@ impl SimState {
     }
 
     pub fn set_fault(&mut self, fault: Option<Fault>) {
-        self.fault = fault.filter(|f| f.remaining > 0);
+        self.fault = fault.filter(|f| f.remaining != Some(0));
     }
 
     pub fn pending_faults(&self) -> u32 {
-        self.fault.as_ref().map_or(0, |f| f.remaining)
+        self.fault.as_ref().and_then(|f| f.remaining).unwrap_or(0)
+    }
+
+    /// Replaces or (with `None` or a zero count) clears the fault on one tenant.
+    pub fn set_tenant_fault(&mut self, tid: &str, fault: Option<Fault>) {
+        match fault.filter(|f| f.remaining != Some(0)) {
+            Some(f) => {
+                self.tenant_faults.insert(tid.to_string(), f);
+            }
+            None => {
+                self.tenant_faults.remove(tid);
+            }
+        }
+    }
+
+    pub fn tenant_fault(&self, tid: &str) -> Option<&Fault> {
+        self.tenant_faults.get(tid)
     }
 
     // ---- directory overrides from /_sim ----
@@ -451,6 +526,25 @@ impl SimState {
             (_, Some(r)) => Some((normalize_resource(r), vec![".default".to_string()])),
             _ => grant.scopes.resources.first().cloned(),
         };
+        let issued = self.issue_for_code(dir, &grant, target, req.app, req.v1, new_rt, now)?;
+        if let Some(g) = self.codes.get_mut(req.code) {
+            g.redeemed = true;
+        }
+        Ok(issued)
+    }
+
+    /// The tokens a valid code yields for `target` (None: OIDC scopes only).
+    #[allow(clippy::too_many_arguments)]
+    fn issue_for_code(
+        &mut self,
+        dir: &Directory,
+        grant: &CodeGrant,
+        target: Option<(String, Vec<String>)>,
+        app: &App,
+        v1: bool,
+        new_rt: String,
+        now: OffsetDateTime,
+    ) -> Result<Issued, EntraError> {
         let user = dir
             .user(&grant.upn)
             .ok_or_else(|| errors::invalid_grant("The user no longer exists."))?
@@ -461,13 +555,13 @@ impl SimState {
                     return Err(errors::mfa_required(&resource));
                 }
                 let granted = self
-                    .consented(&grant.tenant_id, &req.app.client_id, &resource, &perms)
-                    .ok_or_else(|| errors::consent_required(&req.app.client_id, &req.app.name))?;
+                    .consented(&grant.tenant_id, &app.client_id, &resource, &perms)
+                    .ok_or_else(|| errors::consent_required(&app.client_id, &app.name))?;
                 (resource, granted)
             }
             None => oidc_only_target(&grant.scopes),
         };
-        let refresh_token = if grant.scopes.has("offline_access") || req.v1 {
+        let refresh_token = if grant.scopes.has("offline_access") || v1 {
             Some(self.push_rt(RefreshGrant {
                 token: new_rt,
                 tenant_id: grant.tenant_id.clone(),
@@ -483,9 +577,6 @@ impl SimState {
         } else {
             None
         };
-        if let Some(g) = self.codes.get_mut(req.code) {
-            g.redeemed = true;
-        }
         let id_token = grant.scopes.has("openid").then(|| IdTokenRequest {
             nonce: grant.nonce.clone(),
             email: grant.scopes.has("email"),
@@ -497,6 +588,70 @@ impl SimState {
             refresh_token,
             id_token,
         })
+    }
+
+    // ---- /_sim/tokens: sign-in, consent and redemption in one step ----
+
+    /// The interactive sign-in of `upn` as the authorize endpoint judges it:
+    /// unknown users and users of deleted tenants fail; MFA counts only where
+    /// the tenant offers it; an MFA-enforcing tenant refuses a sign-in without
+    /// it (50076, named after the first requested resource as on the page).
+    pub fn sim_sign_in<'d>(
+        &self,
+        dir: &'d Directory,
+        upn: &str,
+        mfa: bool,
+        scopes: &Scopes,
+        app: &App,
+    ) -> Result<SignIn<'d>, MintError> {
+        let user = dir
+            .user(upn)
+            .filter(|u| !self.tenant_deleted(&u.tenant_id))
+            .ok_or_else(|| MintError::UnknownUser(upn.trim().to_string()))?;
+        let tenant = dir
+            .tenant(&user.tenant_id)
+            .ok_or_else(|| MintError::UnknownUser(upn.trim().to_string()))?;
+        let amr = sign_in_amr(tenant.mfa, mfa);
+        if self.mfa_enforced(dir, &tenant.id) && !has_mfa(&amr) {
+            let target = scopes
+                .resources
+                .first()
+                .map_or(app.client_id.as_str(), |(r, _)| r.as_str());
+            return Err(MintError::Entra(errors::mfa_required(target)));
+        }
+        Ok(SignIn { user, tenant, amr })
+    }
+
+    /// Consent is recorded as the sign-in page records it, then the code the
+    /// sign-in would have produced is redeemed as the token endpoint redeems
+    /// it (v2, no `scope` parameter: the token is for the first resource).
+    pub fn sim_redeem(
+        &mut self,
+        dir: &Directory,
+        sign_in: &SignIn<'_>,
+        scopes: &Scopes,
+        app: &App,
+        new_rt: String,
+        now: OffsetDateTime,
+    ) -> Result<Issued, EntraError> {
+        self.record_consent(&sign_in.tenant.id, app, scopes);
+        let grant = CodeGrant {
+            tenant_id: sign_in.tenant.id.clone(),
+            upn: sign_in.user.upn.clone(),
+            client_id: app.client_id.clone(),
+            redirect_uri: String::new(),
+            code_challenge: None,
+            nonce: None,
+            scopes: scopes.clone(),
+            amr: sign_in.amr.clone(),
+            auth_time: now,
+            issued_at: now,
+            redeemed: false,
+        };
+        let target = scopes.resources.first().cloned();
+        let issued = self.issue_for_code(dir, &grant, target, app, false, new_rt, now)?;
+        self.counters.sim_tokens += 1;
+        Ok(issued)
     }
 
     // ---- token: refresh_token ----
@@ -740,7 +895,23 @@ fn is_resource_id(r: &str) -> bool {
     }
 }
 
-fn has_mfa(amr: &[String]) -> bool {
+/// The `amr` of an interactive sign-in: `fed` for federated tenants, else
+/// `pwd`, plus `mfa` when the user approved it. Users of a tenant without an
+/// MFA policy have no second factor registered, so they never get `mfa`.
+pub fn sign_in_amr(policy: MfaPolicy, mfa_approved: bool) -> Vec<String> {
+    let first_factor = if policy == MfaPolicy::Federated {
+        "fed"
+    } else {
+        "pwd"
+    };
+    let mut amr = vec![first_factor.to_string()];
+    if mfa_approved && policy != MfaPolicy::NotEnforced {
+        amr.push("mfa".into());
+    }
+    amr
+}
+
+pub fn has_mfa(amr: &[String]) -> bool {
     amr.iter().any(|a| a == "mfa")
 }
 

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -16,9 +16,16 @@ use serde_json::{Value, json};
 use time::Duration;
 
 use super::clock::rfc3339;
-use super::errors::EntraError;
-use super::grants::{Fault, FaultBody, SimState};
+use super::errors::{EntraError, RequestIds};
+use super::grants::{Fault, FaultBody, Issued, MintError, Scopes, SimState};
+use super::token::{json_ok, signing_failed, token_body};
+use super::tokens::new_refresh_token;
 use super::{AppState, DEMO_CLIENT_ID};
+
+/// What `POST /_sim/tokens` consents to when no `scopes` are given: what
+/// samvault's consent link asks for.
+pub const SIM_TOKEN_SCOPES: &str =
+    "https://api.partnercenter.microsoft.com/user_impersonation offline_access openid profile";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -30,7 +37,14 @@ pub fn router() -> Router<AppState> {
             "/faults",
             post(set_faults).get(get_faults).delete(clear_faults),
         )
+        .route("/tokens", post(mint_tokens))
         .route("/tenants/{tenant_id}", delete(delete_tenant))
+        .route(
+            "/tenants/{tenant_id}/faults",
+            post(set_tenant_faults)
+                .get(get_tenant_faults)
+                .delete(clear_tenant_faults),
+        )
         .route("/tenants/{tenant_id}/revoke-consent", post(revoke_consent))
         .route("/tenants/{tenant_id}/require-mfa", post(require_mfa))
         .route("/users/{upn}/reset-password", post(reset_password))
@@ -129,20 +143,32 @@ async fn set_faults(State(st): State<AppState>, body: Bytes) -> Response {
         Ok(s) => s,
         Err(r) => return r,
     };
+    let count = spec.count.unwrap_or(1);
+    let fault = match fault_from_spec(&spec, Some(count)) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    st.idp.lock().set_fault(Some(fault));
+    Json(json!({ "pending": count })).into_response()
+}
+
+/// The fault a `/_sim/faults` body describes, to be served `remaining` times
+/// (`None`: until cleared).
+fn fault_from_spec(spec: &FaultSpec, remaining: Option<u32>) -> Result<Fault, Response> {
     let body_kind = match spec.body.as_deref() {
         None | Some("entra" | "json") => FaultBody::Entra,
         Some("malformed") => FaultBody::Malformed,
         Some("html") => FaultBody::Html,
         Some(other) => {
-            return bad_request(format!(
+            return Err(bad_request(format!(
                 "unknown body {other:?}: use \"malformed\", \"html\" or null"
-            ));
+            )));
         }
     };
     let error_name = match spec.error.as_deref().map(oauth_error_name) {
         None => None,
         Some(Some(name)) => Some(name),
-        Some(None) => return bad_request("unknown OAuth \"error\" value"),
+        Some(None) => return Err(bad_request("unknown OAuth \"error\" value")),
     };
     let error = spec.error_code.map(|code| {
         let msg = spec
@@ -158,18 +184,16 @@ async fn set_faults(State(st): State<AppState>, body: Bytes) -> Response {
     let default_status = error.as_ref().map_or(503, |e| e.status.as_u16());
     let status = match StatusCode::from_u16(spec.status.unwrap_or(default_status)) {
         Ok(s) if s.as_u16() >= 400 => s,
-        _ => return bad_request("status must be an HTTP error status (400-599)"),
+        _ => return Err(bad_request("status must be an HTTP error status (400-599)")),
     };
-    let count = spec.count.unwrap_or(1);
-    st.idp.lock().set_fault(Some(Fault {
-        remaining: count,
+    Ok(Fault {
+        remaining,
         status,
         retry_after: spec.retry_after,
         latency_ms: spec.latency_ms.unwrap_or(0),
         body: body_kind,
         error,
-    }));
-    Json(json!({ "pending": count })).into_response()
+    })
 }
 
 /// The OAuth `error` values Entra uses (RFC 6749 §5.2 plus OIDC's).
@@ -214,6 +238,197 @@ fn known_user(st: &AppState, upn: &str) -> Result<String, Response> {
         .user(upn)
         .map(|u| u.upn.clone())
         .ok_or_else(|| not_found(format!("unknown user {upn}")))
+}
+
+fn tenant_fault_view(tid: &str, fault: Option<&Fault>) -> Value {
+    json!({
+        "tenant_id": tid,
+        // null while the fault lasts until cleared.
+        "pending": fault.map_or(Some(0), |f| f.remaining),
+        "until_cleared": fault.is_some_and(|f| f.remaining.is_none()),
+    })
+}
+
+/// Replaces the tenant's fault: its refresh-token calls fail this way, `count`
+/// times or (without `count`) until cleared. A global fault still goes first.
+async fn set_tenant_faults(
+    State(st): State<AppState>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Response {
+    let tid = match known_tenant(&st, &tenant) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let spec: FaultSpec = match parse_body(&body) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let fault = match fault_from_spec(&spec, spec.count) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let mut state = st.idp.lock();
+    state.set_tenant_fault(&tid, Some(fault));
+    Json(tenant_fault_view(&tid, state.tenant_fault(&tid))).into_response()
+}
+
+async fn get_tenant_faults(State(st): State<AppState>, Path(tenant): Path<String>) -> Response {
+    match known_tenant(&st, &tenant) {
+        Ok(tid) => Json(tenant_fault_view(&tid, st.idp.lock().tenant_fault(&tid))).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn clear_tenant_faults(State(st): State<AppState>, Path(tenant): Path<String>) -> Response {
+    match known_tenant(&st, &tenant) {
+        Ok(tid) => {
+            st.idp.lock().set_tenant_fault(&tid, None);
+            Json(tenant_fault_view(&tid, None)).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MintBody {
+    upn: Option<String>,
+    users: Option<Vec<String>>,
+    /// Whether the user approves MFA at the sign-in; default true.
+    mfa: Option<bool>,
+    /// Space-separated, as in the authorize request; default `SIM_TOKEN_SCOPES`.
+    scopes: Option<String>,
+    /// The app that consents and redeems; default the demo CPV app.
+    client_id: Option<String>,
+    /// `false` leaves out `access_token` and `id_token`: no RS256 signing,
+    /// which is nearly all the cost of a large batch; default true.
+    sign: Option<bool>,
+}
+
+/// Users minted per critical section: the state lock is released between
+/// chunks so that a 10,000-user batch never stalls token calls for long.
+const MINT_CHUNK: usize = 256;
+
+/// "This user signed in, consented, and the app redeemed the code", in one
+/// call and without touching the token endpoint: consent is recorded, the RT
+/// joins `/_sim/grants`, and the answer is the token endpoint's JSON. Only
+/// `counters.sim_tokens` moves. The batch form (`users`) answers an array in
+/// request order; every user is checked before anything is recorded, so an
+/// unknown user or an MFA refusal leaves the state untouched.
+async fn mint_tokens(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let b: MintBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (upns, batch) = match (b.upn, b.users) {
+        (Some(upn), None) => (vec![upn], false),
+        (None, Some(users)) => (users, true),
+        (Some(_), Some(_)) => return bad_request("give \"upn\" or \"users\", not both"),
+        (None, None) => return bad_request("give \"upn\" or \"users\""),
+    };
+    let scopes = Scopes::parse(b.scopes.as_deref().unwrap_or(SIM_TOKEN_SCOPES));
+    if scopes.resources.is_empty() && scopes.oidc.is_empty() {
+        return bad_request("\"scopes\" names no scope");
+    }
+    let dir = st.idp.directory();
+    let Some(app) = dir.app(b.client_id.as_deref().unwrap_or(DEMO_CLIENT_ID)) else {
+        return not_found("unknown client_id");
+    };
+    let mfa = b.mfa.unwrap_or(true);
+    let jwts = b.sign.unwrap_or(true);
+    let now = st.idp.now();
+    let refused = |e: MintError| match e {
+        MintError::UnknownUser(upn) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("unknown user {upn}"), "upn": upn })),
+        )
+            .into_response(),
+        MintError::Entra(e) => e.to_response(&st.base, &RequestIds::new(&headers), now),
+    };
+    // Check everyone first: a refused user must leave nothing half-seeded.
+    for chunk in upns.chunks(MINT_CHUNK) {
+        let state = st.idp.lock();
+        for upn in chunk {
+            if let Err(e) = state.sim_sign_in(dir, upn, mfa, &scopes, app) {
+                return refused(e);
+            }
+        }
+    }
+    let mut issued: Vec<Issued> = Vec::with_capacity(upns.len());
+    for chunk in upns.chunks(MINT_CHUNK) {
+        // Random material is made before taking the lock, signing after releasing it.
+        let rts: Vec<String> = chunk.iter().map(|_| new_refresh_token()).collect();
+        let mut state = st.idp.lock();
+        for (upn, rt) in chunk.iter().zip(rts) {
+            // Only a concurrent `/_sim` change since the check can refuse here.
+            let minted = state
+                .sim_sign_in(dir, upn, mfa, &scopes, app)
+                .and_then(|s| {
+                    state
+                        .sim_redeem(dir, &s, &scopes, app, rt, now)
+                        .map_err(MintError::Entra)
+                });
+            match minted {
+                Ok(i) => issued.push(i),
+                Err(e) => {
+                    drop(state);
+                    return refused(e);
+                }
+            }
+        }
+    }
+    let signed = if batch {
+        let st2 = st.clone();
+        match tokio::task::spawn_blocking(move || sign_all(&st2, issued, jwts, now)).await {
+            Ok(r) => r.map(Value::Array),
+            Err(_) => Err(signing_failed()),
+        }
+    } else {
+        sign_all(&st, issued, jwts, now).map(|mut v| v.pop().unwrap_or_default())
+    };
+    match signed {
+        Ok(body) => json_ok(&body),
+        Err(e) => e.to_response(&st.base, &RequestIds::new(&headers), now),
+    }
+}
+
+/// Builds the token responses in order, signing on all cores for large
+/// batches (RS256 signing dominates the cost of seeding thousands of grants).
+fn sign_all(
+    st: &AppState,
+    issued: Vec<Issued>,
+    jwts: bool,
+    now: time::OffsetDateTime,
+) -> Result<Vec<Value>, EntraError> {
+    let sign = |chunk: Vec<Issued>| {
+        chunk
+            .into_iter()
+            .map(|i| token_body(st, i, false, jwts, now))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if !jwts || threads == 1 || issued.len() < 64 {
+        return sign(issued);
+    }
+    let chunk_len = issued.len().div_ceil(threads);
+    let mut rest = issued.into_iter();
+    let chunks: Vec<Vec<Issued>> = std::iter::from_fn(|| {
+        let c: Vec<Issued> = rest.by_ref().take(chunk_len).collect();
+        (!c.is_empty()).then_some(c)
+    })
+    .collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| scope.spawn(move || sign(c)))
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.extend(h.join().map_err(|_| signing_failed())??);
+        }
+        Ok(out)
+    })
 }
 
 /// The app's grant in that tenant is gone: refreshes answer 65001.

@@ -11,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::errors::{self, EntraError, RequestIds, json_string, no_store};
 use super::grants::{CodeRedemption, Fault, FaultBody, GRAPH, Issued, RefreshRedemption, Scopes};
@@ -56,7 +56,12 @@ async fn token(
     let ids = RequestIds::new(&headers);
     let params = Params::parse(&body);
     let grant_type = params.get("grant_type").unwrap_or("").to_string();
-    let fault = st.idp.lock().begin_token_call(&grant_type);
+    let fault = st.idp.lock().begin_token_call(
+        st.idp.directory(),
+        &grant_type,
+        &tenant,
+        params.get("refresh_token"),
+    );
     let latency = st.idp.inner.opts.token_latency_ms + fault.as_ref().map_or(0, |f| f.latency_ms);
     if latency > 0 {
         // A timer, not a blocked thread: other calls proceed meanwhile.
@@ -215,24 +220,50 @@ fn respond(
     v1: bool,
     now: time::OffsetDateTime,
 ) -> Result<Response, EntraError> {
+    Ok(json_ok(&token_body(st, issued, v1, true, now)?))
+}
+
+/// A 200 JSON answer with the token endpoint's headers.
+pub fn json_ok(body: &Value) -> Response {
+    let mut resp = (StatusCode::OK, json_string(body)).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    no_store(h);
+    resp
+}
+
+/// What Entra answers when it cannot sign a token.
+pub fn signing_failed() -> EntraError {
+    EntraError::new(
+        50000,
+        "There was an error issuing a token or an issue with our sign-in service.",
+    )
+}
+
+/// Entra's JSON for a successful redemption, with its tokens signed. Without
+/// `jwts` (`/_sim/tokens` with `"sign": false`) the access and id tokens are
+/// left out, saving the RS256 signatures that dominate the cost of seeding.
+pub fn token_body(
+    st: &AppState,
+    issued: Issued,
+    v1: bool,
+    jwts: bool,
+    now: time::OffsetDateTime,
+) -> Result<Value, EntraError> {
     let key = &st.idp.inner.key;
-    let sign_failed = |_| {
-        EntraError::new(
-            50000,
-            "There was an error issuing a token or an issue with our sign-in service.",
-        )
-    };
+    let sign_failed = |_| signing_failed();
     let scp = issued.permissions.join(" ");
-    let access_token = key
-        .sign(&access_token_claims(
-            &st.base,
-            &issued.subject,
-            &issued.resource,
-            &scp,
-            now,
-        ))
-        .map_err(sign_failed)?;
+    let access_token = if jwts {
+        let claims = access_token_claims(&st.base, &issued.subject, &issued.resource, &scp, now);
+        Some(key.sign(&claims).map_err(sign_failed)?)
+    } else {
+        None
+    };
     let id_token = match &issued.id_token {
+        _ if !jwts => None,
         Some(req) if v1 => Some(
             key.sign(&id_token_v1_claims(
                 &st.base,
@@ -265,7 +296,6 @@ fn respond(
             "expires_on": exp.to_string(),
             "not_before": now.unix_timestamp().to_string(),
             "resource": issued.resource,
-            "access_token": access_token,
         })
     } else {
         // v2 qualifies scopes with the resource, except Graph's, as Entra does.
@@ -286,23 +316,18 @@ fn respond(
             "scope": scope,
             "expires_in": TOKEN_LIFETIME_SECS,
             "ext_expires_in": TOKEN_LIFETIME_SECS,
-            "access_token": access_token,
         })
     };
+    if let Some(at) = access_token {
+        body["access_token"] = json!(at);
+    }
     if let Some(rt) = issued.refresh_token {
         body["refresh_token"] = json!(rt);
     }
     if let Some(id) = id_token {
         body["id_token"] = json!(id);
     }
-    let mut resp = (StatusCode::OK, json_string(&body)).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    no_store(h);
-    Ok(resp)
+    Ok(body)
 }
 
 fn fault_response(st: &AppState, fault: Fault, ids: &RequestIds) -> Response {

@@ -417,7 +417,7 @@ fn idp_failure_page(error: &IdpError) -> Response {
 
 /// Display name for the organisation: the tenant's domain label (`contoso.example` →
 /// `Contoso`). Entra tokens carry no tenant name.
-fn organisation_name(upn: &str) -> (String, Option<String>) {
+pub fn organisation_name(upn: &str) -> (String, Option<String>) {
     let Some((_, domain)) = upn.rsplit_once('@') else {
         return ("Unknown organisation".into(), None);
     };

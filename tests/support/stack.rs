@@ -119,6 +119,18 @@ pub struct Replica {
     proc: Option<Proc>,
 }
 
+impl Replica {
+    /// A replica slot on a free port, started later with [`Stack::start_replica`].
+    pub fn new() -> Replica {
+        let port = free_port();
+        Replica {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            proc: None,
+        }
+    }
+}
+
 /// The dev IdP and samvault replicas sharing one database and one key file.
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -169,15 +181,9 @@ impl Stack {
             &format!("{idp}/common/v2.0/.well-known/openid-configuration"),
         )
         .await;
-        let replicas = (0..options.replicas)
-            .map(|_| {
-                let port = free_port();
-                Replica {
-                    url: format!("http://127.0.0.1:{port}"),
-                    port,
-                    proc: None,
-                }
-            })
+        // With `replicas(0)` one slot still exists, to be started later by the test.
+        let replicas = (0..options.replicas.max(1))
+            .map(|_| Replica::new())
             .collect::<Vec<Replica>>();
         // Commands run from the test (invite create) speak for the first replica.
         env.push(("SAMVAULT_PUBLIC_URL".into(), replicas[0].url.clone()));

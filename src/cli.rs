@@ -269,7 +269,15 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
             let db = app::open_db(&config).await?;
             let vault = app::open_vault(&config)?;
             let imported = import_partners(&db, &vault, &file).await?;
-            audit::append(&db, "cli", "partners.import", None, serde_json::json!({ "count": imported }), now()).await?;
+            audit::append(
+                &db,
+                "cli",
+                "partners.import",
+                None,
+                serde_json::json!({ "count": imported }),
+                now(),
+            )
+            .await?;
             println!("imported {imported} partners; each is due for rotation now");
         }
         Command::Partners(PartnersCommand::List { json }) => {
@@ -546,14 +554,18 @@ struct ImportLine {
     mfa: bool,
 }
 
-async fn import_partners(db: &crate::storage::Db, vault: &crate::vault::Vault, file: &std::path::Path) -> anyhow::Result<u64> {
+async fn import_partners(
+    db: &crate::storage::Db,
+    vault: &crate::vault::Vault,
+    file: &std::path::Path,
+) -> anyhow::Result<u64> {
     use std::io::BufRead;
     let reader: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(file).map_err(|e| anyhow::anyhow!("--file {}: {e}", file.display()))?,
-        ))
+        Box::new(std::io::BufReader::new(std::fs::File::open(file).map_err(
+            |e| anyhow::anyhow!("--file {}: {e}", file.display()),
+        )?))
     };
     let mut count = 0;
     for (number, line) in reader.lines().enumerate() {
@@ -562,12 +574,21 @@ async fn import_partners(db: &crate::storage::Db, vault: &crate::vault::Vault, f
             continue;
         }
         // The error names the line, never its content (it holds a refresh token).
-        let entry: ImportLine = serde_json::from_str(&line)
-            .map_err(|e| anyhow::anyhow!("line {}: not an import record ({:?} error)", number + 1, e.classify()))?;
-        let tenant = TenantId::parse(&entry.tenant_id).map_err(|e| anyhow::anyhow!("line {}: {e}", number + 1))?;
+        let entry: ImportLine = serde_json::from_str(&line).map_err(|e| {
+            anyhow::anyhow!(
+                "line {}: not an import record ({:?} error)",
+                number + 1,
+                e.classify()
+            )
+        })?;
+        let tenant = TenantId::parse(&entry.tenant_id)
+            .map_err(|e| anyhow::anyhow!("line {}: {e}", number + 1))?;
         let version = partners::next_version(db, &tenant).await?;
         let sealed = vault
-            .seal(entry.refresh_token.expose_secret().as_bytes(), &partners::grant_context(&tenant, version))
+            .seal(
+                entry.refresh_token.expose_secret().as_bytes(),
+                &partners::grant_context(&tenant, version),
+            )
             .await?;
         let (organisation, domain) = crate::http::onboard::organisation_name(&entry.upn);
         let consent = partners::NewConsent {
@@ -584,7 +605,14 @@ async fn import_partners(db: &crate::storage::Db, vault: &crate::vault::Vault, f
         };
         let at = now();
         // Due at once: the first rotation proves the imported token is alive.
-        partners::record_consent(db, &consent, &partners::StoredGrant { version, sealed }, at, at).await?;
+        partners::record_consent(
+            db,
+            &consent,
+            &partners::StoredGrant { version, sealed },
+            at,
+            at,
+        )
+        .await?;
         count += 1;
     }
     Ok(count)

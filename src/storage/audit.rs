@@ -5,7 +5,7 @@
 //! PostgreSQL for replicas) so the chain never forks.
 
 use sha2::{Digest, Sha256};
-use sqlx::{Acquire, Row};
+use sqlx::Row;
 use tokio::sync::Mutex;
 
 use super::{Backend, Db, StorageError};
@@ -61,8 +61,7 @@ pub async fn append(
     at: i64,
 ) -> Result<i64, StorageError> {
     let _guard = APPEND.lock().await;
-    let mut conn = db.pool().acquire().await?;
-    let mut tx = conn.begin().await?;
+    let mut tx = db.begin_write().await?;
     if db.backend() == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(AUDIT_LOCK_KEY)

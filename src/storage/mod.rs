@@ -111,6 +111,17 @@ impl Db {
         Ok(())
     }
 
+    /// Starts a transaction that is going to write. On SQLite this is `BEGIN IMMEDIATE`,
+    /// which takes the write lock up front: a transaction that reads before it writes then
+    /// waits its turn (busy timeout) instead of failing with "database is locked"
+    /// (SQLITE_BUSY / SQLITE_BUSY_SNAPSHOT) when another connection writes in between.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StorageError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{Acquire, Row};
 
-use super::{Db, StorageError, flag};
+use super::{Backend, Db, StorageError, flag};
 use crate::domain::{PartnerStatus, TenantId};
 use crate::vault::{Sealed, SealedRecord, VaultError, WrappedKey};
 
@@ -273,9 +273,16 @@ pub async fn set_status(
     reason: &str,
     now: i64,
 ) -> Result<Option<PartnerStatus>, StorageError> {
-    let mut conn = db.pool().acquire().await?;
-    let mut tx = conn.begin().await?;
-    let row = sqlx::query("SELECT status, status_code FROM partners WHERE tenant_id = $1")
+    let mut tx = db.begin_write().await?;
+    // Lock the row on PostgreSQL so concurrent changes see each other's outcome (SQLite's
+    // `BEGIN IMMEDIATE` already serialises writers).
+    let select = match db.backend() {
+        Backend::Postgres => {
+            "SELECT status, status_code FROM partners WHERE tenant_id = $1 FOR UPDATE"
+        }
+        Backend::Sqlite => "SELECT status, status_code FROM partners WHERE tenant_id = $1",
+    };
+    let row = sqlx::query(select)
         .bind(tenant.as_str())
         .fetch_optional(&mut *tx)
         .await?;

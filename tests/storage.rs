@@ -1,0 +1,1870 @@
+//! Storage tests: every public function of `samvault::storage`, each test run against a
+//! fresh SQLite database and a fresh PostgreSQL database (see `tests/support`).
+
+mod support;
+
+use samvault::domain::{PartnerStatus, Resource, TenantId};
+use samvault::storage::partners::{self, NewConsent, StoredGrant, grant_context};
+use samvault::storage::sessions::SealedSessionStore;
+use samvault::storage::{Db, StorageError, audit, clients, invitations, rotation};
+use samvault::vault::{SealedRecord, Vault};
+use secrecy::ExposeSecret;
+use sqlx::Row;
+use support::*;
+
+/// A fixed clock: storage takes times as arguments, so tests do not depend on the wall clock.
+const T0: i64 = 1_700_000_000;
+const DAY: i64 = 86_400;
+
+async fn seal_grant(
+    vault: &Vault,
+    tenant: &TenantId,
+    version: i64,
+    refresh_token: &str,
+) -> StoredGrant {
+    StoredGrant {
+        version,
+        sealed: vault
+            .seal(refresh_token.as_bytes(), &grant_context(tenant, version))
+            .await
+            .expect("seal"),
+    }
+}
+
+async fn open_grant(vault: &Vault, tenant: &TenantId, grant: &StoredGrant) -> String {
+    let plain = vault
+        .open(&grant.sealed, &grant_context(tenant, grant.version))
+        .await
+        .expect("the stored grant opens with its own context");
+    String::from_utf8(plain.expose_secret().clone()).unwrap()
+}
+
+/// Grants are scheduled for rotation this long after a consent or refresh.
+const ROTATE_AFTER: i64 = 7 * DAY;
+
+async fn record_consent(
+    db: &Db,
+    consent: &NewConsent,
+    grant: &StoredGrant,
+    now: i64,
+) -> Result<(), StorageError> {
+    partners::record_consent(db, consent, grant, now, now + ROTATE_AFTER).await
+}
+
+async fn record_refresh(
+    db: &Db,
+    tenant: &TenantId,
+    grant: &StoredGrant,
+    source: &str,
+    now: i64,
+) -> Result<(), StorageError> {
+    partners::record_refresh(db, tenant, grant, source, now, now + ROTATE_AFTER).await
+}
+
+/// The partner's rotation schedule as stored: `(rotate_at, failures)`.
+async fn schedule(db: &Db, tenant: &TenantId) -> (i64, i64) {
+    let row = sqlx::query("SELECT rotate_at, failures FROM partners WHERE tenant_id = $1")
+        .bind(tenant.as_str())
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    (
+        row.try_get("rotate_at").unwrap(),
+        row.try_get("failures").unwrap(),
+    )
+}
+
+fn consent_for(tenant: &TenantId, name: &str, upn: &str, mfa: bool) -> NewConsent {
+    NewConsent {
+        tenant_id: tenant.clone(),
+        display_name: name.to_string(),
+        domain: Some(format!("{}.onmicrosoft.com", name.to_lowercase())),
+        upn: upn.to_string(),
+        oid: Some("00000000-0000-0000-0000-00000000a11c".to_string()),
+        user_name: Some("Alice Admin".to_string()),
+        mfa,
+        amr: if mfa {
+            vec!["pwd".into(), "mfa".into()]
+        } else {
+            vec!["pwd".into()]
+        },
+        scopes: "https://api.partnercenter.microsoft.com/user_impersonation offline_access"
+            .to_string(),
+        invitation_id: None,
+    }
+}
+
+async fn count(db: &Db, sql: &'static str, tenant: &TenantId) -> i64 {
+    sqlx::query(sql)
+        .bind(tenant.as_str())
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .try_get::<i64, _>("n")
+        .unwrap()
+}
+
+/// One raw `grants` row, as a database reader would see it.
+struct RawGrant {
+    version: i64,
+    source: String,
+    kek_id: Option<String>,
+    wrapped_key: Option<Vec<u8>>,
+    sealed: Option<Vec<u8>>,
+    shredded_at: Option<i64>,
+}
+
+async fn raw_grants(db: &Db, tenant: &TenantId) -> Vec<RawGrant> {
+    sqlx::query(
+        "SELECT version, source, kek_id, wrapped_key, sealed, shredded_at FROM grants WHERE tenant_id = $1 ORDER BY version",
+    )
+    .bind(tenant.as_str())
+    .fetch_all(db.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| RawGrant {
+        version: r.try_get("version").unwrap(),
+        source: r.try_get("source").unwrap(),
+        kek_id: r.try_get("kek_id").unwrap(),
+        wrapped_key: r.try_get("wrapped_key").unwrap(),
+        sealed: r.try_get("sealed").unwrap(),
+        shredded_at: r.try_get("shredded_at").unwrap(),
+    })
+    .collect()
+}
+
+/// Every byte of every stored grant column, for "the plaintext is nowhere" checks.
+fn grant_bytes(rows: &[RawGrant]) -> Vec<u8> {
+    let mut all = Vec::new();
+    for r in rows {
+        all.extend_from_slice(r.source.as_bytes());
+        all.extend_from_slice(r.kek_id.as_deref().unwrap_or("").as_bytes());
+        all.extend_from_slice(r.wrapped_key.as_deref().unwrap_or_default());
+        all.extend_from_slice(r.sealed.as_deref().unwrap_or_default());
+    }
+    all
+}
+
+fn assert_live(row: &RawGrant) {
+    assert!(
+        row.sealed.is_some()
+            && row.wrapped_key.is_some()
+            && row.kek_id.is_some()
+            && row.shredded_at.is_none(),
+        "grant v{} should still be sealed and usable",
+        row.version
+    );
+}
+
+fn assert_shredded(row: &RawGrant, at: i64) {
+    assert!(
+        row.sealed.is_none() && row.wrapped_key.is_none() && row.kek_id.is_none(),
+        "grant v{} should be crypto-shredded",
+        row.version
+    );
+    assert_eq!(
+        row.shredded_at,
+        Some(at),
+        "grant v{} shredded_at",
+        row.version
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Migrations
+// ---------------------------------------------------------------------------------------
+
+async fn applied_migrations(db: &Db) -> Vec<i64> {
+    sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get("version").unwrap())
+        .collect()
+}
+
+both_backends!(migrations_are_idempotent, |url| async move {
+    let db = open(&url).await;
+    let applied = applied_migrations(&db).await;
+    assert_eq!(
+        applied.first(),
+        Some(&1),
+        "the initial migration is applied"
+    );
+    let expected: Vec<i64> = (1..=applied.len() as i64).collect();
+    assert_eq!(applied, expected, "every migration applied once, in order");
+
+    let tenant = new_tenant();
+    let v = local_vault();
+    let grant = seal_grant(&v.vault, &tenant, 1, "0.A-rt-before-remigrate").await;
+    record_consent(
+        &db,
+        &consent_for(&tenant, "Contoso", "a@contoso.com", true),
+        &grant,
+        T0,
+    )
+    .await
+    .unwrap();
+
+    // Same handle, then a brand-new connection: both must be no-ops that keep the data.
+    db.migrate().await.expect("second migrate on the same pool");
+    let again = open(&url).await;
+    again.migrate().await.expect("third migrate on a new pool");
+    assert_eq!(
+        applied_migrations(&again).await,
+        applied,
+        "nothing re-applied"
+    );
+    assert_eq!(partners::list(&again).await.unwrap().len(), 1);
+    let current = partners::current_grant(&again, &tenant)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        open_grant(&v.vault, &tenant, &current).await,
+        "0.A-rt-before-remigrate"
+    );
+    again.ping().await.unwrap();
+});
+
+// ---------------------------------------------------------------------------------------
+// Partners and grants
+// ---------------------------------------------------------------------------------------
+
+both_backends!(
+    consent_stores_an_active_partner_and_a_sealed_grant,
+    |url| async move {
+        let db = open(&url).await;
+        let v = local_vault();
+        let tenant = new_tenant();
+        const RT: &str = "0.AXoA-consent-refresh-token-plaintext-7f3c";
+
+        assert!(partners::get(&db, &tenant).await.unwrap().is_none());
+        assert!(
+            partners::current_grant(&db, &tenant)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(partners::next_version(&db, &tenant).await.unwrap(), 1);
+
+        let grant = seal_grant(&v.vault, &tenant, 1, RT).await;
+        let mut consent = consent_for(&tenant, "Contoso", "admin@contoso.com", true);
+        consent.invitation_id = Some("inv-1".into());
+        record_consent(&db, &consent, &grant, T0).await.unwrap();
+
+        let p = partners::get(&db, &tenant)
+            .await
+            .unwrap()
+            .expect("partner exists");
+        assert_eq!(p.tenant_id, tenant);
+        assert_eq!(p.display_name, "Contoso");
+        assert_eq!(p.domain.as_deref(), Some("contoso.onmicrosoft.com"));
+        assert_eq!(p.status, PartnerStatus::Active);
+        assert_eq!(p.status_code, None);
+        assert!(p.mfa);
+        assert_eq!(p.consented_by, "admin@contoso.com");
+        assert_eq!(
+            (p.consented_at, p.last_refresh_at, p.status_changed_at),
+            (T0, T0, T0)
+        );
+        assert_eq!(p.grant_version, 1);
+        assert_eq!(p.horizon(), T0 + 90 * DAY);
+        assert_eq!(
+            schedule(&db, &tenant).await,
+            (T0 + ROTATE_AFTER, 0),
+            "rotation scheduled"
+        );
+
+        // The stored grant opens to the refresh token, and only under its own tenant + version.
+        let stored = partners::current_grant(&db, &tenant)
+            .await
+            .unwrap()
+            .expect("current grant");
+        assert_eq!(stored.version, 1);
+        assert_eq!(open_grant(&v.vault, &tenant, &stored).await, RT);
+        assert!(
+            v.vault
+                .open(&stored.sealed, &grant_context(&tenant, 2))
+                .await
+                .is_err()
+        );
+        assert!(
+            v.vault
+                .open(&stored.sealed, &grant_context(&new_tenant(), 1))
+                .await
+                .is_err()
+        );
+
+        // What a database reader sees: ciphertext and a wrapped key, never the token.
+        let raw = raw_grants(&db, &tenant).await;
+        assert_eq!(raw.len(), 1);
+        assert_live(&raw[0]);
+        assert_eq!(raw[0].source, "consent");
+        assert_eq!(
+            raw[0].kek_id.as_deref(),
+            Some(grant.sealed.wrapped_key.kek_id.as_str())
+        );
+        assert_eq!(
+            raw[0].sealed.as_deref(),
+            Some(grant.sealed.record.as_bytes())
+        );
+        assert!(SealedRecord::decode(raw[0].sealed.clone().unwrap()).is_ok());
+        let bytes = grant_bytes(&raw);
+        assert!(
+            !contains_bytes(&bytes, RT.as_bytes()),
+            "refresh token in clear in grants"
+        );
+        assert!(
+            !contains_bytes(&bytes, b"consent-refresh-token"),
+            "part of the token in clear"
+        );
+
+        // History: one consent row and one status change, both for this tenant.
+        assert_eq!(
+            count(
+                &db,
+                "SELECT COUNT(*) AS n FROM consents WHERE tenant_id = $1",
+                &tenant
+            )
+            .await,
+            1
+        );
+        let row =
+            sqlx::query("SELECT upn, mfa, amr, invitation_id FROM consents WHERE tenant_id = $1")
+                .bind(tenant.as_str())
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            row.try_get::<String, _>("upn").unwrap(),
+            "admin@contoso.com"
+        );
+        assert_eq!(row.try_get::<i64, _>("mfa").unwrap(), 1);
+        assert_eq!(row.try_get::<String, _>("amr").unwrap(), "pwd mfa");
+        assert_eq!(
+            row.try_get::<Option<String>, _>("invitation_id")
+                .unwrap()
+                .as_deref(),
+            Some("inv-1")
+        );
+        let change =
+            sqlx::query("SELECT from_status, to_status FROM status_changes WHERE tenant_id = $1")
+                .bind(tenant.as_str())
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            change.try_get::<Option<String>, _>("from_status").unwrap(),
+            None
+        );
+        assert_eq!(change.try_get::<String, _>("to_status").unwrap(), "active");
+
+        assert_eq!(partners::next_version(&db, &tenant).await.unwrap(), 2);
+        // Another tenant's versions are independent.
+        assert_eq!(partners::next_version(&db, &new_tenant()).await.unwrap(), 1);
+    }
+);
+
+both_backends!(
+    refresh_keeps_the_previous_version_and_shreds_older_ones,
+    |url| async move {
+        let db = open(&url).await;
+        let v = local_vault();
+        let tenant = new_tenant();
+        let other = new_tenant();
+        let tokens: Vec<String> = (1..=4)
+            .map(|n| format!("0.AXoA-refresh-token-v{n}-secret"))
+            .collect();
+
+        let g1 = seal_grant(&v.vault, &tenant, 1, &tokens[0]).await;
+        record_consent(
+            &db,
+            &consent_for(&tenant, "Fabrikam", "a@fabrikam.com", true),
+            &g1,
+            T0,
+        )
+        .await
+        .unwrap();
+        // A second partner whose grants must be untouched by the first one's refreshes.
+        let o1 = seal_grant(&v.vault, &other, 1, "0.AXoA-other-tenant-token").await;
+        record_consent(
+            &db,
+            &consent_for(&other, "Other", "a@other.com", true),
+            &o1,
+            T0,
+        )
+        .await
+        .unwrap();
+
+        // v2: the previous version (v1) stays as a fallback.
+        let t2 = T0 + DAY;
+        assert_eq!(partners::next_version(&db, &tenant).await.unwrap(), 2);
+        let g2 = seal_grant(&v.vault, &tenant, 2, &tokens[1]).await;
+        // Two failed attempts before this success: the success resets the backoff.
+        rotation::record_failure(&db, &tenant, t2 - 60)
+            .await
+            .unwrap();
+        rotation::record_failure(&db, &tenant, t2 - 30)
+            .await
+            .unwrap();
+        assert_eq!(schedule(&db, &tenant).await, (t2 - 30, 2));
+        record_refresh(&db, &tenant, &g2, "refresh", t2)
+            .await
+            .unwrap();
+        let raw = raw_grants(&db, &tenant).await;
+        assert_eq!(raw.len(), 2);
+        assert_live(&raw[0]);
+        assert_live(&raw[1]);
+        assert_eq!(raw[1].source, "refresh");
+        let p = partners::get(&db, &tenant).await.unwrap().unwrap();
+        assert_eq!((p.grant_version, p.last_refresh_at), (2, t2));
+        assert_eq!(p.horizon(), t2 + 90 * DAY);
+        assert_eq!(p.consented_at, T0, "a refresh is not a consent");
+        assert_eq!(schedule(&db, &tenant).await, (t2 + ROTATE_AFTER, 0));
+        assert_eq!(schedule(&db, &other).await, (T0 + ROTATE_AFTER, 0));
+
+        // v3: v1 is now older than the previous version, so it is crypto-shredded.
+        let t3 = T0 + 2 * DAY;
+        assert_eq!(partners::next_version(&db, &tenant).await.unwrap(), 3);
+        let g3 = seal_grant(&v.vault, &tenant, 3, &tokens[2]).await;
+        record_refresh(&db, &tenant, &g3, "rotation", t3)
+            .await
+            .unwrap();
+        let raw = raw_grants(&db, &tenant).await;
+        assert_eq!(
+            raw.len(),
+            3,
+            "shredding keeps the row (history), only the key material goes"
+        );
+        assert_shredded(&raw[0], t3);
+        assert_live(&raw[1]);
+        assert_live(&raw[2]);
+        assert_eq!(raw[2].source, "rotation");
+
+        // v4: v2 goes too; v3 stays; v1 keeps its original shredded_at.
+        let t4 = T0 + 3 * DAY;
+        let g4 = seal_grant(&v.vault, &tenant, 4, &tokens[3]).await;
+        record_refresh(&db, &tenant, &g4, "refresh", t4)
+            .await
+            .unwrap();
+        let raw = raw_grants(&db, &tenant).await;
+        assert_shredded(&raw[0], t3);
+        assert_shredded(&raw[1], t4);
+        assert_live(&raw[2]);
+        assert_live(&raw[3]);
+
+        let current = partners::current_grant(&db, &tenant)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(current.version, 4);
+        assert_eq!(open_grant(&v.vault, &tenant, &current).await, tokens[3]);
+        assert_eq!(
+            partners::get(&db, &tenant)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_refresh_at,
+            t4
+        );
+
+        let bytes = grant_bytes(&raw);
+        for token in &tokens {
+            assert!(
+                !contains_bytes(&bytes, token.as_bytes()),
+                "{token} in clear in grants"
+            );
+        }
+
+        // The other partner: still one live grant at v1 that opens.
+        let other_raw = raw_grants(&db, &other).await;
+        assert_eq!(other_raw.len(), 1);
+        assert_live(&other_raw[0]);
+        let other_grant = partners::current_grant(&db, &other).await.unwrap().unwrap();
+        assert_eq!(
+            open_grant(&v.vault, &other, &other_grant).await,
+            "0.AXoA-other-tenant-token"
+        );
+        assert_eq!(
+            partners::get(&db, &other)
+                .await
+                .unwrap()
+                .unwrap()
+                .last_refresh_at,
+            T0
+        );
+    }
+);
+
+both_backends!(writes_are_all_or_nothing, |url| async move {
+    let db = open(&url).await;
+    let v = local_vault();
+    let tenant = new_tenant();
+    let g1 = seal_grant(&v.vault, &tenant, 1, "0.A-first").await;
+    record_consent(
+        &db,
+        &consent_for(&tenant, "Contoso", "first@contoso.com", true),
+        &g1,
+        T0,
+    )
+    .await
+    .unwrap();
+
+    // A consent reusing an existing version fails on the grants key, and nothing of it stays.
+    let dup = seal_grant(&v.vault, &tenant, 1, "0.A-dup").await;
+    let err = record_consent(
+        &db,
+        &consent_for(&tenant, "Renamed", "second@contoso.com", false),
+        &dup,
+        T0 + 10,
+    )
+    .await;
+    assert!(err.is_err(), "duplicate grant version must fail");
+    let p = partners::get(&db, &tenant).await.unwrap().unwrap();
+    assert_eq!(
+        (p.display_name.as_str(), p.consented_by.as_str(), p.mfa),
+        ("Contoso", "first@contoso.com", true)
+    );
+    assert_eq!(p.consented_at, T0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM consents WHERE tenant_id = $1",
+            &tenant
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM status_changes WHERE tenant_id = $1",
+            &tenant
+        )
+        .await,
+        1
+    );
+
+    // Same for a refresh: the partner's current version and horizon do not move.
+    assert!(
+        record_refresh(&db, &tenant, &dup, "refresh", T0 + 20)
+            .await
+            .is_err()
+    );
+    let p = partners::get(&db, &tenant).await.unwrap().unwrap();
+    assert_eq!((p.grant_version, p.last_refresh_at), (1, T0));
+    let current = partners::current_grant(&db, &tenant)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(open_grant(&v.vault, &tenant, &current).await, "0.A-first");
+});
+
+both_backends!(
+    set_status_reports_the_previous_status_or_a_no_op,
+    |url| async move {
+        let db = open(&url).await;
+        let v = local_vault();
+        let tenant = new_tenant();
+        let changes = "SELECT COUNT(*) AS n FROM status_changes WHERE tenant_id = $1";
+
+        // Unknown tenant: nothing to change.
+        assert_eq!(
+            partners::set_status(&db, &tenant, PartnerStatus::Revoked, None, "x", T0)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(count(&db, changes, &tenant).await, 0);
+
+        let g1 = seal_grant(&v.vault, &tenant, 1, "0.A-rt").await;
+        record_consent(
+            &db,
+            &consent_for(&tenant, "Contoso", "a@contoso.com", true),
+            &g1,
+            T0,
+        )
+        .await
+        .unwrap();
+        assert_eq!(count(&db, changes, &tenant).await, 1);
+
+        // Same status and code: a no-op that records nothing and keeps the old reason and time.
+        assert_eq!(
+            partners::set_status(
+                &db,
+                &tenant,
+                PartnerStatus::Active,
+                None,
+                "still fine",
+                T0 + 5
+            )
+            .await
+            .unwrap(),
+            None
+        );
+        let p = partners::get(&db, &tenant).await.unwrap().unwrap();
+        assert_eq!((p.status_changed_at, p.status_reason), (T0, None));
+        assert_eq!(count(&db, changes, &tenant).await, 1);
+
+        // A real change returns the previous status and records code and reason.
+        let t1 = T0 + DAY;
+        let reason = "AADSTS700082: refresh token expired due to inactivity; ask the partner to consent again";
+        assert_eq!(
+            partners::set_status(
+                &db,
+                &tenant,
+                PartnerStatus::ReconsentRequired,
+                Some("700082"),
+                reason,
+                t1
+            )
+            .await
+            .unwrap(),
+            Some(PartnerStatus::Active)
+        );
+        let p = partners::get(&db, &tenant).await.unwrap().unwrap();
+        assert_eq!(p.status, PartnerStatus::ReconsentRequired);
+        assert_eq!(p.status_code.as_deref(), Some("700082"));
+        assert_eq!(p.status_reason.as_deref(), Some(reason));
+        assert_eq!(p.status_changed_at, t1);
+        assert_eq!(count(&db, changes, &tenant).await, 2);
+
+        // Repeating it is a no-op ...
+        assert_eq!(
+            partners::set_status(
+                &db,
+                &tenant,
+                PartnerStatus::ReconsentRequired,
+                Some("700082"),
+                reason,
+                t1 + 60
+            )
+            .await
+            .unwrap(),
+            None
+        );
+        assert_eq!(
+            partners::get(&db, &tenant)
+                .await
+                .unwrap()
+                .unwrap()
+                .status_changed_at,
+            t1
+        );
+        assert_eq!(count(&db, changes, &tenant).await, 2);
+
+        // ... but a new code with the same status is a change worth recording.
+        assert_eq!(
+            partners::set_status(
+                &db,
+                &tenant,
+                PartnerStatus::ReconsentRequired,
+                Some("50173"),
+                "grant revoked",
+                t1 + 120
+            )
+            .await
+            .unwrap(),
+            Some(PartnerStatus::ReconsentRequired)
+        );
+        assert_eq!(count(&db, changes, &tenant).await, 3);
+        let last = sqlx::query(
+        "SELECT from_status, to_status, code, reason, at FROM status_changes WHERE tenant_id = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(tenant.as_str())
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+        assert_eq!(
+            last.try_get::<Option<String>, _>("from_status")
+                .unwrap()
+                .as_deref(),
+            Some("reconsent_required")
+        );
+        assert_eq!(
+            last.try_get::<String, _>("to_status").unwrap(),
+            "reconsent_required"
+        );
+        assert_eq!(
+            last.try_get::<Option<String>, _>("code")
+                .unwrap()
+                .as_deref(),
+            Some("50173")
+        );
+        assert_eq!(
+            last.try_get::<String, _>("reason").unwrap(),
+            "grant revoked"
+        );
+        assert_eq!(last.try_get::<i64, _>("at").unwrap(), t1 + 120);
+
+        // Back to active with no code, then at_risk.
+        assert_eq!(
+            partners::set_status(
+                &db,
+                &tenant,
+                PartnerStatus::Active,
+                None,
+                "recovered",
+                t1 + 180
+            )
+            .await
+            .unwrap(),
+            Some(PartnerStatus::ReconsentRequired)
+        );
+        assert_eq!(
+            partners::set_status(
+                &db,
+                &tenant,
+                PartnerStatus::AtRisk,
+                None,
+                "horizon near",
+                t1 + 240
+            )
+            .await
+            .unwrap(),
+            Some(PartnerStatus::Active)
+        );
+        let p = partners::get(&db, &tenant).await.unwrap().unwrap();
+        assert_eq!((p.status, p.status_code), (PartnerStatus::AtRisk, None));
+    }
+);
+
+both_backends!(shred_all_then_consent_again, |url| async move {
+    let db = open(&url).await;
+    let v = local_vault();
+    let tenant = new_tenant();
+    let bystander = new_tenant();
+
+    let g1 = seal_grant(&v.vault, &tenant, 1, "0.A-v1").await;
+    record_consent(
+        &db,
+        &consent_for(&tenant, "Contoso", "a@contoso.com", true),
+        &g1,
+        T0,
+    )
+    .await
+    .unwrap();
+    let g2 = seal_grant(&v.vault, &tenant, 2, "0.A-v2").await;
+    record_refresh(&db, &tenant, &g2, "refresh", T0 + 1)
+        .await
+        .unwrap();
+    let b1 = seal_grant(&v.vault, &bystander, 1, "0.A-bystander").await;
+    record_consent(
+        &db,
+        &consent_for(&bystander, "Bystander", "b@b.com", true),
+        &b1,
+        T0,
+    )
+    .await
+    .unwrap();
+
+    // Purge: both live versions lose their key material; the partner has no usable grant.
+    let t = T0 + DAY;
+    assert_eq!(partners::shred_all(&db, &tenant, t).await.unwrap(), 2);
+    let raw = raw_grants(&db, &tenant).await;
+    assert_eq!(raw.len(), 2);
+    assert_shredded(&raw[0], t);
+    assert_shredded(&raw[1], t);
+    assert!(
+        partners::current_grant(&db, &tenant)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Already shredded rows are not counted (or re-stamped) again.
+    assert_eq!(partners::shred_all(&db, &tenant, t + 5).await.unwrap(), 0);
+    assert_shredded(&raw_grants(&db, &tenant).await[0], t);
+    assert_eq!(partners::shred_all(&db, &new_tenant(), t).await.unwrap(), 0);
+    // The other partner keeps its grant.
+    let kept = partners::current_grant(&db, &bystander)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        open_grant(&v.vault, &bystander, &kept).await,
+        "0.A-bystander"
+    );
+
+    partners::set_status(
+        &db,
+        &tenant,
+        PartnerStatus::Revoked,
+        None,
+        "purged by ops",
+        t,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        partners::get(&db, &tenant).await.unwrap().unwrap().status,
+        PartnerStatus::Revoked
+    );
+
+    // Consent again: versions keep counting, the partner is active with a clean status.
+    assert_eq!(partners::next_version(&db, &tenant).await.unwrap(), 3);
+    let g3 = seal_grant(&v.vault, &tenant, 3, "0.A-v3-after-reconsent").await;
+    let t2 = t + DAY;
+    record_consent(
+        &db,
+        &consent_for(&tenant, "Contoso Ltd", "b@contoso.com", false),
+        &g3,
+        t2,
+    )
+    .await
+    .unwrap();
+    let p = partners::get(&db, &tenant).await.unwrap().unwrap();
+    assert_eq!(p.status, PartnerStatus::Active);
+    assert_eq!((p.status_code, p.status_reason), (None, None));
+    assert_eq!(
+        (p.display_name.as_str(), p.consented_by.as_str(), p.mfa),
+        ("Contoso Ltd", "b@contoso.com", false)
+    );
+    assert_eq!(
+        (p.grant_version, p.consented_at, p.last_refresh_at),
+        (3, t2, t2)
+    );
+    let current = partners::current_grant(&db, &tenant)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.version, 3);
+    assert_eq!(
+        open_grant(&v.vault, &tenant, &current).await,
+        "0.A-v3-after-reconsent"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM consents WHERE tenant_id = $1",
+            &tenant
+        )
+        .await,
+        2
+    );
+});
+
+both_backends!(list_is_sorted_by_name, |url| async move {
+    let db = open(&url).await;
+    let v = local_vault();
+    assert!(partners::list(&db).await.unwrap().is_empty());
+    let names = ["Wingtip", "Adatum", "Litware"];
+    let mut tenants = Vec::new();
+    for name in names {
+        let tenant = new_tenant();
+        let g = seal_grant(&v.vault, &tenant, 1, "0.A-rt").await;
+        record_consent(&db, &consent_for(&tenant, name, "a@x.com", true), &g, T0)
+            .await
+            .unwrap();
+        tenants.push(tenant);
+    }
+    let listed = partners::list(&db).await.unwrap();
+    let listed_names: Vec<_> = listed.iter().map(|p| p.display_name.as_str()).collect();
+    assert_eq!(listed_names, ["Adatum", "Litware", "Wingtip"]);
+    assert_eq!(listed[0].tenant_id, tenants[1]);
+    assert!(
+        listed
+            .iter()
+            .all(|p| p.status == PartnerStatus::Active && p.grant_version == 1)
+    );
+});
+
+// ---------------------------------------------------------------------------------------
+// Integration clients
+// ---------------------------------------------------------------------------------------
+
+fn resource(url: &str) -> Resource {
+    Resource::parse(url).unwrap()
+}
+
+fn new_client(name: &str, partners: Option<Vec<TenantId>>) -> clients::NewClient {
+    clients::NewClient {
+        name: name.to_string(),
+        permissions: vec![clients::Permission::TokensIssue],
+        resources: vec![
+            resource("https://api.partnercenter.microsoft.com"),
+            resource("https://graph.microsoft.com"),
+        ],
+        partners,
+        rate_limit_per_minute: 120,
+    }
+}
+
+both_backends!(client_authentication, |url| async move {
+    let db = open(&url).await;
+    let (id, secret) = clients::issue(&db, &new_client("billing", None), T0)
+        .await
+        .unwrap();
+    let (other_id, other_secret) = clients::issue(&db, &new_client("other", None), T0)
+        .await
+        .unwrap();
+    let secret = secret.expose_secret().to_string();
+    let other_secret = other_secret.expose_secret().to_string();
+    assert!(secret.starts_with(clients::SECRET_PREFIX));
+    assert!(
+        secret.len() >= clients::SECRET_PREFIX.len() + 43,
+        "256-bit secret"
+    );
+    assert_ne!(secret, other_secret);
+    assert_ne!(id, other_id);
+
+    let client = clients::authenticate(&db, &id, &secret)
+        .await
+        .unwrap()
+        .expect("right secret");
+    assert_eq!(client.client_id, id);
+    assert_eq!(client.name, "billing");
+    assert!(
+        clients::authenticate(&db, &id, &format!("{secret}x"))
+            .await
+            .unwrap()
+            .is_none(),
+        "wrong secret"
+    );
+    assert!(
+        clients::authenticate(&db, &id, "").await.unwrap().is_none(),
+        "empty secret"
+    );
+    assert!(
+        clients::authenticate(&db, &id, &other_secret)
+            .await
+            .unwrap()
+            .is_none(),
+        "another client's secret"
+    );
+    assert!(
+        clients::authenticate(&db, &uuid::Uuid::new_v4().to_string(), &secret)
+            .await
+            .unwrap()
+            .is_none(),
+        "unknown client"
+    );
+
+    // Only the digest is stored; the secret appears in no column.
+    let row = sqlx::query("SELECT digest FROM client_secrets WHERE client_id = $1")
+        .bind(&id)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    let digest: Vec<u8> = row.try_get("digest").unwrap();
+    assert_eq!(digest, clients::digest(&secret).to_vec());
+    assert_eq!(
+        clients::active_secret_digests(&db, &id).await.unwrap(),
+        vec![digest.clone()]
+    );
+    let dump = sqlx::query(
+        "SELECT c.client_id, c.name, c.permissions, c.resources, s.id, s.digest FROM clients c JOIN client_secrets s ON s.client_id = c.client_id",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(dump.len(), 2);
+    let random_part = &secret[clients::SECRET_PREFIX.len()..];
+    for r in &dump {
+        for col in ["client_id", "name", "permissions", "resources", "id"] {
+            let text: String = r.try_get(col).unwrap();
+            assert!(
+                !text.contains(random_part),
+                "client secret in clear in column {col}"
+            );
+        }
+        let stored: Vec<u8> = r.try_get("digest").unwrap();
+        assert!(!contains_bytes(&stored, random_part.as_bytes()));
+    }
+
+    // Revocation: the client and its secrets stop working; revoking twice reports false.
+    let revoke_at = T0 + 60;
+    assert!(clients::revoke(&db, &id, revoke_at).await.unwrap());
+    assert!(
+        clients::authenticate(&db, &id, &secret)
+            .await
+            .unwrap()
+            .is_none(),
+        "revoked client"
+    );
+    assert!(
+        clients::active_secret_digests(&db, &id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        clients::get(&db, &id).await.unwrap().unwrap().revoked_at,
+        Some(revoke_at)
+    );
+    assert!(!clients::revoke(&db, &id, revoke_at + 1).await.unwrap());
+    assert_eq!(
+        clients::get(&db, &id).await.unwrap().unwrap().revoked_at,
+        Some(revoke_at)
+    );
+    assert!(
+        !clients::revoke(&db, "no-such-client", revoke_at)
+            .await
+            .unwrap()
+    );
+    // The other client is unaffected.
+    assert!(
+        clients::authenticate(&db, &other_id, &other_secret)
+            .await
+            .unwrap()
+            .is_some()
+    );
+});
+
+both_backends!(clients_round_trip_and_scoping, |url| async move {
+    let db = open(&url).await;
+    let allowed = new_tenant();
+    let not_allowed = new_tenant();
+    let pc = resource("https://api.partnercenter.microsoft.com");
+    let graph = resource("https://graph.microsoft.com");
+    let arm = resource("https://management.azure.com");
+
+    let mut scoped = new_client("scoped", Some(vec![allowed.clone()]));
+    scoped.permissions = vec![clients::Permission::PartnersRead];
+    scoped.resources = vec![graph.clone()];
+    scoped.rate_limit_per_minute = 7;
+    let (scoped_id, _) = clients::issue(&db, &scoped, T0).await.unwrap();
+    let mut everything = new_client("everything", None);
+    everything.permissions = vec![
+        clients::Permission::TokensIssue,
+        clients::Permission::PartnersRead,
+    ];
+    let (all_id, _) = clients::issue(&db, &everything, T0 + 1).await.unwrap();
+
+    assert!(clients::get(&db, "nope").await.unwrap().is_none());
+    let listed = clients::list(&db).await.unwrap();
+    let ids: Vec<_> = listed.iter().map(|c| c.client_id.as_str()).collect();
+    assert_eq!(ids, [scoped_id.as_str(), all_id.as_str()], "oldest first");
+
+    let s = clients::get(&db, &scoped_id).await.unwrap().unwrap();
+    assert_eq!(s.name, "scoped");
+    assert_eq!(s.permissions, [clients::Permission::PartnersRead]);
+    assert_eq!(s.resources, std::slice::from_ref(&graph));
+    assert_eq!(s.partners, Some(vec![allowed.clone()]));
+    assert_eq!(
+        (
+            s.rate_limit_per_minute,
+            s.created_at,
+            s.last_used_at,
+            s.revoked_at
+        ),
+        (7, T0, None, None)
+    );
+    assert!(s.may(clients::Permission::PartnersRead));
+    assert!(!s.may(clients::Permission::TokensIssue));
+    assert!(s.may_use_resource(&graph));
+    assert!(!s.may_use_resource(&pc));
+    assert!(s.may_use_partner(&allowed));
+    assert!(!s.may_use_partner(&not_allowed));
+
+    let a = clients::get(&db, &all_id).await.unwrap().unwrap();
+    assert_eq!(a.partners, None);
+    assert!(a.may(clients::Permission::TokensIssue) && a.may(clients::Permission::PartnersRead));
+    assert!(a.may_use_resource(&pc) && a.may_use_resource(&graph));
+    assert!(!a.may_use_resource(&arm));
+    assert!(a.may_use_partner(&allowed) && a.may_use_partner(&not_allowed));
+
+    // An explicit empty partner list means "no partner", not "every partner".
+    let (none_id, _) = clients::issue(&db, &new_client("none", Some(vec![])), T0 + 2)
+        .await
+        .unwrap();
+    let n = clients::get(&db, &none_id).await.unwrap().unwrap();
+    assert!(
+        !n.may_use_partner(&allowed),
+        "empty partner list must not widen to all partners"
+    );
+
+    clients::touch(&db, &scoped_id, T0 + 99).await.unwrap();
+    assert_eq!(
+        clients::get(&db, &scoped_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        Some(T0 + 99)
+    );
+    assert_eq!(
+        clients::get(&db, &all_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at,
+        None
+    );
+});
+
+// ---------------------------------------------------------------------------------------
+// Invitations
+// ---------------------------------------------------------------------------------------
+
+both_backends!(invitations_create_get_mark_used, |url| async move {
+    let db = open(&url).await;
+    let tenant = new_tenant();
+    let for_tenant = "a3f1c0de".repeat(8);
+    let open_to_all = "b4e2d1ef".repeat(8);
+
+    invitations::create(&db, &for_tenant, Some(&tenant), T0, T0 + 7 * DAY)
+        .await
+        .unwrap();
+    invitations::create(&db, &open_to_all, None, T0, T0 + DAY)
+        .await
+        .unwrap();
+    assert!(
+        invitations::create(&db, &for_tenant, None, T0, T0)
+            .await
+            .is_err(),
+        "ids are unique"
+    );
+
+    let inv = invitations::get(&db, &for_tenant)
+        .await
+        .unwrap()
+        .expect("invitation");
+    assert_eq!(inv.id, for_tenant);
+    assert_eq!(inv.tenant_id, Some(tenant.clone()));
+    assert_eq!(
+        (inv.created_at, inv.expires_at, inv.used_at),
+        (T0, T0 + 7 * DAY, None)
+    );
+    let any = invitations::get(&db, &open_to_all).await.unwrap().unwrap();
+    assert_eq!((any.tenant_id, any.expires_at), (None, T0 + DAY));
+    assert!(invitations::get(&db, "missing").await.unwrap().is_none());
+
+    invitations::mark_used(&db, &for_tenant, "admin@contoso.com", T0 + 3600)
+        .await
+        .unwrap();
+    assert_eq!(
+        invitations::get(&db, &for_tenant)
+            .await
+            .unwrap()
+            .unwrap()
+            .used_at,
+        Some(T0 + 3600)
+    );
+    let used_by: Option<String> = sqlx::query("SELECT used_by FROM invitations WHERE id = $1")
+        .bind(&for_tenant)
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .try_get("used_by")
+        .unwrap();
+    assert_eq!(used_by.as_deref(), Some("admin@contoso.com"));
+    assert_eq!(
+        invitations::get(&db, &open_to_all)
+            .await
+            .unwrap()
+            .unwrap()
+            .used_at,
+        None
+    );
+});
+
+// ---------------------------------------------------------------------------------------
+// Audit log
+// ---------------------------------------------------------------------------------------
+
+async fn append_three(db: &Db, tenant: &TenantId) {
+    let t = Some(tenant.as_str());
+    assert_eq!(
+        audit::append(
+            db,
+            "ops:alice",
+            "consent",
+            t,
+            serde_json::json!({"upn": "a@c.com"}),
+            T0
+        )
+        .await
+        .unwrap(),
+        1
+    );
+    assert_eq!(
+        audit::append(db, "client:billing", "exchange", t, serde_json::json!({"resource": "https://graph.microsoft.com", "purpose": "sync", "cached": false}), T0 + 1)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        audit::append(
+            db,
+            "system",
+            "rotation",
+            None,
+            serde_json::json!({"due": 3}),
+            T0 + 2
+        )
+        .await
+        .unwrap(),
+        3
+    );
+}
+
+both_backends!(audit_chain_appends_and_verifies, |url| async move {
+    let db = open(&url).await;
+    let tenant = new_tenant();
+    assert_eq!(
+        audit::verify(&db).await.unwrap(),
+        Ok(0),
+        "an empty log verifies"
+    );
+    append_three(&db, &tenant).await;
+    assert_eq!(audit::verify(&db).await.unwrap(), Ok(3));
+
+    let recent = audit::recent(&db, 2).await.unwrap();
+    assert_eq!(
+        recent.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [3, 2],
+        "newest first, limited"
+    );
+    assert_eq!(recent[1].actor, "client:billing");
+    assert_eq!(recent[1].action, "exchange");
+    assert_eq!(recent[1].tenant_id.as_deref(), Some(tenant.as_str()));
+    assert_eq!(recent[1].at, T0 + 1);
+    assert_eq!(recent[1].detail["purpose"], "sync");
+    assert_eq!(recent[0].tenant_id, None);
+
+    // Each row chains to the previous one.
+    let rows = sqlx::query("SELECT prev_hash, hash FROM audit_log ORDER BY seq")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    let hashes: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.try_get("prev_hash").unwrap(), r.try_get("hash").unwrap()))
+        .collect();
+    assert_eq!(hashes[0].0, "0".repeat(64));
+    assert_eq!(hashes[1].0, hashes[0].1);
+    assert_eq!(hashes[2].0, hashes[1].1);
+
+    // Concurrent appends never fork the chain.
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            audit::append(
+                &db,
+                "ops:bob",
+                "login",
+                None,
+                serde_json::json!({"n": i}),
+                T0 + 10,
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        seqs.push(task.await.unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (4..=15).collect::<Vec<i64>>());
+    assert_eq!(audit::verify(&db).await.unwrap(), Ok(15));
+});
+
+both_backends!(audit_verify_detects_an_edited_row, |url| async move {
+    let db = open(&url).await;
+    append_three(&db, &new_tenant()).await;
+    sqlx::query("UPDATE audit_log SET detail = $1 WHERE seq = 2")
+        .bind(r#"{"resource":"https://graph.microsoft.com","purpose":"innocent","cached":false}"#)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(audit::verify(&db).await.unwrap(), Err(2));
+});
+
+both_backends!(
+    audit_verify_detects_an_edited_time_or_actor,
+    |url| async move {
+        let db = open(&url).await;
+        append_three(&db, &new_tenant()).await;
+        sqlx::query("UPDATE audit_log SET actor = 'ops:mallory' WHERE seq = 1")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(audit::verify(&db).await.unwrap(), Err(1));
+    }
+);
+
+both_backends!(audit_verify_detects_a_deleted_row, |url| async move {
+    let db = open(&url).await;
+    append_three(&db, &new_tenant()).await;
+    sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(audit::verify(&db).await.unwrap(), Err(3));
+});
+
+both_backends!(audit_verify_detects_a_renumbered_chain, |url| async move {
+    // Deleting a row and shifting the later ones down still breaks the links.
+    let db = open(&url).await;
+    append_three(&db, &new_tenant()).await;
+    sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_log SET seq = 2 WHERE seq = 3")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(audit::verify(&db).await.unwrap(), Err(2));
+});
+
+// ---------------------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------------------
+
+use tower_sessions::session::{Id, Record};
+use tower_sessions::session_store::SessionStore;
+
+fn session_record(verifier: &str, expires_in: i64) -> Record {
+    let mut data = std::collections::HashMap::new();
+    data.insert("pkce_verifier".to_string(), serde_json::json!(verifier));
+    data.insert("nonce".to_string(), serde_json::json!("n-0S6_WzA2Mj"));
+    Record {
+        id: Id::default(),
+        data,
+        expiry_date: time::OffsetDateTime::from_unix_timestamp(
+            samvault::storage::now() + expires_in,
+        )
+        .unwrap(),
+    }
+}
+
+async fn raw_session(db: &Db, id: &Id) -> Option<Vec<u8>> {
+    let row = sqlx::query(
+        "SELECT id, kek_id, wrapped_key, sealed, expires_at FROM sessions WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_optional(db.pool())
+    .await
+    .unwrap()?;
+    let mut all = Vec::new();
+    for col in ["id", "kek_id"] {
+        all.extend_from_slice(row.try_get::<String, _>(col).unwrap().as_bytes());
+    }
+    for col in ["wrapped_key", "sealed"] {
+        all.extend_from_slice(&row.try_get::<Vec<u8>, _>(col).unwrap());
+    }
+    Some(all)
+}
+
+both_backends!(sealed_sessions_round_trip, |url| async move {
+    let db = open(&url).await;
+    let v = local_vault();
+    let store = SealedSessionStore::new(db.clone(), v.vault.clone());
+    const VERIFIER: &str = "pkce-verifier-plaintext-Zr8qLw3xYt";
+
+    let mut record = session_record(VERIFIER, 600);
+    let original_id = record.id;
+    store.create(&mut record).await.unwrap();
+    assert_eq!(record.id, original_id, "no collision, the id is kept");
+    assert_eq!(store.load(&record.id).await.unwrap(), Some(record.clone()));
+
+    let stored = raw_session(&db, &record.id).await.expect("row exists");
+    assert!(
+        !contains_bytes(&stored, VERIFIER.as_bytes()),
+        "session data in clear"
+    );
+    assert!(
+        !contains_bytes(&stored, b"pkce_verifier"),
+        "session keys in clear"
+    );
+    assert!(!contains_bytes(&stored, b"n-0S6_WzA2Mj"), "nonce in clear");
+
+    // save overwrites (upsert), and also inserts a record that was never created.
+    record
+        .data
+        .insert("pkce_verifier".into(), serde_json::json!("second-verifier"));
+    store.save(&record).await.unwrap();
+    assert_eq!(store.load(&record.id).await.unwrap(), Some(record.clone()));
+    let stored = raw_session(&db, &record.id).await.unwrap();
+    assert!(!contains_bytes(&stored, b"second-verifier"));
+    let fresh = session_record("third", 600);
+    store.save(&fresh).await.unwrap();
+    assert_eq!(store.load(&fresh.id).await.unwrap(), Some(fresh.clone()));
+
+    store.delete(&record.id).await.unwrap();
+    assert_eq!(store.load(&record.id).await.unwrap(), None);
+    assert!(raw_session(&db, &record.id).await.is_none());
+    assert_eq!(
+        store.load(&fresh.id).await.unwrap(),
+        Some(fresh),
+        "other sessions stay"
+    );
+    assert_eq!(
+        store.load(&Id::default()).await.unwrap(),
+        None,
+        "unknown id"
+    );
+});
+
+both_backends!(
+    sealed_sessions_expire_collide_and_fail_closed,
+    |url| async move {
+        let db = open(&url).await;
+        let v = local_vault();
+        let store = SealedSessionStore::new(db.clone(), v.vault.clone());
+
+        // An expired session does not load and is removed by delete_expired.
+        let mut expired = session_record("old", -60);
+        store.create(&mut expired).await.unwrap();
+        let mut live = session_record("live", 600);
+        store.create(&mut live).await.unwrap();
+        assert_eq!(store.load(&expired.id).await.unwrap(), None);
+        assert_eq!(store.delete_expired().await.unwrap(), 1);
+        assert!(raw_session(&db, &expired.id).await.is_none());
+        assert!(store.load(&live.id).await.unwrap().is_some());
+
+        // create never overwrites: on an id collision it draws a new id.
+        let mut clash = session_record("clash", 600);
+        clash.id = live.id;
+        store.create(&mut clash).await.unwrap();
+        assert_ne!(clash.id, live.id);
+        assert_eq!(
+            store.load(&live.id).await.unwrap().unwrap().data["pkce_verifier"],
+            "live"
+        );
+        assert_eq!(
+            store.load(&clash.id).await.unwrap().unwrap().data["pkce_verifier"],
+            "clash"
+        );
+
+        // A sealed row copied under another id does not open (the id is bound as context).
+        sqlx::query("UPDATE sessions SET kek_id = (SELECT kek_id FROM sessions WHERE id = $1), wrapped_key = (SELECT wrapped_key FROM sessions WHERE id = $1), sealed = (SELECT sealed FROM sessions WHERE id = $1) WHERE id = $2")
+        .bind(live.id.to_string())
+        .bind(clash.id.to_string())
+        .execute(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(store.load(&clash.id).await.unwrap(), None);
+
+        // Another key cannot open the sessions either.
+        let other = local_vault();
+        let foreign = SealedSessionStore::new(db.clone(), other.vault.clone());
+        assert_eq!(foreign.load(&live.id).await.unwrap(), None);
+        assert!(store.load(&live.id).await.unwrap().is_some());
+    }
+);
+
+// ---------------------------------------------------------------------------------------
+// Rotation bookkeeping: leases, due grants, failures, attempts, alarms
+// ---------------------------------------------------------------------------------------
+
+/// A consented partner whose next rotation is due at `rotate_at`.
+async fn partner_due_at(db: &Db, vault: &Vault, name: &str, rotate_at: i64) -> TenantId {
+    let tenant = new_tenant();
+    let g = seal_grant(vault, &tenant, 1, "0.A-rt").await;
+    record_consent(db, &consent_for(&tenant, name, "a@x.com", true), &g, T0)
+        .await
+        .unwrap();
+    rotation::postpone(db, &tenant, rotate_at).await.unwrap();
+    tenant
+}
+
+both_backends!(
+    leases_are_exclusive_until_released_or_expired,
+    |url| async move {
+        let db = open(&url).await;
+        let v = local_vault();
+        let tenant = partner_due_at(&db, &v.vault, "Contoso", T0).await;
+        let now = T0 + 100;
+
+        assert!(
+            !rotation::acquire_lease(&db, &new_tenant(), "a", now, 60)
+                .await
+                .unwrap(),
+            "unknown partner"
+        );
+        assert!(
+            rotation::acquire_lease(&db, &tenant, "replica-a", now, 60)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !rotation::acquire_lease(&db, &tenant, "replica-b", now + 59, 60)
+                .await
+                .unwrap(),
+            "held"
+        );
+        // Releasing someone else's lease does nothing.
+        rotation::release_lease(&db, &tenant, "replica-b")
+            .await
+            .unwrap();
+        assert!(
+            !rotation::acquire_lease(&db, &tenant, "replica-b", now + 1, 60)
+                .await
+                .unwrap()
+        );
+        // A crashed holder's lease runs out.
+        assert!(
+            rotation::acquire_lease(&db, &tenant, "replica-b", now + 60, 60)
+                .await
+                .unwrap(),
+            "expired"
+        );
+        assert!(
+            !rotation::acquire_lease(&db, &tenant, "replica-a", now + 61, 60)
+                .await
+                .unwrap()
+        );
+        rotation::release_lease(&db, &tenant, "replica-b")
+            .await
+            .unwrap();
+        assert!(
+            rotation::acquire_lease(&db, &tenant, "replica-c", now + 61, 60)
+                .await
+                .unwrap(),
+            "released"
+        );
+    }
+);
+
+both_backends!(
+    claim_due_takes_the_most_overdue_usable_grant_once,
+    |url| async move {
+        let db = open(&url).await;
+        let v = local_vault();
+        let now = T0 + 1_000;
+        assert_eq!(
+            rotation::next_due_at(&db).await.unwrap(),
+            None,
+            "no partners"
+        );
+        assert_eq!(rotation::claim_due(&db, "a", now, 60).await.unwrap(), None);
+
+        let later = partner_due_at(&db, &v.vault, "Later", now - 10).await;
+        let oldest = partner_due_at(&db, &v.vault, "Oldest", now - 500).await;
+        let not_due = partner_due_at(&db, &v.vault, "NotDue", now + 3_600).await;
+        let revoked = partner_due_at(&db, &v.vault, "Revoked", now - 900).await;
+        partners::set_status(&db, &revoked, PartnerStatus::Revoked, None, "purged", T0)
+            .await
+            .unwrap();
+        let at_risk = partner_due_at(&db, &v.vault, "AtRisk", now - 100).await;
+        partners::set_status(&db, &at_risk, PartnerStatus::AtRisk, None, "horizon", T0)
+            .await
+            .unwrap();
+
+        assert_eq!(
+            rotation::next_due_at(&db).await.unwrap(),
+            Some(now - 500),
+            "revoked ones do not count"
+        );
+        assert_eq!(
+            rotation::usable_tenants(&db, Some(now)).await.unwrap(),
+            [oldest.clone(), at_risk.clone(), later.clone()]
+        );
+        assert_eq!(
+            rotation::usable_tenants(&db, None).await.unwrap(),
+            [
+                oldest.clone(),
+                at_risk.clone(),
+                later.clone(),
+                not_due.clone()
+            ]
+        );
+
+        assert_eq!(
+            rotation::claim_due(&db, "a", now, 60).await.unwrap(),
+            Some(oldest.clone())
+        );
+        assert_eq!(
+            rotation::claim_due(&db, "b", now, 60).await.unwrap(),
+            Some(at_risk.clone())
+        );
+        assert_eq!(
+            rotation::claim_due(&db, "a", now, 60).await.unwrap(),
+            Some(later.clone())
+        );
+        assert_eq!(
+            rotation::claim_due(&db, "b", now, 60).await.unwrap(),
+            None,
+            "all due ones are leased"
+        );
+        // A claimed grant is leased: nobody else may take it directly either.
+        assert!(
+            !rotation::acquire_lease(&db, &oldest, "c", now + 1, 60)
+                .await
+                .unwrap()
+        );
+        // Once the leases run out, the most overdue one comes back first.
+        assert_eq!(
+            rotation::claim_due(&db, "c", now + 60, 60).await.unwrap(),
+            Some(oldest.clone())
+        );
+        // A successful refresh moves the schedule forward, out of the due set.
+        rotation::release_lease(&db, &later, "a").await.unwrap();
+        let g2 = seal_grant(&v.vault, &later, 2, "0.A-rt2").await;
+        record_refresh(&db, &later, &g2, "rotation", now + 61)
+            .await
+            .unwrap();
+        assert_eq!(
+            rotation::usable_tenants(&db, Some(now + 61)).await.unwrap(),
+            [oldest, at_risk]
+        );
+    }
+);
+
+both_backends!(concurrent_claims_never_share_a_partner, |url| async move {
+    let db = open(&url).await;
+    let v = local_vault();
+    let now = T0 + 1_000;
+    let mut due = Vec::new();
+    for i in 0..6 {
+        due.push(partner_due_at(&db, &v.vault, &format!("P{i}"), now - 100 + i).await);
+    }
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("replica-{worker}");
+            let mut mine = Vec::new();
+            while let Some(t) = rotation::claim_due(&db, &owner, now, 300).await.unwrap() {
+                mine.push(t);
+            }
+            mine
+        }));
+    }
+    let mut claimed = Vec::new();
+    for task in tasks {
+        claimed.extend(task.await.unwrap());
+    }
+    claimed.sort();
+    due.sort();
+    assert_eq!(claimed, due, "every due partner claimed exactly once");
+});
+
+both_backends!(failures_postpone_and_clamp, |url| async move {
+    let db = open(&url).await;
+    let v = local_vault();
+    let tenant = partner_due_at(&db, &v.vault, "Contoso", T0 + ROTATE_AFTER).await;
+    let other = partner_due_at(&db, &v.vault, "Other", T0 + ROTATE_AFTER).await;
+
+    assert_eq!(rotation::failures(&db, &tenant).await.unwrap(), 0);
+    assert_eq!(
+        rotation::record_failure(&db, &tenant, T0 + 60)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        rotation::record_failure(&db, &tenant, T0 + 180)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(rotation::failures(&db, &tenant).await.unwrap(), 2);
+    assert_eq!(schedule(&db, &tenant).await, (T0 + 180, 2));
+    assert_eq!(
+        schedule(&db, &other).await,
+        (T0 + ROTATE_AFTER, 0),
+        "other partner untouched"
+    );
+    assert_eq!(
+        rotation::record_failure(&db, &new_tenant(), T0)
+            .await
+            .unwrap(),
+        0,
+        "unknown partner"
+    );
+    assert_eq!(rotation::failures(&db, &new_tenant()).await.unwrap(), 0);
+
+    rotation::postpone(&db, &tenant, T0 + 900).await.unwrap();
+    assert_eq!(
+        schedule(&db, &tenant).await,
+        (T0 + 900, 2),
+        "postpone counts no failure"
+    );
+
+    // Shortening the interval pulls healthy schedules in; backing-off ones keep their deadline.
+    rotation::postpone(&db, &tenant, T0 + 30 * DAY)
+        .await
+        .unwrap();
+    assert_eq!(rotation::clamp_schedule(&db, DAY).await.unwrap(), 1);
+    assert_eq!(schedule(&db, &other).await, (T0 + DAY, 0));
+    assert_eq!(schedule(&db, &tenant).await, (T0 + 30 * DAY, 2));
+    assert_eq!(
+        rotation::clamp_schedule(&db, DAY).await.unwrap(),
+        0,
+        "already within"
+    );
+
+    rotation::record_attempt(
+        &db,
+        &tenant,
+        T0 + 60,
+        "schedule",
+        "transient",
+        Some("50196"),
+        42,
+    )
+    .await
+    .unwrap();
+    rotation::record_attempt(&db, &tenant, T0 + 180, "token", "success", None, 7)
+        .await
+        .unwrap();
+    let attempts = sqlx::query(
+        "SELECT at, source, outcome, code, duration_ms FROM rotation_attempts WHERE tenant_id = $1 ORDER BY at",
+    )
+    .bind(tenant.as_str())
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        attempts[0].try_get::<String, _>("outcome").unwrap(),
+        "transient"
+    );
+    assert_eq!(
+        attempts[0]
+            .try_get::<Option<String>, _>("code")
+            .unwrap()
+            .as_deref(),
+        Some("50196")
+    );
+    assert_eq!(attempts[0].try_get::<i64, _>("duration_ms").unwrap(), 42);
+    assert_eq!(attempts[1].try_get::<String, _>("source").unwrap(), "token");
+    assert_eq!(
+        attempts[1].try_get::<Option<String>, _>("code").unwrap(),
+        None
+    );
+});
+
+both_backends!(alarms_are_raised_once_and_cleared, |url| async move {
+    let db = open(&url).await;
+    const NAME: &str = "app_credentials";
+    assert!(rotation::alarm(&db, NAME).await.unwrap().is_none());
+    assert!(
+        !rotation::clear_alarm(&db, NAME).await.unwrap(),
+        "nothing to clear"
+    );
+
+    assert!(
+        rotation::raise_alarm(&db, NAME, Some("7000215"), "invalid client secret", T0)
+            .await
+            .unwrap()
+    );
+    // Raising again is not new, keeps `since`, and takes the latest code and detail.
+    assert!(
+        !rotation::raise_alarm(&db, NAME, Some("7000222"), "client secret expired", T0 + 60)
+            .await
+            .unwrap()
+    );
+    let alarm = rotation::alarm(&db, NAME).await.unwrap().expect("raised");
+    assert_eq!(alarm.name, NAME);
+    assert_eq!(alarm.code.as_deref(), Some("7000222"));
+    assert_eq!(alarm.detail, "client secret expired");
+    assert_eq!(alarm.since, T0);
+    assert!(rotation::alarm(&db, "other").await.unwrap().is_none());
+
+    assert!(rotation::clear_alarm(&db, NAME).await.unwrap());
+    assert!(rotation::alarm(&db, NAME).await.unwrap().is_none());
+    assert!(
+        rotation::raise_alarm(&db, NAME, None, "again", T0 + 120)
+            .await
+            .unwrap(),
+        "new after clear"
+    );
+    assert_eq!(
+        rotation::alarm(&db, NAME).await.unwrap().unwrap().since,
+        T0 + 120
+    );
+});
+
+// ---------------------------------------------------------------------------------------
+// Concurrency: writers wait for each other instead of failing or losing updates
+// ---------------------------------------------------------------------------------------
+
+both_backends!(
+    concurrent_writers_wait_instead_of_failing,
+    |url| async move {
+        let db = open(&url).await;
+        let v = local_vault();
+        let tenant = partner_due_at(&db, &v.vault, "Contoso", T0).await;
+        let (client_id, _) = clients::issue(&db, &new_client("c", None), T0)
+            .await
+            .unwrap();
+
+        // Audit appends, status changes (read-then-write transactions) and plain updates, all
+        // at once: on SQLite a read-then-write transaction that does not take the write lock
+        // up front fails with "database is locked" as soon as another connection writes.
+        let mut tasks = Vec::new();
+        for i in 0..24i64 {
+            let (db, tenant, client_id) = (db.clone(), tenant.clone(), client_id.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut changed = 0;
+                for round in 0..3 {
+                    let at = T0 + i * 10 + round;
+                    match i % 3 {
+                        0 => {
+                            audit::append(
+                                &db,
+                                "ops:a",
+                                "login",
+                                None,
+                                serde_json::json!({"i": i}),
+                                at,
+                            )
+                            .await?;
+                        }
+                        1 => {
+                            let status = if (i + round) % 2 == 0 {
+                                PartnerStatus::AtRisk
+                            } else {
+                                PartnerStatus::Active
+                            };
+                            let previous =
+                                partners::set_status(&db, &tenant, status, None, "t", at).await?;
+                            changed += i64::from(previous.is_some());
+                        }
+                        _ => {
+                            clients::touch(&db, &client_id, at).await?;
+                            rotation::record_failure(&db, &tenant, at).await?;
+                        }
+                    }
+                }
+                Ok::<i64, StorageError>(changed)
+            }));
+        }
+        let mut errors = Vec::new();
+        let mut changes_reported = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(changed) => changes_reported += changed,
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        assert!(errors.is_empty(), "concurrent writes failed: {errors:?}");
+        assert_eq!(audit::verify(&db).await.unwrap(), Ok(24));
+        assert_eq!(rotation::failures(&db, &tenant).await.unwrap(), 24);
+
+        // Every reported change is recorded once, and each starts where the previous one ended.
+        let rows = sqlx::query(
+            "SELECT from_status, to_status FROM status_changes WHERE tenant_id = $1 ORDER BY id",
+        )
+        .bind(tenant.as_str())
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            rows.len() as i64,
+            changes_reported + 1,
+            "one row per change, plus the consent"
+        );
+        for pair in rows.windows(2) {
+            let before: String = pair[0].try_get("to_status").unwrap();
+            let after: Option<String> = pair[1].try_get("from_status").unwrap();
+            assert_eq!(
+                after.as_deref(),
+                Some(before.as_str()),
+                "status history forked"
+            );
+        }
+        let last: String = rows.last().unwrap().try_get("to_status").unwrap();
+        let p = partners::get(&db, &tenant).await.unwrap().unwrap();
+        assert_eq!(p.status.as_str(), last);
+    }
+);

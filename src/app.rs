@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::broker::request_log::RequestLog;
 use crate::broker::{Broker, BrokerSettings};
 use crate::config::{Config, KeyProviderConfig, LogFormat};
+use crate::http::client_auth::ClientAuth;
 use crate::http::{self, AppState};
 use crate::idp::IdpClient;
 use crate::notify::Notifier;
@@ -123,6 +125,7 @@ pub struct App {
     pub state: AppState,
     services: Services,
     listener: TcpListener,
+    request_log_writer: tokio::task::JoinHandle<()>,
 }
 
 impl App {
@@ -132,17 +135,25 @@ impl App {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("SAMVAULT_LISTEN: cannot listen on {listen}: {e}"))?;
+        let (request_log, request_log_writer) = RequestLog::spawn(services.db.clone());
+        let auth = Arc::new(ClientAuth::new(services.db.clone()));
+        // Ends by itself when the last handle to `auth` is gone.
+        auth.spawn_revocation_watch();
         let state = AppState {
             config: services.config.clone(),
             db: services.db.clone(),
             vault: services.vault.clone(),
             idp: services.idp.clone(),
             broker: services.broker.clone(),
+            auth: auth.clone(),
+            limiter: Arc::default(),
+            request_log,
         };
         Ok(App {
             state,
             services,
             listener,
+            request_log_writer,
         })
     }
 
@@ -174,6 +185,10 @@ impl App {
             s.abort();
         }
         delivery.abort();
+        // The router (and with it every request log sender) is gone: let the writer flush.
+        drop(self.state);
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.request_log_writer).await;
         Ok(())
     }
 }

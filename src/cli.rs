@@ -126,6 +126,27 @@ enum ClientCommand {
     Revoke {
         client_id: String,
     },
+    /// Roll a client's secrets without downtime: add a new one, move the integration to
+    /// it, then revoke the old one.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Adds a secret; prints it once.
+    Add {
+        client_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lists a client's secret ids and dates.
+    List { client_id: String },
+    /// Revokes one secret.
+    Revoke {
+        client_id: String,
+        secret_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -441,6 +462,60 @@ async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<(
                 }
             }
         }
+        ClientCommand::Secret(SecretCommand::Add { client_id, json }) => {
+            let (secret_id, secret) = clients::add_secret(&db, &client_id, now())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no active client {client_id}"))?;
+            audit::append(
+                &db,
+                "cli",
+                "client.secret.add",
+                None,
+                serde_json::json!({ "client_id": client_id, "secret_id": secret_id }),
+                now(),
+            )
+            .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "client_id": client_id, "secret_id": secret_id, "client_secret": secret.expose_secret() })
+                );
+            } else {
+                println!(
+                    "secret_id:     {secret_id}\nclient_secret: {}\n(shown once)",
+                    secret.expose_secret()
+                );
+            }
+        }
+        ClientCommand::Secret(SecretCommand::List { client_id }) => {
+            for (id, created, revoked) in clients::secrets(&db, &client_id).await? {
+                let state = revoked.map_or_else(
+                    || "active".to_string(),
+                    |r| format!("revoked {}", rfc3339(r)),
+                );
+                println!("{id}  created {}  {state}", rfc3339(created));
+            }
+        }
+        ClientCommand::Secret(SecretCommand::Revoke {
+            client_id,
+            secret_id,
+        }) => {
+            anyhow::ensure!(
+                clients::revoke_secret(&db, &client_id, &secret_id, now()).await?,
+                "no active secret {secret_id} for client {client_id}"
+            );
+            audit::append(
+                &db,
+                "cli",
+                "client.secret.revoke",
+                None,
+                serde_json::json!({ "client_id": client_id, "secret_id": secret_id }),
+                now(),
+            )
+            .await?;
+            wait_for_services_to_notice().await;
+            println!("revoked secret {secret_id}");
+        }
         ClientCommand::Revoke { client_id } => {
             anyhow::ensure!(
                 clients::revoke(&db, &client_id, now()).await?,
@@ -455,6 +530,7 @@ async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<(
                 now(),
             )
             .await?;
+            wait_for_services_to_notice().await;
             println!("revoked {client_id}");
         }
     }
@@ -616,6 +692,12 @@ async fn import_partners(
         count += 1;
     }
     Ok(count)
+}
+
+/// Running services poll for revocations (`REVOCATION_POLL`); returning only after a few
+/// polls makes "the command finished" mean "every service refuses the credential".
+async fn wait_for_services_to_notice() {
+    tokio::time::sleep(crate::http::client_auth::REVOCATION_POLL * 3).await;
 }
 
 /// Creates a client and records it in the audit log; returns `(client_id, secret)`.

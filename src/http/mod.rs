@@ -2,6 +2,7 @@
 //! `onboard` (partner admins, HTML), `api` (integrations, JSON), `health` (probes).
 
 pub mod api;
+pub mod client_auth;
 mod health;
 pub mod onboard;
 pub mod problem;
@@ -34,6 +35,9 @@ pub struct AppState {
     pub vault: Vault,
     pub idp: IdpClient,
     pub broker: Broker,
+    pub auth: Arc<client_auth::ClientAuth>,
+    pub limiter: Arc<client_auth::RateLimiter>,
+    pub request_log: crate::broker::request_log::RequestLog,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -217,6 +217,81 @@ pub fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
+/// A fresh 256-bit client secret, recognisable by its prefix.
+fn new_secret() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(bytes.as_mut());
+    format!(
+        "{SECRET_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref())
+    )
+}
+
+/// Adds a secret to a live client (to roll secrets without downtime); returns
+/// `(secret_id, secret)`, or `None` when the client does not exist or is revoked.
+pub async fn add_secret(
+    db: &Db,
+    client_id: &str,
+    now: i64,
+) -> Result<Option<(String, secrecy::SecretString)>, StorageError> {
+    let Some(client) = get(db, client_id).await? else {
+        return Ok(None);
+    };
+    if client.revoked_at.is_some() {
+        return Ok(None);
+    }
+    let secret = new_secret();
+    let secret_id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO client_secrets (id, client_id, digest, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&secret_id)
+    .bind(client_id)
+    .bind(digest(&secret).as_slice())
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    Ok(Some((secret_id, secrecy::SecretString::from(secret))))
+}
+
+/// Revokes one secret of a client; false when there was no such live secret.
+pub async fn revoke_secret(
+    db: &Db,
+    client_id: &str,
+    secret_id: &str,
+    now: i64,
+) -> Result<bool, StorageError> {
+    let done = sqlx::query("UPDATE client_secrets SET revoked_at = $3 WHERE client_id = $1 AND id = $2 AND revoked_at IS NULL")
+        .bind(client_id)
+        .bind(secret_id)
+        .bind(now)
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// A client's secrets (ids and dates only: the secrets themselves are not stored).
+pub async fn secrets(
+    db: &Db,
+    client_id: &str,
+) -> Result<Vec<(String, i64, Option<i64>)>, StorageError> {
+    let rows = sqlx::query("SELECT id, created_at, revoked_at FROM client_secrets WHERE client_id = $1 ORDER BY created_at, id")
+        .bind(client_id)
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("id")?,
+                r.try_get("created_at")?,
+                r.try_get("revoked_at")?,
+            ))
+        })
+        .collect()
+}
+
 /// Creates a client with a fresh 256-bit secret; returns `(client_id, secret)`. The
 /// secret exists only in the return value: show it once.
 pub async fn issue(
@@ -224,14 +299,7 @@ pub async fn issue(
     new: &NewClient,
     now: i64,
 ) -> Result<(String, secrecy::SecretString), StorageError> {
-    use base64::Engine;
-    use rand::RngCore;
-    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
-    rand::rng().fill_bytes(bytes.as_mut());
-    let secret = format!(
-        "{SECRET_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref())
-    );
+    let secret = new_secret();
     let client_id = uuid::Uuid::new_v4().to_string();
     let secret_id = uuid::Uuid::new_v4().to_string();
     create(db, &client_id, new, &secret_id, &digest(&secret), now).await?;
@@ -260,4 +328,15 @@ pub async fn authenticate(
             acc | stored.as_slice().ct_eq(&presented)
         });
     Ok(bool::from(matched).then_some(client))
+}
+
+/// How many clients and secrets have ever been revoked: a cheap change detector for the
+/// authentication caches of running services.
+pub async fn revocation_count(db: &Db) -> Result<i64, StorageError> {
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM clients WHERE revoked_at IS NOT NULL) + (SELECT COUNT(*) FROM client_secrets WHERE revoked_at IS NOT NULL) AS n",
+    )
+    .fetch_one(db.pool())
+    .await?;
+    Ok(row.try_get("n")?)
 }

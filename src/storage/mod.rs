@@ -10,6 +10,7 @@ pub mod audit;
 pub mod clients;
 pub mod invitations;
 pub mod partners;
+pub mod requests;
 pub mod rotation;
 pub mod sessions;
 
@@ -67,8 +68,12 @@ macro_rules! migrations {
 
 fn migrator(backend: Backend) -> Migrator {
     let migrations = match backend {
-        Backend::Sqlite => migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation"),
-        Backend::Postgres => migrations!("postgres": 1 "0001_initial", 2 "0002_rotation"),
+        Backend::Sqlite => {
+            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests")
+        }
+        Backend::Postgres => {
+            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests")
+        }
     };
     Migrator::with_migrations(migrations)
 }

@@ -329,3 +329,21 @@ pub async fn shred_all(db: &Db, tenant: &TenantId, now: i64) -> Result<u64, Stor
     .await?;
     Ok(done.rows_affected())
 }
+
+/// One page of partners in tenant-id order, after `after` (keyset pagination: stays fast
+/// with 100,000 partners).
+pub async fn page(
+    db: &Db,
+    after: Option<&TenantId>,
+    limit: i64,
+) -> Result<Vec<Partner>, StorageError> {
+    let sql = format!(
+        "SELECT {PARTNER_COLUMNS} FROM partners WHERE tenant_id > $1 ORDER BY tenant_id LIMIT $2"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after.map_or("", TenantId::as_str))
+        .bind(limit)
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter().map(partner_from_row).collect()
+}

@@ -1,0 +1,366 @@
+//! The integrations API: least-privilege clients, single-flight, rate limits, read
+//! endpoints and the request log, against a real `serve` and the dev IdP.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::Backend;
+use support::stack::*;
+
+const GRAPH: &str = "https://graph.microsoft.com";
+
+fn create(stack: &Stack, args: &[&str]) -> (String, String) {
+    let mut all = vec!["client", "create", "--name", "scoped", "--json"];
+    all.extend_from_slice(args);
+    let created: Value = serde_json::from_str(&stack.cli(&all)).unwrap();
+    (
+        created["client_id"].as_str().unwrap().into(),
+        created["client_secret"].as_str().unwrap().into(),
+    )
+}
+
+async fn get(stack: &Stack, creds: &(String, String), path: &str) -> (u16, Value) {
+    let response = stack
+        .http
+        .get(format!("{}{path}", stack.sv()))
+        .basic_auth(&creds.0, Some(&creds.1))
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn least_privilege_and_revocation(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.consent("jane@contoso.example").await;
+    stack.consent("trent@wingtip.example").await;
+
+    let partner_center_only = create(&stack, &["--resource", PARTNER_CENTER]);
+    let (status, p) = stack
+        .token(
+            &partner_center_only,
+            CONTOSO,
+            json!({ "resource": GRAPH, "purpose": "x" }),
+        )
+        .await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (403, Some("resource_not_allowed"))
+    );
+
+    let contoso_only = create(
+        &stack,
+        &["--resource", PARTNER_CENTER, "--partner", CONTOSO],
+    );
+    let (status, p) = stack.token(&contoso_only, WINGTIP, token_body()).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (403, Some("partner_not_allowed"))
+    );
+    let (status, _) = stack.token(&contoso_only, CONTOSO, token_body()).await;
+    assert_eq!(status, 200);
+
+    let (status, p) = stack
+        .token(
+            &contoso_only,
+            CONTOSO,
+            json!({ "resource": PARTNER_CENTER }),
+        )
+        .await;
+    assert_eq!((status, p["code"].as_str()), (400, Some("invalid_request")));
+    let (status, p) = stack
+        .token(
+            &contoso_only,
+            CONTOSO,
+            json!({ "resource": PARTNER_CENTER, "purpose": "" }),
+        )
+        .await;
+    assert_eq!((status, p["code"].as_str()), (400, Some("invalid_request")));
+
+    // A monitoring client reads partners but has no token power.
+    let monitor = create(
+        &stack,
+        &[
+            "--resource",
+            PARTNER_CENTER,
+            "--permission",
+            "partners:read",
+        ],
+    );
+    let (status, p) = stack.token(&monitor, CONTOSO, token_body()).await;
+    assert_eq!(
+        (status, p["code"].as_str()),
+        (403, Some("permission_denied"))
+    );
+    let (status, list) = get(&stack, &monitor, "/api/v1/partners").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["partners"].as_array().unwrap().len(), 2);
+    assert!(
+        !list.to_string().contains("refresh_token") && !list.to_string().contains("\"0.A"),
+        "no token material: {list}"
+    );
+    let (status, one) = get(&stack, &monitor, &format!("/api/v1/partners/{CONTOSO}")).await;
+    assert_eq!((status, one["status"].as_str()), (200, Some("active")));
+    assert!(one["expiry_horizon"].as_str().unwrap().len() >= 20);
+    // Keyset paging.
+    let (_, first) = get(&stack, &monitor, "/api/v1/partners?limit=1").await;
+    let next = first["next"].as_str().unwrap().to_string();
+    let (_, second) = get(
+        &stack,
+        &monitor,
+        &format!("/api/v1/partners?limit=1&after={next}"),
+    )
+    .await;
+    assert_eq!(second["partners"].as_array().unwrap().len(), 1);
+    assert!(second["next"].is_null());
+    assert_ne!(
+        first["partners"][0]["tenant_id"],
+        second["partners"][0]["tenant_id"]
+    );
+    // A token-only client cannot read partners; a scoped client sees only its partner.
+    let tokens_only = create(
+        &stack,
+        &["--resource", PARTNER_CENTER, "--permission", "tokens:issue"],
+    );
+    assert_eq!(get(&stack, &tokens_only, "/api/v1/partners").await.0, 403);
+    let (_, scoped) = get(&stack, &contoso_only, "/api/v1/partners").await;
+    assert_eq!(scoped["partners"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        get(
+            &stack,
+            &contoso_only,
+            &format!("/api/v1/partners/{WINGTIP}")
+        )
+        .await
+        .0,
+        403
+    );
+
+    // Revocation is honoured as soon as the command returns, cached credentials or not.
+    stack.cli(&["client", "revoke", &contoso_only.0]);
+    let (status, p) = stack.token(&contoso_only, CONTOSO, token_body()).await;
+    assert_eq!((status, p["code"].as_str()), (401, Some("invalid_client")));
+
+    // Rolling a secret: the new one works, then the old one is revoked.
+    let added: Value = serde_json::from_str(&stack.cli(&[
+        "client",
+        "secret",
+        "add",
+        &partner_center_only.0,
+        "--json",
+    ]))
+    .unwrap();
+    let rolled = (
+        partner_center_only.0.clone(),
+        added["client_secret"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(stack.token(&rolled, CONTOSO, token_body()).await.0, 200);
+    assert_eq!(
+        stack
+            .token(&partner_center_only, CONTOSO, token_body())
+            .await
+            .0,
+        200,
+        "both secrets live while rolling"
+    );
+    let old_id = stack
+        .cli(&["client", "secret", "list", &partner_center_only.0])
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    stack.cli(&[
+        "client",
+        "secret",
+        "revoke",
+        &partner_center_only.0,
+        &old_id,
+    ]);
+    assert_eq!(
+        stack
+            .token(&partner_center_only, CONTOSO, token_body())
+            .await
+            .0,
+        401
+    );
+    assert_eq!(stack.token(&rolled, CONTOSO, token_body()).await.0, 200);
+}
+
+async fn cold_burst_makes_one_refresh_and_is_logged(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.consent("jane@contoso.example").await;
+    let creds = create(
+        &stack,
+        &["--resource", PARTNER_CENTER, "--rate-limit", "100000"],
+    );
+    let before = stack.refresh_calls().await;
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..500 {
+        let (http, url, creds) = (
+            stack.http.clone(),
+            format!("{}/api/v1/partners/{CONTOSO}/token", stack.sv()),
+            creds.clone(),
+        );
+        burst.spawn(async move {
+            let response = http
+                .post(url)
+                .basic_auth(&creds.0, Some(&creds.1))
+                .json(&token_body())
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        });
+    }
+    let mut tokens = std::collections::HashSet::new();
+    while let Some(result) = burst.join_next().await {
+        let (status, body) = result.unwrap();
+        assert_eq!(status, 200, "{body}");
+        tokens.insert(body["access_token"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        stack.refresh_calls().await - before,
+        1,
+        "500 concurrent misses, one IdP call"
+    );
+    assert_eq!(tokens.len(), 1);
+
+    // Every request is in the log (written in batches, off the request path), with mfa.
+    eventually(Duration::from_secs(10), "500 logged requests", || async {
+        stack
+            .scalar(
+                "SELECT COUNT(*) FROM token_requests WHERE tenant_id = $1",
+                CONTOSO,
+            )
+            .await
+            == 500
+    })
+    .await;
+    assert_eq!(
+        stack
+            .scalar(
+                "SELECT COUNT(*) FROM token_requests WHERE tenant_id = $1 AND cached = 0",
+                CONTOSO
+            )
+            .await,
+        1
+    );
+    assert_eq!(
+        stack
+            .scalar(
+                "SELECT COUNT(*) FROM token_requests WHERE tenant_id = $1 AND mfa = 1",
+                CONTOSO
+            )
+            .await,
+        500
+    );
+    let clients: Value = serde_json::from_str(&stack.cli(&["client", "list", "--json"])).unwrap();
+    assert!(clients[0]["last_used_at"].is_string(), "{clients}");
+}
+
+async fn rate_limits_and_hostile_bodies(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.consent("jane@contoso.example").await;
+    let creds = create(&stack, &["--resource", PARTNER_CENTER, "--rate-limit", "3"]);
+    for _ in 0..3 {
+        assert_eq!(stack.token(&creds, CONTOSO, token_body()).await.0, 200);
+    }
+    let response = stack
+        .http
+        .post(format!("{}/api/v1/partners/{CONTOSO}/token", stack.sv()))
+        .basic_auth(&creds.0, Some(&creds.1))
+        .json(&token_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&wait), "{wait}");
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["code"],
+        "rate_limited"
+    );
+
+    let roomy = create(&stack, &["--resource", PARTNER_CENTER]);
+    let post = |body: Vec<u8>| {
+        stack
+            .http
+            .post(format!("{}/api/v1/partners/{CONTOSO}/token", stack.sv()))
+            .basic_auth(&roomy.0, Some(&roomy.1))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_eq!(post(vec![b'a'; 64 * 1024]).await.unwrap().status(), 413);
+    for bad in [
+        &b"{"[..],
+        b"[]",
+        b"{\"resource\": 5, \"purpose\": \"x\"}",
+        b"{\"resource\": \"x\", \"purpose\": \"x\", \"extra\": 1}",
+        b"\xff\xfe",
+    ] {
+        let response = post(bad.to_vec()).await.unwrap();
+        assert_eq!(response.status(), 400, "{}", String::from_utf8_lossy(bad));
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    let response = stack
+        .http
+        .post(format!(
+            "{}/api/v1/partners/..%2F..%2Fetc/token",
+            stack.sv()
+        ))
+        .basic_auth(&roomy.0, Some(&roomy.1))
+        .json(&token_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $name() { super::$name(super::Backend::Sqlite).await }
+            )*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $name() { super::$name(super::Backend::Postgres).await }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    least_privilege_and_revocation,
+    cold_burst_makes_one_refresh_and_is_logged,
+    rate_limits_and_hostile_bodies
+);

@@ -17,7 +17,7 @@ PG_ADMIN=${SAMVAULT_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
 
 echo "== building the release binary"
 cargo build --release --quiet
-BIN=$PWD/target/release/samvault
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/samvault
 work=$(mktemp -d)
 pids=()
 pgdb="samvault_bench_$$"

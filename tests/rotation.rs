@@ -626,3 +626,40 @@ async fn failing_grants_never_take_healthy_grants_turns() {
         elapsed.as_secs_f64()
     );
 }
+
+/// `samvault rotate` beside running replicas (PostgreSQL): redeems now, prints one summary line
+/// when not on a terminal, and fails (exit 1) naming what failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotate_command_redeems_now_and_summarises() {
+    let Some(db) = support::fresh_database(Backend::Postgres).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.consent("jane@contoso.example").await;
+    stack.consent("trent@wingtip.example").await;
+    let before = stack.refresh_calls().await;
+    let out = stack.cli(&["rotate", "--partner", CONTOSO]);
+    assert!(out.starts_with("rotated 1 partners in "), "{out}");
+    assert!(out.contains("1 succeeded, 0 failed"), "{out}");
+    assert_eq!(stack.refresh_calls().await, before + 1);
+    let none_due = stack.cli(&["rotate", "--due"]);
+    assert!(
+        none_due.contains("rotated 0 partners"),
+        "nothing is due a week early: {none_due}"
+    );
+    stack
+        .sim(
+            Method::POST,
+            "users/trent@wingtip.example/reset-password",
+            Value::Null,
+        )
+        .await;
+    let out = stack.command(&["rotate", "--all"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("1 succeeded, 1 failed (partner must consent again: 1)"),
+        "{summary}"
+    );
+    assert_eq!(stack.partner(WINGTIP).unwrap()["status_code"], "50173");
+}

@@ -58,7 +58,12 @@ async fn record_refresh(
     source: &str,
     now: i64,
 ) -> Result<(), StorageError> {
-    partners::record_refresh(db, tenant, grant, source, now, now + ROTATE_AFTER).await
+    let attempt = partners::Attempt {
+        source,
+        duration_ms: 5,
+        lease_owner: "test",
+    };
+    partners::record_refresh(db, tenant, grant, &attempt, now, now + ROTATE_AFTER).await
 }
 
 /// The partner's rotation schedule as stored: `(rotate_at, failures)`.

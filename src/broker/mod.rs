@@ -8,6 +8,7 @@
 pub mod request_log;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -137,6 +138,8 @@ struct Inner {
     /// Names this process in lease owners, so a lease says which replica holds it.
     instance: String,
     cache: Mutex<HashMap<(TenantId, Resource), IssuedToken>>,
+    /// Whether the app-credential alarm may be raised (possibly by another replica).
+    alarm_possible: AtomicBool,
     partner_locks: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -162,6 +165,7 @@ impl Broker {
                 notifier,
                 instance,
                 cache: Mutex::default(),
+                alarm_possible: AtomicBool::new(true),
                 partner_locks: Mutex::default(),
             }),
         }
@@ -231,9 +235,7 @@ impl Broker {
             return Ok(token);
         }
         let owner = self.wait_for_lease(tenant).await?;
-        let result = self.redeem(tenant, resource, Source::Token).await;
-        self.release(tenant, &owner).await;
-        result
+        self.redeem(tenant, resource, Source::Token, &owner).await
     }
 
     /// Redeems a partner's grant now for its primary resource (operators, `samvault rotate`).
@@ -246,9 +248,7 @@ impl Broker {
         let _guard = lock.lock().await;
         let owner = self.wait_for_lease(tenant).await?;
         let primary = self.inner.settings.primary.clone();
-        let result = self.redeem(tenant, &primary, source).await;
-        self.release(tenant, &owner).await;
-        result
+        self.redeem(tenant, &primary, source, &owner).await
     }
 
     /// The scheduler's path: it already leased `tenant` (as `owner`). If a token request of
@@ -265,9 +265,12 @@ impl Broker {
             return None;
         };
         let primary = self.inner.settings.primary.clone();
-        let result = self.redeem(tenant, &primary, Source::Schedule).await;
-        self.release(tenant, owner).await;
-        Some(result)
+        Some(self.redeem(tenant, &primary, Source::Schedule, owner).await)
+    }
+
+    /// The scheduler saw the alarm raised (possibly by another replica).
+    pub fn note_alarm(&self) {
+        self.inner.alarm_possible.store(true, Ordering::Relaxed);
     }
 
     /// A fresh lease owner id for the scheduler's claims.
@@ -304,12 +307,31 @@ impl Broker {
     }
 
     /// Redeems the partner's current refresh token and writes the new one back. Callers hold
-    /// the partner's mutex and lease.
+    /// the partner's mutex and its lease (as `owner`), which this releases whatever happens.
     async fn redeem(
         &self,
         tenant: &TenantId,
         resource: &Resource,
         source: Source,
+        owner: &str,
+    ) -> Result<IssuedToken, BrokerError> {
+        let mut released = false;
+        let result = self
+            .redeem_leased(tenant, resource, source, owner, &mut released)
+            .await;
+        if !released {
+            self.release(tenant, owner).await;
+        }
+        result
+    }
+
+    async fn redeem_leased(
+        &self,
+        tenant: &TenantId,
+        resource: &Resource,
+        source: Source,
+        owner: &str,
+        released: &mut bool,
     ) -> Result<IssuedToken, BrokerError> {
         let inner = &self.inner;
         let partner = partners::get(&inner.db, tenant)
@@ -325,7 +347,7 @@ impl Broker {
                 code: partner.status_code.clone(),
             },
         )?;
-        let failures_before = rotation::failures(&inner.db, tenant).await?;
+        let failures_before = partner.failures;
         let refresh_token = self.open(tenant, &grant).await?;
         let started = std::time::Instant::now();
         let result = inner
@@ -356,13 +378,31 @@ impl Broker {
                 )
                 .await
                 .map_err(vault_error)?;
+            let attempt = partners::Attempt {
+                source: source.as_str(),
+                duration_ms: elapsed.as_millis() as i64,
+                lease_owner: owner,
+            };
             partners::record_refresh(
                 &inner.db,
                 tenant,
                 &StoredGrant { version, sealed },
-                source.as_str(),
+                &attempt,
                 at,
                 self.next_rotation(at),
+            )
+            .await?;
+            *released = true;
+        } else {
+            // Entra always returns a new refresh token; record the attempt all the same.
+            rotation::record_attempt(
+                &inner.db,
+                tenant,
+                at,
+                source.as_str(),
+                "success",
+                None,
+                elapsed.as_millis() as i64,
             )
             .await?;
         }
@@ -397,16 +437,7 @@ impl Broker {
     ) -> Result<(), StorageError> {
         let db = &self.inner.db;
         let tenant = &partner.tenant_id;
-        rotation::record_attempt(
-            db,
-            tenant,
-            now(),
-            source.as_str(),
-            "success",
-            None,
-            elapsed.as_millis() as i64,
-        )
-        .await?;
+        let _ = elapsed;
         if source != Source::Token {
             metrics::metrics().record_rotation("success");
         }
@@ -423,7 +454,11 @@ impl Broker {
             self.publish(Event::recovered(tenant.as_str(), failures_before))
                 .await;
         }
-        if rotation::clear_alarm(db, APP_CREDENTIALS_ALARM).await? {
+        // Only touch the alarms table when an alarm may be up (set at start-up, on raising,
+        // and by the scheduler, which reads the table on every pass).
+        if self.inner.alarm_possible.swap(false, Ordering::Relaxed)
+            && rotation::clear_alarm(db, APP_CREDENTIALS_ALARM).await?
+        {
             tracing::info!("the CPV app's credentials are accepted again");
             self.publish(Event::app_credentials_recovered()).await;
         }
@@ -555,6 +590,7 @@ impl Broker {
             Outcome::ResourceNotConsented { .. } => {}
             Outcome::AppCredentialsInvalid { .. } => {
                 let detail = format!("{} {}", info.meaning, info.action);
+                self.inner.alarm_possible.store(true, Ordering::Relaxed);
                 if rotation::raise_alarm(db, APP_CREDENTIALS_ALARM, code, &detail, at).await? {
                     tracing::error!(code, "the CPV app's credentials are rejected by Entra ID");
                     self.publish(Event::app_credentials_alarm(code, &detail))

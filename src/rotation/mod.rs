@@ -76,6 +76,9 @@ impl Scheduler {
                 .await
                 .ok()
                 .flatten();
+            if alarm.is_some() {
+                self.broker.note_alarm();
+            }
             let workers = if alarm.is_some() {
                 1
             } else {

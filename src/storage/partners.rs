@@ -28,6 +28,8 @@ pub struct Partner {
     pub consented_at: i64,
     pub last_refresh_at: i64,
     pub grant_version: i64,
+    /// Consecutive failed redemptions (reset by a success).
+    pub failures: i64,
 }
 
 impl Partner {
@@ -37,7 +39,7 @@ impl Partner {
     }
 }
 
-const PARTNER_COLUMNS: &str = "tenant_id, display_name, domain, status, status_code, status_reason, status_changed_at, mfa, consented_by, consented_at, last_refresh_at, grant_version";
+const PARTNER_COLUMNS: &str = "tenant_id, display_name, domain, status, status_code, status_reason, status_changed_at, mfa, consented_by, consented_at, last_refresh_at, grant_version, failures";
 
 fn partner_from_row(row: &AnyRow) -> Result<Partner, StorageError> {
     let tenant: String = row.try_get("tenant_id")?;
@@ -57,6 +59,7 @@ fn partner_from_row(row: &AnyRow) -> Result<Partner, StorageError> {
         consented_at: row.try_get("consented_at")?,
         last_refresh_at: row.try_get("last_refresh_at")?,
         grant_version: row.try_get("grant_version")?,
+        failures: row.try_get("failures")?,
     })
 }
 
@@ -168,31 +171,53 @@ pub async fn record_consent(
     Ok(())
 }
 
-/// Write-back after a redemption: the new refresh token becomes the current version and
-/// the horizon moves. Must commit before anyone sees the access token it came with.
+/// Write-back after a redemption, in one transaction: the new refresh token becomes the
+/// current version, the horizon and the next rotation move, older versions are shredded, the
+/// attempt is recorded and the redeemer's lease is released. Must commit before anyone sees
+/// the access token it came with.
 pub async fn record_refresh(
     db: &Db,
     tenant: &TenantId,
     grant: &StoredGrant,
-    source: &str,
+    attempt: &Attempt<'_>,
     now: i64,
     rotate_at: i64,
 ) -> Result<(), StorageError> {
-    let mut conn = db.pool().acquire().await?;
-    let mut tx = conn.begin().await?;
-    insert_grant(&mut tx, tenant, grant, source, now).await?;
+    let mut tx = db.begin_write().await?;
+    insert_grant(&mut tx, tenant, grant, attempt.source, now).await?;
     sqlx::query(
-        "UPDATE partners SET grant_version = $2, last_refresh_at = $3, rotate_at = $4, failures = 0 WHERE tenant_id = $1",
+        "UPDATE partners SET grant_version = $2, last_refresh_at = $3, rotate_at = $4, failures = 0,
+             lease_owner = CASE WHEN lease_owner = $5 THEN NULL ELSE lease_owner END,
+             lease_until = CASE WHEN lease_owner = $5 THEN 0 ELSE lease_until END
+         WHERE tenant_id = $1",
     )
     .bind(tenant.as_str())
     .bind(grant.version)
     .bind(now)
     .bind(rotate_at)
+    .bind(attempt.lease_owner)
     .execute(&mut *tx)
     .await?;
     shred_old_versions(&mut tx, tenant, grant.version, now).await?;
+    sqlx::query(
+        "INSERT INTO rotation_attempts (tenant_id, at, source, outcome, code, duration_ms) VALUES ($1, $2, $3, 'success', NULL, $4)",
+    )
+    .bind(tenant.as_str())
+    .bind(now)
+    .bind(attempt.source)
+    .bind(attempt.duration_ms)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Who redeemed and how long it took, recorded with the write-back.
+pub struct Attempt<'a> {
+    pub source: &'a str,
+    pub duration_ms: i64,
+    /// The lease to release in the same transaction.
+    pub lease_owner: &'a str,
 }
 
 async fn insert_grant(

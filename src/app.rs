@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::broker::request_log::RequestLog;
@@ -178,7 +179,7 @@ impl App {
             .spawn()
         });
         let delivery = self.services.notifier.spawn_delivery();
-        axum::serve(self.listener, router)
+        axum::serve(self.listener.tap_io(crate::devidp::no_delay), router)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         if let Some(s) = scheduler {

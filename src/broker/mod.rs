@@ -289,6 +289,10 @@ impl Broker {
             if rotation::acquire_lease(&self.inner.db, tenant, &owner, now(), LEASE_SECS).await? {
                 return Ok(owner);
             }
+            // No row to lease: the partner does not exist (never consented, or purged).
+            if partners::get(&self.inner.db, tenant).await?.is_none() {
+                return Err(BrokerError::PartnerNotFound);
+            }
             if tokio::time::Instant::now() >= deadline {
                 // Another replica has been redeeming this partner for too long.
                 return Err(BrokerError::IdpUnavailable {
@@ -334,6 +338,7 @@ impl Broker {
         released: &mut bool,
     ) -> Result<IssuedToken, BrokerError> {
         let inner = &self.inner;
+        let prepared = std::time::Instant::now();
         let partner = partners::get(&inner.db, tenant)
             .await?
             .ok_or(BrokerError::PartnerNotFound)?;
@@ -366,7 +371,8 @@ impl Broker {
             }
         };
         metrics::metrics().record_idp_call("refresh_token", "success", elapsed.as_secs_f64());
-        tracing::info!(tenant.id = %tenant, %resource, source = source.as_str(), elapsed_ms = elapsed.as_millis() as u64, "refresh token redeemed");
+        let prepare_ms = (prepared.elapsed() - elapsed).as_millis() as u64;
+        let written = std::time::Instant::now();
         let at = now();
         if let Some(new_rt) = &tokens.refresh_token {
             let version = grant.version + 1;
@@ -406,6 +412,13 @@ impl Broker {
             )
             .await?;
         }
+        // Where the time of a redemption goes: database and vault before the call, Entra,
+        // and the write-back.
+        tracing::info!(
+            tenant.id = %tenant, %resource, source = source.as_str(),
+            prepare_ms, idp_ms = elapsed.as_millis() as u64, writeback_ms = written.elapsed().as_millis() as u64,
+            "refresh token redeemed"
+        );
         // The access token may leave now; bookkeeping failures below must not cost it.
         let claims = AccessClaims::peek(tokens.access_token.expose_secret()).unwrap_or_default();
         let token = IssuedToken {

@@ -50,6 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 
 pub use directory::{MfaPolicy, generated_tenant_id};
 
@@ -199,6 +200,11 @@ impl DevIdp {
     }
 }
 
+/// Small request/response exchanges must not wait for Nagle's algorithm.
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+}
+
 /// Binds nothing itself: serves on an already-bound listener until the future is dropped.
 pub async fn serve(listener: tokio::net::TcpListener, opts: DevIdpOptions) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
@@ -212,7 +218,7 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: DevIdpOptions) -> an
     let base = format!("http://{host}:{}", addr.port());
     let idp = tokio::task::spawn_blocking(move || DevIdp::new(opts)).await??;
     tracing::info!(%base, "dev IdP listening");
-    axum::serve(listener, idp.router(&base)).await?;
+    axum::serve(listener.tap_io(no_delay), idp.router(&base)).await?;
     Ok(())
 }
 

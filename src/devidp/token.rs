@@ -70,7 +70,15 @@ async fn token(
     if let Some(fault) = fault {
         return fault_response(&st, fault, &ids);
     }
-    match process(&st, &tenant, &params, &headers, &grant_type, v1) {
+    // Signing is CPU work (RSA): run it off the async workers so that timers and other
+    // connections are not held up behind it.
+    let worker = st.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        process(&worker, &tenant, &params, &headers, &grant_type, v1)
+    })
+    .await;
+    let outcome = outcome.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    match outcome {
         Ok(resp) => resp,
         Err(e) => {
             st.idp.lock().count_error(e.code);

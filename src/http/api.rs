@@ -3,7 +3,6 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -11,6 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
+use super::openapi::{PartnerProblems, PartnerStatusSchema, PartnersProblems, TokenProblems};
 use super::problem::Problem;
 use crate::broker::BrokerError;
 use crate::domain::{Purpose, Resource, TenantId};
@@ -20,29 +20,68 @@ use crate::storage::requests::RequestRecord;
 use crate::storage::{audit, now};
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/partners/{tenant_id}/token", post(issue_token))
-        .route("/api/v1/partners", get(list_partners))
-        .route("/api/v1/partners/{tenant_id}", get(get_partner))
+    documented_router().split_for_parts().0
+}
+
+/// The API's routes with their OpenAPI operations: the paths and methods in the router and
+/// in `GET /api/openapi.json` both come from the `#[utoipa::path]` attributes below.
+pub fn documented_router() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(routes!(issue_token))
+        .routes(routes!(list_partners))
+        .routes(routes!(get_partner))
 }
 
 /// Request body of the token endpoint. Unknown fields are refused so a typo is an error.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TokenRequest {
+    /// The audience of the access token: one of the resources this samvault serves
+    /// (`SAMVAULT_RESOURCES`; by default Partner Center, Microsoft Graph and Azure Resource
+    /// Manager) and this client is allowed.
+    #[schema(examples(
+        "https://api.partnercenter.microsoft.com",
+        "https://graph.microsoft.com",
+        "https://management.azure.com"
+    ))]
     resource: String,
+    /// Why the token is needed; recorded in the request log. 1 to 200 characters after
+    /// trimming, no control characters.
+    #[schema(
+        required = true,
+        value_type = String,
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+        example = "nightly invoice sync"
+    )]
     purpose: Option<String>,
 }
 
-#[derive(serde::Serialize)]
+/// An access token for one partner tenant and one resource.
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct TokenResponse<'a> {
+    /// The bearer token to send to the resource. Never log it.
+    #[schema(value_type = String)]
     access_token: &'a str,
+    #[schema(value_type = String, pattern = "^Bearer$", example = "Bearer")]
     token_type: &'static str,
+    /// Seconds until `expires_at` (0 or more).
+    #[schema(minimum = 0, example = 3299)]
     expires_in: i64,
+    /// When the token expires (RFC 3339).
+    #[schema(format = DateTime, example = "2026-05-01T12:34:56Z")]
     expires_at: String,
+    /// The resource the token is for, normalised (lower case, no trailing slash).
+    #[schema(value_type = String, example = "https://api.partnercenter.microsoft.com")]
     resource: &'a str,
+    /// The partner's tenant id.
+    #[schema(value_type = String, format = "uuid", example = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01")]
     tenant_id: &'a str,
+    /// Whether the partner admin's sign-in satisfied MFA (`amr` claim).
     mfa: bool,
+    /// Whether the token came from samvault's cache rather than a fresh exchange.
     cached: bool,
 }
 
@@ -50,6 +89,24 @@ fn forbidden(code: &'static str, detail: &str) -> Problem {
     Problem::new(axum::http::StatusCode::FORBIDDEN, code, detail)
 }
 
+/// Obtain an access token for a partner tenant.
+///
+/// Redeems the partner's stored grant for `resource`, or serves a cached token that is
+/// still valid for at least five minutes. Every request is recorded with its `purpose`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/partners/{tenant_id}/token",
+    operation_id = "issue_token",
+    tag = "tokens",
+    params(("tenant_id" = String, Path, format = "uuid", description = "The partner's tenant id (a GUID)")),
+    request_body(content = TokenRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "An access token", body = TokenResponse,
+            headers(("Cache-Control" = String, description = "`no-store`"))),
+        TokenProblems
+    ),
+    security(("basic" = []))
+)]
 async fn issue_token(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
@@ -189,17 +246,36 @@ fn rate_limited(wait: std::time::Duration) -> Problem {
 }
 
 /// What integrations may know about a partner: status and horizon, never token material.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Partner)]
 struct PartnerView {
+    /// The partner's tenant id.
+    #[schema(format = "uuid", example = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01")]
     tenant_id: String,
+    /// The tenant's display name.
+    #[schema(example = "Contoso")]
     name: String,
+    /// The tenant's primary domain, when known.
+    #[schema(required = true, example = "contoso.example")]
     domain: Option<String>,
+    #[schema(value_type = PartnerStatusSchema)]
     status: &'static str,
+    /// The Entra error code behind a non-active status (e.g. `AADSTS700082`).
+    #[schema(required = true)]
     status_code: Option<String>,
+    /// Why the partner is in this status, for people.
+    #[schema(required = true)]
     status_reason: Option<String>,
+    /// Whether the consenting admin's sign-in satisfied MFA.
     mfa: bool,
+    /// When the partner consented (RFC 3339).
+    #[schema(format = DateTime)]
     consented_at: String,
+    /// When the grant was last redeemed (RFC 3339).
+    #[schema(format = DateTime)]
     last_refresh: String,
+    /// When the grant expires if it is not used again (RFC 3339).
+    #[schema(format = DateTime)]
     expiry_horizon: String,
 }
 
@@ -226,18 +302,25 @@ impl From<&Partner> for PartnerView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct PageQuery {
+    /// Page size (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// The `next` value of the previous page: partners after this tenant id.
+    #[param(value_type = Option<String>, format = "uuid")]
     after: Option<String>,
 }
 
-#[derive(serde::Serialize)]
+/// One page of partners, ordered by tenant id.
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct PartnerPage {
     partners: Vec<PartnerView>,
     /// Pass as `after` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, format = "uuid")]
     next: Option<String>,
 }
 
@@ -271,6 +354,23 @@ async fn reader(
     Ok(client)
 }
 
+/// List the partners this client may use.
+///
+/// Status and expiry horizon of each partner, never token material. Keyset paging: pass
+/// the page's `next` as `after` to get the next page.
+#[utoipa::path(
+    get,
+    path = "/api/v1/partners",
+    operation_id = "list_partners",
+    tag = "partners",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of partners", body = PartnerPage,
+            headers(("Cache-Control" = String, description = "`no-store`"))),
+        PartnersProblems
+    ),
+    security(("basic" = []))
+)]
 async fn list_partners(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -334,6 +434,20 @@ async fn list_partners(
     Ok(response)
 }
 
+/// One partner this client may use.
+#[utoipa::path(
+    get,
+    path = "/api/v1/partners/{tenant_id}",
+    operation_id = "get_partner",
+    tag = "partners",
+    params(("tenant_id" = String, Path, format = "uuid", description = "The partner's tenant id (a GUID)")),
+    responses(
+        (status = 200, description = "The partner", body = PartnerView,
+            headers(("Cache-Control" = String, description = "`no-store`"))),
+        PartnerProblems
+    ),
+    security(("basic" = []))
+)]
 async fn get_partner(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,

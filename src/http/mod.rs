@@ -5,6 +5,7 @@ pub mod api;
 pub mod client_auth;
 mod health;
 pub mod onboard;
+pub mod openapi;
 pub mod problem;
 mod templates;
 
@@ -66,11 +67,13 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(pages)
         .merge(api::router())
+        .merge(openapi::router())
         .merge(health::router())
         .merge(crate::metrics::router())
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(api_body_too_large))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -93,6 +96,23 @@ fn content_security_policy(config: &Config) -> HeaderValue {
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' {idp}; frame-ancestors 'none'; base-uri 'none'"
     ))
     .expect("an origin is a valid header value")
+}
+
+/// axum answers an over-long body with a plain-text 413; the API answers with a problem.
+async fn api_body_too_large(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let api = request.uri().path().starts_with("/api/");
+    let response = next.run(request).await;
+    if api && response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return axum::response::IntoResponse::into_response(problem::Problem::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {} KiB", BODY_LIMIT / 1024),
+        ));
+    }
+    response
 }
 
 async fn not_found() -> problem::Problem {

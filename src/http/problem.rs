@@ -7,16 +7,33 @@ use axum::response::{IntoResponse, Response};
 
 use crate::broker::BrokerError;
 
-#[derive(Debug, serde::Serialize)]
+/// An error (RFC 9457 problem details). `code` is stable: branch on it, not on `detail`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "https://samvault.dev/problems/invalid_request",
+    "title": "Bad Request",
+    "status": 400,
+    "code": "invalid_request",
+    "detail": "purpose is required"
+}))]
 pub struct Problem {
+    /// `https://samvault.dev/problems/{code}`.
     #[serde(rename = "type")]
+    #[schema(format = "uri")]
     pub kind: String,
+    /// The HTTP status's reason phrase.
+    #[schema(value_type = String)]
     pub title: &'static str,
     #[serde(skip)]
     pub status: StatusCode,
+    /// The HTTP status code.
     #[serde(rename = "status")]
+    #[schema(minimum = 400, maximum = 599)]
     pub status_code: u16,
+    /// The stable error code (SPEC §3.2).
+    #[schema(value_type = String)]
     pub code: &'static str,
+    /// What went wrong, for people. Never holds a secret or a token.
     pub detail: String,
     #[serde(skip)]
     pub retry_after: Option<Duration>,

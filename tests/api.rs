@@ -344,21 +344,6 @@ async fn rate_limits_and_hostile_bodies(backend: Backend) {
     assert_eq!(response.status(), 400);
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread")]
-            async fn $name() { super::$name(super::Backend::Sqlite).await }
-            )*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread")]
-            async fn $name() { super::$name(super::Backend::Postgres).await }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     least_privilege_and_revocation,
     cold_burst_makes_one_refresh_and_is_logged,

@@ -479,21 +479,6 @@ async fn replicas_share_rotation_and_survive_sigkill(backend: Backend) {
     }
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread")]
-            async fn $name() { super::$name(super::Backend::Sqlite).await }
-            )*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread")]
-            async fn $name() { super::$name(super::Backend::Postgres).await }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     scheduler_keeps_idle_grants_alive,
     dead_grants_are_classified_and_announced,

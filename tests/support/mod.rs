@@ -211,6 +211,24 @@ macro_rules! both_backends {
     };
 }
 
+/// For scenario functions `async fn name(backend: Backend)` defined in the test file: one
+/// `#[tokio::test]` per backend, as `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $name() { super::$name($crate::support::Backend::Sqlite).await }
+            )*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $name() { super::$name($crate::support::Backend::Postgres).await }
+            )*
+        }
+    };
+}
+
 /// Connects to `url` and applies the migrations.
 pub async fn open(url: &str) -> Db {
     let db = Db::connect(&SecretString::from(url.to_string()))

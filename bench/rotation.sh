@@ -15,9 +15,13 @@ LATENCY_MS=${LATENCY_MS:-50}
 CONCURRENCY=${CONCURRENCY:-16}
 PG_ADMIN=${SAMVAULT_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
 
-echo "== building the release binary"
-cargo build --release --quiet
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/samvault
+if [ -n "${SAMVAULT_BIN:-}" ]; then
+  BIN=$SAMVAULT_BIN   # a binary built elsewhere, e.g. to compare two versions
+else
+  echo "== building the release binary"
+  cargo build --release --quiet
+  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/samvault
+fi
 work=$(mktemp -d)
 pids=()
 pgdb="samvault_bench_$$"

@@ -13,9 +13,13 @@ PARTNERS=${PARTNERS:-100000}
 DURATION=${DURATION:-10s}
 
 command -v wrk >/dev/null || { echo "== installing wrk"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
-echo "== building the release binary"
-cargo build --release --quiet
-BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/samvault
+if [ -n "${SAMVAULT_BIN:-}" ]; then
+  BIN=$SAMVAULT_BIN   # a binary built elsewhere, e.g. to compare two versions
+else
+  echo "== building the release binary"
+  cargo build --release --quiet
+  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/samvault
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }

@@ -694,10 +694,12 @@ async fn import_partners(
     Ok(count)
 }
 
-/// Running services poll for revocations (`REVOCATION_POLL`); returning only after a few
-/// polls makes "the command finished" mean "every service refuses the credential".
+/// Running services trust a verified credential for at most `AUTH_CACHE_TTL` from the
+/// moment they checked it; returning only after that makes "the command finished" mean
+/// "every service refuses the credential", however loaded they are.
 async fn wait_for_services_to_notice() {
-    tokio::time::sleep(crate::http::client_auth::REVOCATION_POLL * 3).await;
+    let margin = std::time::Duration::from_millis(200);
+    tokio::time::sleep(crate::http::client_auth::AUTH_CACHE_TTL + margin).await;
 }
 
 /// Creates a client and records it in the audit log; returns `(client_id, secret)`.

@@ -11,7 +11,7 @@ use crate::config::{self, Config};
 use crate::devidp::{self, DevIdpOptions};
 use crate::domain::{Resource, TenantId};
 use crate::storage::clients::{self, NewClient, Permission};
-use crate::storage::{audit, now, partners};
+use crate::storage::{audit, now, partners, rfc3339};
 
 #[derive(Parser)]
 #[command(
@@ -715,14 +715,6 @@ pub async fn create_client(
     });
     audit::append(db, "cli", "client.create", None, detail, now()).await?;
     Ok((client_id, secret))
-}
-
-pub fn rfc3339(unix: i64) -> String {
-    use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 /// `samvault demo`: the dev IdP and samvault in one process, wired to each other.

@@ -89,9 +89,7 @@ pub struct Event {
 
 impl Event {
     fn new(kind: EventKind) -> Self {
-        let at = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string());
+        let at = storage::rfc3339(storage::now());
         Self {
             kind,
             tenant_id: None,

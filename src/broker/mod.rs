@@ -432,10 +432,7 @@ impl Broker {
             .lock()
             .expect("cache lock")
             .insert((tenant.clone(), resource.clone()), token.clone());
-        if let Err(e) = self
-            .after_success(&partner, source, failures_before, elapsed)
-            .await
-        {
+        if let Err(e) = self.after_success(&partner, source, failures_before).await {
             tracing::warn!(tenant.id = %tenant, error = %e, "bookkeeping after a successful redemption failed");
         }
         Ok(token)
@@ -446,11 +443,9 @@ impl Broker {
         partner: &Partner,
         source: Source,
         failures_before: i64,
-        elapsed: Duration,
     ) -> Result<(), StorageError> {
         let db = &self.inner.db;
         let tenant = &partner.tenant_id;
-        let _ = elapsed;
         if source != Source::Token {
             metrics::metrics().record_rotation("success");
         }
@@ -616,7 +611,7 @@ impl Broker {
             }
             Outcome::Transient { retry_after, .. } => {
                 if source != Source::Token {
-                    let failures = rotation::failures(db, tenant).await? + 1;
+                    let failures = partner.failures + 1;
                     // Retry-After is honoured exactly; otherwise back off exponentially.
                     let delay =
                         retry_after.map_or_else(|| backoff_secs(failures), |d| d.as_secs() as i64);
@@ -626,7 +621,7 @@ impl Broker {
             }
             Outcome::Unexpected { .. } => {
                 if source != Source::Token {
-                    let failures = rotation::failures(db, tenant).await? + 1;
+                    let failures = partner.failures + 1;
                     rotation::record_failure(db, tenant, at + backoff_secs(failures)).await?;
                 }
                 self.flag_if_expiring(partner, code).await?;

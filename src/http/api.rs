@@ -6,8 +6,6 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::AppState;
 use super::openapi::{PartnerProblems, PartnerStatusSchema, PartnersProblems, TokenProblems};
@@ -17,7 +15,7 @@ use crate::domain::{Purpose, Resource, TenantId};
 use crate::storage::clients::Permission;
 use crate::storage::partners::{self, Partner};
 use crate::storage::requests::RequestRecord;
-use crate::storage::{audit, now};
+use crate::storage::{audit, now, rfc3339};
 
 pub fn router() -> Router<AppState> {
     documented_router().split_for_parts().0
@@ -195,10 +193,7 @@ async fn issue_token(
         }
     }
     let token = outcome?;
-    let expires_at = OffsetDateTime::from_unix_timestamp(token.expires_at)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default();
+    let expires_at = rfc3339(token.expires_at);
     let body = TokenResponse {
         access_token: token.access_token.expose_secret(),
         token_type: "Bearer",
@@ -281,12 +276,6 @@ struct PartnerView {
 
 impl From<&Partner> for PartnerView {
     fn from(p: &Partner) -> Self {
-        let rfc3339 = |t: i64| {
-            OffsetDateTime::from_unix_timestamp(t)
-                .ok()
-                .and_then(|t| t.format(&Rfc3339).ok())
-                .unwrap_or_default()
-        };
         PartnerView {
             tenant_id: p.tenant_id.to_string(),
             name: p.display_name.clone(),

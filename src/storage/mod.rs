@@ -153,6 +153,15 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A stored time as RFC 3339 (UTC), the form the API, the CLI and events show.
+pub fn rfc3339(unix: i64) -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
 /// Converts a stored 0/1 flag.
 pub(crate) fn flag(value: i64) -> bool {
     value != 0

@@ -140,7 +140,7 @@ impl App {
         let auth = Arc::new(ClientAuth::new(services.db.clone()));
         // Ends by itself when the last handle to `auth` is gone.
         auth.spawn_revocation_watch();
-        let state = AppState {
+        let state = AppState::new(crate::http::Shared {
             config: services.config.clone(),
             db: services.db.clone(),
             vault: services.vault.clone(),
@@ -149,7 +149,7 @@ impl App {
             auth: auth.clone(),
             limiter: Arc::default(),
             request_log,
-        };
+        });
         Ok(App {
             state,
             services,

@@ -67,7 +67,8 @@ struct Registry {
     rotations: BTreeMap<String, u64>,
     idp_requests: BTreeMap<(String, String), u64>,
     idp_durations: BTreeMap<String, Histogram>,
-    token_requests: BTreeMap<(String, bool), u64>,
+    // Keyed by static labels: counted on every token request, so no allocation there.
+    token_requests: BTreeMap<(&'static str, bool), u64>,
     webhook_deliveries: BTreeMap<String, u64>,
 }
 
@@ -96,7 +97,7 @@ pub fn record_idp_call(grant_type: &str, outcome: &str, seconds: f64) {
 }
 
 /// One answered token API request, and whether it came from the cache.
-pub fn record_token_request(outcome: &str, cached: bool) {
+pub fn record_token_request(outcome: &'static str, cached: bool) {
     metrics().record_token_request(outcome, cached);
 }
 
@@ -150,11 +151,11 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn record_token_request(&self, outcome: &str, cached: bool) {
+    pub fn record_token_request(&self, outcome: &'static str, cached: bool) {
         *self
             .lock()
             .token_requests
-            .entry((outcome.to_string(), cached))
+            .entry((outcome, cached))
             .or_default() += 1;
     }
 

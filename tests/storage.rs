@@ -5,6 +5,7 @@ mod support;
 
 use samvault::domain::{PartnerStatus, Resource, TenantId};
 use samvault::storage::partners::{self, NewConsent, StoredGrant, grant_context};
+use samvault::storage::requests::{self, RECENT, RequestBatch, RequestCounts, RequestRecord};
 use samvault::storage::sessions::SealedSessionStore;
 use samvault::storage::{Db, StorageError, audit, clients, invitations, rotation};
 use samvault::vault::{SealedRecord, Vault};
@@ -1165,6 +1166,95 @@ both_backends!(invitations_create_get_mark_used, |url| async move {
         None
     );
 });
+
+// ---------------------------------------------------------------------------------------
+// Token request log
+// ---------------------------------------------------------------------------------------
+
+async fn write(db: &Db, records: &[RequestRecord]) {
+    let mut batch = RequestBatch::default();
+    for r in records {
+        batch.push(r.clone());
+    }
+    assert_eq!(batch.requests(), records.len() as i64);
+    requests::write_batch(db, &batch).await.unwrap();
+}
+
+fn request(at: i64, client: &str, outcome: &str, cached: bool, mfa: Option<bool>) -> RequestRecord {
+    RequestRecord {
+        at,
+        client_id: client.into(),
+        tenant_id: "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01".into(),
+        resource: "https://api.partnercenter.microsoft.com".into(),
+        purpose: format!("sync {at}"),
+        outcome: outcome.into(),
+        cached,
+        mfa,
+    }
+}
+
+both_backends!(
+    request_log_keeps_the_latest_rows_and_hourly_counts,
+    |url| async move {
+        let db = open(&url).await;
+        // An old hour; then RECENT + 4 requests in one batch (more than it keeps as rows) and 5
+        // in another, in the current hour.
+        let old = vec![
+            request(T0 - 2 * DAY, "a", "issued", false, Some(true)),
+            request(T0 - 2 * DAY + 1, "a", "partner_not_allowed", false, None),
+        ];
+        write(&db, &old).await;
+        let n = RECENT + 4;
+        let first: Vec<_> = (0..n)
+            .map(|i| request(T0 + i % 3000, "a", "issued", i % 2 == 0, Some(i % 4 != 0)))
+            .collect();
+        write(&db, &first).await;
+        let last: Vec<_> = (0..5)
+            .map(|i| request(T0 + 3000 + i, "b", "issued", true, Some(false)))
+            .collect();
+        write(&db, &last).await;
+
+        // Exactly the newest RECENT rows remain, newest first.
+        let rows = requests::latest(&db, 2 * RECENT).await.unwrap();
+        assert_eq!(rows.len() as i64, RECENT);
+        assert_eq!(rows[0], last[4]);
+        assert_eq!(rows[4], last[0]);
+        assert_eq!(rows[5], first[(n - 1) as usize]);
+        assert_eq!(rows.last().unwrap(), &first[4 + 5]);
+
+        // Counts cover every request, pruned or not, by hour.
+        let all = requests::counts_by_client(&db, T0 - 3 * DAY).await.unwrap();
+        let a_recent = RequestCounts {
+            requests: n,
+            issued: n,
+            issued_mfa: (0..n).filter(|i| i % 4 != 0).count() as i64,
+            cached: (0..n).filter(|i| i % 2 == 0).count() as i64,
+        };
+        assert_eq!(
+            all["a"],
+            RequestCounts {
+                requests: n + 2,
+                issued: n + 1,
+                issued_mfa: a_recent.issued_mfa + 1,
+                cached: a_recent.cached,
+            }
+        );
+        assert_eq!(
+            all["b"],
+            RequestCounts {
+                requests: 5,
+                issued: 5,
+                issued_mfa: 0,
+                cached: 5
+            }
+        );
+        let since_today = requests::counts_by_client(&db, T0).await.unwrap();
+        assert_eq!(
+            since_today["a"], a_recent,
+            "the old hour is outside the window"
+        );
+    }
+);
 
 // ---------------------------------------------------------------------------------------
 // Audit log

@@ -29,7 +29,8 @@ const CACHE_MARGIN_SECS: i64 = 300;
 /// An access token ready for an integration.
 #[derive(Clone)]
 pub struct IssuedToken {
-    pub access_token: SecretString,
+    /// Shared with the cache: a cached hit copies a pointer, not the token.
+    pub access_token: Arc<SecretString>,
     pub expires_at: i64,
     pub mfa: bool,
     pub cached: bool,
@@ -423,7 +424,7 @@ impl Broker {
         let claims = AccessClaims::peek(tokens.access_token.expose_secret()).unwrap_or_default();
         let token = IssuedToken {
             expires_at: at + tokens.expires_in.as_secs() as i64,
-            access_token: tokens.access_token,
+            access_token: Arc::new(tokens.access_token),
             mfa: claims.mfa(),
             cached: false,
         };

@@ -1,7 +1,10 @@
 //! The token request log, written off the hot path: handlers hand records to a bounded
-//! channel and a background task inserts them in batches, so logging never adds a database
-//! round trip to a cached response. If the database falls behind by more than the channel
-//! holds, records are dropped and counted rather than slowing integrations down.
+//! channel and a background task writes them about once a second, so logging never adds a
+//! database round trip to a cached response. Every request is counted; only the newest
+//! [`RECENT`](crate::storage::requests::RECENT) are kept as rows, so under heavy load one
+//! write carries at most that many rows whatever the request rate. If the database falls
+//! behind by more than the channel holds, records are dropped and counted rather than
+//! slowing integrations down.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,14 +13,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::storage::Db;
-use crate::storage::requests::{self, RequestRecord};
+use crate::storage::requests::{self, RequestBatch, RequestRecord};
 
 /// Records buffered between the handlers and the writer.
-const CAPACITY: usize = 50_000;
-/// Largest batch one INSERT carries.
-const BATCH: usize = 500;
-/// How long a record may wait for companions before its batch is written.
-const LINGER: Duration = Duration::from_millis(200);
+const CAPACITY: usize = 100_000;
+/// How long records gather before they are written.
+const LINGER: Duration = Duration::from_millis(1000);
+/// Records taken from the channel at a time (then the writer lets requests run).
+const TAKE: usize = 1024;
 
 #[derive(Clone)]
 pub struct RequestLog {
@@ -56,33 +59,39 @@ impl RequestLog {
 }
 
 async fn write_batches(db: Db, mut rx: mpsc::Receiver<RequestRecord>) {
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut taken = Vec::with_capacity(TAKE);
     loop {
-        if rx.recv_many(&mut batch, BATCH).await == 0 {
+        if rx.recv_many(&mut taken, TAKE).await == 0 {
             return;
         }
-        // Give a burst a moment to fill the batch: one INSERT instead of many.
-        if batch.len() < BATCH {
-            let _ = tokio::time::timeout(LINGER, async {
-                while batch.len() < BATCH {
-                    let room = BATCH - batch.len();
-                    if rx.recv_many(&mut batch, room).await == 0 {
-                        break;
-                    }
+        let mut batch = RequestBatch::default();
+        let mut open = true;
+        let deadline = tokio::time::Instant::now() + LINGER;
+        loop {
+            for record in taken.drain(..) {
+                batch.push(record);
+            }
+            match tokio::time::timeout_at(deadline, rx.recv_many(&mut taken, TAKE)).await {
+                Ok(0) => {
+                    open = false;
+                    break;
                 }
-            })
-            .await;
+                Ok(_) => {}
+                Err(_) => break,
+            }
         }
         let mut attempt = 0;
-        while let Err(e) = requests::insert_batch(&db, &batch).await {
+        while let Err(e) = requests::write_batch(&db, &batch).await {
             attempt += 1;
             if attempt >= 5 {
-                tracing::error!(error = %e, records = batch.len(), "token request log batch lost");
+                tracing::error!(error = %e, requests = batch.requests(), "token request log batch lost");
                 break;
             }
             tracing::warn!(error = %e, "token request log write failed; retrying");
             tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
         }
-        batch.clear();
+        if !open {
+            return;
+        }
     }
 }

@@ -120,9 +120,17 @@ async fn issue_token(
     })?;
     let purpose = Purpose::parse(request.purpose.as_deref().unwrap_or(""))
         .map_err(|e| Problem::invalid_request(e.to_string()))?;
-    let resource = Resource::parse(&request.resource)
-        .ok()
-        .filter(|r| state.config.resources.contains(r))
+    // Integrations send the configured spelling: match it before parsing a URL.
+    let configured = state.config.resources.iter();
+    let resource = configured
+        .clone()
+        .find(|r| r.as_str() == request.resource)
+        .cloned()
+        .or_else(|| {
+            Resource::parse(&request.resource)
+                .ok()
+                .filter(|r| configured.clone().any(|c| c == r))
+        })
         .ok_or_else(|| {
             Problem::invalid_request("resource is not one of the audiences this samvault serves")
         })?;

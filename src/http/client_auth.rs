@@ -165,10 +165,16 @@ impl RateLimiter {
         let per_second = capacity / 60.0;
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
         let now = Instant::now();
-        let bucket = buckets.entry(client_id.to_string()).or_insert(Bucket {
-            tokens: capacity,
-            last: now,
-        });
+        if !buckets.contains_key(client_id) {
+            buckets.insert(
+                client_id.to_string(),
+                Bucket {
+                    tokens: capacity,
+                    last: now,
+                },
+            );
+        }
+        let bucket = buckets.get_mut(client_id).expect("inserted above");
         bucket.tokens = (bucket.tokens
             + now.duration_since(bucket.last).as_secs_f64() * per_second)
             .min(capacity);

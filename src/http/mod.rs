@@ -29,8 +29,25 @@ use crate::vault::Vault;
 /// Largest request body accepted anywhere (the token API's JSON is a few hundred bytes).
 const BODY_LIMIT: usize = 16 * 1024;
 
+/// What every handler shares, behind one `Arc`: axum clones the state for each request, and
+/// one reference count is cheaper than one per field on the token path.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub config: Arc<Config>,
     pub db: Db,
     pub vault: Vault,

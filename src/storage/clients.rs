@@ -148,7 +148,7 @@ pub async fn get(db: &Db, client_id: &str) -> Result<Option<Client>, StorageErro
     let sql = format!("SELECT {COLUMNS} FROM clients WHERE client_id = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(client_id)
-        .fetch_optional(db.pool())
+        .fetch_optional(db.reader())
         .await?;
     row.as_ref().map(client_from_row).transpose()
 }
@@ -167,7 +167,7 @@ pub async fn active_secret_digests(db: &Db, client_id: &str) -> Result<Vec<Vec<u
         "SELECT digest FROM client_secrets WHERE client_id = $1 AND revoked_at IS NULL",
     )
     .bind(client_id)
-    .fetch_all(db.pool())
+    .fetch_all(db.reader())
     .await?;
     rows.iter()
         .map(|r| {
@@ -336,7 +336,7 @@ pub async fn revocation_count(db: &Db) -> Result<i64, StorageError> {
     let row = sqlx::query(
         "SELECT (SELECT COUNT(*) FROM clients WHERE revoked_at IS NOT NULL) + (SELECT COUNT(*) FROM client_secrets WHERE revoked_at IS NOT NULL) AS n",
     )
-    .fetch_one(db.pool())
+    .fetch_one(db.reader())
     .await?;
     Ok(row.try_get("n")?)
 }

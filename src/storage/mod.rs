@@ -42,6 +42,9 @@ pub enum StorageError {
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// On SQLite, read-only connections beside the single writer (WAL readers never wait
+    /// for a write), for the reads on the request path; on PostgreSQL, `pool` itself.
+    reader: AnyPool,
     backend: Backend,
 }
 
@@ -69,10 +72,10 @@ macro_rules! migrations {
 fn migrator(backend: Backend) -> Migrator {
     let migrations = match backend {
         Backend::Sqlite => {
-            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests")
+            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary")
         }
         Backend::Postgres => {
-            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests")
+            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary")
         }
     };
     Migrator::with_migrations(migrations)
@@ -111,7 +114,29 @@ impl Db {
             options
         };
         let pool = options.connect(url).await?;
-        Ok(Self { pool, backend })
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let reader = if backend == Backend::Sqlite && !in_memory {
+            // The writer connected first, so the file exists and is in WAL mode.
+            AnyPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(10))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA busy_timeout = 10000; PRAGMA query_only = ON")
+                            .await?;
+                        Ok(())
+                    })
+                })
+                .connect(url)
+                .await?
+        } else {
+            pool.clone()
+        };
+        Ok(Self {
+            pool,
+            reader,
+            backend,
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), StorageError> {
@@ -132,6 +157,13 @@ impl Db {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// For reads that must not queue behind a write (client authentication, the grants the
+    /// rotation engine redeems). Never for a read that a write depends on: that belongs in
+    /// the write's transaction.
+    pub fn reader(&self) -> &AnyPool {
+        &self.reader
     }
 
     pub fn backend(&self) -> Backend {

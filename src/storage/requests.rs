@@ -1,6 +1,9 @@
-//! The token request log: one row per call to the token endpoint, inserted in batches.
+//! The token request log, bounded: the latest [`RECENT`] requests row by row, and per-hour
+//! counts per client and resource for everything older (the security report's 7-day share).
 
-use super::{Db, StorageError};
+use std::collections::BTreeMap;
+
+use super::{Backend, Db, StorageError};
 
 /// One token request as the security report needs it (no token material).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,27 +20,156 @@ pub struct RequestRecord {
     pub mfa: Option<bool>,
 }
 
-const COLUMNS: usize = 8;
+impl RequestRecord {
+    fn issued(&self) -> bool {
+        self.outcome == "issued"
+    }
+}
 
-/// Inserts a batch with one multi-row statement; also moves each client's `last_used_at`.
-pub async fn insert_batch(db: &Db, records: &[RequestRecord]) -> Result<(), StorageError> {
-    if records.is_empty() {
+/// How many individual requests are kept (the security report's "latest requests" download).
+pub const RECENT: i64 = 10_000;
+
+const COLUMNS: usize = 8;
+/// Rows per INSERT (a few round trips per batch, well under SQLite's parameter limit).
+const ROWS_PER_INSERT: usize = 100;
+
+/// Counts of token requests (one client, or all of them, over a period).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub requests: i64,
+    /// Requests answered with an access token.
+    pub issued: i64,
+    /// Issued tokens whose `amr` carried `mfa`.
+    pub issued_mfa: i64,
+    /// Issued tokens served from the cache.
+    pub cached: i64,
+}
+
+impl RequestCounts {
+    fn add(&mut self, r: &RequestRecord) {
+        self.requests += 1;
+        if r.issued() {
+            self.issued += 1;
+            self.issued_mfa += i64::from(r.mfa == Some(true));
+            self.cached += i64::from(r.cached);
+        }
+    }
+}
+
+/// Token requests gathered for one write: every request counted by hour, client and
+/// resource, but only the newest [`RECENT`] kept as rows (older ones would be pruned at once).
+#[derive(Debug, Default)]
+pub struct RequestBatch {
+    rows: std::collections::VecDeque<RequestRecord>,
+    hours: BTreeMap<(i64, String, String), RequestCounts>,
+    last_used: BTreeMap<String, i64>,
+}
+
+impl RequestBatch {
+    pub fn push(&mut self, r: RequestRecord) {
+        let hour = r.at - r.at.rem_euclid(3600);
+        self.hours
+            .entry((hour, r.client_id.clone(), r.resource.clone()))
+            .or_default()
+            .add(&r);
+        let last_used = self.last_used.entry(r.client_id.clone()).or_insert(r.at);
+        *last_used = (*last_used).max(r.at);
+        if self.rows.len() as i64 == RECENT {
+            self.rows.pop_front();
+        }
+        self.rows.push_back(r);
+    }
+
+    /// How many requests this batch counts.
+    pub fn requests(&self) -> i64 {
+        self.hours.values().map(|c| c.requests).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// Writes a batch in one transaction: the rows, the hourly counts, the pruning of rows beyond
+/// [`RECENT`], and each client's `last_used_at`.
+pub async fn write_batch(db: &Db, batch: &RequestBatch) -> Result<(), StorageError> {
+    if batch.is_empty() {
         return Ok(());
     }
+    let mut tx = db.begin_write().await?;
+    let rows: Vec<&RequestRecord> = batch.rows.iter().collect();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        insert_rows(db.backend(), chunk).execute(&mut *tx).await?;
+        // Building a statement is CPU work on a request worker: let requests through.
+        tokio::task::yield_now().await;
+    }
+    for ((hour, client, resource), n) in &batch.hours {
+        sqlx::query(
+            "INSERT INTO token_request_hours (hour, client_id, resource, requests, issued, issued_mfa, cached) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (hour, client_id, resource) DO UPDATE SET \
+             requests = token_request_hours.requests + excluded.requests, \
+             issued = token_request_hours.issued + excluded.issued, \
+             issued_mfa = token_request_hours.issued_mfa + excluded.issued_mfa, \
+             cached = token_request_hours.cached + excluded.cached",
+        )
+        .bind(hour)
+        .bind(client)
+        .bind(resource)
+        .bind(n.requests)
+        .bind(n.issued)
+        .bind(n.issued_mfa)
+        .bind(n.cached)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "DELETE FROM token_requests WHERE id < \
+         (SELECT id FROM token_requests ORDER BY id DESC LIMIT 1 OFFSET $1)",
+    )
+    .bind(RECENT - 1)
+    .execute(&mut *tx)
+    .await?;
+    for (client, at) in &batch.last_used {
+        sqlx::query("UPDATE clients SET last_used_at = $2 WHERE client_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)")
+            .bind(client)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// One multi-row INSERT of `rows`. On SQLite the parameters are anonymous (`?`): sqlx maps
+/// each named `$n` with a linear search, so a statement's binding cost grew with the square
+/// of its parameters and took a third of the token path's CPU.
+fn insert_rows<'a>(
+    backend: Backend,
+    rows: &[&'a RequestRecord],
+) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments> {
     let mut sql = String::from(
         "INSERT INTO token_requests (at, client_id, tenant_id, resource, purpose, outcome, cached, mfa) VALUES ",
     );
-    for i in 0..records.len() {
+    for i in 0..rows.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
         let n = i * COLUMNS;
-        let row: Vec<String> = (1..=COLUMNS).map(|c| format!("${}", n + c)).collect();
-        sql.push_str(&format!(
-            "{}({})",
-            if i == 0 { "" } else { ", " },
-            row.join(", ")
-        ));
+        sql.push('(');
+        for c in 1..=COLUMNS {
+            if c > 1 {
+                sql.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => sql.push('?'),
+                Backend::Postgres => sql.push_str(&format!("${}", n + c)),
+            }
+        }
+        sql.push(')');
     }
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for r in records {
+    for r in rows {
         query = query
             .bind(r.at)
             .bind(&r.client_id)
@@ -48,22 +180,7 @@ pub async fn insert_batch(db: &Db, records: &[RequestRecord]) -> Result<(), Stor
             .bind(i64::from(r.cached))
             .bind(r.mfa.map(i64::from));
     }
-    let mut tx = db.begin_write().await?;
-    query.execute(&mut *tx).await?;
-    let mut last_used = std::collections::BTreeMap::<&str, i64>::new();
-    for r in records {
-        let at = last_used.entry(r.client_id.as_str()).or_insert(r.at);
-        *at = (*at).max(r.at);
-    }
-    for (client, at) in last_used {
-        sqlx::query("UPDATE clients SET last_used_at = $2 WHERE client_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)")
-            .bind(client)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(())
+    query
 }
 
 /// The most recent requests, newest first (the security report's download).
@@ -87,6 +204,36 @@ pub async fn latest(db: &Db, limit: i64) -> Result<Vec<RequestRecord>, StorageEr
                 cached: super::flag(r.try_get("cached")?),
                 mfa: r.try_get::<Option<i64>, _>("mfa")?.map(super::flag),
             })
+        })
+        .collect()
+}
+
+/// Request counts per client since `since` (unix seconds; counted by whole hours, so the
+/// hour that contains `since` is included).
+pub async fn counts_by_client(
+    db: &Db,
+    since: i64,
+) -> Result<BTreeMap<String, RequestCounts>, StorageError> {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT client_id, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(issued) AS BIGINT) AS issued, \
+         CAST(SUM(issued_mfa) AS BIGINT) AS issued_mfa, CAST(SUM(cached) AS BIGINT) AS cached \
+         FROM token_request_hours WHERE hour >= $1 GROUP BY client_id",
+    )
+    .bind(since - since.rem_euclid(3600))
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("client_id")?,
+                RequestCounts {
+                    requests: r.try_get("requests")?,
+                    issued: r.try_get("issued")?,
+                    issued_mfa: r.try_get("issued_mfa")?,
+                    cached: r.try_get("cached")?,
+                },
+            ))
         })
         .collect()
 }

@@ -93,7 +93,7 @@ pub async fn get(db: &Db, tenant: &TenantId) -> Result<Option<Partner>, StorageE
     let sql = format!("SELECT {PARTNER_COLUMNS} FROM partners WHERE tenant_id = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(tenant.as_str())
-        .fetch_optional(db.pool())
+        .fetch_optional(db.reader())
         .await?;
     row.as_ref().map(partner_from_row).transpose()
 }
@@ -271,7 +271,7 @@ pub async fn current_grant(
          WHERE g.tenant_id = $1 AND g.sealed IS NOT NULL",
     )
     .bind(tenant.as_str())
-    .fetch_optional(db.pool())
+    .fetch_optional(db.reader())
     .await?;
     let Some(row) = row else { return Ok(None) };
     let record = SealedRecord::decode(row.try_get("sealed")?)

@@ -49,8 +49,28 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage the ops dashboard's users.
+    #[command(subcommand, name = "ops-user")]
+    OpsUser(OpsUserCommand),
     /// Redeem grants now (progress bar on a terminal, one summary line otherwise).
     Rotate(RotateArgs),
+}
+
+#[derive(Subcommand)]
+enum OpsUserCommand {
+    /// Create a dashboard user. Prints a one-time password (to be changed at first sign-in)
+    /// and the TOTP secret for an authenticator app, once.
+    Create {
+        #[arg(long)]
+        username: String,
+        /// viewer (read), operator (rotate, access check, clients), admin (revoke, purge, keys)
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List dashboard users (no secrets).
+    List,
 }
 
 #[derive(Args)]
@@ -343,6 +363,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
                 }
             }
         }
+        Command::OpsUser(cmd) => ops_user_command(cmd, &config).await?,
         Command::Rotate(args) => return rotate(args, config).await,
         Command::Demo(_) | Command::DevIdp(_) => {
             unreachable!("handled before configuration is loaded")
@@ -532,6 +553,93 @@ async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<(
             .await?;
             wait_for_services_to_notice().await;
             println!("revoked {client_id}");
+        }
+    }
+    Ok(())
+}
+
+async fn ops_user_command(cmd: OpsUserCommand, config: &Config) -> anyhow::Result<()> {
+    use crate::ops::{password, totp};
+    use crate::storage::ops_users::{self, Role};
+    let db = app::open_db(config).await?;
+    match cmd {
+        OpsUserCommand::Create {
+            username,
+            role,
+            json,
+        } => {
+            let role = Role::parse(&role).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+            let valid = (1..=64).contains(&username.len())
+                && username
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+            anyhow::ensure!(
+                valid,
+                "--username: 1 to 64 letters, digits, '.', '_', '@' or '-'"
+            );
+            let vault = app::open_vault(config)?;
+            let initial = password::generate();
+            let secret = totp::generate_secret();
+            let sealed = vault
+                .seal(&secret, &ops_users::totp_context(&username))
+                .await?;
+            let created = ops_users::create(
+                &db,
+                &username,
+                role,
+                &password::hash(&initial),
+                &sealed,
+                now(),
+            )
+            .await?;
+            anyhow::ensure!(created, "an ops user named {username} already exists");
+            audit::append(
+                &db,
+                "cli",
+                "ops_user.create",
+                None,
+                serde_json::json!({ "username": username, "role": role.as_str() }),
+                now(),
+            )
+            .await?;
+            let uri = totp::otpauth_uri(&config.app_name, &username, &secret);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "username": username, "role": role.as_str(),
+                        "password": initial.as_str(), "totp_secret": totp::base32(&secret),
+                        "otpauth_uri": uri,
+                    })
+                );
+            } else {
+                println!("created {} user {username}", role.as_str());
+                println!(
+                    "one-time password (change it at first sign-in): {}",
+                    initial.as_str()
+                );
+                println!(
+                    "TOTP secret for the authenticator app: {}",
+                    totp::base32(&secret)
+                );
+                println!("or import: {uri}");
+                println!("none of these is shown again");
+            }
+        }
+        OpsUserCommand::List => {
+            for user in ops_users::list(&db).await? {
+                println!(
+                    "{}\t{}\tlast sign-in {}{}",
+                    user.username,
+                    user.role.as_str(),
+                    user.last_sign_in_at.map_or("never".into(), rfc3339),
+                    if user.disabled_at.is_some() {
+                        "\tdisabled"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
     }
     Ok(())

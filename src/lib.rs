@@ -15,6 +15,7 @@ pub mod http;
 pub mod idp;
 pub mod metrics;
 pub mod notify;
+pub mod ops;
 pub mod rotation;
 pub mod storage;
 pub mod vault;

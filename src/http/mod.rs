@@ -6,6 +6,7 @@ pub mod client_auth;
 mod health;
 pub mod onboard;
 pub mod openapi;
+mod ops;
 pub mod problem;
 mod templates;
 
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
     .with_secure(secure_cookies)
     .with_expiry(Expiry::OnInactivity(time::Duration::minutes(15)));
     let pages = onboard::router()
+        .merge(ops::router())
         .route("/static/samvault.css", get(templates::stylesheet))
         .layer(sessions)
         .layer(SetResponseHeaderLayer::overriding(

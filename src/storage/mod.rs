@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod clients;
 pub mod invitations;
+pub mod ops_users;
 pub mod partners;
 pub mod requests;
 pub mod rotation;
@@ -72,10 +73,10 @@ macro_rules! migrations {
 fn migrator(backend: Backend) -> Migrator {
     let migrations = match backend {
         Backend::Sqlite => {
-            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary")
+            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users")
         }
         Backend::Postgres => {
-            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary")
+            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users")
         }
     };
     Migrator::with_migrations(migrations)

@@ -372,3 +372,19 @@ pub async fn page(
         .await?;
     rows.iter().map(partner_from_row).collect()
 }
+
+/// How many partners are in each status (the dashboard overview).
+pub async fn count_by_status(db: &Db) -> Result<Vec<(PartnerStatus, i64)>, StorageError> {
+    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM partners GROUP BY status")
+        .fetch_all(db.reader())
+        .await?;
+    let mut counts = Vec::new();
+    for row in rows {
+        let status: String = row.try_get("status")?;
+        let status = PartnerStatus::parse(&status)
+            .ok_or_else(|| StorageError::Corrupt(format!("partner status {status:?}")))?;
+        counts.push((status, row.try_get("n")?));
+    }
+    counts.sort_by_key(|(status, _)| status.as_str());
+    Ok(counts)
+}

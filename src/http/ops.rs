@@ -1,0 +1,424 @@
+//! The ops dashboard (SPEC §1, §3.3): sign-in with password and TOTP, then the pages. Every
+//! page and action goes through [`signed_in`], which also enforces the role, the forced
+//! password change and the absolute session lifetime; every form carries the session's CSRF
+//! token.
+
+use askama::Template;
+use askama_web::WebTemplate;
+use axum::Router;
+use axum::extract::{Form, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tower_sessions::Session;
+
+use super::AppState;
+use super::onboard::random_token;
+use crate::ops::{password, totp};
+use crate::storage::ops_users::{self, OpsUser, Role};
+use crate::storage::{audit, now, partners, rotation};
+
+const USER_KEY: &str = "ops.user";
+const SINCE_KEY: &str = "ops.since";
+const CSRF_KEY: &str = "ops.csrf";
+/// A session ends this long after sign-in however active it is (the idle timeout is the
+/// session layer's).
+const ABSOLUTE_LIFETIME_SECS: i64 = 12 * 3600;
+/// Failed sign-ins allowed before the account locks (then 1 min, doubling, capped at a day).
+const FREE_ATTEMPTS: i64 = 5;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/ops", get(overview))
+        .route("/ops/signin", get(signin_form).post(signin))
+        .route("/ops/password", get(password_form).post(change_password))
+        .route("/ops/signout", post(signout))
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "ops_signin.html")]
+struct SigninPage {
+    csrf: String,
+    username: String,
+    error: Option<String>,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "ops_password.html")]
+struct PasswordPage {
+    csrf: String,
+    forced: bool,
+    error: Option<String>,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "ops_overview.html")]
+struct OverviewPage {
+    csrf: String,
+    username: String,
+    role: &'static str,
+    statuses: Vec<(&'static str, i64)>,
+    total: i64,
+    alarm: Option<String>,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "ops_message.html")]
+struct MessagePage {
+    title: &'static str,
+    message: &'static str,
+}
+
+fn message(status: StatusCode, title: &'static str, text: &'static str) -> Response {
+    (
+        status,
+        MessagePage {
+            title,
+            message: text,
+        },
+    )
+        .into_response()
+}
+
+fn unavailable() -> Response {
+    message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "samvault is unavailable",
+        "The database or the key provider did not answer. Try again in a moment.",
+    )
+}
+
+fn to_signin() -> Response {
+    Redirect::to("/ops/signin").into_response()
+}
+
+/// The session's CSRF token, created on first use.
+async fn csrf_token(session: &Session) -> Result<String, Response> {
+    match session.get::<String>(CSRF_KEY).await {
+        Ok(Some(token)) => Ok(token),
+        Ok(None) => {
+            let token = random_token();
+            session
+                .insert(CSRF_KEY, &token)
+                .await
+                .map_err(|_| unavailable())?;
+            Ok(token)
+        }
+        Err(_) => Err(unavailable()),
+    }
+}
+
+/// Refuses a form whose `csrf` field is not this session's token.
+async fn check_csrf(session: &Session, presented: &str) -> Result<(), Response> {
+    let expected: Option<String> = session.get(CSRF_KEY).await.map_err(|_| unavailable())?;
+    match expected {
+        Some(expected) if bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) => Ok(()),
+        _ => Err(message(
+            StatusCode::FORBIDDEN,
+            "This form has expired",
+            "The form was not opened in this session, or the session ended. Open the page again.",
+        )),
+    }
+}
+
+/// A signed-in user with at least `role`, and the session's CSRF token. Anyone else is sent
+/// to sign in (no session, expired, disabled) or refused (403, role too low); a user who must
+/// change their password is sent to do so first unless `password_page` is true.
+async fn signed_in(
+    state: &AppState,
+    session: &Session,
+    role: Role,
+    password_page: bool,
+) -> Result<(OpsUser, String), Response> {
+    let username: Option<String> = session.get(USER_KEY).await.map_err(|_| unavailable())?;
+    let since: Option<i64> = session.get(SINCE_KEY).await.map_err(|_| unavailable())?;
+    let (Some(username), Some(since)) = (username, since) else {
+        return Err(to_signin());
+    };
+    if now() - since > ABSOLUTE_LIFETIME_SECS {
+        let _ = session.flush().await;
+        return Err(to_signin());
+    }
+    let user = match ops_users::get(&state.db, &username).await {
+        Ok(Some(user)) if user.disabled_at.is_none() => user,
+        Ok(_) => {
+            let _ = session.flush().await;
+            return Err(to_signin());
+        }
+        Err(_) => return Err(unavailable()),
+    };
+    if user.must_change_password && !password_page {
+        return Err(Redirect::to("/ops/password").into_response());
+    }
+    if user.role < role {
+        return Err(message(
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            "Your role does not allow this. Ask an admin if you need it.",
+        ));
+    }
+    let csrf = csrf_token(session).await?;
+    Ok((user, csrf))
+}
+
+async fn signin_form(session: Session) -> Response {
+    match csrf_token(&session).await {
+        Ok(csrf) => SigninPage {
+            csrf,
+            username: String::new(),
+            error: None,
+        }
+        .into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+struct SigninForm {
+    #[serde(default)]
+    csrf: String,
+    username: String,
+    password: SecretString,
+    code: SecretString,
+}
+
+async fn signin(
+    State(state): State<AppState>,
+    session: Session,
+    Form(form): Form<SigninForm>,
+) -> Response {
+    if let Err(response) = check_csrf(&session, &form.csrf).await {
+        return response;
+    }
+    let at = now();
+    let user = match ops_users::get(&state.db, &form.username).await {
+        Ok(user) => user,
+        Err(_) => return unavailable(),
+    };
+    let refuse = |error: &str| {
+        (
+            StatusCode::UNAUTHORIZED,
+            SigninPage {
+                csrf: String::new(),
+                username: form.username.chars().take(64).collect(),
+                error: Some(error.to_string()),
+            },
+        )
+    };
+    if let Some(until) = user.as_ref().and_then(|u| u.locked_until)
+        && until > at
+    {
+        let mut page = refuse(&format!(
+            "Too many failed sign-ins: this account is locked for {} more minute(s).",
+            (until - at + 59) / 60
+        ));
+        page.1.csrf = csrf_token(&session).await.unwrap_or_default();
+        return page.into_response();
+    }
+    // argon2id costs tens of milliseconds of CPU: off the request workers.
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let presented = zeroize::Zeroizing::new(form.password.expose_secret().to_string());
+    let password_ok =
+        tokio::task::spawn_blocking(move || password::verify(&presented, stored.as_deref()))
+            .await
+            .unwrap_or(false);
+    let mut step = None;
+    if let Some(user) = user
+        .as_ref()
+        .filter(|u| password_ok && u.disabled_at.is_none())
+    {
+        let secret = match state
+            .vault
+            .open(&user.totp, &ops_users::totp_context(&user.username))
+            .await
+        {
+            Ok(secret) => secret,
+            Err(_) => return unavailable(),
+        };
+        step = totp::verify(
+            secret.expose_secret(),
+            form.code.expose_secret(),
+            at,
+            user.totp_last_step,
+        );
+    }
+    let accepted = match (user.as_ref(), step) {
+        (Some(user), Some(step)) => {
+            match ops_users::record_sign_in(&state.db, &user.username, step, at).await {
+                Ok(accepted) => accepted,
+                Err(_) => return unavailable(),
+            }
+        }
+        _ => false,
+    };
+    let Some(user) = user.clone().filter(|_| accepted) else {
+        if let Some(user) = &user
+            && ops_users::record_failure(&state.db, &user.username, at, FREE_ATTEMPTS)
+                .await
+                .is_err()
+        {
+            return unavailable();
+        }
+        let name: String = form.username.chars().take(64).collect();
+        let _ = audit::append(
+            &state.db,
+            &format!("ops:{name}"),
+            "ops.sign_in_failed",
+            None,
+            serde_json::json!({}),
+            at,
+        )
+        .await;
+        let mut page = refuse("Wrong user name, password or code.");
+        page.1.csrf = csrf_token(&session).await.unwrap_or_default();
+        return page.into_response();
+    };
+    // A new session id and a new CSRF token at sign-in: nothing from before carries over.
+    if session.cycle_id().await.is_err()
+        || session.insert(USER_KEY, &user.username).await.is_err()
+        || session.insert(SINCE_KEY, at).await.is_err()
+        || session.insert(CSRF_KEY, random_token()).await.is_err()
+    {
+        return unavailable();
+    }
+    let _ = audit::append(
+        &state.db,
+        &format!("ops:{}", user.username),
+        "ops.sign_in",
+        None,
+        serde_json::json!({ "role": user.role.as_str() }),
+        at,
+    )
+    .await;
+    if user.must_change_password {
+        Redirect::to("/ops/password").into_response()
+    } else {
+        Redirect::to("/ops").into_response()
+    }
+}
+
+async fn password_form(State(state): State<AppState>, session: Session) -> Response {
+    match signed_in(&state, &session, Role::Viewer, true).await {
+        Ok((user, csrf)) => PasswordPage {
+            csrf,
+            forced: user.must_change_password,
+            error: None,
+        }
+        .into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+struct PasswordForm {
+    #[serde(default)]
+    csrf: String,
+    current: SecretString,
+    new: SecretString,
+    confirm: SecretString,
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    session: Session,
+    Form(form): Form<PasswordForm>,
+) -> Response {
+    let (user, csrf) = match signed_in(&state, &session, Role::Viewer, true).await {
+        Ok(signed_in) => signed_in,
+        Err(response) => return response,
+    };
+    if let Err(response) = check_csrf(&session, &form.csrf).await {
+        return response;
+    }
+    let refuse = |error: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            PasswordPage {
+                csrf: csrf.clone(),
+                forced: user.must_change_password,
+                error: Some(error.to_string()),
+            },
+        )
+            .into_response()
+    };
+    let (new, confirm) = (form.new.expose_secret(), form.confirm.expose_secret());
+    if new != confirm {
+        return refuse("The two new passwords differ.");
+    }
+    if let Err(reason) = password::check_new(new, &user.username) {
+        return refuse(reason);
+    }
+    if new == form.current.expose_secret() {
+        return refuse("Choose a password different from the current one.");
+    }
+    let stored = user.password_hash.clone();
+    let current = zeroize::Zeroizing::new(form.current.expose_secret().to_string());
+    let new = zeroize::Zeroizing::new(new.to_string());
+    let hashed = tokio::task::spawn_blocking(move || {
+        password::verify(&current, Some(&stored)).then(|| password::hash(&new))
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(hashed) = hashed else {
+        return refuse("The current password is wrong.");
+    };
+    if ops_users::set_password(&state.db, &user.username, &hashed, false)
+        .await
+        .is_err()
+    {
+        return unavailable();
+    }
+    let _ = audit::append(
+        &state.db,
+        &format!("ops:{}", user.username),
+        "ops.password_changed",
+        None,
+        serde_json::json!({}),
+        now(),
+    )
+    .await;
+    if session.cycle_id().await.is_err() {
+        return unavailable();
+    }
+    Redirect::to("/ops").into_response()
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn signout(session: Session, Form(form): Form<CsrfForm>) -> Response {
+    if let Err(response) = check_csrf(&session, &form.csrf).await {
+        return response;
+    }
+    let _ = session.flush().await;
+    Redirect::to("/ops/signin").into_response()
+}
+
+async fn overview(State(state): State<AppState>, session: Session) -> Response {
+    let (user, csrf) = match signed_in(&state, &session, Role::Viewer, false).await {
+        Ok(signed_in) => signed_in,
+        Err(response) => return response,
+    };
+    let Ok(counts) = partners::count_by_status(&state.db).await else {
+        return unavailable();
+    };
+    let Ok(alarm) = rotation::alarm(&state.db, crate::broker::APP_CREDENTIALS_ALARM).await else {
+        return unavailable();
+    };
+    OverviewPage {
+        csrf,
+        username: user.username,
+        role: user.role.as_str(),
+        total: counts.iter().map(|(_, n)| n).sum(),
+        statuses: counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect(),
+        alarm: alarm.map(|a| a.detail),
+    }
+    .into_response()
+}

@@ -1,0 +1,88 @@
+//! Ops users' passwords: argon2id (OWASP's minimum: 19 MiB, 2 passes, 1 lane) in PHC strings.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+
+/// Shortest password an ops user may choose.
+pub const MIN_LEN: usize = 12;
+
+fn argon2() -> Argon2<'static> {
+    Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(19 * 1024, 2, 1, None).expect("valid argon2 parameters"),
+    )
+}
+
+/// The PHC string to store.
+pub fn hash(password: &str) -> String {
+    let salt = SaltString::generate(&mut rand08::rngs::OsRng);
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 hashing with valid parameters")
+        .to_string()
+}
+
+/// Whether `password` matches `stored`. Without a stored hash (unknown user) a dummy hash is
+/// checked anyway, so the answer takes as long whether or not the user exists.
+pub fn verify(password: &str, stored: Option<&str>) -> bool {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let dummy = DUMMY.get_or_init(|| hash("samvault-dummy-password"));
+    let Ok(parsed) = PasswordHash::new(stored.unwrap_or(dummy)) else {
+        return false;
+    };
+    let matched = argon2()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
+    matched && stored.is_some()
+}
+
+/// Why a new password is refused, if it is.
+pub fn check_new(password: &str, username: &str) -> Result<(), &'static str> {
+    if password.chars().count() < MIN_LEN {
+        return Err("the password must have at least 12 characters");
+    }
+    if password.chars().count() > 256 {
+        return Err("the password must have at most 256 characters");
+    }
+    if password.to_lowercase().contains(&username.to_lowercase()) {
+        return Err("the password must not contain the user name");
+    }
+    Ok(())
+}
+
+/// A random initial password (shown once; the user must change it at first sign-in).
+pub fn generate() -> zeroize::Zeroizing<String> {
+    use rand::RngCore;
+    let mut bytes = [0u8; 15];
+    rand::rng().fill_bytes(&mut bytes);
+    zeroize::Zeroizing::new(base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        bytes,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_argon2id_salted_and_verify() {
+        let a = hash("correct horse battery");
+        let b = hash("correct horse battery");
+        assert!(a.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{a}");
+        assert_ne!(a, b, "salted");
+        assert!(verify("correct horse battery", Some(&a)));
+        assert!(!verify("correct horse battery!", Some(&a)));
+        assert!(!verify("correct horse battery", None), "no user, no match");
+        assert!(!verify("x", Some("not a phc string")));
+    }
+
+    #[test]
+    fn new_passwords_are_checked() {
+        assert!(check_new("short", "alice").is_err());
+        assert!(check_new("my-alice-password-1", "alice").is_err());
+        assert!(check_new("a long enough passphrase", "alice").is_ok());
+        assert_eq!(generate().len(), 20);
+    }
+}

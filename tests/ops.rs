@@ -1,0 +1,299 @@
+//! The ops dashboard's sign-in (issue 5, first part): argon2id password + TOTP, forced password
+//! change, lockout, CSRF, session renewal and headers — over real HTTP against a spawned
+//! samvault, on SQLite and PostgreSQL.
+
+mod support;
+
+use samvault::ops::totp;
+use serde_json::Value;
+use support::Backend;
+use support::stack::*;
+
+/// A cookie-keeping HTTP user of the dashboard (redirects are not followed: they are checked).
+struct Operator<'a> {
+    stack: &'a Stack,
+    cookie: Option<String>,
+}
+
+impl<'a> Operator<'a> {
+    fn new(stack: &'a Stack) -> Self {
+        Operator {
+            stack,
+            cookie: None,
+        }
+    }
+
+    fn keep_cookie(&mut self, response: &reqwest::Response) {
+        for value in response.headers().get_all("set-cookie") {
+            let pair = value.to_str().unwrap().split(';').next().unwrap();
+            if let Some(rest) = pair.strip_prefix("samvault_session=") {
+                self.cookie = (!rest.is_empty()).then(|| pair.to_string());
+            }
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
+        let mut request = self.stack.http.get(format!("{}{path}", self.stack.sv()));
+        if let Some(c) = &self.cookie {
+            request = request.header("cookie", c);
+        }
+        let response = request.send().await.unwrap();
+        self.keep_cookie(&response);
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        (status, response.text().await.unwrap(), headers)
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, String, Option<String>) {
+        let mut request = self
+            .stack
+            .http
+            .post(format!("{}{path}", self.stack.sv()))
+            .form(form);
+        if let Some(c) = &self.cookie {
+            request = request.header("cookie", c);
+        }
+        let response = request.send().await.unwrap();
+        self.keep_cookie(&response);
+        let location = response
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_string());
+        (
+            response.status().as_u16(),
+            response.text().await.unwrap(),
+            location,
+        )
+    }
+
+    /// Opens the sign-in page and returns its CSRF token.
+    async fn signin_csrf(&mut self) -> String {
+        let (status, page, _) = self.get("/ops/signin").await;
+        assert_eq!(status, 200, "{page}");
+        field(&page, "csrf")
+    }
+
+    async fn sign_in(
+        &mut self,
+        user: &str,
+        password: &str,
+        code: &str,
+    ) -> (u16, String, Option<String>) {
+        let csrf = self.signin_csrf().await;
+        self.post(
+            "/ops/signin",
+            &[
+                ("csrf", &csrf),
+                ("username", user),
+                ("password", password),
+                ("code", code),
+            ],
+        )
+        .await
+    }
+}
+
+struct Account {
+    password: String,
+    secret: Vec<u8>,
+}
+
+impl Account {
+    fn create(stack: &Stack, username: &str, role: &str) -> Account {
+        let out: Value = serde_json::from_str(&stack.cli(&[
+            "ops-user",
+            "create",
+            "--username",
+            username,
+            "--role",
+            role,
+            "--json",
+        ]))
+        .unwrap();
+        assert!(
+            out["otpauth_uri"]
+                .as_str()
+                .unwrap()
+                .starts_with("otpauth://totp/")
+        );
+        Account {
+            password: out["password"].as_str().unwrap().into(),
+            secret: totp::from_base32(out["totp_secret"].as_str().unwrap()).unwrap(),
+        }
+    }
+
+    /// The code of the current step + `offset` (the service accepts one step either side).
+    fn code(&self, offset: i64) -> String {
+        totp::code(&self.secret, totp::step(samvault::storage::now()) + offset)
+    }
+}
+
+async fn sign_in_with_password_and_totp(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.consent("jane@contoso.example").await;
+    let alice = Account::create(&stack, "alice", "admin");
+    let mut op = Operator::new(&stack);
+
+    // Without a session every /ops page goes to sign-in.
+    for path in ["/ops", "/ops/password"] {
+        let (status, _, headers) = op.get(path).await;
+        assert_eq!(status, 303, "{path}");
+        assert_eq!(headers["location"], "/ops/signin");
+    }
+    let (_, page, headers) = op.get("/ops/signin").await;
+    assert!(
+        page.contains("<label for=\"code\">"),
+        "labelled inputs: {page}"
+    );
+    assert_eq!(headers["cache-control"], "no-store");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+
+    // Wrong code, wrong password, unknown user: the same refusal.
+    let wrong_code = if alice.code(0) == "000000" {
+        "000001"
+    } else {
+        "000000"
+    };
+    for (user, password, code) in [
+        ("alice", alice.password.as_str(), wrong_code),
+        ("alice", "not-the-password", alice.code(0).as_str()),
+        ("mallory", "whatever-password", alice.code(0).as_str()),
+    ] {
+        let (status, page, _) = op.sign_in(user, password, code).await;
+        assert_eq!(status, 401, "{user}");
+        assert!(
+            page.contains("Wrong user name, password or code."),
+            "{page}"
+        );
+    }
+
+    // A form without the session's CSRF token is refused, even with good credentials.
+    let (status, _, _) = op
+        .post(
+            "/ops/signin",
+            &[
+                ("username", "alice"),
+                ("password", &alice.password),
+                ("code", &alice.code(0)),
+            ],
+        )
+        .await;
+    assert_eq!(status, 403);
+
+    // Password + code: a new session id, then the forced password change.
+    let before = op.cookie.clone();
+    let first_step = totp::step(samvault::storage::now());
+    let first_code = totp::code(&alice.secret, first_step);
+    let next_code = totp::code(&alice.secret, first_step + 1);
+    let (status, _, location) = op.sign_in("alice", &alice.password, &first_code).await;
+    assert_eq!((status, location.as_deref()), (303, Some("/ops/password")));
+    assert_ne!(op.cookie, before, "the session id is renewed at sign-in");
+    let (status, _, headers) = op.get("/ops").await;
+    assert_eq!(
+        (status, &headers["location"]),
+        (303, &"/ops/password".parse().unwrap())
+    );
+    let (_, page, _) = op.get("/ops/password").await;
+    assert!(page.contains("first sign-in"), "{page}");
+    let csrf = field(&page, "csrf");
+    let new_password = "a new and long passphrase";
+    let (status, page, _) = op
+        .post(
+            "/ops/password",
+            &[
+                ("csrf", &csrf),
+                ("current", &alice.password),
+                ("new", "short"),
+                ("confirm", "short"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(page.contains("at least 12 characters"), "{page}");
+    let (status, _, location) = op
+        .post(
+            "/ops/password",
+            &[
+                ("csrf", &csrf),
+                ("current", &alice.password),
+                ("new", new_password),
+                ("confirm", new_password),
+            ],
+        )
+        .await;
+    assert_eq!((status, location.as_deref()), (303, Some("/ops")));
+
+    // The overview: the partner consented in this test, counted by status.
+    let (status, page, headers) = op.get("/ops").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(page.contains("alice (admin)"), "{page}");
+    assert!(page.contains("<td>active</td><td>1</td>"), "{page}");
+
+    // Sign out: the session no longer opens the dashboard.
+    let csrf = field(&page, "csrf");
+    let (status, _, location) = op.post("/ops/signout", &[("csrf", &csrf)]).await;
+    assert_eq!((status, location.as_deref()), (303, Some("/ops/signin")));
+    assert_eq!(op.get("/ops").await.0, 303);
+
+    // The code used above is refused a second time; the old password no longer works; the
+    // next step's code with the new password does.
+    let (status, _, _) = op.sign_in("alice", new_password, &first_code).await;
+    assert_eq!(status, 401, "a TOTP code is accepted once");
+    let (status, _, _) = op.sign_in("alice", &alice.password, &next_code).await;
+    assert_eq!(status, 401, "the initial password was replaced");
+    let (status, _, location) = op.sign_in("alice", new_password, &next_code).await;
+    assert_eq!((status, location.as_deref()), (303, Some("/ops")));
+
+    // Nothing secret in the database or the log.
+    let dump = stack.database_dump();
+    for secret in [
+        alice.password.as_str(),
+        new_password,
+        &totp::base32(&alice.secret),
+    ] {
+        assert!(!contains(&dump, secret), "a secret is in the database");
+        assert!(!stack.log(0).contains(secret), "a secret is in the log");
+    }
+}
+
+async fn repeated_failures_lock_the_account(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    let bob = Account::create(&stack, "bob", "viewer");
+    let mut op = Operator::new(&stack);
+    for _ in 0..5 {
+        assert_eq!(
+            op.sign_in("bob", "wrong-password-x", &bob.code(0)).await.0,
+            401
+        );
+    }
+    // Locked: even the right password and code are refused now, and say so.
+    let (status, page, _) = op.sign_in("bob", &bob.password, &bob.code(0)).await;
+    assert_eq!(status, 401);
+    assert!(page.contains("locked"), "{page}");
+    let stored = stack
+        .scalar(
+            "SELECT failed_attempts FROM ops_users WHERE username = $1",
+            "bob",
+        )
+        .await;
+    assert_eq!(
+        stored, 5,
+        "a refusal while locked does not count as an attempt"
+    );
+}
+
+on_both_backends!(
+    sign_in_with_password_and_totp,
+    repeated_failures_lock_the_account
+);

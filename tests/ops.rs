@@ -9,51 +9,37 @@ use serde_json::Value;
 use support::Backend;
 use support::stack::*;
 
-/// A cookie-keeping HTTP user of the dashboard (redirects are not followed: they are checked).
+/// A user of the dashboard: a [`Browser`] (one session cookie, redirects not followed, so
+/// they can be checked) addressing paths of the service.
 struct Operator<'a> {
     stack: &'a Stack,
-    cookie: Option<String>,
+    browser: Browser<'a>,
 }
 
 impl<'a> Operator<'a> {
     fn new(stack: &'a Stack) -> Self {
         Operator {
             stack,
-            cookie: None,
+            browser: Browser::new(stack),
         }
     }
 
-    fn keep_cookie(&mut self, response: &reqwest::Response) {
-        for value in response.headers().get_all("set-cookie") {
-            let pair = value.to_str().unwrap().split(';').next().unwrap();
-            if let Some(rest) = pair.strip_prefix("samvault_session=") {
-                self.cookie = (!rest.is_empty()).then(|| pair.to_string());
-            }
-        }
+    fn cookie(&self) -> Option<String> {
+        self.browser.cookie().map(str::to_string)
     }
 
     async fn get(&mut self, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
-        let mut request = self.stack.http.get(format!("{}{path}", self.stack.sv()));
-        if let Some(c) = &self.cookie {
-            request = request.header("cookie", c);
-        }
-        let response = request.send().await.unwrap();
-        self.keep_cookie(&response);
+        let response = self
+            .browser
+            .get(&format!("{}{path}", self.stack.sv()))
+            .await;
         let (status, headers) = (response.status().as_u16(), response.headers().clone());
         (status, response.text().await.unwrap(), headers)
     }
 
     async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (u16, String, Option<String>) {
-        let mut request = self
-            .stack
-            .http
-            .post(format!("{}{path}", self.stack.sv()))
-            .form(form);
-        if let Some(c) = &self.cookie {
-            request = request.header("cookie", c);
-        }
-        let response = request.send().await.unwrap();
-        self.keep_cookie(&response);
+        let url = format!("{}{path}", self.stack.sv());
+        let response = self.browser.post_form(&url, form).await;
         let location = response
             .headers()
             .get("location")
@@ -188,13 +174,13 @@ async fn sign_in_with_password_and_totp(backend: Backend) {
     assert_eq!(status, 403);
 
     // Password + code: a new session id, then the forced password change.
-    let before = op.cookie.clone();
+    let before = op.cookie();
     let first_step = totp::step(samvault::storage::now());
     let first_code = totp::code(&alice.secret, first_step);
     let next_code = totp::code(&alice.secret, first_step + 1);
     let (status, _, location) = op.sign_in("alice", &alice.password, &first_code).await;
     assert_eq!((status, location.as_deref()), (303, Some("/ops/password")));
-    assert_ne!(op.cookie, before, "the session id is renewed at sign-in");
+    assert_ne!(op.cookie(), before, "the session id is renewed at sign-in");
     let (status, _, headers) = op.get("/ops").await;
     assert_eq!(
         (status, &headers["location"]),

@@ -193,6 +193,10 @@ async fn signin(
     if let Err(response) = check_csrf(&session, &form.csrf).await {
         return response;
     }
+    let csrf = match csrf_token(&session).await {
+        Ok(csrf) => csrf,
+        Err(response) => return response,
+    };
     let at = now();
     let user = match ops_users::get(&state.db, &form.username).await {
         Ok(user) => user,
@@ -202,7 +206,7 @@ async fn signin(
         (
             StatusCode::UNAUTHORIZED,
             SigninPage {
-                csrf: String::new(),
+                csrf: csrf.clone(),
                 username: form.username.chars().take(64).collect(),
                 error: Some(error.to_string()),
             },
@@ -211,12 +215,11 @@ async fn signin(
     if let Some(until) = user.as_ref().and_then(|u| u.locked_until)
         && until > at
     {
-        let mut page = refuse(&format!(
+        return refuse(&format!(
             "Too many failed sign-ins: this account is locked for {} more minute(s).",
             (until - at + 59) / 60
-        ));
-        page.1.csrf = csrf_token(&session).await.unwrap_or_default();
-        return page.into_response();
+        ))
+        .into_response();
     }
     // argon2id costs tens of milliseconds of CPU: off the request workers.
     let stored = user.as_ref().map(|u| u.password_hash.clone());
@@ -272,9 +275,7 @@ async fn signin(
             at,
         )
         .await;
-        let mut page = refuse("Wrong user name, password or code.");
-        page.1.csrf = csrf_token(&session).await.unwrap_or_default();
-        return page.into_response();
+        return refuse("Wrong user name, password or code.").into_response();
     };
     // A new session id and a new CSRF token at sign-in: nothing from before carries over.
     if session.cycle_id().await.is_err()

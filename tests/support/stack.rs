@@ -452,23 +452,31 @@ impl<'a> Browser<'a> {
         }
     }
 
+    /// The session cookie (`samvault_session=…`) this browser sends, if any.
+    pub fn cookie(&self) -> Option<&str> {
+        self.cookie.as_deref()
+    }
+
     fn keep_cookie(&mut self, response: &reqwest::Response) {
         for value in response.headers().get_all("set-cookie") {
-            let pair = value
-                .to_str()
-                .unwrap()
-                .split(';')
-                .next()
-                .unwrap()
-                .to_string();
-            if pair.starts_with("samvault_session=") {
-                self.cookie = Some(pair);
+            let pair = value.to_str().unwrap().split(';').next().unwrap();
+            if let Some(id) = pair.strip_prefix("samvault_session=") {
+                // An empty value is the server removing the cookie.
+                self.cookie = (!id.is_empty()).then(|| pair.to_string());
             }
         }
     }
 
     pub async fn get(&mut self, url: &str) -> reqwest::Response {
-        let mut request = self.stack.http.get(url);
+        self.send(self.stack.http.get(url)).await
+    }
+
+    /// Posts an HTML form (`application/x-www-form-urlencoded`).
+    pub async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.send(self.stack.http.post(url).form(form)).await
+    }
+
+    async fn send(&mut self, mut request: reqwest::RequestBuilder) -> reqwest::Response {
         if let Some(c) = &self.cookie {
             request = request.header("cookie", c);
         }

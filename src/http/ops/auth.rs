@@ -1,7 +1,5 @@
-//! The ops dashboard (SPEC §1, §3.3): sign-in with password and TOTP, then the pages. Every
-//! page and action goes through [`signed_in`], which also enforces the role, the forced
-//! password change and the absolute session lifetime; every form carries the session's CSRF
-//! token.
+//! Signing in and out of the dashboard: password + TOTP (once-only codes), lockout with
+//! backoff, the forced password change at first sign-in.
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -12,34 +10,27 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 use tower_sessions::Session;
 
-use super::AppState;
-use super::onboard::random_token;
+use super::{CSRF_KEY, SINCE_KEY, USER_KEY, check_csrf, csrf_token, signed_in, unavailable};
+use crate::http::AppState;
+use crate::http::onboard::random_token;
 use crate::ops::{password, totp};
-use crate::storage::ops_users::{self, OpsUser, Role};
-use crate::storage::{audit, now, partners, rotation};
+use crate::storage::ops_users::{self, Role};
+use crate::storage::{audit, now};
 
-const USER_KEY: &str = "ops.user";
-const SINCE_KEY: &str = "ops.since";
-const CSRF_KEY: &str = "ops.csrf";
-/// A session ends this long after sign-in however active it is (the idle timeout is the
-/// session layer's).
-const ABSOLUTE_LIFETIME_SECS: i64 = 12 * 3600;
 /// Failed sign-ins allowed before the account locks (then 1 min, doubling, capped at a day).
 const FREE_ATTEMPTS: i64 = 5;
 
-pub fn router() -> Router<AppState> {
+pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/ops", get(overview))
         .route("/ops/signin", get(signin_form).post(signin))
         .route("/ops/password", get(password_form).post(change_password))
         .route("/ops/signout", post(signout))
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "ops_signin.html")]
+#[template(path = "ops/signin.html")]
 struct SigninPage {
     csrf: String,
     username: String,
@@ -47,121 +38,11 @@ struct SigninPage {
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "ops_password.html")]
+#[template(path = "ops/password.html")]
 struct PasswordPage {
     csrf: String,
     forced: bool,
     error: Option<String>,
-}
-
-#[derive(Template, WebTemplate)]
-#[template(path = "ops_overview.html")]
-struct OverviewPage {
-    csrf: String,
-    username: String,
-    role: &'static str,
-    statuses: Vec<(&'static str, i64)>,
-    total: i64,
-    alarm: Option<String>,
-}
-
-#[derive(Template, WebTemplate)]
-#[template(path = "ops_message.html")]
-struct MessagePage {
-    title: &'static str,
-    message: &'static str,
-}
-
-fn message(status: StatusCode, title: &'static str, text: &'static str) -> Response {
-    (
-        status,
-        MessagePage {
-            title,
-            message: text,
-        },
-    )
-        .into_response()
-}
-
-fn unavailable() -> Response {
-    message(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "samvault is unavailable",
-        "The database or the key provider did not answer. Try again in a moment.",
-    )
-}
-
-fn to_signin() -> Response {
-    Redirect::to("/ops/signin").into_response()
-}
-
-/// The session's CSRF token, created on first use.
-async fn csrf_token(session: &Session) -> Result<String, Response> {
-    match session.get::<String>(CSRF_KEY).await {
-        Ok(Some(token)) => Ok(token),
-        Ok(None) => {
-            let token = random_token();
-            session
-                .insert(CSRF_KEY, &token)
-                .await
-                .map_err(|_| unavailable())?;
-            Ok(token)
-        }
-        Err(_) => Err(unavailable()),
-    }
-}
-
-/// Refuses a form whose `csrf` field is not this session's token.
-async fn check_csrf(session: &Session, presented: &str) -> Result<(), Response> {
-    let expected: Option<String> = session.get(CSRF_KEY).await.map_err(|_| unavailable())?;
-    match expected {
-        Some(expected) if bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) => Ok(()),
-        _ => Err(message(
-            StatusCode::FORBIDDEN,
-            "This form has expired",
-            "The form was not opened in this session, or the session ended. Open the page again.",
-        )),
-    }
-}
-
-/// A signed-in user with at least `role`, and the session's CSRF token. Anyone else is sent
-/// to sign in (no session, expired, disabled) or refused (403, role too low); a user who must
-/// change their password is sent to do so first unless `password_page` is true.
-async fn signed_in(
-    state: &AppState,
-    session: &Session,
-    role: Role,
-    password_page: bool,
-) -> Result<(OpsUser, String), Response> {
-    let username: Option<String> = session.get(USER_KEY).await.map_err(|_| unavailable())?;
-    let since: Option<i64> = session.get(SINCE_KEY).await.map_err(|_| unavailable())?;
-    let (Some(username), Some(since)) = (username, since) else {
-        return Err(to_signin());
-    };
-    if now() - since > ABSOLUTE_LIFETIME_SECS {
-        let _ = session.flush().await;
-        return Err(to_signin());
-    }
-    let user = match ops_users::get(&state.db, &username).await {
-        Ok(Some(user)) if user.disabled_at.is_none() => user,
-        Ok(_) => {
-            let _ = session.flush().await;
-            return Err(to_signin());
-        }
-        Err(_) => return Err(unavailable()),
-    };
-    if user.must_change_password && !password_page {
-        return Err(Redirect::to("/ops/password").into_response());
-    }
-    if user.role < role {
-        return Err(message(
-            StatusCode::FORBIDDEN,
-            "Not allowed",
-            "Your role does not allow this. Ask an admin if you need it.",
-        ));
-    }
-    let csrf = csrf_token(session).await?;
-    Ok((user, csrf))
 }
 
 async fn signin_form(session: Session) -> Response {
@@ -400,26 +281,4 @@ async fn signout(session: Session, Form(form): Form<CsrfForm>) -> Response {
     }
     let _ = session.flush().await;
     Redirect::to("/ops/signin").into_response()
-}
-
-async fn overview(State(state): State<AppState>, session: Session) -> Response {
-    let (user, csrf) = match signed_in(&state, &session, Role::Viewer, false).await {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
-    let Ok(counts) = partners::count_by_status(&state.db).await else {
-        return unavailable();
-    };
-    let Ok(alarm) = rotation::alarm(&state.db, crate::broker::APP_CREDENTIALS_ALARM).await else {
-        return unavailable();
-    };
-    OverviewPage {
-        csrf,
-        username: user.username,
-        role: user.role.as_str(),
-        total: counts.iter().map(|(_, n)| n).sum(),
-        statuses: counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect(),
-        alarm: alarm.map(|a| a.detail),
-    }
-    .into_response()
 }

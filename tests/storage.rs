@@ -7,7 +7,7 @@ use samvault::domain::{PartnerStatus, Resource, TenantId};
 use samvault::storage::partners::{self, NewConsent, StoredGrant, grant_context};
 use samvault::storage::requests::{self, RECENT, RequestBatch, RequestCounts, RequestRecord};
 use samvault::storage::sessions::SealedSessionStore;
-use samvault::storage::{Db, StorageError, audit, clients, invitations, rotation};
+use samvault::storage::{Db, StorageError, audit, clients, invitations, rotation, stats};
 use samvault::vault::{SealedRecord, Vault};
 use secrecy::ExposeSecret;
 use sqlx::Row;
@@ -875,6 +875,82 @@ both_backends!(list_is_sorted_by_name, |url| async move {
             .iter()
             .all(|p| p.status == PartnerStatus::Active && p.grant_version == 1)
     );
+});
+
+// ---------------------------------------------------------------------------------------
+// Dashboard overview aggregates
+// ---------------------------------------------------------------------------------------
+
+both_backends!(overview_aggregates, |url| async move {
+    let db = open(&url).await;
+    let v = local_vault();
+    let now = T0 + 200 * DAY + 3_600;
+    // Consented (= last refreshed) this many days ago: 90 minus that is the days left.
+    let mut tenants = Vec::new();
+    for (name, days_ago) in [
+        ("Expired", 95),
+        ("Four left", 86),
+        ("Ten left", 80),
+        ("Thirty left", 60),
+        ("Fresh", 1),
+        ("Revoked", 95),
+    ] {
+        let tenant = new_tenant();
+        let g = seal_grant(&v.vault, &tenant, 1, "0.A-rt").await;
+        let at = now - days_ago * DAY;
+        partners::record_consent(
+            &db,
+            &consent_for(&tenant, name, "a@x.com", true),
+            &g,
+            at,
+            at + days_ago * 1_000,
+        )
+        .await
+        .unwrap();
+        tenants.push(tenant);
+    }
+    partners::set_status(&db, &tenants[5], PartnerStatus::Revoked, None, "test", now)
+        .await
+        .unwrap();
+    let buckets = stats::horizon_buckets(&db, now).await.unwrap();
+    assert_eq!(stats::HORIZON_BUCKETS.len(), buckets.len());
+    // expired, 0-7, 8-14, 15-30, 31-60, 61-75, 76-90; the revoked partner is not counted.
+    assert_eq!(buckets, [1, 1, 1, 1, 0, 0, 1]);
+
+    for (days_ago, outcome) in [
+        (0, "success"),
+        (0, "success"),
+        (0, "transient"),
+        (2, "reconsent_required"),
+        (6, "success"),
+        (7, "success"), // outside the 7-day window
+    ] {
+        rotation::record_attempt(
+            &db,
+            &tenants[0],
+            now - days_ago * DAY,
+            "schedule",
+            outcome,
+            None,
+            5,
+        )
+        .await
+        .unwrap();
+    }
+    let days = stats::attempts_by_day(&db, now, 7).await.unwrap();
+    assert_eq!(days.len(), 7);
+    assert_eq!(days[6].day, now - now % DAY, "the last day is today");
+    let figures: Vec<(i64, i64)> = days.iter().map(|d| (d.successes, d.failures)).collect();
+    assert_eq!(
+        figures,
+        [(1, 0), (0, 0), (0, 0), (0, 0), (0, 1), (0, 0), (2, 1)]
+    );
+
+    // Rotation order is rotate_at (consent time + days_ago * 1000 s here), usable grants only.
+    let due = stats::next_due(&db, 3).await.unwrap();
+    let names: Vec<&str> = due.iter().map(|d| d.display_name.as_str()).collect();
+    assert_eq!(names, ["Expired", "Four left", "Ten left"]);
+    assert_eq!(due[0].tenant_id, tenants[0].as_str());
 });
 
 // ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ pub mod partners;
 pub mod requests;
 pub mod rotation;
 pub mod sessions;
+pub mod stats;
 
 use std::borrow::Cow;
 use std::time::Duration;

@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod overview;
 mod signin;
 
 use samvault::ops::totp;

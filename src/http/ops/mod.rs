@@ -6,6 +6,7 @@
 
 mod audit;
 mod auth;
+mod chart;
 mod integrations;
 mod overview;
 mod partners;

@@ -1,4 +1,6 @@
-//! `/ops`: the overview — partners per status, the app-credential alarm.
+//! `/ops`: the overview — partners per status, how close the grants are to the 90-day limit
+//! (an SVG chart), rotations and failures over the last 7 days, the app-credential alarm, and
+//! the next rotations due.
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -8,10 +10,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower_sessions::Session;
 
-use super::{Chrome, Section, page, unavailable};
+use super::chart::{AMBER, Bar, BarChart, GREEN, RED, Segment};
+use super::{Chrome, Section, page, unavailable, when};
+use crate::domain::PartnerStatus;
 use crate::http::AppState;
 use crate::storage::ops_users::Role;
-use crate::storage::{partners, rotation};
+use crate::storage::stats::{self, HORIZON_BUCKETS, INACTIVITY_LIMIT_SECS};
+use crate::storage::{now, partners, rotation};
+
+/// Days of rotation history the overview shows.
+const HISTORY_DAYS: i64 = 7;
+/// Rows of the "next rotations due" table.
+const NEXT_DUE: i64 = 10;
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/ops", get(overview))
@@ -21,9 +31,58 @@ pub fn routes() -> Router<AppState> {
 #[template(path = "ops/overview.html")]
 struct OverviewPage {
     chrome: Chrome,
-    statuses: Vec<(&'static str, i64)>,
+    statuses: Vec<StatusCount>,
     total: i64,
     alarm: Option<String>,
+    horizon: BarChart,
+    horizon_rows: Vec<(String, i64)>,
+    /// Usable grants with at most 14 days left.
+    urgent: i64,
+    history: BarChart,
+    history_rows: Vec<(String, i64, i64)>,
+    rotations: i64,
+    failures: i64,
+    next_due: Vec<DueRow>,
+}
+
+struct StatusCount {
+    status: &'static str,
+    label: &'static str,
+    count: i64,
+}
+
+struct DueRow {
+    tenant_id: String,
+    display_name: String,
+    status: String,
+    due: String,
+    days_left: i64,
+    failures: i64,
+}
+
+fn status_label(status: PartnerStatus) -> &'static str {
+    match status {
+        PartnerStatus::Active => "Active",
+        PartnerStatus::AtRisk => "At risk",
+        PartnerStatus::ReconsentRequired => "Re-consent required",
+        PartnerStatus::Revoked => "Revoked",
+    }
+}
+
+fn bucket_label(first: i64, last: i64) -> String {
+    if first == i64::MIN {
+        "expired".to_string()
+    } else {
+        format!("{first}–{last} d")
+    }
+}
+
+fn bucket_fill(last: i64) -> &'static str {
+    match last {
+        ..=14 => RED,
+        15..=30 => AMBER,
+        _ => GREEN,
+    }
 }
 
 async fn overview(State(state): State<AppState>, session: Session) -> Response {
@@ -31,17 +90,126 @@ async fn overview(State(state): State<AppState>, session: Session) -> Response {
         Ok(signed_in) => signed_in,
         Err(response) => return response,
     };
-    let Ok(counts) = partners::count_by_status(&state.db).await else {
-        return unavailable();
+    let at = now();
+    let db = &state.db;
+    let (counts, alarm, buckets, days, due) = match tokio::try_join!(
+        partners::count_by_status(db),
+        rotation::alarm(db, crate::broker::APP_CREDENTIALS_ALARM),
+        stats::horizon_buckets(db, at),
+        stats::attempts_by_day(db, at, HISTORY_DAYS),
+        stats::next_due(db, NEXT_DUE),
+    ) {
+        Ok(results) => results,
+        Err(_) => return unavailable(),
     };
-    let Ok(alarm) = rotation::alarm(&state.db, crate::broker::APP_CREDENTIALS_ALARM).await else {
-        return unavailable();
+
+    let count_of = |status: PartnerStatus| {
+        counts
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n)
     };
+    let statuses = [
+        PartnerStatus::Active,
+        PartnerStatus::AtRisk,
+        PartnerStatus::ReconsentRequired,
+        PartnerStatus::Revoked,
+    ]
+    .into_iter()
+    .map(|status| StatusCount {
+        status: status.as_str(),
+        label: status_label(status),
+        count: count_of(status),
+    })
+    .collect();
+
+    let horizon_bars: Vec<Bar> = HORIZON_BUCKETS
+        .iter()
+        .zip(&buckets)
+        .map(|(&(first, last), &count)| Bar {
+            label: bucket_label(first, last),
+            segments: vec![Segment {
+                value: count,
+                fill: bucket_fill(last),
+            }],
+        })
+        .collect();
+    let urgent = HORIZON_BUCKETS
+        .iter()
+        .zip(&buckets)
+        .filter(|((_, last), _)| *last <= 14)
+        .map(|(_, n)| n)
+        .sum();
+
+    let history_bars: Vec<Bar> = days
+        .iter()
+        .map(|d| Bar {
+            label: day_label(d.day),
+            segments: vec![
+                Segment {
+                    value: d.successes,
+                    fill: GREEN,
+                },
+                Segment {
+                    value: d.failures,
+                    fill: RED,
+                },
+            ],
+        })
+        .collect();
+
     OverviewPage {
         chrome,
         total: counts.iter().map(|(_, n)| n).sum(),
-        statuses: counts.into_iter().map(|(s, n)| (s.as_str(), n)).collect(),
+        statuses,
         alarm: alarm.map(|a| a.detail),
+        horizon: BarChart::new(
+            "Usable grants by days left before Entra's 90-day inactivity limit",
+            &horizon_bars,
+        ),
+        horizon_rows: horizon_bars
+            .iter()
+            .map(|b| (b.label.clone(), b.segments[0].value))
+            .collect(),
+        urgent,
+        history: BarChart::new(
+            "Redemptions per day over the last 7 days: successes and failures",
+            &history_bars,
+        ),
+        history_rows: days
+            .iter()
+            .map(|d| (day_label(d.day), d.successes, d.failures))
+            .collect(),
+        rotations: days.iter().map(|d| d.successes).sum(),
+        failures: days.iter().map(|d| d.failures).sum(),
+        next_due: due
+            .into_iter()
+            .map(|g| DueRow {
+                due: if g.rotate_at <= at {
+                    "now".to_string()
+                } else {
+                    when(Some(g.rotate_at))
+                },
+                days_left: (g.last_refresh_at + INACTIVITY_LIMIT_SECS - at).div_euclid(86_400),
+                tenant_id: g.tenant_id,
+                display_name: g.display_name,
+                status: g.status,
+                failures: g.failures,
+            })
+            .collect(),
     }
     .into_response()
+}
+
+/// `Mon 23 Nov` for a day's midnight.
+fn day_label(day: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(day) {
+        Ok(t) => format!(
+            "{} {:02} {}",
+            &t.weekday().to_string()[..3],
+            t.day(),
+            &t.month().to_string()[..3]
+        ),
+        Err(_) => String::new(),
+    }
 }

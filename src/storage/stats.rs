@@ -1,0 +1,138 @@
+//! Aggregates for the dashboard overview: how close the grants are to Entra's 90-day
+//! inactivity limit, what rotation did over the last days, what is due next. Each is one
+//! indexed or single-scan query on the read connections, so the overview stays fast with
+//! 100,000 partners.
+
+use sqlx::Row;
+
+use super::{Db, StorageError};
+
+/// Entra revokes a refresh token unused for this long (AADSTS700082).
+pub const INACTIVITY_LIMIT_SECS: i64 = 90 * 86_400;
+const DAY: i64 = 86_400;
+
+/// Usable grants by days left before the 90-day limit: `(first day, last day)` of each bucket,
+/// the first bucket holding everything already past it.
+pub const HORIZON_BUCKETS: [(i64, i64); 7] = [
+    (i64::MIN, -1),
+    (0, 7),
+    (8, 14),
+    (15, 30),
+    (31, 60),
+    (61, 75),
+    (76, 90),
+];
+
+/// How many usable grants fall in each of [`HORIZON_BUCKETS`], in that order.
+pub async fn horizon_buckets(db: &Db, now: i64) -> Result<Vec<i64>, StorageError> {
+    // Days left = (last_refresh_at + 90 d - now) / 1 d, so "days left <= d" is
+    // "last_refresh_at < now - 90 d + (d + 1) days": one comparison per bucket edge.
+    let edges: Vec<i64> = HORIZON_BUCKETS
+        .iter()
+        .map(|&(_, last)| now - INACTIVITY_LIMIT_SECS + (last + 1) * DAY)
+        .collect();
+    let columns: Vec<String> = (0..edges.len())
+        .map(|i| {
+            format!(
+                "COUNT(CASE WHEN last_refresh_at < ${} THEN 1 END) AS b{i}",
+                i + 1
+            )
+        })
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM partners WHERE status IN ('active', 'at_risk')",
+        columns.join(", ")
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for edge in &edges {
+        query = query.bind(*edge);
+    }
+    let row = query.fetch_one(db.reader()).await?;
+    // The columns are cumulative ("at most d days left"): the buckets are their differences.
+    let mut buckets = Vec::with_capacity(edges.len());
+    let mut below = 0;
+    for i in 0..edges.len() {
+        let cumulative: i64 = row.try_get(i)?;
+        buckets.push(cumulative - below);
+        below = cumulative;
+    }
+    Ok(buckets)
+}
+
+/// Redemption attempts of one UTC day.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DayAttempts {
+    /// Unix seconds of the day's midnight (UTC).
+    pub day: i64,
+    pub successes: i64,
+    pub failures: i64,
+}
+
+/// Attempts per UTC day for the `days` days ending with today's, oldest first, every day
+/// present (zeros included).
+pub async fn attempts_by_day(
+    db: &Db,
+    now: i64,
+    days: i64,
+) -> Result<Vec<DayAttempts>, StorageError> {
+    let today = now - now.rem_euclid(DAY);
+    let first = today - (days - 1) * DAY;
+    let rows = sqlx::query(
+        "SELECT at / 86400 AS day,
+                COUNT(CASE WHEN outcome = 'success' THEN 1 END) AS successes,
+                COUNT(CASE WHEN outcome <> 'success' THEN 1 END) AS failures
+         FROM rotation_attempts WHERE at >= $1 GROUP BY at / 86400",
+    )
+    .bind(first)
+    .fetch_all(db.reader())
+    .await?;
+    let mut out: Vec<DayAttempts> = (0..days)
+        .map(|i| DayAttempts {
+            day: first + i * DAY,
+            ..DayAttempts::default()
+        })
+        .collect();
+    for row in rows {
+        let day: i64 = row.try_get("day")?;
+        let index = (day * DAY - first) / DAY;
+        if let Some(slot) = usize::try_from(index).ok().and_then(|i| out.get_mut(i)) {
+            slot.successes = row.try_get("successes")?;
+            slot.failures = row.try_get("failures")?;
+        }
+    }
+    Ok(out)
+}
+
+/// A usable grant and when the scheduler will redeem it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueGrant {
+    pub tenant_id: String,
+    pub display_name: String,
+    pub status: String,
+    pub rotate_at: i64,
+    pub last_refresh_at: i64,
+    pub failures: i64,
+}
+
+/// The next `limit` usable grants in rotation order (the `rotate_at` index).
+pub async fn next_due(db: &Db, limit: i64) -> Result<Vec<DueGrant>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT tenant_id, display_name, status, rotate_at, last_refresh_at, failures
+         FROM partners WHERE status IN ('active', 'at_risk') ORDER BY rotate_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(DueGrant {
+                tenant_id: r.try_get("tenant_id")?,
+                display_name: r.try_get("display_name")?,
+                status: r.try_get("status")?,
+                rotate_at: r.try_get("rotate_at")?,
+                last_refresh_at: r.try_get("last_refresh_at")?,
+                failures: r.try_get("failures")?,
+            })
+        })
+        .collect()
+}

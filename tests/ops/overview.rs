@@ -1,0 +1,71 @@
+//! The overview: partners per status, the expiry-horizon chart, the last 7 days of rotation,
+//! the next grants due — figures read from a stack where Contoso consented and was redeemed.
+
+use super::Operator;
+use super::support::stack::*;
+use super::support::{self, Backend};
+use crate::on_both_backends;
+
+async fn overview_shows_status_horizon_history_and_next_due(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.consent("jane@contoso.example").await;
+    // A token request on a cold cache redeems the grant: one successful attempt today.
+    let creds = stack.client(&[PARTNER_CENTER]);
+    let (status, body) = stack.token(&creds, CONTOSO, token_body()).await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut viewer = Operator::signed_in(&stack, "vera", "viewer").await;
+    let (status, page, headers) = viewer.get("/ops").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(headers["cache-control"], "no-store");
+    let text = page_text(&page);
+
+    assert!(text.contains("1 Partners in all"), "{text}");
+    assert!(text.contains("1 Active"), "{text}");
+    assert!(text.contains("0 Revoked"), "{text}");
+    assert!(
+        text.contains("The app's credentials are accepted by Entra."),
+        "{text}"
+    );
+    // Contoso was just redeemed: 90 days left, the last bucket; nothing urgent.
+    assert!(page.contains("<svg class=\"chart\""), "{page}");
+    assert!(text.contains("76–90 d 1"), "{text}");
+    assert!(text.contains("expired 0"), "{text}");
+    assert!(
+        text.contains("No usable grant is within 14 days of the limit."),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 successful redemptions, 0 failed"),
+        "{text}"
+    );
+    // The next rotation due is Contoso's, with a link to its page.
+    assert!(
+        page.contains(&format!("href=\"/ops/partners/{CONTOSO}\"")),
+        "{page}"
+    );
+    assert!(text.contains("Contoso"), "{text}");
+}
+
+/// The text a reader sees: tags dropped, whitespace collapsed (entities left as they are).
+pub fn page_text(html: &str) -> String {
+    let mut text = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                text.push(' ');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+on_both_backends!(overview_shows_status_horizon_history_and_next_due);

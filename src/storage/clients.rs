@@ -93,7 +93,9 @@ pub enum InvalidClient {
     NoResource,
     #[error("a resource is not one of the configured resources (SAMVAULT_RESOURCES)")]
     UnknownResource,
-    #[error("a partner restriction is not a tenant id (a GUID such as 6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01)")]
+    #[error(
+        "a partner restriction is not a tenant id (a GUID such as 6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01)"
+    )]
     Partner,
     #[error("a client can be restricted to at most 1000 partners")]
     TooManyPartners,

@@ -215,6 +215,8 @@ struct SecretOncePage {
     /// True for a new client, false for a secret added to an existing one.
     new_client: bool,
     client_id: String,
+    /// Shown for an added secret, so the old one can be told apart when revoking.
+    secret_id: Option<String>,
     name: String,
     secret: SecretString,
 }
@@ -279,15 +281,19 @@ async fn create(State(state): State<AppState>, session: Session, body: Bytes) ->
         chrome,
         new_client: true,
         client_id,
+        secret_id: None,
         name: new.name,
         secret,
     }
     .into_response()
 }
 
-/// Path ids longer than ours are refused before any query.
+/// Ids that cannot be ours (UUIDs) are refused before any query: PostgreSQL would answer a
+/// NUL byte with an error, and a hostile path deserves a 404, not a 503.
 fn plausible_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= MAX_ID_LEN
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 async fn add_secret(
@@ -331,6 +337,7 @@ async fn add_secret(
         chrome,
         new_client: false,
         client_id,
+        secret_id: Some(secret_id),
         name,
         secret,
     }

@@ -5,6 +5,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod integrations;
+mod settings;
 mod signin;
 
 use samvault::ops::totp;

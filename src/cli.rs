@@ -383,54 +383,22 @@ async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<(
             rate_limit,
             json,
         } => {
-            let name = name.trim().to_string();
-            anyhow::ensure!(
-                !name.is_empty() && name.len() <= 100,
-                "--name: 1 to 100 characters"
-            );
-            anyhow::ensure!(rate_limit > 0, "--rate-limit: must be positive");
-            let resources = resources
-                .iter()
-                .map(|r| {
-                    Resource::parse(r)
-                        .ok()
-                        .filter(|r| config.resources.contains(r))
-                        .ok_or_else(|| {
-                            anyhow::anyhow!("--resource: '{r}' is not one of SAMVAULT_RESOURCES")
-                        })
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let partners = if partners.is_empty() {
-                None
-            } else {
-                Some(
-                    partners
-                        .iter()
-                        .map(|t| TenantId::parse(t).map_err(|e| anyhow::anyhow!("--partner: {e}")))
-                        .collect::<anyhow::Result<Vec<_>>>()?,
-                )
-            };
+            // No --permission means both: the common case, as SPEC §3.1 documents.
             let permissions = if permissions.is_empty() {
-                vec![Permission::TokensIssue, Permission::PartnersRead]
+                [Permission::TokensIssue, Permission::PartnersRead]
+                    .map(|p| p.as_str().to_string())
+                    .to_vec()
             } else {
                 permissions
-                    .iter()
-                    .map(|p| {
-                        Permission::parse(p).ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "--permission: '{p}' is not tokens:issue or partners:read"
-                            )
-                        })
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?
             };
-            let new = NewClient {
-                name,
-                permissions,
-                resources,
-                partners,
-                rate_limit_per_minute: rate_limit,
-            };
+            let new = NewClient::parse(
+                &name,
+                &permissions,
+                &resources,
+                &partners,
+                rate_limit,
+                &config.resources,
+            )?;
             let (client_id, secret) = create_client(&db, &new).await?;
             if json {
                 println!(
@@ -534,7 +502,7 @@ async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<(
                 now(),
             )
             .await?;
-            wait_for_services_to_notice().await;
+            crate::http::client_auth::wait_for_services_to_notice().await;
             println!("revoked secret {secret_id}");
         }
         ClientCommand::Revoke { client_id } => {
@@ -551,7 +519,7 @@ async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<(
                 now(),
             )
             .await?;
-            wait_for_services_to_notice().await;
+            crate::http::client_auth::wait_for_services_to_notice().await;
             println!("revoked {client_id}");
         }
     }
@@ -800,14 +768,6 @@ async fn import_partners(
         count += 1;
     }
     Ok(count)
-}
-
-/// Running services trust a verified credential for at most `AUTH_CACHE_TTL` from the
-/// moment they checked it; returning only after that makes "the command finished" mean
-/// "every service refuses the credential", however loaded they are.
-async fn wait_for_services_to_notice() {
-    let margin = std::time::Duration::from_millis(200);
-    tokio::time::sleep(crate::http::client_auth::AUTH_CACHE_TTL + margin).await;
 }
 
 /// Creates a client and records it in the audit log; returns `(client_id, secret)`.

@@ -974,6 +974,96 @@ fn new_client(name: &str, partners: Option<Vec<TenantId>>) -> clients::NewClient
     }
 }
 
+#[test]
+fn new_clients_are_validated() {
+    use clients::{InvalidClient, NewClient};
+    let configured = [resource("https://api.partnercenter.microsoft.com")];
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let pc = strings(&["https://api.partnercenter.microsoft.com/"]);
+    let issue = strings(&["tokens:issue", "tokens:issue"]);
+    let tenant = new_tenant();
+    let parsed = NewClient::parse(
+        "  sync  ",
+        &issue,
+        &pc,
+        &strings(&[tenant.as_str(), tenant.as_str()]),
+        600,
+        &configured,
+    )
+    .unwrap();
+    assert_eq!(parsed.name, "sync");
+    assert_eq!(parsed.permissions, vec![clients::Permission::TokensIssue]);
+    assert_eq!(parsed.resources, configured.to_vec());
+    assert_eq!(parsed.partners, Some(vec![tenant]));
+    let check = |name: &str, perms: &[&str], res: &[&str], partners: &[&str], rate: i64| {
+        NewClient::parse(
+            name,
+            &strings(perms),
+            &strings(res),
+            &strings(partners),
+            rate,
+            &configured,
+        )
+        .map(|_| ())
+    };
+    let pc = "https://api.partnercenter.microsoft.com";
+    let long = "x".repeat(101);
+    assert_eq!(
+        check("", &["tokens:issue"], &[pc], &[], 1),
+        Err(InvalidClient::Name)
+    );
+    assert_eq!(
+        check(&long, &["tokens:issue"], &[pc], &[], 1),
+        Err(InvalidClient::Name)
+    );
+    assert_eq!(
+        check("a\tb", &["tokens:issue"], &[pc], &[], 1),
+        Err(InvalidClient::Name)
+    );
+    assert_eq!(
+        check("a", &[], &[pc], &[], 1),
+        Err(InvalidClient::NoPermission)
+    );
+    assert_eq!(
+        check("a", &["admin"], &[pc], &[], 1),
+        Err(InvalidClient::UnknownPermission)
+    );
+    assert_eq!(
+        check("a", &["tokens:issue"], &[], &[], 1),
+        Err(InvalidClient::NoResource)
+    );
+    assert_eq!(
+        check(
+            "a",
+            &["tokens:issue"],
+            &["https://graph.microsoft.com"],
+            &[],
+            1
+        ),
+        Err(InvalidClient::UnknownResource)
+    );
+    assert_eq!(
+        check("a", &["tokens:issue"], &[pc], &["x"], 1),
+        Err(InvalidClient::Partner)
+    );
+    for rate in [0, -1, clients::MAX_RATE_LIMIT_PER_MINUTE + 1] {
+        assert_eq!(
+            check("a", &["tokens:issue"], &[pc], &[], rate),
+            Err(InvalidClient::RateLimit)
+        );
+    }
+    assert_eq!(
+        check(
+            "a",
+            &["partners:read"],
+            &[pc],
+            &[],
+            clients::MAX_RATE_LIMIT_PER_MINUTE
+        ),
+        Ok(())
+    );
+}
+
 both_backends!(client_authentication, |url| async move {
     let db = open(&url).await;
     let (id, secret) = clients::issue(&db, &new_client("billing", None), T0)
@@ -1240,6 +1330,56 @@ both_backends!(invitations_create_get_mark_used, |url| async move {
             .unwrap()
             .used_at,
         None
+    );
+});
+
+both_backends!(invitations_list_newest_first_and_expire, |url| async move {
+    use invitations::InvitationState;
+    let db = open(&url).await;
+    let ids: Vec<String> = (0..5).map(|i| format!("{i:064x}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        invitations::create(&db, id, None, T0 + i as i64, T0 + DAY)
+            .await
+            .unwrap();
+    }
+    let first = invitations::list(&db, 2, 0).await.unwrap();
+    let rest = invitations::list(&db, 10, 2).await.unwrap();
+    let listed: Vec<&str> = first.iter().chain(&rest).map(|i| i.id.as_str()).collect();
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(listed, newest_first);
+    assert!(invitations::list(&db, 10, 5).await.unwrap().is_empty());
+
+    // Expiring ends an open invitation once; used ones cannot be expired.
+    invitations::mark_used(&db, &ids[1], "admin@contoso.com", T0 + 10)
+        .await
+        .unwrap();
+    assert!(invitations::expire(&db, &ids[0], T0 + 20).await.unwrap());
+    assert!(!invitations::expire(&db, &ids[0], T0 + 30).await.unwrap());
+    assert!(!invitations::expire(&db, &ids[1], T0 + 20).await.unwrap());
+    assert!(!invitations::expire(&db, "missing", T0 + 20).await.unwrap());
+    let state = |id: &str| {
+        let db = db.clone();
+        let id = id.to_string();
+        async move {
+            invitations::get(&db, &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .state(T0 + 20)
+        }
+    };
+    assert_eq!(state(&ids[0]).await, InvitationState::Expired);
+    assert_eq!(state(&ids[1]).await, InvitationState::Used);
+    assert_eq!(state(&ids[2]).await, InvitationState::Open);
+    let used = invitations::get(&db, &ids[1]).await.unwrap().unwrap();
+    assert_eq!(used.used_by.as_deref(), Some("admin@contoso.com"));
+    assert_eq!(
+        invitations::get(&db, &ids[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at,
+        T0 + 20
     );
 });
 

@@ -22,6 +22,15 @@ pub const AUTH_CACHE_TTL: Duration = Duration::from_secs(1);
 /// revocations are honoured well before the TTL runs out.
 pub const REVOCATION_POLL: Duration = Duration::from_millis(100);
 
+/// Waits until every running service must have noticed a revocation just committed:
+/// they trust a verified credential for at most [`AUTH_CACHE_TTL`] from the moment they
+/// checked it, so returning after that makes "the revocation finished" mean "every
+/// service refuses the credential", however loaded they are.
+pub async fn wait_for_services_to_notice() {
+    let margin = Duration::from_millis(200);
+    tokio::time::sleep(AUTH_CACHE_TTL + margin).await;
+}
+
 struct Verified {
     digest: [u8; 32],
     client: Arc<Client>,
@@ -45,12 +54,13 @@ impl ClientAuth {
         }
     }
 
-    /// Forgets a client at once (revocation in this process).
+    /// Forgets a client at once (revocation in this process). Bumps the generation too, so
+    /// a lookup that started before the revocation does not put the client back.
     pub fn forget(&self, client_id: &str) {
-        self.verified
-            .lock()
-            .expect("auth cache lock")
-            .remove(client_id);
+        let mut verified = self.verified.lock().expect("auth cache lock");
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        verified.remove(client_id);
     }
 
     /// Watches for revocations made by anyone and empties the cache when one happens.

@@ -71,6 +71,124 @@ pub struct NewClient {
     pub rate_limit_per_minute: i64,
 }
 
+/// Longest client name, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+/// Highest rate limit a client may be given: far above any real integration (about 16,000
+/// requests a second), low enough that a typo of a few extra digits is refused.
+pub const MAX_RATE_LIMIT_PER_MINUTE: i64 = 1_000_000;
+/// Most partners one client may be restricted to (beyond that, leave it unrestricted).
+pub const MAX_PARTNERS: usize = 1_000;
+
+/// Why a requested client was refused. The messages name no submitted value, so the
+/// dashboard can show them as they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidClient {
+    #[error("the name must be 1 to 100 characters, without control characters")]
+    Name,
+    #[error("choose at least one permission")]
+    NoPermission,
+    #[error("a permission is not tokens:issue or partners:read")]
+    UnknownPermission,
+    #[error("choose at least one resource")]
+    NoResource,
+    #[error("a resource is not one of the configured resources (SAMVAULT_RESOURCES)")]
+    UnknownResource,
+    #[error(
+        "a partner restriction is not a tenant id (a GUID such as 6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01)"
+    )]
+    Partner,
+    #[error("a client can be restricted to at most 1000 partners")]
+    TooManyPartners,
+    #[error("the rate limit must be a whole number of requests per minute from 1 to 1000000")]
+    RateLimit,
+}
+
+impl InvalidClient {
+    /// The same sentence as `Display`, for pages that take a `&'static str`.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Name => "The name must be 1 to 100 characters, without control characters.",
+            Self::NoPermission => "Choose at least one permission.",
+            Self::UnknownPermission => "A permission is not tokens:issue or partners:read.",
+            Self::NoResource => "Choose at least one resource.",
+            Self::UnknownResource => {
+                "A resource is not one of the configured resources (SAMVAULT_RESOURCES)."
+            }
+            Self::Partner => {
+                "A partner restriction is not a tenant id (a GUID such as 6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01)."
+            }
+            Self::TooManyPartners => "A client can be restricted to at most 1000 partners.",
+            Self::RateLimit => {
+                "The rate limit must be a whole number of requests per minute from 1 to 1000000."
+            }
+        }
+    }
+}
+
+impl NewClient {
+    /// Checks a client as requested by a person (the CLI's flags, the dashboard's form)
+    /// against the configured resources. Repeated values count once; no partners means
+    /// every partner. Callers decide defaults (the CLI grants both permissions when none
+    /// is named) before calling.
+    pub fn parse(
+        name: &str,
+        permissions: &[String],
+        resources: &[String],
+        partners: &[String],
+        rate_limit_per_minute: i64,
+        configured: &[Resource],
+    ) -> Result<NewClient, InvalidClient> {
+        let name = name.trim();
+        let chars = name.chars().count();
+        if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err(InvalidClient::Name);
+        }
+        let mut parsed_permissions = Vec::new();
+        for p in permissions {
+            let p = Permission::parse(p.trim()).ok_or(InvalidClient::UnknownPermission)?;
+            if !parsed_permissions.contains(&p) {
+                parsed_permissions.push(p);
+            }
+        }
+        if parsed_permissions.is_empty() {
+            return Err(InvalidClient::NoPermission);
+        }
+        let mut parsed_resources = Vec::new();
+        for r in resources {
+            let r = Resource::parse(r.trim())
+                .ok()
+                .filter(|r| configured.contains(r))
+                .ok_or(InvalidClient::UnknownResource)?;
+            if !parsed_resources.contains(&r) {
+                parsed_resources.push(r);
+            }
+        }
+        if parsed_resources.is_empty() {
+            return Err(InvalidClient::NoResource);
+        }
+        if partners.len() > MAX_PARTNERS {
+            return Err(InvalidClient::TooManyPartners);
+        }
+        let mut parsed_partners = Vec::new();
+        for t in partners {
+            let t = TenantId::parse(t.trim()).map_err(|_| InvalidClient::Partner)?;
+            if !parsed_partners.contains(&t) {
+                parsed_partners.push(t);
+            }
+        }
+        if !(1..=MAX_RATE_LIMIT_PER_MINUTE).contains(&rate_limit_per_minute) {
+            return Err(InvalidClient::RateLimit);
+        }
+        Ok(NewClient {
+            name: name.to_string(),
+            permissions: parsed_permissions,
+            resources: parsed_resources,
+            partners: (!parsed_partners.is_empty()).then_some(parsed_partners),
+            rate_limit_per_minute,
+        })
+    }
+}
+
 const COLUMNS: &str = "client_id, name, permissions, resources, partners, rate_limit_per_minute, created_at, last_used_at, revoked_at";
 
 fn client_from_row(row: &AnyRow) -> Result<Client, StorageError> {
@@ -290,6 +408,37 @@ pub async fn secrets(
             ))
         })
         .collect()
+}
+
+/// A client secret as the dashboard lists it: never the secret, which is not stored.
+#[derive(Clone, Debug)]
+pub struct SecretInfo {
+    pub id: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Every client's secrets in one query, by client id (oldest first).
+pub async fn secrets_by_client(
+    db: &Db,
+) -> Result<std::collections::BTreeMap<String, Vec<SecretInfo>>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT client_id, id, created_at, revoked_at FROM client_secrets ORDER BY created_at, id",
+    )
+    .fetch_all(db.pool())
+    .await?;
+    let mut by_client = std::collections::BTreeMap::<String, Vec<SecretInfo>>::new();
+    for r in &rows {
+        by_client
+            .entry(r.try_get("client_id")?)
+            .or_default()
+            .push(SecretInfo {
+                id: r.try_get("id")?,
+                created_at: r.try_get("created_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+            });
+    }
+    Ok(by_client)
 }
 
 /// Creates a client with a fresh 256-bit secret; returns `(client_id, secret)`. The

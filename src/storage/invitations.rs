@@ -2,6 +2,7 @@
 //! Only the SHA-256 of the URL's token is stored, so a database reader cannot forge links.
 
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::{Db, StorageError};
 use crate::domain::TenantId;
@@ -13,6 +14,57 @@ pub struct Invitation {
     pub created_at: i64,
     pub expires_at: i64,
     pub used_at: Option<i64>,
+    /// The UPN of the admin whose consent used it.
+    pub used_by: Option<String>,
+}
+
+/// Whether an invitation can still be used, as the onboarding page decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvitationState {
+    Open,
+    Used,
+    Expired,
+}
+
+impl InvitationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Used => "used",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl Invitation {
+    pub fn state(&self, now: i64) -> InvitationState {
+        if self.used_at.is_some() {
+            InvitationState::Used
+        } else if self.expires_at <= now {
+            InvitationState::Expired
+        } else {
+            InvitationState::Open
+        }
+    }
+}
+
+const COLUMNS: &str = "id, tenant_id, created_at, expires_at, used_at, used_by";
+
+fn invitation_from_row(row: &AnyRow) -> Result<Invitation, StorageError> {
+    let tenant: Option<String> = row.try_get("tenant_id")?;
+    Ok(Invitation {
+        id: row.try_get("id")?,
+        tenant_id: tenant
+            .map(|t| {
+                TenantId::parse(&t)
+                    .map_err(|e| StorageError::Corrupt(format!("invitation tenant: {e}")))
+            })
+            .transpose()?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        used_at: row.try_get("used_at")?,
+        used_by: row.try_get("used_by")?,
+    })
 }
 
 pub async fn create(
@@ -35,26 +87,38 @@ pub async fn create(
 }
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<Invitation>, StorageError> {
-    let row = sqlx::query(
-        "SELECT id, tenant_id, created_at, expires_at, used_at FROM invitations WHERE id = $1",
+    let sql = format!("SELECT {COLUMNS} FROM invitations WHERE id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(invitation_from_row).transpose()
+}
+
+/// Up to `limit` invitations, newest first, after skipping `offset` of them.
+pub async fn list(db: &Db, limit: i64, offset: i64) -> Result<Vec<Invitation>, StorageError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM invitations ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter().map(invitation_from_row).collect()
+}
+
+/// Ends an open invitation now (its link is refused from then on). False when there is no
+/// such invitation, or it is already used or expired.
+pub async fn expire(db: &Db, id: &str, now: i64) -> Result<bool, StorageError> {
+    let done = sqlx::query(
+        "UPDATE invitations SET expires_at = $2 WHERE id = $1 AND used_at IS NULL AND expires_at > $2",
     )
     .bind(id)
-    .fetch_optional(db.pool())
+    .bind(now)
+    .execute(db.pool())
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let tenant: Option<String> = row.try_get("tenant_id")?;
-    Ok(Some(Invitation {
-        id: row.try_get("id")?,
-        tenant_id: tenant
-            .map(|t| {
-                TenantId::parse(&t)
-                    .map_err(|e| StorageError::Corrupt(format!("invitation tenant: {e}")))
-            })
-            .transpose()?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        used_at: row.try_get("used_at")?,
-    }))
+    Ok(done.rows_affected() == 1)
 }
 
 pub async fn mark_used(db: &Db, id: &str, by: &str, now: i64) -> Result<(), StorageError> {

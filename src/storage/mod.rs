@@ -13,6 +13,7 @@ pub mod ops_users;
 pub mod partners;
 pub mod requests;
 pub mod rotation;
+pub mod sealed;
 pub mod sessions;
 pub mod stats;
 

@@ -91,6 +91,14 @@ impl KeyProvider for LocalKeyProvider {
         format!("local key file {} ({})", self.path.display(), self.kek_id)
     }
 
+    fn kind(&self) -> &'static str {
+        "local key file"
+    }
+
+    fn current_kek_id(&self) -> &str {
+        &self.kek_id
+    }
+
     fn wrap<'a>(&'a self, key: &'a DataKey) -> BoxFuture<'a, Result<WrappedKey, VaultError>> {
         Box::pin(async move {
             let mut nonce = [0u8; 12];

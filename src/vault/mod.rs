@@ -54,6 +54,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait KeyProvider: Send + Sync + 'static {
     /// A short description for logs and `/readyz` (never key material).
     fn describe(&self) -> String;
+    /// What kind of store holds the KEK, for people ("local key file").
+    fn kind(&self) -> &'static str;
+    /// The id of the KEK that wraps new data keys, as recorded beside every sealed record
+    /// (`kek_id` columns). An id, never key material.
+    fn current_kek_id(&self) -> &str;
     fn wrap<'a>(&'a self, key: &'a DataKey) -> BoxFuture<'a, Result<WrappedKey, VaultError>>;
     fn unwrap<'a>(&'a self, wrapped: &'a WrappedKey) -> BoxFuture<'a, Result<DataKey, VaultError>>;
     /// Cheap reachability check for `/readyz`.

@@ -6,6 +6,8 @@
 mod support;
 
 mod overview;
+mod integrations;
+mod settings;
 mod signin;
 
 use samvault::ops::totp;

@@ -1,9 +1,430 @@
-//! Placeholder: routes for this dashboard section are added by its implementation.
+//! `/ops/integrations`: the integration clients that call the token API — who they are, what
+//! they may do, how much they are used, their secrets (ids and dates; only digests are
+//! stored) — and, for admins, creating clients, adding and revoking secrets, revoking
+//! clients. A new secret is shown once, on the page that answers the POST, and never again.
 
+use askama::Template;
+use askama_web::WebTemplate;
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use secrecy::{ExposeSecret, SecretString};
+use tower_sessions::Session;
 
+use super::{
+    Chrome, Section, action, audit_action, bad_request, not_found, page, unavailable, when,
+};
 use crate::http::AppState;
+use crate::http::client_auth::wait_for_services_to_notice;
+use crate::storage::clients::{self, Client, InvalidClient, NewClient, Permission, SecretInfo};
+use crate::storage::ops_users::Role;
+use crate::storage::{now, requests};
+
+/// Request counts on the page cover this many days (the security report's window).
+const USAGE_DAYS: i64 = 7;
+/// Client ids are UUIDs and secret ids too; anything much longer is not one of ours.
+const MAX_ID_LEN: usize = 64;
+/// The rate limit the create form suggests (the CLI's default).
+const DEFAULT_RATE_LIMIT: i64 = 600;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/ops/integrations", get(list).post(create))
+        .route("/ops/integrations/{client_id}/secrets", post(add_secret))
+        .route(
+            "/ops/integrations/{client_id}/secrets/{secret_id}/revoke",
+            post(revoke_secret),
+        )
+        .route("/ops/integrations/{client_id}/revoke", post(revoke_client))
+}
+
+/// A submitted HTML form as name/value pairs. axum's `Form` cannot read a name that repeats
+/// (a group of checkboxes), so the dashboard's forms are read with this; a field that must
+/// appear once and appears twice is refused rather than guessed.
+pub(super) struct FormFields(Vec<(String, String)>);
+
+impl FormFields {
+    pub(super) fn parse(body: &[u8]) -> Self {
+        FormFields(url::form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    /// The value of a single-valued field ("" when absent); `None` when it is repeated.
+    pub(super) fn one(&self, name: &str) -> Option<&str> {
+        let mut values = self.0.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
+        match (values.next(), values.next()) {
+            (None, _) => Some(""),
+            (Some(value), None) => Some(value),
+            (Some(_), Some(_)) => None,
+        }
+    }
+
+    /// Every value of a repeatable field, in order.
+    pub(super) fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The CSRF token as submitted; a repeated one counts as missing.
+    pub(super) fn csrf(&self) -> &str {
+        self.one("csrf").unwrap_or("")
+    }
+}
+
+struct SecretRow {
+    id: String,
+    created: String,
+    revoked: Option<String>,
+}
+
+struct ClientRow {
+    client_id: String,
+    name: String,
+    permissions: Vec<&'static str>,
+    resources: Vec<String>,
+    /// "every partner", or the tenant ids it is restricted to.
+    partners: Vec<String>,
+    every_partner: bool,
+    rate_limit_per_minute: i64,
+    created: String,
+    last_used: String,
+    requests: i64,
+    issued: i64,
+    revoked: Option<String>,
+    secrets: Vec<SecretRow>,
+}
+
+impl ClientRow {
+    fn new(
+        client: Client,
+        secrets: Vec<SecretInfo>,
+        counts: Option<&requests::RequestCounts>,
+    ) -> Self {
+        ClientRow {
+            permissions: client.permissions.iter().map(|p| p.as_str()).collect(),
+            resources: client
+                .resources
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
+            every_partner: client.partners.is_none(),
+            partners: client
+                .partners
+                .iter()
+                .flatten()
+                .map(|t| t.as_str().to_string())
+                .collect(),
+            rate_limit_per_minute: client.rate_limit_per_minute,
+            created: when(Some(client.created_at)),
+            last_used: when(client.last_used_at),
+            requests: counts.map_or(0, |c| c.requests),
+            issued: counts.map_or(0, |c| c.issued),
+            revoked: client.revoked_at.map(|at| when(Some(at))),
+            secrets: secrets
+                .into_iter()
+                .map(|s| SecretRow {
+                    id: s.id,
+                    created: when(Some(s.created_at)),
+                    revoked: s.revoked_at.map(|at| when(Some(at))),
+                })
+                .collect(),
+            name: client.name,
+            client_id: client.client_id,
+        }
+    }
+}
+
+/// A permission checkbox of the create form.
+struct Choice {
+    permission: Permission,
+    meaning: &'static str,
+}
+
+const PERMISSIONS: [Choice; 2] = [
+    Choice {
+        permission: Permission::TokensIssue,
+        meaning: "exchange a partner's grant for access tokens",
+    },
+    Choice {
+        permission: Permission::PartnersRead,
+        meaning: "read partners' status and expiry horizon",
+    },
+];
+
+#[derive(Template, WebTemplate)]
+#[template(path = "ops/integrations.html")]
+struct IntegrationsPage {
+    chrome: Chrome,
+    clients: Vec<ClientRow>,
+    usage_days: i64,
+    permissions: &'static [Choice],
+    resources: Vec<String>,
+    default_rate_limit: i64,
+    max_rate_limit: i64,
+    max_name_chars: usize,
+}
+
+async fn list(State(state): State<AppState>, session: Session) -> Response {
+    let (_, chrome) = match page(&state, &session, Role::Viewer, Section::Integrations).await {
+        Ok(signed_in) => signed_in,
+        Err(response) => return response,
+    };
+    let since = now() - USAGE_DAYS * 86_400;
+    let (Ok(all), Ok(mut secrets), Ok(counts)) = (
+        clients::list(&state.db).await,
+        clients::secrets_by_client(&state.db).await,
+        requests::counts_by_client(&state.db, since).await,
+    ) else {
+        return unavailable();
+    };
+    let clients = all
+        .into_iter()
+        .map(|client| {
+            let secrets = secrets.remove(&client.client_id).unwrap_or_default();
+            let counts = counts.get(&client.client_id);
+            ClientRow::new(client, secrets, counts)
+        })
+        .collect();
+    IntegrationsPage {
+        chrome,
+        clients,
+        usage_days: USAGE_DAYS,
+        permissions: &PERMISSIONS,
+        resources: state
+            .config
+            .resources
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect(),
+        default_rate_limit: DEFAULT_RATE_LIMIT,
+        max_rate_limit: clients::MAX_RATE_LIMIT_PER_MINUTE,
+        max_name_chars: clients::MAX_NAME_CHARS,
+    }
+    .into_response()
+}
+
+/// The answer to creating a client or adding a secret: the only page that ever shows it.
+#[derive(Template, WebTemplate)]
+#[template(path = "ops/client_secret.html")]
+struct SecretOncePage {
+    chrome: Chrome,
+    /// True for a new client, false for a secret added to an existing one.
+    new_client: bool,
+    client_id: String,
+    /// Shown for an added secret, so the old one can be told apart when revoking.
+    secret_id: Option<String>,
+    name: String,
+    secret: SecretString,
+}
+
+/// Reads the create form into a client, or says what is wrong with it.
+fn new_client_from(form: &FormFields, state: &AppState) -> Result<NewClient, InvalidClient> {
+    let name = form.one("name").ok_or(InvalidClient::Name)?;
+    let rate_limit = form
+        .one("rate_limit")
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .ok_or(InvalidClient::RateLimit)?;
+    let partners: Vec<String> = form
+        .one("partners")
+        .ok_or(InvalidClient::Partner)?
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    NewClient::parse(
+        name,
+        &form.all("permission"),
+        &form.all("resource"),
+        &partners,
+        rate_limit,
+        &state.config.resources,
+    )
+}
+
+async fn create(State(state): State<AppState>, session: Session, body: Bytes) -> Response {
+    let form = FormFields::parse(&body);
+    let (user, chrome) = match action(
+        &state,
+        &session,
+        Role::Admin,
+        Section::Integrations,
+        form.csrf(),
+    )
+    .await
+    {
+        Ok(signed_in) => signed_in,
+        Err(response) => return response,
+    };
+    let new = match new_client_from(&form, &state) {
+        Ok(new) => new,
+        Err(invalid) => return bad_request(invalid.message()),
+    };
+    let Ok((client_id, secret)) = clients::issue(&state.db, &new, now()).await else {
+        return unavailable();
+    };
+    let detail = serde_json::json!({
+        "client_id": client_id,
+        "name": new.name,
+        "permissions": new.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        "resources": new.resources,
+        "partners": new.partners.as_ref().map(|list| list.iter().map(|t| t.as_str()).collect::<Vec<_>>()),
+        "rate_limit_per_minute": new.rate_limit_per_minute,
+    });
+    if let Err(response) = audit_action(&state, &user, "ops.client.create", None, detail).await {
+        return response;
+    }
+    SecretOncePage {
+        chrome,
+        new_client: true,
+        client_id,
+        secret_id: None,
+        name: new.name,
+        secret,
+    }
+    .into_response()
+}
+
+/// Ids that cannot be ours (UUIDs) are refused before any query: PostgreSQL would answer a
+/// NUL byte with an error, and a hostile path deserves a 404, not a 503.
+fn plausible_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+async fn add_secret(
+    State(state): State<AppState>,
+    session: Session,
+    Path(client_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let form = FormFields::parse(&body);
+    let (user, chrome) = match action(
+        &state,
+        &session,
+        Role::Admin,
+        Section::Integrations,
+        form.csrf(),
+    )
+    .await
+    {
+        Ok(signed_in) => signed_in,
+        Err(response) => return response,
+    };
+    if !plausible_id(&client_id) {
+        return not_found();
+    }
+    let (secret_id, secret) = match clients::add_secret(&state.db, &client_id, now()).await {
+        Ok(Some(added)) => added,
+        // No such client, or it is revoked: a revoked client never gets a secret again.
+        Ok(None) => return not_found(),
+        Err(_) => return unavailable(),
+    };
+    let detail = serde_json::json!({ "client_id": client_id, "secret_id": secret_id });
+    if let Err(response) = audit_action(&state, &user, "ops.client.secret.add", None, detail).await
+    {
+        return response;
+    }
+    let name = match clients::get(&state.db, &client_id).await {
+        Ok(Some(client)) => client.name,
+        _ => String::new(),
+    };
+    SecretOncePage {
+        chrome,
+        new_client: false,
+        client_id,
+        secret_id: Some(secret_id),
+        name,
+        secret,
+    }
+    .into_response()
+}
+
+/// After a revocation: this process forgets the client at once, and the answer waits until
+/// every other replica must have noticed too (as `samvault client revoke` does), so "done"
+/// on the page means the credential is refused everywhere.
+async fn revocation_done(state: &AppState, client_id: &str) -> Response {
+    state.auth.forget(client_id);
+    wait_for_services_to_notice().await;
+    Redirect::to("/ops/integrations").into_response()
+}
+
+async fn revoke_secret(
+    State(state): State<AppState>,
+    session: Session,
+    Path((client_id, secret_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let form = FormFields::parse(&body);
+    let (user, _) = match action(
+        &state,
+        &session,
+        Role::Admin,
+        Section::Integrations,
+        form.csrf(),
+    )
+    .await
+    {
+        Ok(signed_in) => signed_in,
+        Err(response) => return response,
+    };
+    if !plausible_id(&client_id) || !plausible_id(&secret_id) {
+        return not_found();
+    }
+    match clients::revoke_secret(&state.db, &client_id, &secret_id, now()).await {
+        Ok(true) => {}
+        Ok(false) => return not_found(),
+        Err(_) => return unavailable(),
+    }
+    let detail = serde_json::json!({ "client_id": client_id, "secret_id": secret_id });
+    if let Err(response) =
+        audit_action(&state, &user, "ops.client.secret.revoke", None, detail).await
+    {
+        return response;
+    }
+    revocation_done(&state, &client_id).await
+}
+
+async fn revoke_client(
+    State(state): State<AppState>,
+    session: Session,
+    Path(client_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let form = FormFields::parse(&body);
+    let (user, _) = match action(
+        &state,
+        &session,
+        Role::Admin,
+        Section::Integrations,
+        form.csrf(),
+    )
+    .await
+    {
+        Ok(signed_in) => signed_in,
+        Err(response) => return response,
+    };
+    if !plausible_id(&client_id) {
+        return not_found();
+    }
+    // Typing the id is the confirmation: revoking breaks an integration at once.
+    if form.one("confirm").map(str::trim) != Some(client_id.as_str()) {
+        return bad_request(
+            "To revoke a client, type its client id exactly in the confirmation field.",
+        );
+    }
+    match clients::revoke(&state.db, &client_id, now()).await {
+        Ok(true) => {}
+        Ok(false) => return not_found(),
+        Err(_) => return unavailable(),
+    }
+    let detail = serde_json::json!({ "client_id": client_id });
+    if let Err(response) = audit_action(&state, &user, "ops.client.revoke", None, detail).await {
+        return response;
+    }
+    revocation_done(&state, &client_id).await
 }

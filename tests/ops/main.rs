@@ -5,6 +5,8 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod audit;
+mod report;
 mod signin;
 
 use samvault::ops::totp;

@@ -113,6 +113,12 @@ async fn filters_paging_and_chain_verification(backend: Backend) {
     // Filters: by action, by action and tenant (across pages), by actor.
     let (consents, _) = all_pages(&mut op, "action=consent").await;
     assert_eq!(consents.len(), 1, "one consent: {consents:?}");
+    // Back from an older page to the newest one, filters kept.
+    let (_, page, _) = op.get("/ops/audit?action=test.paging&before=40").await;
+    assert!(
+        page.contains("<a href=\"/ops/audit?action=test.paging\">Newest entries</a>"),
+        "{page}"
+    );
     let (_, page, _) = op.get("/ops/audit?action=consent").await;
     assert!(
         page.contains("partner:jane@contoso.example") && page.contains(CONTOSO),

@@ -88,6 +88,14 @@ impl FilterValues {
     }
 }
 
+fn log_address(query: String) -> String {
+    if query.is_empty() {
+        "/ops/audit".to_string()
+    } else {
+        format!("/ops/audit?{query}")
+    }
+}
+
 fn trimmed(value: Option<String>) -> String {
     value.map(|v| v.trim().to_string()).unwrap_or_default()
 }
@@ -200,9 +208,9 @@ struct AuditPage {
     filters: FilterValues,
     filtered: bool,
     entries: Vec<EntryRow>,
-    /// The query string of the next (older) page, when there is one.
+    /// The address of the next (older) page, when there is one.
     older: Option<String>,
-    /// The query string of the newest page with the same filters, when this is not it.
+    /// The address of the newest page with the same filters, when this is not it.
     newest: Option<String>,
 }
 
@@ -229,10 +237,10 @@ async fn log(
     let has_older = events.len() as i64 > PAGE_SIZE;
     events.truncate(PAGE_SIZE as usize);
     let older = match events.last() {
-        Some(last) if has_older => Some(filters.query(Some(last.seq))),
+        Some(last) if has_older => Some(log_address(filters.query(Some(last.seq)))),
         _ => None,
     };
-    let newest = filter.before_seq.map(|_| filters.query(None));
+    let newest = filter.before_seq.map(|_| log_address(filters.query(None)));
     AuditPage {
         chrome,
         filtered: !filters.is_empty(),

@@ -199,7 +199,21 @@ both_backends!(migrations_are_idempotent, |url| async move {
         Some(&1),
         "the initial migration is applied"
     );
-    let expected: Vec<i64> = (1..=applied.len() as i64).collect();
+    // Every file of the backend's folder, once, in order (numbers may have gaps: branches
+    // reserve theirs).
+    let folder = if url.starts_with("sqlite:") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    let mut expected: Vec<i64> = std::fs::read_dir(format!("migrations/{folder}"))
+        .unwrap()
+        .map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.split('_').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    expected.sort();
     assert_eq!(applied, expected, "every migration applied once, in order");
 
     let tenant = new_tenant();
@@ -1623,6 +1637,168 @@ both_backends!(audit_verify_detects_a_renumbered_chain, |url| async move {
         .unwrap();
     assert_eq!(audit::verify(&db).await.unwrap(), Err(2));
 });
+
+both_backends!(
+    audit_verify_walks_a_long_log_page_by_page,
+    |url| async move {
+        // More rows than one page of the walk (1,000), and a break on the second page.
+        let db = open(&url).await;
+        for i in 0..1_205 {
+            audit::append(
+                &db,
+                "test",
+                "test.bulk",
+                None,
+                serde_json::json!({ "i": i }),
+                T0 + i,
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(audit::verify(&db).await.unwrap(), Ok(1_205));
+        sqlx::query("UPDATE audit_log SET detail = '{}' WHERE seq = 1100")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(audit::verify(&db).await.unwrap(), Err(1_100));
+    }
+);
+
+both_backends!(audit_search_filters_newest_first, |url| async move {
+    let db = open(&url).await;
+    let (contoso, wingtip) = (new_tenant(), new_tenant());
+    for (i, (actor, action, tenant)) in [
+        ("cli", "client.create", None),
+        ("partner:a@contoso.com", "consent", Some(&contoso)),
+        ("client:x", "token.exchange", Some(&contoso)),
+        ("client:x", "token.exchange", Some(&wingtip)),
+        ("ops:alice", "ops.audit.verify", None),
+        ("client:x", "token.exchange", Some(&contoso)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = T0 + i as i64 * DAY;
+        audit::append(
+            &db,
+            actor,
+            action,
+            tenant.map(TenantId::as_str),
+            serde_json::json!({}),
+            at,
+        )
+        .await
+        .unwrap();
+    }
+    let seqs = |filter: audit::AuditFilter, limit: i64| {
+        let db = db.clone();
+        async move {
+            audit::search(&db, &filter, limit)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<i64>>()
+        }
+    };
+    let all = audit::AuditFilter::default();
+    assert_eq!(seqs(all.clone(), 10).await, [6, 5, 4, 3, 2, 1]);
+    assert_eq!(seqs(all.clone(), 2).await, [6, 5], "limited");
+    let page_two = audit::AuditFilter {
+        before_seq: Some(5),
+        ..all.clone()
+    };
+    assert_eq!(seqs(page_two, 2).await, [4, 3], "keyset paging");
+    let exchanges_for_contoso = audit::AuditFilter {
+        action: Some("token.exchange".into()),
+        tenant_id: Some(contoso.to_string()),
+        ..all.clone()
+    };
+    assert_eq!(seqs(exchanges_for_contoso, 10).await, [6, 3]);
+    let by_actor = audit::AuditFilter {
+        actor: Some("client:x".into()),
+        ..all.clone()
+    };
+    assert_eq!(seqs(by_actor, 10).await, [6, 4, 3]);
+    // From inclusive, until exclusive.
+    let days_two_to_four = audit::AuditFilter {
+        from: Some(T0 + DAY),
+        until: Some(T0 + 4 * DAY),
+        ..all.clone()
+    };
+    assert_eq!(seqs(days_two_to_four, 10).await, [4, 3, 2]);
+    let nothing = audit::AuditFilter {
+        action: Some("no.such".into()),
+        ..all
+    };
+    assert!(seqs(nothing, 10).await.is_empty());
+});
+
+both_backends!(
+    consent_mfa_counts_partners_and_lists_those_without,
+    |url| async move {
+        let db = open(&url).await;
+        let v = local_vault();
+        assert_eq!(
+            requests::consent_mfa(&db, 10).await.unwrap(),
+            requests::ConsentMfa::default()
+        );
+        let (with, without, revoked) = (new_tenant(), new_tenant(), new_tenant());
+        for (i, (tenant, name, mfa)) in [
+            (&with, "Contoso", true),
+            (&without, "Fabrikam", false),
+            (&revoked, "Wingtip", false),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let grant = seal_grant(&v.vault, tenant, 1, "0.A-rt").await;
+            let upn = format!("admin@{}.com", name.to_lowercase());
+            record_consent(
+                &db,
+                &consent_for(tenant, name, &upn, mfa),
+                &grant,
+                T0 + i as i64,
+            )
+            .await
+            .unwrap();
+        }
+        partners::set_status(
+            &db,
+            &revoked,
+            PartnerStatus::Revoked,
+            None,
+            "purged",
+            T0 + 10,
+        )
+        .await
+        .unwrap();
+        let report = requests::consent_mfa(&db, 10).await.unwrap();
+        assert_eq!(
+            (report.with_mfa, report.without_mfa),
+            (1, 1),
+            "revoked partners left out"
+        );
+        assert_eq!(
+            report.partners_without_mfa,
+            [requests::PartnerWithoutMfa {
+                tenant_id: without.to_string(),
+                display_name: "Fabrikam".into(),
+                status: "active".into(),
+                consented_by: "admin@fabrikam.com".into(),
+                consented_at: T0 + 1,
+                amr: Some("pwd".into()),
+            }]
+        );
+        assert!(
+            requests::consent_mfa(&db, 0)
+                .await
+                .unwrap()
+                .partners_without_mfa
+                .is_empty()
+        );
+    }
+);
 
 // ---------------------------------------------------------------------------------------
 // Sessions

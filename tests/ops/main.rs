@@ -5,8 +5,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-mod overview;
+mod audit;
 mod integrations;
+mod overview;
+mod report;
 mod settings;
 mod signin;
 

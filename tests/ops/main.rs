@@ -161,3 +161,21 @@ impl<'a> Operator<'a> {
         field(&page, "csrf")
     }
 }
+
+/// The text a reader sees: tags dropped, whitespace collapsed (entities left as they are).
+pub fn page_text(html: &str) -> String {
+    let mut text = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                text.push(' ');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}

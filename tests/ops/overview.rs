@@ -1,9 +1,9 @@
 //! The overview: partners per status, the expiry-horizon chart, the last 7 days of rotation,
 //! the next grants due — figures read from a stack where Contoso consented and was redeemed.
 
-use super::Operator;
 use super::support::stack::*;
 use super::support::{self, Backend};
+use super::{Operator, page_text};
 use crate::on_both_backends;
 
 async fn overview_shows_status_horizon_history_and_next_due(backend: Backend) {
@@ -48,24 +48,6 @@ async fn overview_shows_status_horizon_history_and_next_due(backend: Backend) {
         "{page}"
     );
     assert!(text.contains("Contoso"), "{text}");
-}
-
-/// The text a reader sees: tags dropped, whitespace collapsed (entities left as they are).
-pub fn page_text(html: &str) -> String {
-    let mut text = String::with_capacity(html.len());
-    let mut in_tag = false;
-    for c in html.chars() {
-        match c {
-            '<' => {
-                in_tag = true;
-                text.push(' ');
-            }
-            '>' => in_tag = false,
-            c if !in_tag => text.push(c),
-            _ => {}
-        }
-    }
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 on_both_backends!(overview_shows_status_horizon_history_and_next_due);

@@ -54,7 +54,6 @@ pub enum Section {
     Audit,
     Invitations,
     Keys,
-    Account,
 }
 
 /// What every signed-in page shows around its content: who is signed in, the navigation, and
@@ -87,7 +86,6 @@ impl Chrome {
             Section::Audit => "audit",
             Section::Invitations => "invitations",
             Section::Keys => "keys",
-            Section::Account => "account",
         };
         if here == section { "page" } else { "false" }
     }

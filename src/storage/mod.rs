@@ -73,10 +73,10 @@ macro_rules! migrations {
 fn migrator(backend: Backend) -> Migrator {
     let migrations = match backend {
         Backend::Sqlite => {
-            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users")
+            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list")
         }
         Backend::Postgres => {
-            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users")
+            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list")
         }
     };
     Migrator::with_migrations(migrations)

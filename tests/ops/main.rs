@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod partners;
 mod signin;
 
 use samvault::ops::totp;

@@ -90,7 +90,7 @@ status=$(curl -s -o /dev/null -w '%{http_code}' -c "$jar" -b "$jar" --data-urlen
   --data-urlencode username=bench --data-urlencode "password=$password" --data-urlencode "code=$code" "$SV/ops/signin")
 [ "$status" = 303 ] || { echo "sign-in answered $status"; exit 1; }
 csrf=$(curl -sf -c "$jar" -b "$jar" "$SV/ops/password" | field)
-new_password="bench passphrase $(date +%s%N)"
+new_password="timing run passphrase $(date +%s%N)"
 status=$(curl -s -o /dev/null -w '%{http_code}' -c "$jar" -b "$jar" --data-urlencode "csrf=$csrf" \
   --data-urlencode "current=$password" --data-urlencode "new=$new_password" --data-urlencode "confirm=$new_password" "$SV/ops/password")
 [ "$status" = 303 ] || { echo "password change answered $status"; exit 1; }
@@ -102,8 +102,9 @@ TENANT=00000000-0000-4000-8000-$(printf '%012d' $((PARTNERS / 2)))
 
 measure() { # label, path
   local url=$SV$2 urls=()
-  for _ in $(seq "$REQUESTS"); do urls+=("$url"); done
-  curl -s -b "$jar" -o /dev/null -w '%{http_code} %{time_pretransfer} %{time_starttransfer}\n' "${urls[@]}" |
+  # curl's -o applies to one URL: one per URL, all over one keep-alive connection.
+  for _ in $(seq "$REQUESTS"); do urls+=(-o /dev/null "$url"); done
+  curl -s -b "$jar" -w '%{http_code} %{time_pretransfer} %{time_starttransfer}\n' "${urls[@]}" |
     python3 -c '
 import statistics, sys
 label, codes, ms = sys.argv[1], [], []

@@ -46,6 +46,13 @@ impl std::fmt::Debug for IssuedToken {
     }
 }
 
+/// What an access check learnt from one fresh access token (its claims, not the token).
+#[derive(Clone, Debug)]
+pub struct ProbeResult {
+    pub expires_at: i64,
+    pub claims: AccessClaims,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("partner not found")]
@@ -102,6 +109,8 @@ pub enum Source {
     Manual,
     /// An integration's token request that missed the cache.
     Token,
+    /// An operator's access check from the dashboard (one redemption per resource).
+    Check,
 }
 
 impl Source {
@@ -110,6 +119,7 @@ impl Source {
             Self::Schedule => "schedule",
             Self::Manual => "manual",
             Self::Token => "token",
+            Self::Check => "check",
         }
     }
 }
@@ -250,6 +260,49 @@ impl Broker {
         let owner = self.wait_for_lease(tenant).await?;
         let primary = self.inner.settings.primary.clone();
         self.redeem(tenant, &primary, source, &owner).await
+    }
+
+    /// A live health probe for one resource: redeems the refresh token now, whatever the
+    /// cache holds, under the same mutex and lease as every redemption, and writes the new
+    /// refresh token back. Returns what the access token says (for display), never the token.
+    pub async fn probe(
+        &self,
+        tenant: &TenantId,
+        resource: &Resource,
+    ) -> Result<ProbeResult, BrokerError> {
+        let lock = self.partner_lock(tenant);
+        let _guard = lock.lock().await;
+        let owner = self.wait_for_lease(tenant).await?;
+        let token = self.redeem(tenant, resource, Source::Check, &owner).await?;
+        let claims = AccessClaims::peek(token.access_token.expose_secret()).unwrap_or_default();
+        Ok(ProbeResult {
+            expires_at: token.expires_at,
+            claims,
+        })
+    }
+
+    /// Revokes a partner: status `revoked`, every sealed grant crypto-shredded, cached access
+    /// tokens of this process dropped. Holds the partner's mutex and lease throughout, so no
+    /// redemption in flight can write a new grant version after the shredding. Returns how
+    /// many sealed versions were shredded.
+    pub async fn revoke(&self, tenant: &TenantId, reason: &str) -> Result<u64, BrokerError> {
+        let lock = self.partner_lock(tenant);
+        let _guard = lock.lock().await;
+        let owner = self.wait_for_lease(tenant).await?;
+        let result = async {
+            let partner = partners::get(&self.inner.db, tenant)
+                .await?
+                .ok_or(BrokerError::PartnerNotFound)?;
+            // The status first: should the shredding fail, nothing redeems the grant anyway.
+            self.change_status(&partner, PartnerStatus::Revoked, None, reason)
+                .await?;
+            let shredded = partners::shred_all(&self.inner.db, tenant, now()).await?;
+            Ok(shredded)
+        }
+        .await;
+        self.forget(tenant);
+        self.release(tenant, &owner).await;
+        result
     }
 
     /// The scheduler's path: it already leased `tenant` (as `owner`). If a token request of

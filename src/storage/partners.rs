@@ -388,3 +388,361 @@ pub async fn count_by_status(db: &Db) -> Result<Vec<(PartnerStatus, i64)>, Stora
     counts.sort_by_key(|(status, _)| status.as_str());
     Ok(counts)
 }
+
+/// The orders the ops dashboard lists partners in. Each ends with `tenant_id`, so a
+/// [`Position`] names one row exactly and keyset pagination never skips or repeats one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartnerSort {
+    /// Display name, A to Z.
+    Name,
+    /// Soonest 90-day horizon first (= oldest successful redemption first).
+    Expiry,
+    /// By status, then by name.
+    Status,
+    /// Most recent successful redemption first.
+    LastRefresh,
+}
+
+impl PartnerSort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Name => "name",
+            Self::Expiry => "expiry",
+            Self::Status => "status",
+            Self::LastRefresh => "last_refresh",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "name" => Self::Name,
+            "expiry" => Self::Expiry,
+            "status" => Self::Status,
+            "last_refresh" => Self::LastRefresh,
+            _ => return None,
+        })
+    }
+
+    /// Where a listed partner stands in this order (the next page starts after it).
+    pub fn position_of(self, partner: &Partner) -> Position {
+        let tenant = partner.tenant_id.clone();
+        match self {
+            Self::Name => Position::Name {
+                name: partner.display_name.clone(),
+                tenant,
+            },
+            Self::Expiry | Self::LastRefresh => Position::Refresh {
+                at: partner.last_refresh_at,
+                tenant,
+            },
+            Self::Status => Position::Status {
+                status: partner.status,
+                name: partner.display_name.clone(),
+                tenant,
+            },
+        }
+    }
+}
+
+/// A row's place in a [`PartnerSort`]: the values of the sort key, tiebreak included.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Position {
+    Name {
+        name: String,
+        tenant: TenantId,
+    },
+    Refresh {
+        at: i64,
+        tenant: TenantId,
+    },
+    Status {
+        status: PartnerStatus,
+        name: String,
+        tenant: TenantId,
+    },
+}
+
+/// Which partners to list, in what order, from where.
+#[derive(Clone, Debug)]
+pub struct PartnerQuery {
+    /// A tenant id, or a fragment of a display name, tenant id or domain (case-insensitive).
+    pub search: Option<String>,
+    pub status: Option<PartnerStatus>,
+    pub sort: PartnerSort,
+    /// Start after this row (`None`: the first page). Must belong to `sort`.
+    pub after: Option<Position>,
+    pub limit: i64,
+}
+
+/// A partner as the dashboard lists it: the record plus its rotation schedule.
+#[derive(Clone, Debug)]
+pub struct ListedPartner {
+    pub partner: Partner,
+    /// When the scheduler redeems the grant next (meaningful while the status is usable).
+    pub rotate_at: i64,
+}
+
+fn listed_from_row(row: &AnyRow) -> Result<ListedPartner, StorageError> {
+    Ok(ListedPartner {
+        partner: partner_from_row(row)?,
+        rotate_at: row.try_get("rotate_at")?,
+    })
+}
+
+/// Escapes `LIKE` wildcards so a search term matches literally (with `ESCAPE '\'`).
+fn like_fragment(term: &str) -> String {
+    let mut pattern = String::with_capacity(term.len() + 2);
+    pattern.push('%');
+    for c in term.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// One page of partners for the dashboard (keyset pagination). The WHERE clause compares
+/// row values with the sort key, and each sort has an index in that order (migration
+/// 0006), so the database walks the index from the cursor and stops after `limit` matching
+/// rows: no OFFSET, no sort of the whole table, whatever the page number.
+pub async fn list_page(db: &Db, query: &PartnerQuery) -> Result<Vec<ListedPartner>, StorageError> {
+    enum Arg {
+        Text(String),
+        Int(i64),
+    }
+    let mut clauses: Vec<String> = Vec::new();
+    let mut args: Vec<Arg> = Vec::new();
+    // `$n` for the next argument.
+    fn push(args: &mut Vec<Arg>, arg: Arg) -> String {
+        args.push(arg);
+        format!("${}", args.len())
+    }
+    if let Some(status) = query.status {
+        let p = push(&mut args, Arg::Text(status.as_str().into()));
+        clauses.push(format!("status = {p}"));
+    }
+    if let Some(term) = &query.search {
+        if let Ok(tenant) = TenantId::parse(term) {
+            // A whole tenant id: the primary key, whatever the order.
+            let p = push(&mut args, Arg::Text(tenant.as_str().into()));
+            clauses.push(format!("tenant_id = {p}"));
+        } else {
+            // Case-insensitive: SQLite's LIKE folds ASCII letters, PostgreSQL needs ILIKE
+            // (which folds every letter). Not lower(column): that would hide the column
+            // from the index entries the search filters (see migration 0006).
+            let like = match db.backend() {
+                Backend::Sqlite => "LIKE",
+                Backend::Postgres => "ILIKE",
+            };
+            let p = push(&mut args, Arg::Text(like_fragment(term)));
+            clauses.push(format!(
+                "(display_name {like} {p} ESCAPE '\\' OR tenant_id {like} {p} ESCAPE '\\' OR domain {like} {p} ESCAPE '\\')"
+            ));
+        }
+    }
+    let order = match query.sort {
+        PartnerSort::Name => "display_name, tenant_id",
+        PartnerSort::Expiry => "last_refresh_at, tenant_id",
+        PartnerSort::Status => "status, display_name, tenant_id",
+        PartnerSort::LastRefresh => "last_refresh_at DESC, tenant_id DESC",
+    };
+    match (&query.after, query.sort) {
+        (None, _) => {}
+        (Some(Position::Name { name, tenant }), PartnerSort::Name) => {
+            let n = push(&mut args, Arg::Text(name.clone()));
+            let t = push(&mut args, Arg::Text(tenant.as_str().into()));
+            clauses.push(format!("(display_name, tenant_id) > ({n}, {t})"));
+        }
+        (
+            Some(Position::Refresh { at, tenant }),
+            PartnerSort::Expiry | PartnerSort::LastRefresh,
+        ) => {
+            let a = push(&mut args, Arg::Int(*at));
+            let t = push(&mut args, Arg::Text(tenant.as_str().into()));
+            let op = if query.sort == PartnerSort::Expiry {
+                ">"
+            } else {
+                "<"
+            };
+            clauses.push(format!("(last_refresh_at, tenant_id) {op} ({a}, {t})"));
+        }
+        (
+            Some(Position::Status {
+                status,
+                name,
+                tenant,
+            }),
+            PartnerSort::Status,
+        ) => {
+            let s = push(&mut args, Arg::Text(status.as_str().into()));
+            let n = push(&mut args, Arg::Text(name.clone()));
+            let t = push(&mut args, Arg::Text(tenant.as_str().into()));
+            clauses.push(format!(
+                "(status, display_name, tenant_id) > ({s}, {n}, {t})"
+            ));
+        }
+        (Some(_), _) => {
+            return Err(StorageError::Corrupt(
+                "a list position from another sort order".into(),
+            ));
+        }
+    }
+    let filter = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", clauses.join(" AND "))
+    };
+    let limit = push(&mut args, Arg::Int(query.limit));
+    let sql = format!(
+        "SELECT {PARTNER_COLUMNS}, rotate_at FROM partners {filter} ORDER BY {order} LIMIT {limit}"
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for arg in args {
+        q = match arg {
+            Arg::Text(text) => q.bind(text),
+            Arg::Int(n) => q.bind(n),
+        };
+    }
+    let rows = q.fetch_all(db.reader()).await?;
+    rows.iter().map(listed_from_row).collect()
+}
+
+/// One partner with its rotation schedule (the dashboard's detail page).
+pub async fn get_listed(db: &Db, tenant: &TenantId) -> Result<Option<ListedPartner>, StorageError> {
+    let sql = format!("SELECT {PARTNER_COLUMNS}, rotate_at FROM partners WHERE tenant_id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant.as_str())
+        .fetch_optional(db.reader())
+        .await?;
+    row.as_ref().map(listed_from_row).transpose()
+}
+
+/// A consent as recorded: who, with what strength, for which scopes.
+#[derive(Clone, Debug)]
+pub struct ConsentRecord {
+    pub upn: String,
+    pub user_name: Option<String>,
+    pub mfa: bool,
+    /// The `amr` values of the consent's access token, space-separated.
+    pub amr: String,
+    pub scopes: String,
+    pub invitation: bool,
+    pub consented_at: i64,
+}
+
+/// A tenant's consents, newest first.
+pub async fn consents(
+    db: &Db,
+    tenant: &TenantId,
+    limit: i64,
+) -> Result<Vec<ConsentRecord>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT upn, display_name, mfa, amr, scopes, invitation_id, consented_at FROM consents
+         WHERE tenant_id = $1 ORDER BY consented_at DESC, id DESC LIMIT $2",
+    )
+    .bind(tenant.as_str())
+    .bind(limit)
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ConsentRecord {
+                upn: r.try_get("upn")?,
+                user_name: r.try_get("display_name")?,
+                mfa: flag(r.try_get("mfa")?),
+                amr: r.try_get("amr")?,
+                scopes: r.try_get("scopes")?,
+                invitation: r.try_get::<Option<String>, _>("invitation_id")?.is_some(),
+                consented_at: r.try_get("consented_at")?,
+            })
+        })
+        .collect()
+}
+
+/// A grant version's metadata; never its sealed bytes.
+#[derive(Clone, Debug)]
+pub struct GrantVersion {
+    pub version: i64,
+    pub source: String,
+    pub created_at: i64,
+    pub shredded_at: Option<i64>,
+    /// The key-encryption key that wraps its data key (`None` once shredded).
+    pub kek_id: Option<String>,
+}
+
+/// A tenant's grant versions, newest first.
+pub async fn grant_versions(
+    db: &Db,
+    tenant: &TenantId,
+    limit: i64,
+) -> Result<Vec<GrantVersion>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT version, source, created_at, shredded_at, kek_id FROM grants
+         WHERE tenant_id = $1 ORDER BY version DESC LIMIT $2",
+    )
+    .bind(tenant.as_str())
+    .bind(limit)
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(GrantVersion {
+                version: r.try_get("version")?,
+                source: r.try_get("source")?,
+                created_at: r.try_get("created_at")?,
+                shredded_at: r.try_get("shredded_at")?,
+                kek_id: r.try_get("kek_id")?,
+            })
+        })
+        .collect()
+}
+
+/// A recorded status change.
+#[derive(Clone, Debug)]
+pub struct StatusChange {
+    pub at: i64,
+    pub from: Option<String>,
+    pub to: String,
+    pub code: Option<String>,
+    pub reason: String,
+}
+
+/// A tenant's status changes, newest first.
+pub async fn status_changes(
+    db: &Db,
+    tenant: &TenantId,
+    limit: i64,
+) -> Result<Vec<StatusChange>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT at, from_status, to_status, code, reason FROM status_changes
+         WHERE tenant_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
+    )
+    .bind(tenant.as_str())
+    .bind(limit)
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StatusChange {
+                at: r.try_get("at")?,
+                from: r.try_get("from_status")?,
+                to: r.try_get("to_status")?,
+                code: r.try_get("code")?,
+                reason: r.try_get("reason")?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_terms_match_literally() {
+        assert_eq!(like_fragment("contoso"), "%contoso%");
+        assert_eq!(like_fragment("50%_off\\"), "%50\\%\\_off\\\\%");
+    }
+}

@@ -302,3 +302,72 @@ pub async fn consent_mfa(db: &Db, limit: i64) -> Result<ConsentMfa, StorageError
             .collect::<Result<_, StorageError>>()?,
     })
 }
+
+/// One tenant's token requests per client and resource, among the rows the log still keeps
+/// (the latest [`RECENT`] requests of all tenants; the hourly counts have no tenant).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantRequests {
+    pub client_id: String,
+    /// The client's name, if the client still exists.
+    pub client_name: Option<String>,
+    pub resource: String,
+    pub counts: RequestCounts,
+    pub last_at: i64,
+}
+
+/// What [`RECENT`] rows of the log cover: their number and the oldest one's time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogWindow {
+    pub rows: i64,
+    pub since: Option<i64>,
+}
+
+pub async fn tenant_counts(
+    db: &Db,
+    tenant: &str,
+) -> Result<(Vec<TenantRequests>, LogWindow), StorageError> {
+    use sqlx::Row;
+    // At most RECENT rows to scan (the table is pruned on every write), so no index on
+    // tenant_id: one would cost every batch of the token path more than this read saves.
+    let rows = sqlx::query(
+        "SELECT r.client_id, c.name, r.resource, CAST(COUNT(*) AS BIGINT) AS requests, \
+         CAST(SUM(CASE WHEN r.outcome = 'issued' THEN 1 ELSE 0 END) AS BIGINT) AS issued, \
+         CAST(SUM(CASE WHEN r.outcome = 'issued' AND r.mfa = 1 THEN 1 ELSE 0 END) AS BIGINT) AS issued_mfa, \
+         CAST(SUM(CASE WHEN r.outcome = 'issued' AND r.cached = 1 THEN 1 ELSE 0 END) AS BIGINT) AS cached, \
+         MAX(r.at) AS last_at \
+         FROM token_requests r LEFT JOIN clients c ON c.client_id = r.client_id \
+         WHERE r.tenant_id = $1 GROUP BY r.client_id, c.name, r.resource \
+         ORDER BY requests DESC, r.client_id, r.resource",
+    )
+    .bind(tenant)
+    .fetch_all(db.reader())
+    .await?;
+    let counts = rows
+        .iter()
+        .map(|r| {
+            Ok(TenantRequests {
+                client_id: r.try_get("client_id")?,
+                client_name: r.try_get("name")?,
+                resource: r.try_get("resource")?,
+                counts: RequestCounts {
+                    requests: r.try_get("requests")?,
+                    issued: r.try_get("issued")?,
+                    issued_mfa: r.try_get("issued_mfa")?,
+                    cached: r.try_get("cached")?,
+                },
+                last_at: r.try_get("last_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    let window =
+        sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n, MIN(at) AS since FROM token_requests")
+            .fetch_one(db.reader())
+            .await?;
+    Ok((
+        counts,
+        LogWindow {
+            rows: window.try_get("n")?,
+            since: window.try_get("since")?,
+        },
+    ))
+}

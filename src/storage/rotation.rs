@@ -249,3 +249,41 @@ pub async fn clamp_schedule(db: &Db, rotate_after_secs: i64) -> Result<u64, Stor
         .await?;
     Ok(done.rows_affected())
 }
+
+/// A recorded redemption attempt.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    pub at: i64,
+    pub source: String,
+    pub outcome: String,
+    /// The AADSTS code, if Entra gave one.
+    pub code: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// A tenant's latest redemption attempts, newest first.
+pub async fn attempts(
+    db: &Db,
+    tenant: &TenantId,
+    limit: i64,
+) -> Result<Vec<AttemptRecord>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT at, source, outcome, code, duration_ms FROM rotation_attempts
+         WHERE tenant_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
+    )
+    .bind(tenant.as_str())
+    .bind(limit)
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AttemptRecord {
+                at: r.try_get("at")?,
+                source: r.try_get("source")?,
+                outcome: r.try_get("outcome")?,
+                code: r.try_get("code")?,
+                duration_ms: r.try_get("duration_ms")?,
+            })
+        })
+        .collect()
+}

@@ -8,6 +8,7 @@ mod support;
 mod audit;
 mod integrations;
 mod overview;
+mod partners;
 mod report;
 mod settings;
 mod signin;

@@ -54,8 +54,104 @@ try {
   assert.equal(await admin.locator('svg.chart').count(), 2, 'two server-rendered charts');
   await screenshot(admin, '04-overview');
 
-  const [status] = await tokenRequest(sv, client, tenant, resource);
+  let [status, body] = await tokenRequest(sv, client, tenant, resource);
   assert.equal(status, 200, 'the token API serves Contoso');
+
+  // --- The admin finds Contoso by its domain and opens its page.
+  await admin.getByRole('navigation').getByRole('link', { name: 'Partners' }).click();
+  await admin.getByLabel('Name, tenant id or domain').fill('contoso.example');
+  await admin.getByRole('button', { name: 'Show' }).click();
+  const rows = admin.locator('main table tbody tr');
+  assert.equal(await rows.count(), 1, 'one partner matches contoso.example');
+  assert.match(await rows.first().innerText(), /Contoso/);
+  await screenshot(admin, '05-partners-search');
+  await rows.first().getByRole('link', { name: 'Contoso' }).click();
+  assert.equal(new URL(admin.url()).pathname, `/ops/partners/${tenant}`);
+  const detail = await text(admin);
+  assert.match(detail, /jane@contoso\.example/, 'the consent history names Jane');
+  assert.match(detail, /MFA at consent yes/);
+  await screenshot(admin, '06-partner');
+
+  // --- Rotate now: one redemption, the outcome shown on the page.
+  await admin.getByRole('button', { name: 'Rotate now' }).click();
+  assert.match(await text(admin, '[role=status]'), /Rotated: the refresh token was redeemed/);
+  assert.match(await text(admin), /manual success/, 'the attempt is listed');
+
+  // --- Access check: a live redemption per configured resource, MFA read from `amr`.
+  await admin.getByRole('button', { name: 'Access check' }).click();
+  const checks = admin.locator('main table tbody tr');
+  const checked = await checks.count();
+  assert.ok(checked >= 1, 'at least the primary resource is checked');
+  // Jane consented to Partner Center; a resource she did not consent to shows as such.
+  let primaryChecked = false;
+  for (let i = 0; i < checked; i++) {
+    const row = (await checks.nth(i).innerText()).replace(/\s+/g, ' ');
+    if (row.startsWith(resource)) {
+      assert.match(row, /issued yes/, `Partner Center issued, with MFA: ${row}`);
+      primaryChecked = true;
+    } else {
+      assert.match(row, /issued yes|resource not consented/, row);
+    }
+  }
+  assert.ok(primaryChecked, 'the primary resource is checked');
+  assert.doesNotMatch(await admin.content(), /eyJ[\w-]{10,}\./, 'no token on the page');
+  await screenshot(admin, '07-access-check');
+
+  // --- A viewer sees the partner but no action, and a forged revoke form is refused.
+  await signIn(viewer, sv, accounts.viewer, NEW_PASSWORD);
+  await viewer.goto(`${sv}/ops/partners/${tenant}`);
+  assert.match(await text(viewer), /Contoso/);
+  for (const name of ['Revoke and purge', 'Rotate now', 'Access check']) {
+    assert.equal(await viewer.getByRole('button', { name }).count(), 0, `viewer sees no "${name}"`);
+  }
+  await screenshot(viewer, '08-partner-as-viewer');
+  const viewerCsrf = await viewer.locator('input[name=csrf]').first().inputValue();
+  const forged = await viewer.request.post(`${sv}/ops/partners/${tenant}/revoke`, {
+    form: { csrf: viewerCsrf, confirm: tenant },
+    maxRedirects: 0,
+  });
+  assert.equal(forged.status(), 403, 'a viewer posting the revoke form is refused');
+  [status] = await tokenRequest(sv, client, tenant, resource);
+  assert.equal(status, 200, 'nothing changed: Contoso is still served');
+
+  // --- The admin revokes: typed confirmation, then the token API refuses Contoso at once.
+  await admin.goto(`${sv}/ops/partners/${tenant}`);
+  await admin.getByLabel("To revoke and purge, type this partner's tenant id").fill(tenant);
+  await admin.getByRole('button', { name: 'Revoke and purge' }).click();
+  assert.match(await text(admin, 'h1'), /revoked/);
+  assert.match(await text(admin, '[role=status]'), /crypto-shredded/);
+  for (const name of ['Revoke and purge', 'Rotate now', 'Access check']) {
+    assert.equal(await admin.getByRole('button', { name }).count(), 0, `no "${name}" once revoked`);
+  }
+  await screenshot(admin, '09-partner-revoked');
+  [status, body] = await tokenRequest(sv, client, tenant, resource);
+  assert.equal(status, 409, `revoked Contoso is refused: ${JSON.stringify(body)}`);
+  assert.ok(['reconsent_required', 'partner_revoked'].includes(body.code), body.code);
+
+  // --- The other pages, as the security team sees them.
+  await admin.goto(`${sv}/ops/security`);
+  const report = await text(admin);
+  assert.match(report, /100 % Tokens issued with MFA/, report);
+  assert.match(report, /0 Partners consented without MFA/, report);
+  await screenshot(admin, '10-security-report');
+  await admin.goto(`${sv}/ops/audit`);
+  const audit = await text(admin);
+  for (const action of ['ops.partner.revoke', 'ops.partner.check', 'ops.partner.rotate', 'ops.sign_in']) {
+    assert.ok(audit.includes(action), `the audit log shows ${action}`);
+  }
+  await screenshot(admin, '11-audit');
+  await admin.getByRole('button', { name: 'Verify chain' }).click();
+  assert.match(await text(admin), /chain intact/);
+  await screenshot(admin, '12-audit-verified');
+  for (const [path, name] of [
+    ['/ops/integrations', '13-integrations'],
+    ['/ops/invitations', '14-invitations'],
+    ['/ops/keys', '15-keys'],
+    ['/ops', '16-overview-after'],
+  ]) {
+    await admin.goto(`${sv}${path}`);
+    await screenshot(admin, name);
+  }
 
   console.log('browser suite: every step passed');
 } finally {

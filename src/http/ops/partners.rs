@@ -435,6 +435,9 @@ struct DetailPage {
     name: String,
     domain: String,
     status: &'static str,
+    /// Rotate and access check only make sense while the grant may be redeemed.
+    usable: bool,
+    revoked: bool,
     status_code: String,
     status_meaning: String,
     status_reason: String,
@@ -544,6 +547,8 @@ async fn detail(
         name: p.display_name.clone(),
         domain: p.domain.clone().unwrap_or_default(),
         status: p.status.as_str(),
+        usable: p.status.is_usable(),
+        revoked: p.status == PartnerStatus::Revoked,
         status_code: status_code
             .map(|c| format!("AADSTS{c}"))
             .unwrap_or_default(),

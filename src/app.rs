@@ -140,6 +140,7 @@ impl App {
         let auth = Arc::new(ClientAuth::new(services.db.clone()));
         // Ends by itself when the last handle to `auth` is gone.
         auth.spawn_revocation_watch();
+        services.broker.spawn_status_watch();
         let state = AppState::new(crate::http::Shared {
             config: services.config.clone(),
             db: services.db.clone(),

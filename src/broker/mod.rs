@@ -99,6 +99,8 @@ pub const APP_CREDENTIALS_ALARM: &str = "app_credentials";
 const LEASE_SECS: i64 = 30;
 /// How long a token request waits for another replica's redemption of the same partner.
 const LEASE_WAIT: Duration = Duration::from_secs(10);
+/// How often a service looks for status changes made elsewhere (another replica, the CLI).
+const STATUS_POLL: Duration = Duration::from_secs(1);
 
 /// What a redemption was for: recorded with every attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +210,40 @@ impl Broker {
 
     fn new_lease_owner(&self) -> String {
         format!("{}:{}", self.inner.instance, uuid::Uuid::new_v4().simple())
+    }
+
+    /// Watches status changes made by anyone — another replica's revocation, `samvault
+    /// partners purge`, a rotation that found the grant dead — and drops the cached tokens of
+    /// partners that may no longer be served, within [`STATUS_POLL`]. Without it a replica
+    /// would keep serving a revoked partner's cached access token until it expired. Ends by
+    /// itself when the broker is dropped.
+    pub fn spawn_status_watch(&self) -> tokio::task::JoinHandle<()> {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut seen = None;
+            loop {
+                let Some(inner) = inner.upgrade() else { return };
+                let broker = Broker { inner };
+                // Nothing is cached before the service starts: begin at the newest change.
+                let Some(after) = seen else {
+                    seen = partners::last_status_change(&broker.inner.db).await.ok();
+                    tokio::time::sleep(STATUS_POLL).await;
+                    continue;
+                };
+                // On a database error keep the position and try again: cached tokens keep
+                // serving through an outage by design.
+                if let Ok(changes) = partners::status_changes_after(&broker.inner.db, after).await {
+                    for change in changes {
+                        seen = Some(change.id);
+                        if !change.to_status.is_usable() {
+                            broker.forget(&change.tenant_id);
+                        }
+                    }
+                }
+                drop(broker);
+                tokio::time::sleep(STATUS_POLL).await;
+            }
+        })
     }
 
     /// Drops every cached token of a partner (revocation, purge, re-consent).

@@ -746,3 +746,46 @@ mod tests {
         assert_eq!(like_fragment("50%_off\\"), "%50\\%\\_off\\\\%");
     }
 }
+
+/// A row of `status_changes` as the services' status watch reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusTransition {
+    pub id: i64,
+    pub tenant_id: TenantId,
+    pub to_status: PartnerStatus,
+}
+
+/// The id of the newest status change (0 when there is none): where a watch starts.
+pub async fn last_status_change(db: &Db) -> Result<i64, StorageError> {
+    let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM status_changes")
+        .fetch_one(db.reader())
+        .await?;
+    Ok(row.try_get("id")?)
+}
+
+/// Status changes after `after`, oldest first, at most 1,000 (a primary-key range scan).
+pub async fn status_changes_after(
+    db: &Db,
+    after: i64,
+) -> Result<Vec<StatusTransition>, StorageError> {
+    let rows = sqlx::query(
+        "SELECT id, tenant_id, to_status FROM status_changes WHERE id > $1 ORDER BY id LIMIT 1000",
+    )
+    .bind(after)
+    .fetch_all(db.reader())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let tenant: String = r.try_get("tenant_id")?;
+            let status: String = r.try_get("to_status")?;
+            Ok(StatusTransition {
+                id: r.try_get("id")?,
+                tenant_id: TenantId::parse(&tenant).map_err(|e| {
+                    StorageError::Corrupt(format!("status change of {tenant}: {e}"))
+                })?,
+                to_status: PartnerStatus::parse(&status)
+                    .ok_or_else(|| StorageError::Corrupt(format!("status {status}")))?,
+            })
+        })
+        .collect()
+}

@@ -528,6 +528,45 @@ async fn viewers_see_no_actions_and_cannot_post_them(backend: Backend) {
     assert_eq!(stack.refresh_calls().await, calls);
 }
 
+/// A revocation made on one replica reaches the others' token caches within a second (the
+/// broker's status watch): replica 1 served Contoso from its cache, and stops once replica 0
+/// revokes it. PostgreSQL only: replicas need a shared database.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_reaches_every_replica() {
+    let Some(db) = support::fresh_database(Backend::Postgres).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default().replicas(2)).await;
+    stack.consent("jane@contoso.example").await;
+    let creds = stack.client(&[PARTNER_CENTER]);
+    for replica in [0, 1] {
+        let (status, body) = stack.token_at(replica, &creds, CONTOSO, token_body()).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, body) = stack.token_at(1, &creds, CONTOSO, token_body()).await;
+    assert_eq!(
+        body["cached"], true,
+        "replica 1 serves Contoso from its cache"
+    );
+
+    let mut alice = Operator::signed_in(&stack, "alice", "admin").await;
+    let detail = format!("/ops/partners/{CONTOSO}");
+    let csrf = alice.csrf(&detail).await;
+    let (status, _, _) = alice
+        .post(
+            &format!("{detail}/revoke"),
+            &[("csrf", &csrf), ("confirm", CONTOSO)],
+        )
+        .await;
+    assert_eq!(status, 303);
+    eventually(
+        std::time::Duration::from_secs(5),
+        "replica 1 refuses the revoked partner",
+        || async { stack.token_at(1, &creds, CONTOSO, token_body()).await.0 == 409 },
+    )
+    .await;
+}
+
 on_both_backends!(
     list_searches_filters_and_pages,
     operators_rotate_check_and_invite_admins_revoke,

@@ -6,6 +6,7 @@
 mod support;
 
 mod audit;
+mod guard;
 mod integrations;
 mod overview;
 mod partners;

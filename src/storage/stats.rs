@@ -116,10 +116,15 @@ pub struct DueGrant {
 
 /// The next `limit` usable grants in rotation order (the `rotate_at` index).
 pub async fn next_due(db: &Db, limit: i64) -> Result<Vec<DueGrant>, StorageError> {
+    // The always-true range on rotate_at makes SQLite's planner walk the rotate_at index and
+    // stop after `limit` rows; without table statistics it otherwise picks the status index
+    // and sorts every usable partner (77 ms instead of < 1 ms at 100,000 partners).
     let rows = sqlx::query(
         "SELECT tenant_id, display_name, status, rotate_at, last_refresh_at, failures
-         FROM partners WHERE status IN ('active', 'at_risk') ORDER BY rotate_at LIMIT $1",
+         FROM partners WHERE status IN ('active', 'at_risk') AND rotate_at >= $1
+         ORDER BY rotate_at LIMIT $2",
     )
+    .bind(i64::MIN)
     .bind(limit)
     .fetch_all(db.reader())
     .await?;

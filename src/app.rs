@@ -58,8 +58,22 @@ pub struct Services {
 
 impl Services {
     pub async fn open(config: Config) -> anyhow::Result<Services> {
-        let idp = IdpClient::new(&config)?;
         let sqlite_lock = sqlite_single_process_lock(&config)?;
+        Self::assemble(config, sqlite_lock).await
+    }
+
+    /// For a short command that must work beside a running `serve` even on SQLite
+    /// (`partners purge` in an emergency): no process lock. Safe because everything it writes
+    /// about a partner is done under that partner's lease in the database.
+    pub async fn open_beside_server(config: Config) -> anyhow::Result<Services> {
+        Self::assemble(config, None).await
+    }
+
+    async fn assemble(
+        config: Config,
+        sqlite_lock: Option<std::fs::File>,
+    ) -> anyhow::Result<Services> {
+        let idp = IdpClient::new(&config)?;
         let db = open_db(&config).await?;
         let vault = open_vault(&config)?;
         let notifier = Notifier::new(db.clone(), &config);

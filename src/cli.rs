@@ -63,7 +63,7 @@ enum OpsUserCommand {
     Create {
         #[arg(long)]
         username: String,
-        /// viewer (read), operator (rotate, access check, clients), admin (revoke, purge, keys)
+        /// viewer (read), operator (rotate, access check, invitations), admin (revoke, clients)
         #[arg(long)]
         role: String,
         #[arg(long)]
@@ -198,6 +198,25 @@ enum PartnersCommand {
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
     },
+    /// Emergency remediation: crypto-shred the sealed refresh tokens of one partner or of all
+    /// of them; each becomes reconsent_required and must consent again. Works beside a
+    /// running `serve` (running services stop serving cached tokens within a second).
+    Purge {
+        /// The partner's tenant id.
+        #[arg(
+            long,
+            value_name = "TENANT_ID",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        partner: Option<String>,
+        /// Every partner.
+        #[arg(long)]
+        all: bool,
+        /// Confirms: without it nothing is purged.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -320,6 +339,9 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
             )
             .await?;
             println!("imported {imported} partners; each is due for rotation now");
+        }
+        Command::Partners(PartnersCommand::Purge { partner, all, yes }) => {
+            return purge(partner, all, yes, config).await;
         }
         Command::Partners(PartnersCommand::List { json }) => {
             let db = app::open_db(&config).await?;
@@ -611,6 +633,107 @@ async fn ops_user_command(cmd: OpsUserCommand, config: &Config) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// `samvault partners purge`: shreds one partner's grants or everyone's, with the same
+/// concurrency as rotation; a per-partner failure is reported and the rest carries on.
+async fn purge(
+    partner: Option<String>,
+    all: bool,
+    yes: bool,
+    config: Config,
+) -> anyhow::Result<ExitCode> {
+    let tenant = partner
+        .map(|t| TenantId::parse(&t).map_err(|e| anyhow::anyhow!("--partner: {e}")))
+        .transpose()?;
+    if !yes {
+        let whom = if all {
+            "every partner".to_string()
+        } else {
+            format!("partner {}", tenant.as_ref().map_or("", TenantId::as_str))
+        };
+        eprintln!(
+            "this crypto-shreds the refresh tokens of {whom}; each must consent again.\n\
+             Run again with --yes to do it."
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let services = crate::app::Services::open_beside_server(config).await?;
+    let tenants = match tenant {
+        Some(tenant) => vec![tenant],
+        None => partners::list(&services.db)
+            .await?
+            .into_iter()
+            .map(|p| p.tenant_id)
+            .collect(),
+    };
+    let reason = if all {
+        "Purged with every other partner by `samvault partners purge --all`. The partner must consent again."
+    } else {
+        "Purged by `samvault partners purge`. The partner must consent again."
+    };
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        services.config.rotation_concurrency,
+    ));
+    let mut set = tokio::task::JoinSet::new();
+    for tenant in tenants {
+        let (broker, permits) = (services.broker.clone(), permits.clone());
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore open");
+            let result = broker
+                .purge(
+                    &tenant,
+                    crate::domain::PartnerStatus::ReconsentRequired,
+                    reason,
+                )
+                .await;
+            (tenant, result)
+        });
+    }
+    let (mut purged, mut shredded, mut failed) = (0u64, 0u64, Vec::new());
+    while let Some(joined) = set.join_next().await {
+        let (tenant, result) = joined?;
+        match result {
+            Ok(n) => {
+                purged += 1;
+                shredded += n;
+                if !all {
+                    audit::append(
+                        &services.db,
+                        "cli",
+                        "partners.purge",
+                        Some(tenant.as_str()),
+                        serde_json::json!({ "shredded": n }),
+                        now(),
+                    )
+                    .await?;
+                }
+            }
+            Err(e) => failed.push(format!("{tenant}: {}", e.code())),
+        }
+    }
+    if all {
+        audit::append(
+            &services.db,
+            "cli",
+            "partners.purge_all",
+            None,
+            serde_json::json!({ "partners": purged, "shredded": shredded, "failed": failed.len() }),
+            now(),
+        )
+        .await?;
+    }
+    println!(
+        "purged {purged} partner(s): {shredded} sealed grant version(s) crypto-shredded; each must consent again"
+    );
+    for failure in &failed {
+        eprintln!("not purged: {failure} (run the command again)");
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `samvault rotate`: redeems the chosen grants now with the configured concurrency.

@@ -474,7 +474,81 @@ async fn replicas_share_rotation_and_survive_sigkill(backend: Backend) {
     }
 }
 
+/// `samvault partners purge` — the emergency command — beside a running `serve`: refused
+/// without `--yes`; one partner, then every partner, crypto-shredded and `reconsent_required`;
+/// the running service stops serving them, cached tokens included, within a second.
+async fn purge_shreds_beside_a_running_service(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.consent("jane@contoso.example").await;
+    stack.consent("trent@wingtip.example").await;
+    let creds = stack.client(&[PARTNER_CENTER]);
+    for tenant in [CONTOSO, WINGTIP] {
+        assert_eq!(stack.token(&creds, tenant, token_body()).await.0, 200);
+    }
+    let sealed = "SELECT COUNT(*) FROM grants WHERE tenant_id = $1 AND (sealed IS NOT NULL OR wrapped_key IS NOT NULL)";
+    assert!(stack.scalar(sealed, CONTOSO).await > 0);
+
+    let refused = stack
+        .command(&["partners", "purge", "--partner", CONTOSO])
+        .output()
+        .unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "without --yes nothing happens"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    assert!(stack.scalar(sealed, CONTOSO).await > 0);
+    assert_eq!(stack.partner(CONTOSO).unwrap()["status"], "active");
+
+    let out = stack.cli(&["partners", "purge", "--partner", CONTOSO, "--yes"]);
+    assert!(out.contains("purged 1 partner(s)"), "{out}");
+    assert_eq!(stack.scalar(sealed, CONTOSO).await, 0, "crypto-shredded");
+    assert_eq!(
+        stack.partner(CONTOSO).unwrap()["status"],
+        "reconsent_required"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the service stops serving Contoso",
+        || async { stack.token(&creds, CONTOSO, token_body()).await.0 == 409 },
+    )
+    .await;
+    assert_eq!(
+        stack.token(&creds, WINGTIP, token_body()).await.0,
+        200,
+        "Wingtip untouched"
+    );
+
+    let out = stack.cli(&["partners", "purge", "--all", "--yes"]);
+    assert!(out.contains("purged 2 partner(s)"), "{out}");
+    assert_eq!(
+        stack
+            .scalar("SELECT COUNT(*) FROM grants WHERE sealed IS NOT NULL OR wrapped_key IS NOT NULL OR tenant_id = $1", "")
+            .await,
+        0,
+        "no sealed grant left anywhere"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the service stops serving Wingtip",
+        || async { stack.token(&creds, WINGTIP, token_body()).await.0 == 409 },
+    )
+    .await;
+    let actions = stack
+        .scalar(
+            "SELECT COUNT(*) FROM audit_log WHERE action IN ('partners.purge', 'partners.purge_all') AND actor <> $1",
+            "",
+        )
+        .await;
+    assert_eq!(actions, 2, "both purges are in the audit log");
+}
+
 on_both_backends!(
+    purge_shreds_beside_a_running_service,
     scheduler_keeps_idle_grants_alive,
     dead_grants_are_classified_and_announced,
     app_credential_failures_raise_one_alarm,

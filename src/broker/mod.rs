@@ -322,6 +322,18 @@ impl Broker {
     /// redemption in flight can write a new grant version after the shredding. Returns how
     /// many sealed versions were shredded.
     pub async fn revoke(&self, tenant: &TenantId, reason: &str) -> Result<u64, BrokerError> {
+        self.purge(tenant, PartnerStatus::Revoked, reason).await
+    }
+
+    /// Moves a partner to `status` (revoked, or reconsent_required for an emergency purge) and
+    /// crypto-shreds every grant version, under the partner's lock and lease like a
+    /// redemption; returns how many versions were shredded.
+    pub async fn purge(
+        &self,
+        tenant: &TenantId,
+        status: PartnerStatus,
+        reason: &str,
+    ) -> Result<u64, BrokerError> {
         let lock = self.partner_lock(tenant);
         let _guard = lock.lock().await;
         let owner = self.wait_for_lease(tenant).await?;
@@ -330,8 +342,7 @@ impl Broker {
                 .await?
                 .ok_or(BrokerError::PartnerNotFound)?;
             // The status first: should the shredding fail, nothing redeems the grant anyway.
-            self.change_status(&partner, PartnerStatus::Revoked, None, reason)
-                .await?;
+            self.change_status(&partner, status, None, reason).await?;
             let shredded = partners::shred_all(&self.inner.db, tenant, now()).await?;
             Ok(shredded)
         }

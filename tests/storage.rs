@@ -926,7 +926,10 @@ both_backends!(overview_aggregates, |url| async move {
     partners::set_status(&db, &tenants[5], PartnerStatus::Revoked, None, "test", now)
         .await
         .unwrap();
-    let buckets = stats::horizon_buckets(&db, now).await.unwrap();
+    let (statuses, buckets) = stats::statuses_and_horizon(&db, now).await.unwrap();
+    let mut statuses: Vec<(&str, i64)> = statuses.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+    statuses.sort();
+    assert_eq!(statuses, [("active", 5), ("revoked", 1)]);
     assert_eq!(stats::HORIZON_BUCKETS.len(), buckets.len());
     // expired, 0-7, 8-14, 15-30, 31-60, 61-75, 76-90; the revoked partner is not counted.
     assert_eq!(buckets, [1, 1, 1, 1, 0, 0, 1]);

@@ -199,14 +199,15 @@ pub async fn record_refresh(
     .execute(&mut *tx)
     .await?;
     shred_old_versions(&mut tx, tenant, grant.version, now).await?;
-    sqlx::query(
-        "INSERT INTO rotation_attempts (tenant_id, at, source, outcome, code, duration_ms) VALUES ($1, $2, $3, 'success', NULL, $4)",
+    super::rotation::insert_attempt(
+        &mut tx,
+        tenant,
+        now,
+        attempt.source,
+        "success",
+        None,
+        attempt.duration_ms,
     )
-    .bind(tenant.as_str())
-    .bind(now)
-    .bind(attempt.source)
-    .bind(attempt.duration_ms)
-    .execute(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(())

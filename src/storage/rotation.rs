@@ -168,6 +168,24 @@ pub async fn record_attempt(
     code: Option<&str>,
     duration_ms: i64,
 ) -> Result<(), StorageError> {
+    let mut tx = db.begin_write().await?;
+    insert_attempt(&mut tx, tenant, at, source, outcome, code, duration_ms).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records an attempt inside a caller's transaction: the row, and its day's count in
+/// `rotation_days` (what the overview charts; migration 0008).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn insert_attempt(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &TenantId,
+    at: i64,
+    source: &str,
+    outcome: &str,
+    code: Option<&str>,
+    duration_ms: i64,
+) -> Result<(), StorageError> {
     sqlx::query("INSERT INTO rotation_attempts (tenant_id, at, source, outcome, code, duration_ms) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(tenant.as_str())
         .bind(at)
@@ -175,8 +193,19 @@ pub async fn record_attempt(
         .bind(outcome)
         .bind(code)
         .bind(duration_ms)
-        .execute(db.pool())
+        .execute(&mut **tx)
         .await?;
+    let success = i64::from(outcome == "success");
+    sqlx::query(
+        "INSERT INTO rotation_days (day, successes, failures) VALUES ($1, $2, $3)
+         ON CONFLICT (day) DO UPDATE SET successes = rotation_days.successes + excluded.successes,
+             failures = rotation_days.failures + excluded.failures",
+    )
+    .bind(at.div_euclid(86_400))
+    .bind(success)
+    .bind(1 - success)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 use sqlx::Row;
 
 use super::{Db, StorageError};
+use crate::domain::PartnerStatus;
 
 /// Entra revokes a refresh token unused for this long (AADSTS700082).
 pub const INACTIVITY_LIMIT_SECS: i64 = 90 * 86_400;
@@ -23,8 +24,12 @@ pub const HORIZON_BUCKETS: [(i64, i64); 7] = [
     (76, 90),
 ];
 
-/// How many usable grants fall in each of [`HORIZON_BUCKETS`], in that order.
-pub async fn horizon_buckets(db: &Db, now: i64) -> Result<Vec<i64>, StorageError> {
+/// Partners per status, and how many usable grants fall in each of [`HORIZON_BUCKETS`] (in
+/// that order): one scan of the partners for both.
+pub async fn statuses_and_horizon(
+    db: &Db,
+    now: i64,
+) -> Result<(Vec<(PartnerStatus, i64)>, Vec<i64>), StorageError> {
     // Days left = (last_refresh_at + 90 d - now) / 1 d, so "days left <= d" is
     // "last_refresh_at < now - 90 d + (d + 1) days": one comparison per bucket edge.
     let edges: Vec<i64> = HORIZON_BUCKETS
@@ -40,23 +45,38 @@ pub async fn horizon_buckets(db: &Db, now: i64) -> Result<Vec<i64>, StorageError
         })
         .collect();
     let sql = format!(
-        "SELECT {} FROM partners WHERE status IN ('active', 'at_risk')",
+        "SELECT status, COUNT(*) AS n, {} FROM partners GROUP BY status",
         columns.join(", ")
     );
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for edge in &edges {
         query = query.bind(*edge);
     }
-    let row = query.fetch_one(db.reader()).await?;
-    // The columns are cumulative ("at most d days left"): the buckets are their differences.
-    let mut buckets = Vec::with_capacity(edges.len());
-    let mut below = 0;
-    for i in 0..edges.len() {
-        let cumulative: i64 = row.try_get(i)?;
-        buckets.push(cumulative - below);
-        below = cumulative;
+    let rows = query.fetch_all(db.reader()).await?;
+    let mut statuses = Vec::with_capacity(rows.len());
+    // Cumulative per edge ("at most d days left"), usable grants only.
+    let mut cumulative = vec![0i64; edges.len()];
+    for row in rows {
+        let name: String = row.try_get("status")?;
+        let status = PartnerStatus::parse(&name)
+            .ok_or_else(|| StorageError::Corrupt(format!("partner status {name}")))?;
+        statuses.push((status, row.try_get("n")?));
+        if status.is_usable() {
+            for (i, total) in cumulative.iter_mut().enumerate() {
+                *total += row.try_get::<i64, _>(i + 2)?;
+            }
+        }
     }
-    Ok(buckets)
+    let mut below = 0;
+    let buckets = cumulative
+        .into_iter()
+        .map(|c| {
+            let bucket = c - below;
+            below = c;
+            bucket
+        })
+        .collect();
+    Ok((statuses, buckets))
 }
 
 /// Redemption attempts of one UTC day.
@@ -78,12 +98,9 @@ pub async fn attempts_by_day(
     let today = now - now.rem_euclid(DAY);
     let first = today - (days - 1) * DAY;
     let rows = sqlx::query(
-        "SELECT at / 86400 AS day,
-                COUNT(CASE WHEN outcome = 'success' THEN 1 END) AS successes,
-                COUNT(CASE WHEN outcome <> 'success' THEN 1 END) AS failures
-         FROM rotation_attempts WHERE at >= $1 GROUP BY at / 86400",
+        "SELECT day, successes, failures FROM rotation_days WHERE day >= $1 ORDER BY day",
     )
-    .bind(first)
+    .bind(first / DAY)
     .fetch_all(db.reader())
     .await?;
     let mut out: Vec<DayAttempts> = (0..days)

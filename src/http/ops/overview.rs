@@ -16,7 +16,7 @@ use crate::domain::PartnerStatus;
 use crate::http::AppState;
 use crate::storage::ops_users::Role;
 use crate::storage::stats::{self, HORIZON_BUCKETS, INACTIVITY_LIMIT_SECS};
-use crate::storage::{now, partners, rotation};
+use crate::storage::{now, rotation};
 
 /// Days of rotation history the overview shows.
 const HISTORY_DAYS: i64 = 7;
@@ -92,10 +92,9 @@ async fn overview(State(state): State<AppState>, session: Session) -> Response {
     };
     let at = now();
     let db = &state.db;
-    let (counts, alarm, buckets, days, due) = match tokio::try_join!(
-        partners::count_by_status(db),
+    let ((counts, buckets), alarm, days, due) = match tokio::try_join!(
+        stats::statuses_and_horizon(db, at),
         rotation::alarm(db, crate::broker::APP_CREDENTIALS_ALARM),
-        stats::horizon_buckets(db, at),
         stats::attempts_by_day(db, at, HISTORY_DAYS),
         stats::next_due(db, NEXT_DUE),
     ) {

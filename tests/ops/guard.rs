@@ -66,13 +66,17 @@ fn concrete(path: &str) -> String {
         .replace("{id}", INVITATION)
 }
 
-/// The `/ops…` paths declared with `.route(` in src/http/ops/ (rustfmt may put the path on
-/// the line after `.route(`).
+/// The `/ops…` paths declared with `.route(` anywhere under src/http/ops/ (rustfmt may put
+/// the path on the line after `.route(`).
 fn declared_routes() -> Vec<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http/ops");
+    let mut files = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http/ops")];
     let mut routes = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let source = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let source = std::fs::read_to_string(path).unwrap();
         for chunk in source.split(".route(").skip(1) {
             let path = chunk.trim_start().trim_start_matches('"');
             let path = path.split('"').next().unwrap();

@@ -54,6 +54,18 @@ enum Command {
     OpsUser(OpsUserCommand),
     /// Redeem grants now (progress bar on a terminal, one summary line otherwise).
     Rotate(RotateArgs),
+    /// The key-encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Sealed records per key-encryption key version, and which key seals new records.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -71,6 +83,12 @@ enum OpsUserCommand {
     },
     /// List dashboard users (no secrets).
     List,
+    /// Disable a user at once (a phished or departed account): their open sessions are
+    /// refused at the next request.
+    Disable {
+        #[arg(long)]
+        username: String,
+    },
 }
 
 #[derive(Args)]
@@ -386,6 +404,39 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
             }
         }
         Command::OpsUser(cmd) => ops_user_command(cmd, &config).await?,
+        Command::Keys(KeysCommand::Status { json }) => {
+            let db = app::open_db(&config).await?;
+            let vault = app::open_vault(&config)?;
+            let (provider, current) = (vault.provider().kind(), vault.provider().current_kek_id());
+            let counts = crate::storage::sealed::count_by_kek(&db).await?;
+            let shredded = crate::storage::sealed::shredded_grants(&db).await?;
+            let elsewhere: i64 = counts
+                .iter()
+                .filter(|c| c.kek_id != current)
+                .map(|c| c.records)
+                .sum();
+            if json {
+                let rows: Vec<_> = counts
+                    .iter()
+                    .map(|c| serde_json::json!({ "what": c.what, "kek_id": c.kek_id, "records": c.records }))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "provider": provider, "current_kek_id": current, "sealed": rows,
+                        "shredded_grant_versions": shredded, "not_under_current_key": elsewhere,
+                    })
+                );
+            } else {
+                println!("key provider: {provider}\ncurrent key-encryption key: {current}\n");
+                for c in &counts {
+                    println!("{:<34} {:>10}  {}", c.what, c.records, c.kek_id);
+                }
+                println!(
+                    "\nshredded refresh-token versions: {shredded}\nsealed records under other keys: {elsewhere}"
+                );
+            }
+        }
         Command::Rotate(args) => return rotate(args, config).await,
         Command::Demo(_) | Command::DevIdp(_) => {
             unreachable!("handled before configuration is loaded")
@@ -615,6 +666,22 @@ async fn ops_user_command(cmd: OpsUserCommand, config: &Config) -> anyhow::Resul
                 println!("or import: {uri}");
                 println!("none of these is shown again");
             }
+        }
+        OpsUserCommand::Disable { username } => {
+            anyhow::ensure!(
+                ops_users::disable(&db, &username, now()).await?,
+                "no enabled ops user named {username}"
+            );
+            audit::append(
+                &db,
+                "cli",
+                "ops_user.disable",
+                None,
+                serde_json::json!({ "username": username }),
+                now(),
+            )
+            .await?;
+            println!("disabled {username}: their sessions end at their next request");
         }
         OpsUserCommand::List => {
             for user in ops_users::list(&db).await? {

@@ -204,3 +204,16 @@ pub async fn set_password(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Disables a user (a phished or departed account): the guard refuses every session of a
+/// disabled user at its next request. Returns false for an unknown or already disabled user.
+pub async fn disable(db: &Db, username: &str, now: i64) -> Result<bool, StorageError> {
+    let done = sqlx::query(
+        "UPDATE ops_users SET disabled_at = $2 WHERE username = $1 AND disabled_at IS NULL",
+    )
+    .bind(username)
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

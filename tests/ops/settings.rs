@@ -225,6 +225,24 @@ async fn keys_page_counts_what_is_sealed(backend: Backend) {
         "{page}"
     );
 
+    // `samvault keys status` says the same as the page.
+    let status: serde_json::Value =
+        serde_json::from_str(&stack.cli(&["keys", "status", "--json"])).unwrap();
+    assert_eq!(status["current_kek_id"], kek.as_str());
+    assert_eq!(status["not_under_current_key"], 0);
+    let cli_records = |what: &str| {
+        status["sealed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["what"] == what)
+            .map(|r| r["records"].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    assert_eq!(cli_records("refresh tokens (grant versions)"), 1);
+    assert_eq!(cli_records("ops users' TOTP secrets"), 1);
+    assert!(cli_records("sessions") >= sessions);
+
     // After a purge the grant is shredded: counted as such, no longer as sealed.
     let contoso = samvault::domain::TenantId::parse(CONTOSO).unwrap();
     samvault::storage::partners::shred_all(&db, &contoso, samvault::storage::now())

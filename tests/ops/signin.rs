@@ -171,7 +171,39 @@ async fn repeated_failures_lock_the_account(backend: Backend) {
     );
 }
 
+async fn a_disabled_user_is_signed_out_at_once(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    let mut mallory = Operator::signed_in(&stack, "mallory", "admin").await;
+    assert_eq!(mallory.get("/ops").await.0, 200);
+    let out = stack.cli(&["ops-user", "disable", "--username", "mallory"]);
+    assert!(out.contains("disabled mallory"), "{out}");
+    let (status, _, headers) = mallory.get("/ops").await;
+    assert_eq!(
+        (status, &headers["location"]),
+        (303, &"/ops/signin".parse().unwrap()),
+        "the open session is refused"
+    );
+    let refused = stack
+        .command(&["ops-user", "disable", "--username", "mallory"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "already disabled");
+    assert_eq!(
+        stack
+            .scalar(
+                "SELECT COUNT(*) FROM audit_log WHERE action = $1",
+                "ops_user.disable"
+            )
+            .await,
+        1
+    );
+}
+
 on_both_backends!(
+    a_disabled_user_is_signed_out_at_once,
     sign_in_with_password_and_totp,
     repeated_failures_lock_the_account
 );

@@ -7,6 +7,7 @@ mod support;
 
 mod audit;
 mod guard;
+mod hostile;
 mod integrations;
 mod overview;
 mod partners;

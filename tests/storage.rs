@@ -6,7 +6,7 @@ mod support;
 use samvault::domain::{PartnerStatus, Resource, TenantId};
 use samvault::storage::partners::{self, NewConsent, StoredGrant, grant_context};
 use samvault::storage::requests::{self, RECENT, RequestBatch, RequestCounts, RequestRecord};
-use samvault::storage::sessions::SealedSessionStore;
+use samvault::storage::sessions::{self, SealedSessionStore};
 use samvault::storage::{Db, StorageError, audit, clients, invitations, rotation, stats};
 use samvault::vault::{SealedRecord, Vault};
 use secrecy::ExposeSecret;
@@ -1824,22 +1824,31 @@ fn session_record(verifier: &str, expires_in: i64) -> Record {
     }
 }
 
-async fn raw_session(db: &Db, id: &Id) -> Option<Vec<u8>> {
-    let row = sqlx::query(
-        "SELECT id, kek_id, wrapped_key, sealed, expires_at FROM sessions WHERE id = $1",
-    )
-    .bind(id.to_string())
-    .fetch_optional(db.pool())
-    .await
-    .unwrap()?;
+/// Every stored session row, as bytes (ids, key ids, wrapped keys, ciphertexts).
+async fn raw_sessions(db: &Db) -> Vec<u8> {
+    let rows = sqlx::query("SELECT id, kek_id, wrapped_key, sealed FROM sessions")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
     let mut all = Vec::new();
-    for col in ["id", "kek_id"] {
-        all.extend_from_slice(row.try_get::<String, _>(col).unwrap().as_bytes());
+    for row in rows {
+        for col in ["id", "kek_id"] {
+            all.extend_from_slice(row.try_get::<String, _>(col).unwrap().as_bytes());
+        }
+        for col in ["wrapped_key", "sealed"] {
+            all.extend_from_slice(&row.try_get::<Vec<u8>, _>(col).unwrap());
+        }
     }
-    for col in ["wrapped_key", "sealed"] {
-        all.extend_from_slice(&row.try_get::<Vec<u8>, _>(col).unwrap());
-    }
-    Some(all)
+    all
+}
+
+async fn session_rows(db: &Db) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM sessions")
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap()
 }
 
 both_backends!(sealed_sessions_round_trip, |url| async move {
@@ -1854,7 +1863,12 @@ both_backends!(sealed_sessions_round_trip, |url| async move {
     assert_eq!(record.id, original_id, "no collision, the id is kept");
     assert_eq!(store.load(&record.id).await.unwrap(), Some(record.clone()));
 
-    let stored = raw_session(&db, &record.id).await.expect("row exists");
+    let stored = raw_sessions(&db).await;
+    assert_eq!(session_rows(&db).await, 1);
+    assert!(
+        !contains_bytes(&stored, record.id.to_string().as_bytes()),
+        "the session id (the cookie's value) is not stored: a dump must not replay sessions"
+    );
     assert!(
         !contains_bytes(&stored, VERIFIER.as_bytes()),
         "session data in clear"
@@ -1871,7 +1885,7 @@ both_backends!(sealed_sessions_round_trip, |url| async move {
         .insert("pkce_verifier".into(), serde_json::json!("second-verifier"));
     store.save(&record).await.unwrap();
     assert_eq!(store.load(&record.id).await.unwrap(), Some(record.clone()));
-    let stored = raw_session(&db, &record.id).await.unwrap();
+    let stored = raw_sessions(&db).await;
     assert!(!contains_bytes(&stored, b"second-verifier"));
     let fresh = session_record("third", 600);
     store.save(&fresh).await.unwrap();
@@ -1879,7 +1893,7 @@ both_backends!(sealed_sessions_round_trip, |url| async move {
 
     store.delete(&record.id).await.unwrap();
     assert_eq!(store.load(&record.id).await.unwrap(), None);
-    assert!(raw_session(&db, &record.id).await.is_none());
+    assert_eq!(session_rows(&db).await, 1, "only the fresh session is left");
     assert_eq!(
         store.load(&fresh.id).await.unwrap(),
         Some(fresh),
@@ -1906,7 +1920,7 @@ both_backends!(
         store.create(&mut live).await.unwrap();
         assert_eq!(store.load(&expired.id).await.unwrap(), None);
         assert_eq!(store.delete_expired().await.unwrap(), 1);
-        assert!(raw_session(&db, &expired.id).await.is_none());
+        assert_eq!(session_rows(&db).await, 1, "the expired row is gone");
         assert!(store.load(&live.id).await.unwrap().is_some());
 
         // create never overwrites: on an id collision it draws a new id.
@@ -1925,8 +1939,8 @@ both_backends!(
 
         // A sealed row copied under another id does not open (the id is bound as context).
         sqlx::query("UPDATE sessions SET kek_id = (SELECT kek_id FROM sessions WHERE id = $1), wrapped_key = (SELECT wrapped_key FROM sessions WHERE id = $1), sealed = (SELECT sealed FROM sessions WHERE id = $1) WHERE id = $2")
-        .bind(live.id.to_string())
-        .bind(clash.id.to_string())
+        .bind(sessions::row_key(&live.id))
+        .bind(sessions::row_key(&clash.id))
         .execute(db.pool())
         .await
         .unwrap();

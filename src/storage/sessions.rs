@@ -25,6 +25,13 @@ impl std::fmt::Debug for SealedSessionStore {
     }
 }
 
+/// The row's key: a SHA-256 of the session id, never the id itself. The id is the cookie's
+/// value, so a leaked database must not hand out live sessions to replay.
+pub fn row_key(id: &Id) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("samvault:session-row:{id}")))
+}
+
 fn context(id: &Id) -> String {
     format!("samvault:session:{id}")
 }
@@ -67,7 +74,7 @@ impl SessionStore for SealedSessionStore {
             let done = sqlx::query(
                 "INSERT INTO sessions (id, kek_id, wrapped_key, sealed, expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
             )
-            .bind(record.id.to_string())
+            .bind(row_key(&record.id))
             .bind(&sealed.wrapped_key.kek_id)
             .bind(sealed.wrapped_key.bytes.as_slice())
             .bind(sealed.record.as_bytes())
@@ -88,7 +95,7 @@ impl SessionStore for SealedSessionStore {
             "INSERT INTO sessions (id, kek_id, wrapped_key, sealed, expires_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (id) DO UPDATE SET kek_id = $2, wrapped_key = $3, sealed = $4, expires_at = $5",
         )
-        .bind(record.id.to_string())
+        .bind(row_key(&record.id))
         .bind(&sealed.wrapped_key.kek_id)
         .bind(sealed.wrapped_key.bytes.as_slice())
         .bind(sealed.record.as_bytes())
@@ -103,7 +110,7 @@ impl SessionStore for SealedSessionStore {
         let row = sqlx::query(
             "SELECT kek_id, wrapped_key, sealed FROM sessions WHERE id = $1 AND expires_at > $2",
         )
-        .bind(id.to_string())
+        .bind(row_key(id))
         .bind(super::now())
         .fetch_optional(self.db.pool())
         .await
@@ -128,7 +135,7 @@ impl SessionStore for SealedSessionStore {
 
     async fn delete(&self, id: &Id) -> Result<()> {
         sqlx::query("DELETE FROM sessions WHERE id = $1")
-            .bind(id.to_string())
+            .bind(row_key(id))
             .execute(self.db.pool())
             .await
             .map_err(backend)?;

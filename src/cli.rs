@@ -73,7 +73,8 @@ enum OpsUserCommand {
     /// Create a dashboard user. Prints a one-time password (to be changed at first sign-in)
     /// and the TOTP secret for an authenticator app, once.
     Create {
-        #[arg(long)]
+        /// The user's sign-in name (`--name` as in SPEC §3.1 works too).
+        #[arg(long, alias = "name")]
         username: String,
         /// viewer (read), operator (rotate, access check, invitations), admin (revoke, clients)
         #[arg(long)]
@@ -648,7 +649,8 @@ async fn ops_user_command(cmd: OpsUserCommand, config: &Config) -> anyhow::Resul
                 println!(
                     "{}",
                     serde_json::json!({
-                        "username": username, "role": role.as_str(),
+                        // `name` is SPEC §3.1's key; `username` matches the flag.
+                        "name": username, "username": username, "role": role.as_str(),
                         "password": initial.as_str(), "totp_secret": totp::base32(&secret),
                         "otpauth_uri": uri,
                     })

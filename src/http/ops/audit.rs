@@ -6,8 +6,8 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Router;
-use axum::extract::rejection::{FormRejection, QueryRejection};
-use axum::extract::{Form, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -262,12 +262,6 @@ async fn log(
     .into_response()
 }
 
-#[derive(Deserialize, Default)]
-struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 #[derive(Template, WebTemplate)]
 #[template(path = "ops/audit_verify.html")]
 struct VerifyPage {
@@ -279,14 +273,15 @@ struct VerifyPage {
 async fn verify(
     State(state): State<AppState>,
     session: Session,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    body: axum::body::Bytes,
 ) -> Response {
     // An unreadable form carries no CSRF token: refused like a missing one.
-    let csrf = form.map(|Form(form)| form.csrf).unwrap_or_default();
-    let (user, chrome) = match action(&state, &session, Role::Viewer, Section::Audit, &csrf).await {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
+    let form = super::FormFields::parse(&body);
+    let (user, chrome) =
+        match action(&state, &session, Role::Viewer, Section::Audit, form.csrf()).await {
+            Ok(signed_in) => signed_in,
+            Err(response) => return response,
+        };
     let Ok(_running) = VERIFYING.try_lock() else {
         return message(
             StatusCode::CONFLICT,

@@ -14,7 +14,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tower_sessions::Session;
 
 use super::{
-    Chrome, Section, action, audit_action, bad_request, not_found, page, unavailable, when,
+    Chrome, FormFields, Section, action, audit_action, bad_request, not_found, page, unavailable,
+    when,
 };
 use crate::http::AppState;
 use crate::http::client_auth::wait_for_services_to_notice;
@@ -38,41 +39,6 @@ pub fn routes() -> Router<AppState> {
             post(revoke_secret),
         )
         .route("/ops/integrations/{client_id}/revoke", post(revoke_client))
-}
-
-/// A submitted HTML form as name/value pairs. axum's `Form` cannot read a name that repeats
-/// (a group of checkboxes), so the dashboard's forms are read with this; a field that must
-/// appear once and appears twice is refused rather than guessed.
-pub(super) struct FormFields(Vec<(String, String)>);
-
-impl FormFields {
-    pub(super) fn parse(body: &[u8]) -> Self {
-        FormFields(url::form_urlencoded::parse(body).into_owned().collect())
-    }
-
-    /// The value of a single-valued field ("" when absent); `None` when it is repeated.
-    pub(super) fn one(&self, name: &str) -> Option<&str> {
-        let mut values = self.0.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
-        match (values.next(), values.next()) {
-            (None, _) => Some(""),
-            (Some(value), None) => Some(value),
-            (Some(_), Some(_)) => None,
-        }
-    }
-
-    /// Every value of a repeatable field, in order.
-    pub(super) fn all(&self, name: &str) -> Vec<String> {
-        self.0
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-
-    /// The CSRF token as submitted; a repeated one counts as missing.
-    pub(super) fn csrf(&self) -> &str {
-        self.one("csrf").unwrap_or("")
-    }
 }
 
 struct SecretRow {

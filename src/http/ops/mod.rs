@@ -106,6 +106,41 @@ struct MessagePage {
     message: &'static str,
 }
 
+/// A submitted HTML form as name/value pairs. axum's `Form` cannot read a name that repeats
+/// (a group of checkboxes), so the dashboard's forms are read with this; a field that must
+/// appear once and appears twice is refused rather than guessed.
+pub struct FormFields(Vec<(String, String)>);
+
+impl FormFields {
+    pub fn parse(body: &[u8]) -> Self {
+        FormFields(url::form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    /// The value of a single-valued field ("" when absent); `None` when it is repeated.
+    pub fn one(&self, name: &str) -> Option<&str> {
+        let mut values = self.0.iter().filter(|(n, _)| n == name).map(|(_, v)| v);
+        match (values.next(), values.next()) {
+            (None, _) => Some(""),
+            (Some(value), None) => Some(value),
+            (Some(_), Some(_)) => None,
+        }
+    }
+
+    /// Every value of a repeatable field, in order.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The CSRF token as submitted; a repeated one counts as missing.
+    pub fn csrf(&self) -> &str {
+        self.one("csrf").unwrap_or("")
+    }
+}
+
 /// A plain page with a title and a sentence, for refusals and outages.
 pub fn message(status: StatusCode, title: &'static str, text: &'static str) -> Response {
     (

@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use tower_sessions::Session;
 
-use super::integrations::FormFields;
 use super::{
-    Chrome, Section, action, audit_action, bad_request, not_found, page, unavailable, when,
+    Chrome, FormFields, Section, action, audit_action, bad_request, not_found, page, unavailable,
+    when,
 };
 use crate::domain::TenantId;
 use crate::http::AppState;

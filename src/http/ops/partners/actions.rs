@@ -2,28 +2,18 @@
 
 use super::*;
 
-/// Every action's form: the CSRF token, and for revocation the typed confirmation.
-#[derive(Deserialize, Default)]
-struct ActionForm {
-    #[serde(default)]
-    csrf: String,
-    #[serde(default)]
-    confirm: String,
-}
-
 /// The signed-in user with `role`, the form's CSRF token checked, and the existing partner;
-/// or the page to answer instead. The role comes before the token (see [`action`]), and a
-/// body that is not a form counts as a form without a token: whoever sent it learns no more
-/// than from any other refused form.
+/// or the page to answer instead. The role comes before the token (see [`action`]); a body
+/// that is not a form, or repeats a field, counts as a form without it.
 async fn act(
     state: &AppState,
     session: &Session,
     role: Role,
     raw_tenant: &str,
     body: &Bytes,
-) -> Result<(OpsUser, Chrome, ActionForm, ListedPartner), Response> {
-    let form: ActionForm = serde_urlencoded::from_bytes(body).unwrap_or_default();
-    let (user, chrome) = action(state, session, role, Section::Partners, &form.csrf).await?;
+) -> Result<(OpsUser, Chrome, FormFields, ListedPartner), Response> {
+    let form = FormFields::parse(body);
+    let (user, chrome) = action(state, session, role, Section::Partners, form.csrf()).await?;
     let tenant = TenantId::parse(raw_tenant).map_err(|_| malformed_tenant())?;
     let listed = existing(state, &tenant).await?;
     Ok((user, chrome, form, listed))
@@ -259,7 +249,8 @@ pub(super) async fn revoke(
     };
     let tenant = listed.partner.tenant_id;
     // The admin types the tenant id: a click alone cannot purge a partner.
-    if TenantId::parse(form.confirm.trim()).ok().as_ref() != Some(&tenant) {
+    let confirm = form.one("confirm").unwrap_or("");
+    if TenantId::parse(confirm.trim()).ok().as_ref() != Some(&tenant) {
         return bad_request(
             "The tenant id you typed does not match this partner's. Nothing was changed.",
         );

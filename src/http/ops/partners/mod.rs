@@ -23,7 +23,8 @@ use serde::Deserialize;
 use tower_sessions::Session;
 
 use super::{
-    Chrome, Section, action, audit_action, bad_request, not_found, page, unavailable, when,
+    Chrome, FormFields, Section, action, audit_action, bad_request, not_found, page, unavailable,
+    when,
 };
 use crate::broker::BrokerError;
 use crate::domain::{PartnerStatus, TenantId};

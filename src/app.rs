@@ -14,7 +14,7 @@ use crate::idp::IdpClient;
 use crate::notify::Notifier;
 use crate::rotation::{Scheduler, SchedulerSettings};
 use crate::storage::Db;
-use crate::vault::{LocalKeyProvider, Vault};
+use crate::vault::{KeyProvider, LocalKeyProvider, Vault};
 
 /// Connects to the database and applies migrations.
 pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
@@ -25,18 +25,40 @@ pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-/// Opens the configured key provider (creating the local key file on first run).
+/// Opens the configured key providers (creating the local key file on first run): the one
+/// that wraps, and any previous ones kept to unwrap older records during a migration.
 pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {
-    match &config.key_provider {
+    let primary = open_key_provider(&config.key_provider, true)?;
+    let previous = config
+        .previous_key_providers
+        .iter()
+        .map(|p| open_key_provider(p, false))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Vault::with_previous(primary, previous))
+}
+
+fn open_key_provider(
+    config: &KeyProviderConfig,
+    primary: bool,
+) -> anyhow::Result<Arc<dyn KeyProvider>> {
+    match config {
         KeyProviderConfig::Local(path) => {
+            if !primary && !path.exists() {
+                anyhow::bail!(
+                    "SAMVAULT_PREVIOUS_KEY_PROVIDERS: key file {} does not exist",
+                    path.display()
+                );
+            }
             let (provider, created) = LocalKeyProvider::open_or_create(path)?;
             if created {
                 tracing::warn!(path = %path.display(), "created a new local key-encryption key (mode 0600); back it up: without it no sealed refresh token can be opened");
             }
-            tracing::warn!(
-                "the key-encryption key is a local file; in production use azure-keyvault so a stolen disk does not hold both the key and the data"
-            );
-            Ok(Vault::new(Arc::new(provider)))
+            if primary {
+                tracing::warn!(
+                    "the key-encryption key is a local file; in production use azure-keyvault so a stolen disk does not hold both the key and the data"
+                );
+            }
+            Ok(Arc::new(provider))
         }
         KeyProviderConfig::AzureKeyVault(_) => anyhow::bail!(
             "SAMVAULT_KEY_PROVIDER: azure-keyvault is not available in this version; use local:PATH"
@@ -155,6 +177,7 @@ impl App {
         // Ends by itself when the last handle to `auth` is gone.
         auth.spawn_revocation_watch();
         services.broker.spawn_status_watch();
+        services.vault.spawn_refresh();
         let state = AppState::new(crate::http::Shared {
             config: services.config.clone(),
             db: services.db.clone(),

@@ -40,6 +40,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
         ),
     ),
     ("SAMVAULT_KEY_PROVIDER", Some("local:samvault.key")),
+    ("SAMVAULT_PREVIOUS_KEY_PROVIDERS", None),
     ("SAMVAULT_ROTATE_AFTER", Some("7d")),
     ("SAMVAULT_EXPIRY_WARN", Some("30d")),
     ("SAMVAULT_REQUIRE_MFA", Some("true")),
@@ -109,6 +110,8 @@ pub struct Config {
     pub consent_scopes: Vec<String>,
     pub resources: Vec<Resource>,
     pub key_provider: KeyProviderConfig,
+    /// Providers that only unwrap older records, during a move to `key_provider`.
+    pub previous_key_providers: Vec<KeyProviderConfig>,
     pub rotate_after: Duration,
     pub expiry_warn: Duration,
     pub require_mfa: bool,
@@ -236,7 +239,16 @@ impl Config {
             .filter(|s| !s.is_empty())
             .map(|r| Resource::parse(r).map_err(|e| bad("SAMVAULT_RESOURCES", e)))
             .collect::<Result<Vec<_>, _>>()?;
-        let key_provider = parse_key_provider(required("SAMVAULT_KEY_PROVIDER")?)?;
+        let key_provider = parse_key_provider(required("SAMVAULT_KEY_PROVIDER")?)
+            .map_err(|why| bad("SAMVAULT_KEY_PROVIDER", why))?;
+        // A migration from one provider to another: these still unwrap, the first one wraps.
+        let previous_key_providers = get("SAMVAULT_PREVIOUS_KEY_PROVIDERS")
+            .unwrap_or_default()
+            .split([' ', ','])
+            .filter(|s| !s.is_empty())
+            .map(parse_key_provider)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|why| bad("SAMVAULT_PREVIOUS_KEY_PROVIDERS", why))?;
         let rotate_after = parse_duration(required("SAMVAULT_ROTATE_AFTER")?)
             .map_err(|e| bad("SAMVAULT_ROTATE_AFTER", e))?;
         let expiry_warn = parse_duration(required("SAMVAULT_EXPIRY_WARN")?)
@@ -291,6 +303,7 @@ impl Config {
             consent_scopes,
             resources,
             key_provider,
+            previous_key_providers,
             rotate_after,
             expiry_warn,
             require_mfa,
@@ -419,26 +432,22 @@ fn parse_http_url(name: &str, value: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-fn parse_key_provider(value: &str) -> Result<KeyProviderConfig, ConfigError> {
-    const NAME: &str = "SAMVAULT_KEY_PROVIDER";
+/// Parses `local:PATH` or `azure-keyvault:URL`; the error says why, the caller names the setting.
+fn parse_key_provider(value: &str) -> Result<KeyProviderConfig, String> {
     if let Some(path) = value.strip_prefix("local:") {
         if path.is_empty() {
-            return Err(bad(NAME, "local: needs a file path"));
+            return Err("local: needs a file path".into());
         }
         Ok(KeyProviderConfig::Local(PathBuf::from(path)))
     } else if let Some(url) = value.strip_prefix("azure-keyvault:") {
-        let url = Url::parse(url).map_err(|e| bad(NAME, format!("bad Key Vault key URL: {e}")))?;
+        let url = Url::parse(url).map_err(|e| format!("bad Key Vault key URL: {e}"))?;
         if url.scheme() != "https" || !url.path().starts_with("/keys/") {
-            return Err(bad(
-                NAME,
-                "expected azure-keyvault:https://NAME.vault.azure.net/keys/KEY",
-            ));
+            return Err("expected azure-keyvault:https://NAME.vault.azure.net/keys/KEY".into());
         }
         Ok(KeyProviderConfig::AzureKeyVault(url))
     } else {
-        Err(bad(
-            NAME,
-            format!("'{value}' must be local:PATH or azure-keyvault:URL"),
+        Err(format!(
+            "'{value}' must be local:PATH or azure-keyvault:URL"
         ))
     }
 }

@@ -49,8 +49,10 @@ impl std::fmt::Debug for WrappedKey {
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Wraps and unwraps data keys with a key-encryption key held elsewhere (a local file
-/// today; Azure Key Vault is the next implementation behind this seam).
+/// Wraps and unwraps data keys with key-encryption keys held elsewhere: a local file
+/// ([`LocalKeyProvider`]) or Azure Key Vault. A provider may hold several KEK versions: the
+/// current one wraps new data keys, older ones still unwrap until `samvault keys rotate` has
+/// moved every record off them.
 pub trait KeyProvider: Send + Sync + 'static {
     /// A short description for logs and `/readyz` (never key material).
     fn describe(&self) -> String;
@@ -58,17 +60,33 @@ pub trait KeyProvider: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// The id of the KEK that wraps new data keys, as recorded beside every sealed record
     /// (`kek_id` columns). An id, never key material.
-    fn current_kek_id(&self) -> &str;
+    fn current_kek_id(&self) -> String;
+    /// Whether `kek_id` names a KEK of this provider (current or older version).
+    fn owns(&self, kek_id: &str) -> bool;
     fn wrap<'a>(&'a self, key: &'a DataKey) -> BoxFuture<'a, Result<WrappedKey, VaultError>>;
     fn unwrap<'a>(&'a self, wrapped: &'a WrappedKey) -> BoxFuture<'a, Result<DataKey, VaultError>>;
     /// Cheap reachability check for `/readyz`.
     fn check(&self) -> BoxFuture<'_, Result<(), VaultError>>;
+    /// Creates a new KEK version and makes it current (`samvault keys rotate`); returns its id.
+    fn create_kek(&self) -> BoxFuture<'_, Result<String, VaultError>>;
+    /// Learns which KEK is current now: another process (`keys rotate`) may have created one.
+    /// Returns whether the current KEK changed.
+    fn refresh(&self) -> BoxFuture<'_, Result<bool, VaultError>>;
+    /// How often a running service calls [`KeyProvider::refresh`].
+    fn refresh_interval(&self) -> std::time::Duration;
+    /// Forgets a KEK version nothing references any more. Returns whether the provider removed
+    /// it (a local key file drops the key); `false` when the store keeps versions itself (Key
+    /// Vault: disable the version there if policy asks).
+    fn retire<'a>(&'a self, kek_id: &'a str) -> BoxFuture<'a, Result<bool, VaultError>>;
 }
 
-/// Seals and opens secrets with envelope encryption over the configured provider.
+/// Seals and opens secrets with envelope encryption: new data keys are wrapped by the
+/// primary provider; records wrapped by a previous provider (a migration from `local` to
+/// `azure-keyvault` in progress) are unwrapped by whichever provider owns their KEK.
 #[derive(Clone)]
 pub struct Vault {
-    provider: Arc<dyn KeyProvider>,
+    primary: Arc<dyn KeyProvider>,
+    previous: Arc<[Arc<dyn KeyProvider>]>,
 }
 
 /// A secret's sealed form as stored: the wrapped data key plus the ciphertext.
@@ -80,11 +98,39 @@ pub struct Sealed {
 
 impl Vault {
     pub fn new(provider: Arc<dyn KeyProvider>) -> Self {
-        Self { provider }
+        Self::with_previous(provider, Vec::new())
     }
 
+    /// A vault that wraps with `primary` and can still unwrap what `previous` providers wrapped.
+    pub fn with_previous(
+        primary: Arc<dyn KeyProvider>,
+        previous: Vec<Arc<dyn KeyProvider>>,
+    ) -> Self {
+        Self {
+            primary,
+            previous: previous.into(),
+        }
+    }
+
+    /// The provider that wraps new data keys.
     pub fn provider(&self) -> &dyn KeyProvider {
-        self.provider.as_ref()
+        self.primary.as_ref()
+    }
+
+    /// Providers kept only to unwrap older records.
+    pub fn previous(&self) -> impl Iterator<Item = &dyn KeyProvider> {
+        self.previous.iter().map(|p| p.as_ref())
+    }
+
+    /// The provider that owns `kek_id`; the primary when none claims it (its error then names
+    /// the unknown KEK).
+    fn owner(&self, kek_id: &str) -> &dyn KeyProvider {
+        if self.primary.owns(kek_id) {
+            return self.primary.as_ref();
+        }
+        self.previous()
+            .find(|p| p.owns(kek_id))
+            .unwrap_or(self.primary.as_ref())
     }
 
     /// Seals `plaintext` under a fresh data key; `context` is bound as associated data so a
@@ -92,7 +138,7 @@ impl Vault {
     pub async fn seal(&self, plaintext: &[u8], context: &str) -> Result<Sealed, VaultError> {
         let key = DataKey::generate();
         let record = envelope::seal(&key, plaintext, context.as_bytes());
-        let wrapped_key = self.provider.wrap(&key).await?;
+        let wrapped_key = self.primary.wrap(&key).await?;
         Ok(Sealed {
             wrapped_key,
             record,
@@ -104,7 +150,39 @@ impl Vault {
         sealed: &Sealed,
         context: &str,
     ) -> Result<SecretBox<Vec<u8>>, VaultError> {
-        let key = self.provider.unwrap(&sealed.wrapped_key).await?;
+        let key = self.unwrap(&sealed.wrapped_key).await?;
         envelope::open(&key, &sealed.record, context.as_bytes())
+    }
+
+    async fn unwrap(&self, wrapped: &WrappedKey) -> Result<DataKey, VaultError> {
+        self.owner(&wrapped.kek_id).unwrap(wrapped).await
+    }
+
+    /// Wraps the data key under `wrapped` again with the current KEK: the payload it protects
+    /// is untouched (key rotation).
+    pub async fn rewrap(&self, wrapped: &WrappedKey) -> Result<WrappedKey, VaultError> {
+        let key = self.unwrap(wrapped).await?;
+        self.primary.wrap(&key).await
+    }
+
+    /// Keeps the primary provider's idea of its current KEK fresh, so a rotation started by
+    /// another process (`samvault keys rotate`) is followed within one refresh interval.
+    pub fn spawn_refresh(&self) -> tokio::task::JoinHandle<()> {
+        let primary = self.primary.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(primary.refresh_interval());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match primary.refresh().await {
+                    Ok(true) => tracing::info!(
+                        kek_id = %primary.current_kek_id(),
+                        "a new key-encryption key is current; new data keys are wrapped with it"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot refresh the key-encryption key"),
+                }
+            }
+        })
     }
 }

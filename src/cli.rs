@@ -66,6 +66,14 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Creates a new key-encryption key and re-wraps every data key with it, online (payloads
+    /// untouched); resumes an interrupted rotation; retires keys nothing references any more.
+    Rotate {
+        /// Re-wrap onto the current key without creating one: the second step of a move
+        /// between providers (SAMVAULT_PREVIOUS_KEY_PROVIDERS).
+        #[arg(long)]
+        onto_current: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -438,6 +446,9 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
                 );
             }
         }
+        Command::Keys(KeysCommand::Rotate { onto_current }) => {
+            keys_rotate(onto_current, &config).await?
+        }
         Command::Rotate(args) => return rotate(args, config).await,
         Command::Demo(_) | Command::DevIdp(_) => {
             unreachable!("handled before configuration is loaded")
@@ -807,7 +818,6 @@ async fn purge(
 
 /// `samvault rotate`: redeems the chosen grants now with the configured concurrency.
 async fn rotate(args: RotateArgs, config: Config) -> anyhow::Result<ExitCode> {
-    use std::io::IsTerminal;
     use std::sync::atomic::{AtomicU64, Ordering};
     let services = crate::app::Services::open(config).await?;
     let tenants = match &args.partner {
@@ -849,23 +859,13 @@ async fn rotate(args: RotateArgs, config: Config) -> anyhow::Result<ExitCode> {
             }
         });
     }
-    let terminal = std::io::stderr().is_terminal();
+    let mut bar = ProgressBar::new("rotating");
     let mut done = 0u64;
     while set.join_next().await.is_some() {
         done += 1;
-        if terminal && (done.is_multiple_of(25) || done == total) {
-            let width = 30u64;
-            let filled = (done * width).checked_div(total).unwrap_or(width) as usize;
-            eprint!(
-                "\rrotating [{}{}] {done}/{total}",
-                "#".repeat(filled),
-                " ".repeat(width as usize - filled)
-            );
-        }
+        bar.show(done, total);
     }
-    if terminal && total > 0 {
-        eprintln!();
-    }
+    bar.finish();
     let ok = succeeded.load(Ordering::Relaxed);
     let failures = failures.lock().expect("failures lock").clone();
     let failed: u64 = failures.values().sum();
@@ -884,6 +884,107 @@ async fn rotate(args: RotateArgs, config: Config) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A progress bar on stderr when it is a terminal; otherwise one line per tenth of the work,
+/// so a log (or a test driving the command) sees how far it got.
+struct ProgressBar {
+    label: &'static str,
+    terminal: bool,
+    shown: bool,
+    /// Last step drawn: a bar cell on a terminal, a tenth otherwise (redraw only on change).
+    last_step: Option<u64>,
+}
+
+impl ProgressBar {
+    fn new(label: &'static str) -> Self {
+        use std::io::IsTerminal;
+        Self {
+            label,
+            terminal: std::io::stderr().is_terminal(),
+            shown: false,
+            last_step: None,
+        }
+    }
+
+    fn show(&mut self, done: u64, total: u64) {
+        if total == 0 {
+            return;
+        }
+        const WIDTH: u64 = 30;
+        let step = (done * if self.terminal { WIDTH } else { 10 } / total).min(WIDTH);
+        if self.last_step == Some(step) {
+            return;
+        }
+        self.last_step = Some(step);
+        if self.terminal {
+            let filled = step as usize;
+            eprint!(
+                "\r{} [{}{}] {done}/{total}",
+                self.label,
+                "#".repeat(filled),
+                " ".repeat(WIDTH as usize - filled)
+            );
+            self.shown = true;
+        } else if step > 0 {
+            eprintln!("{} {done}/{total}", self.label);
+        }
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
+}
+
+/// `samvault keys rotate`: see [`crate::key_rotation`].
+async fn keys_rotate(onto_current: bool, config: &Config) -> anyhow::Result<()> {
+    use crate::key_rotation::{Target, rotate};
+    let db = app::open_db(config).await?;
+    let vault = app::open_vault(config)?;
+    let target = if onto_current {
+        Target::Current
+    } else {
+        Target::NewKey
+    };
+    let started = std::time::Instant::now();
+    let mut bar = ProgressBar::new("re-wrapping");
+    let report = rotate(&db, &vault, target, "cli", |p| {
+        bar.show(p.moved as u64, p.total as u64)
+    })
+    .await?;
+    bar.finish();
+    let kinds: Vec<String> = report
+        .moved
+        .iter()
+        .map(|(what, n)| format!("{n} {what}"))
+        .collect();
+    println!(
+        "{} {} sealed records onto {} in {:.1}s{}",
+        if report.resumed {
+            "resumed: re-wrapped"
+        } else {
+            "re-wrapped"
+        },
+        report.total_moved(),
+        report.target_kek_id,
+        started.elapsed().as_secs_f64(),
+        if kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", kinds.join(", "))
+        }
+    );
+    for kek in &report.retired {
+        println!("retired {kek}: no record references it any more");
+    }
+    for kek in &report.unreferenced {
+        println!(
+            "{kek} is no longer referenced: remove it from SAMVAULT_PREVIOUS_KEY_PROVIDERS, or disable that key version in its vault"
+        );
+    }
+    Ok(())
 }
 
 /// One line of `samvault partners import`.

@@ -13,6 +13,7 @@ pub mod devidp;
 pub mod domain;
 pub mod http;
 pub mod idp;
+pub mod key_rotation;
 pub mod metrics;
 pub mod notify;
 pub mod ops;

@@ -1,12 +1,14 @@
 //! Where sealed data lives, counted by the key-encryption key that wraps it: what the keys
-//! page shows, and what a key rotation has left to re-wrap. Read-only.
+//! page shows, what a key rotation has left to re-wrap, and the compare-and-swap that moves
+//! one record onto a new KEK.
 //!
 //! Every table that stores vault-sealed data is listed in [`SEALED_TABLES`]; a new one must
-//! be added there, or the keys page (and a rotation's progress) would not see it.
+//! be added there and to [`SealedTable`], or the keys page and a rotation would not see it.
 
 use sqlx::Row;
 
 use super::{Db, StorageError};
+use crate::vault::WrappedKey;
 
 /// What is sealed, and the query that counts its records per KEK id. Crypto-shredded grant
 /// versions (sealed payload and wrapped key set to NULL) are left out: nothing is sealed.
@@ -56,4 +58,210 @@ pub async fn shredded_grants(db: &Db) -> Result<i64, StorageError> {
         .fetch_one(db.pool())
         .await?;
     Ok(row.try_get("n")?)
+}
+
+/// The tables whose rows carry a wrapped data key, for re-wrapping during a key rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SealedTable {
+    Grants,
+    Sessions,
+    OpsTotp,
+}
+
+impl SealedTable {
+    pub const ALL: [SealedTable; 3] = [Self::Grants, Self::Sessions, Self::OpsTotp];
+
+    /// Rows not wrapped under `$1` after the keyset position, in key order (`$2`, `$3` are the
+    /// last key seen; `$4` the batch size). Shredded grants have nothing to re-wrap.
+    fn select_sql(self) -> &'static str {
+        match self {
+            Self::Grants => {
+                "SELECT tenant_id AS k, version AS n, kek_id, wrapped_key FROM grants
+                 WHERE sealed IS NOT NULL AND kek_id <> $1 AND (tenant_id > $2 OR (tenant_id = $2 AND version > $3))
+                 ORDER BY tenant_id, version LIMIT $4"
+            }
+            Self::Sessions => {
+                "SELECT id AS k, kek_id, wrapped_key FROM sessions
+                 WHERE kek_id <> $1 AND id > $2 ORDER BY id LIMIT $3"
+            }
+            Self::OpsTotp => {
+                "SELECT username AS k, totp_kek_id AS kek_id, totp_wrapped_key AS wrapped_key FROM ops_users
+                 WHERE totp_kek_id <> $1 AND username > $2 ORDER BY username LIMIT $3"
+            }
+        }
+    }
+
+    /// Compare-and-swap of one row's wrapped key: `$1`, `$2` new; `$3` old KEK id, `$4` old
+    /// wrapped key; `$5` (and `$6`) the row key. A row changed meanwhile (re-sealed by the
+    /// running service, or shredded) is left alone.
+    fn swap_sql(self) -> &'static str {
+        match self {
+            Self::Grants => {
+                "UPDATE grants SET kek_id = $1, wrapped_key = $2
+                 WHERE kek_id = $3 AND wrapped_key = $4 AND tenant_id = $5 AND version = $6"
+            }
+            Self::Sessions => {
+                "UPDATE sessions SET kek_id = $1, wrapped_key = $2
+                 WHERE kek_id = $3 AND wrapped_key = $4 AND id = $5"
+            }
+            Self::OpsTotp => {
+                "UPDATE ops_users SET totp_kek_id = $1, totp_wrapped_key = $2
+                 WHERE totp_kek_id = $3 AND totp_wrapped_key = $4 AND username = $5"
+            }
+        }
+    }
+}
+
+/// Where a row is: its table and primary key (grants are keyed by tenant and version).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RowKey {
+    pub key: String,
+    pub version: i64,
+}
+
+/// One row's wrapped data key, as found by [`not_under`].
+#[derive(Clone, Debug)]
+pub struct WrappedRow {
+    pub table: SealedTable,
+    pub at: RowKey,
+    pub wrapped: WrappedKey,
+}
+
+/// Up to `limit` rows of `table` whose data key is not wrapped under `kek_id`, after `after`.
+pub async fn not_under(
+    db: &Db,
+    table: SealedTable,
+    kek_id: &str,
+    after: &RowKey,
+    limit: i64,
+) -> Result<Vec<WrappedRow>, StorageError> {
+    let query = sqlx::query(table.select_sql())
+        .bind(kek_id)
+        .bind(&after.key);
+    let query = match table {
+        SealedTable::Grants => query.bind(after.version).bind(limit),
+        SealedTable::Sessions | SealedTable::OpsTotp => query.bind(limit),
+    };
+    let rows = query.fetch_all(db.pool()).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(WrappedRow {
+                table,
+                at: RowKey {
+                    key: row.try_get("k")?,
+                    version: match table {
+                        SealedTable::Grants => row.try_get("n")?,
+                        _ => 0,
+                    },
+                },
+                wrapped: WrappedKey {
+                    kek_id: row
+                        .try_get::<Option<String>, _>("kek_id")?
+                        .unwrap_or_default(),
+                    bytes: row
+                        .try_get::<Option<Vec<u8>>, _>("wrapped_key")?
+                        .unwrap_or_default(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// Replaces the row's wrapped key with `new` if it still holds the one read; returns whether it
+/// did (false: the row was re-sealed or shredded meanwhile, which is just as good).
+pub async fn swap_wrapped_key(
+    db: &Db,
+    row: &WrappedRow,
+    new: &WrappedKey,
+) -> Result<bool, StorageError> {
+    let query = sqlx::query(row.table.swap_sql())
+        .bind(&new.kek_id)
+        .bind(&new.bytes)
+        .bind(&row.wrapped.kek_id)
+        .bind(&row.wrapped.bytes)
+        .bind(&row.at.key);
+    let query = match row.table {
+        SealedTable::Grants => query.bind(row.at.version),
+        SealedTable::Sessions | SealedTable::OpsTotp => query,
+    };
+    Ok(query.execute(db.pool()).await?.rows_affected() == 1)
+}
+
+/// Sealed records whose data key is not wrapped under `kek_id`: what a rotation has left.
+pub async fn count_not_under(db: &Db, kek_id: &str) -> Result<i64, StorageError> {
+    Ok(count_by_kek(db)
+        .await?
+        .iter()
+        .filter(|c| c.kek_id != kek_id)
+        .map(|c| c.records)
+        .sum())
+}
+
+/// A `samvault keys rotate` job: which KEK it moves records onto, and how far it got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRotation {
+    pub id: String,
+    pub target_kek_id: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub rewrapped: i64,
+}
+
+/// The rotation left unfinished by a crash or an interrupt, if any (the latest one).
+pub async fn unfinished_rotation(db: &Db) -> Result<Option<KeyRotation>, StorageError> {
+    let row = sqlx::query(
+        "SELECT id, target_kek_id, started_at, finished_at, rewrapped FROM key_rotations
+         WHERE finished_at IS NULL ORDER BY started_at DESC LIMIT 1",
+    )
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(|row| {
+        Ok(KeyRotation {
+            id: row.try_get("id")?,
+            target_kek_id: row.try_get("target_kek_id")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+            rewrapped: row.try_get("rewrapped")?,
+        })
+    })
+    .transpose()
+}
+
+pub async fn start_rotation(
+    db: &Db,
+    target_kek_id: &str,
+    at: i64,
+) -> Result<KeyRotation, StorageError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    sqlx::query(
+        "INSERT INTO key_rotations (id, target_kek_id, started_at, rewrapped) VALUES ($1, $2, $3, 0)",
+    )
+    .bind(&id)
+    .bind(target_kek_id)
+    .bind(at)
+    .execute(db.pool())
+    .await?;
+    Ok(KeyRotation {
+        id,
+        target_kek_id: target_kek_id.to_string(),
+        started_at: at,
+        finished_at: None,
+        rewrapped: 0,
+    })
+}
+
+/// Records progress (`finished_at` set when the job is done).
+pub async fn update_rotation(
+    db: &Db,
+    id: &str,
+    rewrapped: i64,
+    finished_at: Option<i64>,
+) -> Result<(), StorageError> {
+    sqlx::query("UPDATE key_rotations SET rewrapped = $2, finished_at = $3 WHERE id = $1")
+        .bind(id)
+        .bind(rewrapped)
+        .bind(finished_at)
+        .execute(db.pool())
+        .await?;
+    Ok(())
 }

@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -31,6 +31,7 @@ type Key = Zeroizing<[u8; 32]>;
 /// The keys read from the file, oldest first (the last is current), with their ids.
 struct KeyFile {
     keys: Vec<(String, Key)>,
+    read_at: Instant,
 }
 
 impl KeyFile {
@@ -58,7 +59,10 @@ impl KeyFile {
                 path.display()
             )));
         }
-        Ok(Self { keys })
+        Ok(Self {
+            keys,
+            read_at: Instant::now(),
+        })
     }
 
     fn current(&self) -> &(String, Key) {
@@ -229,6 +233,11 @@ impl KeyProvider for LocalKeyProvider {
 
     fn wrap<'a>(&'a self, key: &'a DataKey) -> BoxFuture<'a, Result<WrappedKey, VaultError>> {
         Box::pin(async move {
+            // Never wrap with a key older than one refresh interval, whatever the background
+            // refresh is doing: `keys rotate` relies on that bound before retiring a key.
+            if self.file().read_at.elapsed() > REFRESH_INTERVAL {
+                self.reload()?;
+            }
             let (kek_id, kek) = self.file().current().clone();
             let mut nonce = [0u8; 12];
             rand::rng().fill_bytes(&mut nonce);
@@ -280,7 +289,10 @@ impl KeyProvider for LocalKeyProvider {
             let key = random_key();
             let id = kek_id(&key);
             keys.push((id.clone(), key));
-            self.rewrite(KeyFile { keys })?;
+            self.rewrite(KeyFile {
+                keys,
+                read_at: Instant::now(),
+            })?;
             Ok(id)
         })
     }
@@ -307,7 +319,10 @@ impl KeyProvider for LocalKeyProvider {
             if keys.len() == before {
                 return Ok(false);
             }
-            self.rewrite(KeyFile { keys })?;
+            self.rewrite(KeyFile {
+                keys,
+                read_at: Instant::now(),
+            })?;
             Ok(true)
         })
     }

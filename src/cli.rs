@@ -35,6 +35,9 @@ enum Command {
     Serve,
     /// Run the Entra-compatible dev IdP alone.
     DevIdp(DevIdpArgs),
+    /// Write a self-signed certificate and key for the CPV app (demo and tests; register the
+    /// certificate with `dev-idp --client-cert`).
+    DevCert(DevCertArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage integration clients.
@@ -143,6 +146,20 @@ struct DevIdpArgs {
     /// Latency added to every token call, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// A PEM certificate registered on the demo CPV app: client assertions signed by its key
+    /// are accepted. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    client_cert: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct DevCertArgs {
+    /// Directory to write `cpv-app.crt` and `cpv-app.key` (PKCS#8, mode 0600) into.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Days the certificate is valid from now.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
 }
 
 #[derive(Subcommand)]
@@ -290,11 +307,35 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 strict_rotation: args.strict_rotation,
                 directory_file: args.directory,
                 token_latency_ms: args.latency_ms,
+                client_certs: args.client_cert,
             };
             tokio::select! {
                 result = devidp::serve(listener, options) => result?,
                 _ = app::shutdown_signal() => {}
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DevCert(args) => {
+            let now = now();
+            let (cert, key) = devidp::certificate::write_self_signed(
+                &args.out,
+                devidp::DEMO_APP_NAME,
+                now - 60,
+                now + i64::from(args.days) * 86_400,
+            )?;
+            let info = crate::idp::certificate::CertificateInfo::from_pem(
+                &std::fs::read_to_string(&cert)?,
+            )
+            .map_err(|why| anyhow::anyhow!("{} {why}", cert.display()))?;
+            println!(
+                "certificate: {}\nprivate key: {}\nx5t#S256: {}\n\nsamvault dev-idp --client-cert {}\nSAMVAULT_CLIENT_CERT={} SAMVAULT_CLIENT_KEY_FILE={} samvault serve",
+                cert.display(),
+                key.display(),
+                info.thumbprint_s256(),
+                cert.display(),
+                cert.display(),
+                key.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         command => {
@@ -450,7 +491,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
             keys_rotate(onto_current, &config).await?
         }
         Command::Rotate(args) => return rotate(args, config).await,
-        Command::Demo(_) | Command::DevIdp(_) => {
+        Command::Demo(_) | Command::DevIdp(_) | Command::DevCert(_) => {
             unreachable!("handled before configuration is loaded")
         }
     }

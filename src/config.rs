@@ -56,6 +56,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
 const SECRETS: &[&str] = &[
     "DATABASE_URL",
     "SAMVAULT_CLIENT_SECRET",
+    "SAMVAULT_CLIENT_SECRET_NEXT",
     "SAMVAULT_CLIENT_KEY",
     "SAMVAULT_WEBHOOK_SECRET",
 ];
@@ -75,17 +76,32 @@ pub enum KeyProviderConfig {
     AzureKeyVault(Url),
 }
 
-/// How the CPV app proves its identity to Entra ID.
+/// One way the CPV app proves its identity to Entra ID. Each is named by the setting it
+/// came from, which is how logs and alarms refer to it (never by its value).
 #[derive(Clone)]
 pub enum AppCredential {
-    Secret(SecretString),
+    Secret {
+        setting: &'static str,
+        secret: SecretString,
+    },
+    /// `SAMVAULT_CLIENT_CERT` (a PEM file) with `SAMVAULT_CLIENT_KEY` (PEM text).
     Certificate { cert: PathBuf, key: SecretString },
+}
+
+impl AppCredential {
+    /// The setting this credential came from.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::Secret { setting, .. } => setting,
+            Self::Certificate { .. } => "SAMVAULT_CLIENT_CERT",
+        }
+    }
 }
 
 impl std::fmt::Debug for AppCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Secret(_) => f.write_str("Secret([redacted])"),
+            Self::Secret { setting, .. } => write!(f, "Secret({setting}, [redacted])"),
             Self::Certificate { cert, .. } => {
                 write!(f, "Certificate({}, key [redacted])", cert.display())
             }
@@ -106,7 +122,8 @@ pub struct Config {
     pub public_url: Url,
     pub authority: Url,
     pub client_id: Option<String>,
-    pub app_credential: Option<AppCredential>,
+    /// In the order they are tried: certificate, current secret, next secret.
+    pub app_credentials: Vec<AppCredential>,
     pub consent_scopes: Vec<String>,
     pub resources: Vec<Resource>,
     pub key_provider: KeyProviderConfig,
@@ -204,32 +221,7 @@ impl Config {
             other => parse_http_url("SAMVAULT_AUTHORITY", other)?,
         };
         let client_id = get("SAMVAULT_CLIENT_ID").map(str::to_string);
-        let app_credential = match (
-            get("SAMVAULT_CLIENT_SECRET"),
-            get("SAMVAULT_CLIENT_CERT"),
-            get("SAMVAULT_CLIENT_KEY"),
-        ) {
-            (Some(secret), _, _) => Some(AppCredential::Secret(SecretString::from(
-                secret.to_string(),
-            ))),
-            (None, Some(cert), Some(key)) => Some(AppCredential::Certificate {
-                cert: PathBuf::from(cert),
-                key: SecretString::from(key.to_string()),
-            }),
-            (None, Some(_), None) => {
-                return Err(bad(
-                    "SAMVAULT_CLIENT_KEY",
-                    "is required with SAMVAULT_CLIENT_CERT",
-                ));
-            }
-            (None, None, Some(_)) => {
-                return Err(bad(
-                    "SAMVAULT_CLIENT_CERT",
-                    "is required with SAMVAULT_CLIENT_KEY",
-                ));
-            }
-            (None, None, None) => None,
-        };
+        let app_credentials = parse_app_credentials(&get)?;
         let consent_scopes: Vec<String> = required("SAMVAULT_CONSENT_SCOPES")?
             .split_whitespace()
             .map(str::to_string)
@@ -299,7 +291,7 @@ impl Config {
             public_url,
             authority,
             client_id,
-            app_credential,
+            app_credentials,
             consent_scopes,
             resources,
             key_provider,
@@ -332,24 +324,69 @@ impl Config {
     }
 
     /// The CPV app's identity, required by every command that talks to Entra.
-    pub fn app_identity(&self) -> Result<(String, AppCredential), ConfigError> {
+    pub fn app_identity(&self) -> Result<(String, Vec<AppCredential>), ConfigError> {
         let id = self
             .client_id
             .clone()
             .ok_or_else(|| bad("SAMVAULT_CLIENT_ID", "is required"))?;
-        let credential = self.app_credential.clone().ok_or_else(|| {
-            bad(
+        if self.app_credentials.is_empty() {
+            return Err(bad(
                 "SAMVAULT_CLIENT_SECRET",
                 "is required (or SAMVAULT_CLIENT_CERT with SAMVAULT_CLIENT_KEY)",
-            )
-        })?;
-        Ok((id, credential))
+            ));
+        }
+        Ok((id, self.app_credentials.clone()))
     }
 
     pub fn is_sqlite(&self) -> bool {
         use secrecy::ExposeSecret;
         self.database_url.expose_secret().starts_with("sqlite:")
     }
+}
+
+/// The app's credentials in the order they are tried. A certificate goes first (Microsoft's
+/// recommendation, and nothing to leak in transit); secrets follow, the current one before the
+/// next one, so a secret can be rolled without downtime (docs/RUNBOOK.md).
+fn parse_app_credentials<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<Vec<AppCredential>, ConfigError> {
+    let mut credentials = Vec::new();
+    match (get("SAMVAULT_CLIENT_CERT"), get("SAMVAULT_CLIENT_KEY")) {
+        (Some(cert), Some(key)) => {
+            if !key.starts_with("-----BEGIN") {
+                return Err(bad(
+                    "SAMVAULT_CLIENT_KEY",
+                    "must be the PEM private key itself; give a file with SAMVAULT_CLIENT_KEY_FILE",
+                ));
+            }
+            credentials.push(AppCredential::Certificate {
+                cert: PathBuf::from(cert),
+                key: SecretString::from(key.to_string()),
+            });
+        }
+        (Some(_), None) => {
+            return Err(bad(
+                "SAMVAULT_CLIENT_KEY",
+                "is required with SAMVAULT_CLIENT_CERT",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(bad(
+                "SAMVAULT_CLIENT_CERT",
+                "is required with SAMVAULT_CLIENT_KEY",
+            ));
+        }
+        (None, None) => {}
+    }
+    for setting in ["SAMVAULT_CLIENT_SECRET", "SAMVAULT_CLIENT_SECRET_NEXT"] {
+        if let Some(secret) = get(setting) {
+            credentials.push(AppCredential::Secret {
+                setting,
+                secret: SecretString::from(secret.to_string()),
+            });
+        }
+    }
+    Ok(credentials)
 }
 
 fn merge_toml(path: &Path, raw: &mut BTreeMap<String, String>) -> Result<(), ConfigError> {
@@ -550,15 +587,77 @@ mod tests {
             ]),
         )
         .unwrap();
-        let (_, credential) = config.app_identity().unwrap();
-        match &credential {
-            AppCredential::Secret(s) => {
+        let (_, credentials) = config.app_identity().unwrap();
+        match credentials.as_slice() {
+            [AppCredential::Secret { setting, secret }] => {
                 use secrecy::ExposeSecret;
-                assert_eq!(s.expose_secret(), "s3cr3t-value");
+                assert_eq!(*setting, "SAMVAULT_CLIENT_SECRET");
+                assert_eq!(secret.expose_secret(), "s3cr3t-value");
             }
-            _ => panic!("expected a secret"),
+            other => panic!("expected one secret: {other:?}"),
         }
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn credentials_are_tried_certificate_then_current_then_next_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let next = dir.path().join("next");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&next, "next-value\n").unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let config = Config::from_sources(
+            None,
+            &env(&[
+                ("SAMVAULT_CLIENT_ID", "app"),
+                ("SAMVAULT_CLIENT_SECRET", "current-value"),
+                ("SAMVAULT_CLIENT_SECRET_NEXT_FILE", next.to_str().unwrap()),
+                ("SAMVAULT_CLIENT_CERT", "/etc/samvault/app.crt"),
+                ("SAMVAULT_CLIENT_KEY_FILE", key.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        let (_, credentials) = config.app_identity().unwrap();
+        let settings: Vec<_> = credentials.iter().map(AppCredential::setting).collect();
+        assert_eq!(
+            settings,
+            [
+                "SAMVAULT_CLIENT_CERT",
+                "SAMVAULT_CLIENT_SECRET",
+                "SAMVAULT_CLIENT_SECRET_NEXT"
+            ]
+        );
+        let printed = format!("{config:?}");
+        for secret in ["current-value", "next-value", "MIIE"] {
+            assert!(!printed.contains(secret), "{secret} printed: {printed}");
+        }
+    }
+
+    #[test]
+    fn a_key_must_be_pem_and_come_with_a_certificate() {
+        let err = Config::from_sources(
+            None,
+            &env(&[
+                ("SAMVAULT_CLIENT_CERT", "app.crt"),
+                ("SAMVAULT_CLIENT_KEY", "/etc/samvault/app.key"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("SAMVAULT_CLIENT_KEY_FILE"),
+            "{err}"
+        );
+        let err =
+            Config::from_sources(None, &env(&[("SAMVAULT_CLIENT_CERT", "app.crt")])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("configuration: SAMVAULT_CLIENT_KEY:"),
+            "{err}"
+        );
     }
 
     #[test]

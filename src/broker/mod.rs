@@ -94,6 +94,10 @@ impl BrokerError {
 
 /// The global alarm's name in the `alarms` table.
 pub const APP_CREDENTIALS_ALARM: &str = "app_credentials";
+/// Raised while Entra refuses the first configured app credential but a later one works
+/// (an expired secret with `SAMVAULT_CLIENT_SECRET_NEXT` taking over): nothing is paused,
+/// but someone has to finish rolling the credential.
+pub const APP_CREDENTIAL_FALLBACK_ALARM: &str = "app_credential_fallback";
 
 /// How long a lease on a partner lasts: longer than one IdP call can take (20 s timeout).
 const LEASE_SECS: i64 = 30;
@@ -153,6 +157,8 @@ struct Inner {
     cache: Mutex<HashMap<(TenantId, Resource), IssuedToken>>,
     /// Whether the app-credential alarm may be raised (possibly by another replica).
     alarm_possible: AtomicBool,
+    /// Whether this process raised the fallback alarm since it last cleared it.
+    fallback_raised: AtomicBool,
     partner_locks: Mutex<HashMap<TenantId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -179,6 +185,7 @@ impl Broker {
                 instance,
                 cache: Mutex::default(),
                 alarm_possible: AtomicBool::new(true),
+                fallback_raised: AtomicBool::new(false),
                 partner_locks: Mutex::default(),
             }),
         }
@@ -565,11 +572,39 @@ impl Broker {
         }
         // Only touch the alarms table when an alarm may be up (set at start-up, on raising,
         // and by the scheduler, which reads the table on every pass).
-        if self.inner.alarm_possible.swap(false, Ordering::Relaxed)
-            && rotation::clear_alarm(db, APP_CREDENTIALS_ALARM).await?
-        {
-            tracing::info!("the CPV app's credentials are accepted again");
-            self.publish(Event::app_credentials_recovered()).await;
+        if self.inner.alarm_possible.swap(false, Ordering::Relaxed) {
+            if rotation::clear_alarm(db, APP_CREDENTIALS_ALARM).await? {
+                tracing::info!("the CPV app's credentials are accepted again");
+                self.publish(Event::app_credentials_recovered()).await;
+            }
+            if !self.inner.idp.using_fallback() {
+                rotation::clear_alarm(db, APP_CREDENTIAL_FALLBACK_ALARM).await?;
+            }
+        }
+        self.note_fallback().await
+    }
+
+    /// Raises the fallback alarm once when requests run on a later credential (the IdP
+    /// client switched, in this redemption or in an earlier code redemption). A restart on
+    /// the rolled configuration clears it at its first success.
+    async fn note_fallback(&self) -> Result<(), StorageError> {
+        let idp = &self.inner.idp;
+        if idp.using_fallback() && !self.inner.fallback_raised.swap(true, Ordering::Relaxed) {
+            let refused = idp.last_refusal().unwrap_or_default();
+            let detail = format!(
+                "{refused}. Requests succeed with the later credential; finish rolling: make it the first one (docs/RUNBOOK.md) and restart."
+            );
+            if rotation::raise_alarm(
+                &self.inner.db,
+                APP_CREDENTIAL_FALLBACK_ALARM,
+                None,
+                &detail,
+                now(),
+            )
+            .await?
+            {
+                tracing::error!(credentials = %refused, "a CPV app credential is refused by Entra ID; a later one is in use");
+            }
         }
         Ok(())
     }
@@ -698,7 +733,14 @@ impl Broker {
             }
             Outcome::ResourceNotConsented { .. } => {}
             Outcome::AppCredentialsInvalid { .. } => {
-                let detail = format!("{} {}", info.meaning, info.action);
+                // Which credentials were refused, by setting name and code: never a value.
+                let refused = self
+                    .inner
+                    .idp
+                    .last_refusal()
+                    .map(|r| format!("{r}. "))
+                    .unwrap_or_default();
+                let detail = format!("{refused}{} {}", info.meaning, info.action);
                 self.inner.alarm_possible.store(true, Ordering::Relaxed);
                 if rotation::raise_alarm(db, APP_CREDENTIALS_ALARM, code, &detail, at).await? {
                     tracing::error!(code, "the CPV app's credentials are rejected by Entra ID");

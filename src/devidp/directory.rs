@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::client_auth::RegisteredCertificate;
 use super::{CONTOSO, DEMO_APP_NAME, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FABRIKAM, WINGTIP};
 
 /// Resources the demo CPV app declares as required permissions; `.default` at
@@ -93,6 +94,8 @@ pub struct App {
     pub secret: String,
     /// (resource, permission) pairs the app declares, used for `.default`.
     pub permissions: Vec<(String, String)>,
+    /// Certificates whose keys may sign the app's client assertions (`--client-cert`).
+    pub certificates: Vec<RegisteredCertificate>,
 }
 
 impl App {
@@ -236,6 +239,7 @@ impl Directory {
                 name: app.name,
                 secret: app.client_secret,
                 permissions,
+                certificates: Vec::new(),
             });
         }
         if !dir.apps.contains_key(DEMO_CLIENT_ID) {
@@ -271,6 +275,20 @@ impl Directory {
             let upn = format!("admin@tenant-{k}.example");
             self.add_user(&id, &upn, &format!("Tenant {k} Admin"), "Admin Agent", None)?;
         }
+        Ok(())
+    }
+
+    /// Registers a certificate on an app, as uploading it in the app registration does.
+    pub fn register_certificate(
+        &mut self,
+        client_id: &str,
+        certificate: RegisteredCertificate,
+    ) -> anyhow::Result<()> {
+        let app = self
+            .apps
+            .get_mut(&client_id.to_ascii_lowercase())
+            .with_context(|| format!("no app {client_id} to register a certificate on"))?;
+        app.certificates.push(certificate);
         Ok(())
     }
 
@@ -359,6 +377,7 @@ fn demo_app() -> App {
             .iter()
             .map(|(r, p)| (r.to_string(), p.to_string()))
             .collect(),
+        certificates: Vec::new(),
     }
 }
 

@@ -129,7 +129,10 @@ pub fn json_string(v: &serde_json::Value) -> String {
 /// OAuth `error` value and HTTP status per AADSTS code (Entra's own pairing).
 fn classify(code: u32) -> (&'static str, StatusCode) {
     match code {
-        7000215 | 7000222 | 7000218 => ("invalid_client", StatusCode::UNAUTHORIZED),
+        7000215 | 7000222 | 7000218 | 700027 | 700024 | 700023 | 700021 | 50013 => {
+            ("invalid_client", StatusCode::UNAUTHORIZED)
+        }
+        50027 => ("invalid_request", StatusCode::BAD_REQUEST),
         700016 => ("unauthorized_client", StatusCode::BAD_REQUEST),
         50076 | 50079 => ("interaction_required", StatusCode::BAD_REQUEST),
         50058 => ("login_required", StatusCode::BAD_REQUEST),
@@ -228,6 +231,87 @@ pub fn client_secret_expired(client_id: &str) -> EntraError {
              portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider \
              using certificate credentials for added security: https://aka.ms/certCreds."
         ),
+    )
+}
+
+/// Texts of the certificate-credential checks, after Entra's answers to a bad
+/// `client_assertion` (Microsoft's "certificate credentials" and AADSTS reference).
+const ASSERTION_DOC: &str = "Review the documentation at \
+    https://docs.microsoft.com/azure/active-directory/develop/active-directory-certificate-credentials.";
+
+pub fn malformed_assertion(why: &str) -> EntraError {
+    EntraError::new(50027, format!("JWT token is invalid or malformed: {why}."))
+}
+
+pub fn assertion_client_mismatch() -> EntraError {
+    EntraError::new(
+        700021,
+        format!(
+            "Client assertion application identifier doesn't match 'client_id' parameter. {ASSERTION_DOC}"
+        ),
+    )
+}
+
+pub fn assertion_key_not_found(client_id: &str, thumbprint: &str) -> EntraError {
+    EntraError::new(
+        700027,
+        format!(
+            "The certificate with identifier used to sign the client assertion is not registered \
+             on application. [Reason - The key was not found., Thumbprint of key used by client: \
+             '{thumbprint}', Please visit the Azure Portal, Graph Explorer or directly use MS \
+             Graph to see configured keys for app Id '{client_id}'. {ASSERTION_DOC}]"
+        ),
+    )
+}
+
+pub fn assertion_key_expired(client_id: &str, thumbprint: &str) -> EntraError {
+    EntraError::new(
+        700027,
+        format!(
+            "Client assertion contains an invalid signature. [Reason - The key used is expired., \
+             Thumbprint of key used by client: '{thumbprint}', Configured keys: see app Id \
+             '{client_id}'.]"
+        ),
+    )
+}
+
+pub fn assertion_bad_signature() -> EntraError {
+    EntraError::new(
+        700027,
+        format!("Client assertion failed signature validation. {ASSERTION_DOC}"),
+    )
+}
+
+pub fn assertion_bad_audience() -> EntraError {
+    EntraError::new(
+        700023,
+        format!("Client assertion audience claim does not match Realm issuer. {ASSERTION_DOC}"),
+    )
+}
+
+pub fn assertion_out_of_time(
+    now: OffsetDateTime,
+    nbf: OffsetDateTime,
+    exp: OffsetDateTime,
+) -> EntraError {
+    EntraError::new(
+        700024,
+        format!(
+            "Client assertion is not within its valid time range. Current time: {}, assertion \
+             valid from {}, expiry time of assertion {}. {ASSERTION_DOC}",
+            iso_o(now),
+            iso_o(nbf),
+            iso_o(exp)
+        ),
+    )
+}
+
+/// Entra documents no code for a replayed `jti`; 50013 (InvalidAssertion) is its code for
+/// an assertion refused "for various reasons", answered as a client-authentication failure.
+pub fn assertion_replayed(jti: &str) -> EntraError {
+    EntraError::new(
+        50013,
+        format!("Assertion is invalid: the client assertion with jti '{jti}' was already used."),
     )
 }
 
@@ -489,6 +573,16 @@ pub fn known_meaning(code: u32) -> Option<&'static str> {
             "InvalidClientCredential: the request must contain client_assertion or client_secret."
         }
         7000222 => "InvalidClientSecretExpiredKeysProvided: the client secret keys are expired.",
+        700021 => {
+            "InvalidClientAssertion: the client assertion's issuer or subject isn't the client_id."
+        }
+        700023 => "InvalidClientAssertionAudience: the assertion's aud isn't the token endpoint.",
+        700024 => "ClientAssertionNotInValidTimeRange: the assertion is expired or not yet valid.",
+        700027 => {
+            "InvalidSignature: the client assertion's signature or certificate isn't valid for the app."
+        }
+        50013 => "InvalidAssertion: the assertion is invalid (here: its jti was already used).",
+        50027 => "InvalidJwtToken: the JWT is invalid or malformed.",
         90002 => "InvalidTenantName: the tenant wasn't found.",
         70000 => "InvalidGrant: authentication failed; the grant is invalid or malformed.",
         70008 => "ExpiredOrRevokedGrant: the code or refresh token expired due to inactivity.",

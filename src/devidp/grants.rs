@@ -24,6 +24,8 @@ pub const RT_INACTIVITY: Duration = Duration::days(90);
 /// Redeemed and expired codes are kept this long so reuse still answers 54005/70008.
 const CODE_RETENTION: Duration = Duration::hours(1);
 const CODE_PURGE_THRESHOLD: usize = 20_000;
+/// Client assertion ids remembered at most (expired ones go first).
+const MAX_SEEN_JTIS: usize = 100_000;
 
 pub const GRAPH: &str = "https://graph.microsoft.com";
 const OIDC_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
@@ -154,6 +156,9 @@ impl Fault {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Counters {
     pub token_calls: BTreeMap<String, u64>,
+    /// Token calls per client authentication method: `client_secret`, `client_assertion`
+    /// or `none`.
+    pub client_auth: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
     pub faults_served: u64,
     pub sim_tokens: u64,
@@ -223,7 +228,10 @@ pub struct SimState {
     deleted_tenants: HashSet<String>,
     tokens_valid_from: HashMap<String, OffsetDateTime>,
     sign_in_frequency: HashMap<String, SignInFrequency>,
-    secrets: HashMap<String, AppSecret>,
+    /// Client id → the app's secrets (Entra lets an app hold several at once).
+    secrets: HashMap<String, Vec<AppSecret>>,
+    /// `{client id}/{jti}` → `exp` of every client assertion accepted and not yet expired.
+    seen_jtis: HashMap<String, i64>,
     pub counters: Counters,
     fault: Option<Fault>,
     /// Tenant id → fault for that tenant's refresh-token calls (`/_sim/tenants/{id}/faults`).
@@ -265,9 +273,10 @@ impl SimState {
                         value: a.secret.clone(),
                         expired: false,
                     };
-                    (a.client_id.clone(), secret)
+                    (a.client_id.clone(), vec![secret])
                 })
                 .collect(),
+            seen_jtis: HashMap::new(),
             counters: Counters::default(),
             fault: None,
             tenant_faults: HashMap::new(),
@@ -392,24 +401,48 @@ impl SimState {
         );
     }
 
-    pub fn expire_secret(&mut self, client_id: Option<&str>) -> usize {
+    /// Expires the app's secrets: all of them, or the one whose value is `secret`. Returns
+    /// how many were expired.
+    pub fn expire_secret(&mut self, client_id: Option<&str>, secret: Option<&str>) -> usize {
         let mut n = 0;
-        for (id, s) in self.secrets.iter_mut() {
+        for (id, secrets) in self.secrets.iter_mut() {
             if client_id.is_none_or(|c| c.eq_ignore_ascii_case(id)) {
-                s.expired = true;
-                n += 1;
+                for s in secrets
+                    .iter_mut()
+                    .filter(|s| secret.is_none_or(|v| v == s.value))
+                {
+                    s.expired = true;
+                    n += 1;
+                }
             }
         }
         n
     }
 
+    /// Replaces all of the app's secrets with one (clearing any expiry).
     pub fn rotate_secret(&mut self, client_id: &str, secret: String) -> bool {
+        self.set_secrets(client_id, |secrets| secrets.clear(), secret)
+    }
+
+    /// Adds a secret beside the app's others, as "New client secret" in Entra does.
+    pub fn add_secret(&mut self, client_id: &str, secret: String) -> bool {
+        self.set_secrets(client_id, |_| {}, secret)
+    }
+
+    fn set_secrets(
+        &mut self,
+        client_id: &str,
+        prepare: impl FnOnce(&mut Vec<AppSecret>),
+        secret: String,
+    ) -> bool {
         match self.secrets.get_mut(client_id) {
-            Some(s) => {
-                *s = AppSecret {
+            Some(secrets) => {
+                prepare(secrets);
+                secrets.retain(|s| s.value != secret);
+                secrets.push(AppSecret {
                     value: secret,
                     expired: false,
-                };
+                });
                 true
             }
             None => false,
@@ -418,9 +451,17 @@ impl SimState {
 
     // ---- client authentication ----
 
-    /// Entra's order: unknown app (700016), no credential (7000218), wrong
-    /// secret (7000215), right but expired secret (7000222).
-    pub fn authenticate<'d>(
+    pub fn count_client_auth(&mut self, method: &str) {
+        *self
+            .counters
+            .client_auth
+            .entry(method.to_string())
+            .or_default() += 1;
+    }
+
+    /// Entra's order: unknown app (700016), no credential (7000218), no secret of the app
+    /// matches (7000215), the matching secret is expired (7000222).
+    pub fn authenticate_secret<'d>(
         &self,
         dir: &'d Directory,
         client_id: Option<&str>,
@@ -435,14 +476,46 @@ impl SimState {
         let live = self
             .secrets
             .get(&app.client_id)
+            .and_then(|secrets| {
+                secrets
+                    .iter()
+                    .find(|s| constant_time_eq(s.value.as_bytes(), secret.as_bytes()))
+            })
             .ok_or_else(|| errors::invalid_client_secret(&app.client_id))?;
-        if !constant_time_eq(live.value.as_bytes(), secret.as_bytes()) {
-            return Err(errors::invalid_client_secret(&app.client_id));
-        }
         if live.expired {
             return Err(errors::client_secret_expired(&app.client_id));
         }
         Ok(app)
+    }
+
+    /// Records an accepted client assertion's `jti` until it expires; a second use is
+    /// refused. Expired entries are dropped as the set grows, and the set never holds more
+    /// than [`MAX_SEEN_JTIS`] (Entra sets no limit on `exp`).
+    pub fn spend_jti(
+        &mut self,
+        client_id: &str,
+        jti: &str,
+        exp: i64,
+        now: i64,
+    ) -> Result<(), EntraError> {
+        let key = format!("{client_id}/{jti}");
+        if self.seen_jtis.contains_key(&key) {
+            return Err(errors::assertion_replayed(jti));
+        }
+        if self.seen_jtis.len() >= MAX_SEEN_JTIS {
+            self.seen_jtis.retain(|_, e| *e > now);
+        }
+        if self.seen_jtis.len() >= MAX_SEEN_JTIS
+            && let Some(oldest) = self
+                .seen_jtis
+                .iter()
+                .min_by_key(|(_, e)| **e)
+                .map(|(k, _)| k.clone())
+        {
+            self.seen_jtis.remove(&oldest);
+        }
+        self.seen_jtis.insert(key, exp);
+        Ok(())
     }
 
     // ---- authorize ----

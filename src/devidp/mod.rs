@@ -9,6 +9,8 @@
 //! - `grants`: codes, refresh tokens, consents, `/_sim` overrides, counters, faults.
 //! - `tokens`: the RS256 key and JWKS, JWT claims, opaque codes and refresh tokens.
 //! - `errors`: Entra's error bodies and the AADSTS catalogue.
+//! - `client_auth`: client secrets and certificate client assertions at the token endpoint.
+//! - `certificate`: self-signed certificates for the CPV app (`samvault dev-cert`).
 //! - `clock`: the simulated clock every expiry is judged on.
 //! - `discovery`, `authorize`, `token`, `sim`: the HTTP surface.
 //!
@@ -37,6 +39,8 @@
 #![allow(clippy::result_large_err)]
 
 mod authorize;
+pub mod certificate;
+mod client_auth;
 mod clock;
 mod directory;
 mod discovery;
@@ -82,6 +86,9 @@ pub struct DevIdpOptions {
     pub directory_file: Option<std::path::PathBuf>,
     /// Added to every token call, for benchmarks; sleeps without blocking other calls.
     pub token_latency_ms: u64,
+    /// `--client-cert`: PEM certificates registered on the demo CPV app, whose keys may
+    /// sign its client assertions.
+    pub client_certs: Vec<std::path::PathBuf>,
 }
 
 /// The simulator. Cheap to clone: all state is behind one `Arc`.
@@ -116,6 +123,10 @@ impl DevIdp {
             None => Directory::demo(),
         };
         directory.add_generated(opts.generated_tenants)?;
+        for path in &opts.client_certs {
+            let certificate = client_auth::RegisteredCertificate::from_pem_file(path)?;
+            directory.register_certificate(DEMO_CLIENT_ID, certificate)?;
+        }
         let state = Mutex::new(SimState::new(&directory));
         Ok(DevIdp {
             inner: Arc::new(Inner {

@@ -51,6 +51,7 @@ pub fn router() -> Router<AppState> {
         .route("/users/{upn}/sign-in-frequency", post(sign_in_frequency))
         .route("/app/secret/expire", post(expire_secret))
         .route("/app/secret/rotate", post(rotate_secret))
+        .route("/app/secrets", post(add_secret))
         .route("/directory", get(directory))
         .route("/reset", post(reset))
 }
@@ -518,21 +519,40 @@ struct SecretBody {
     secret: Option<String>,
 }
 
-/// The app's secret has expired: token calls with it answer 7000222.
+/// The app's secrets (or the one named by `secret`) have expired: token calls with them
+/// answer 7000222.
 async fn expire_secret(State(st): State<AppState>, body: Bytes) -> Response {
     let b: SecretBody = match parse_body(&body) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let n = st.idp.lock().expire_secret(b.client_id.as_deref());
+    let n = st
+        .idp
+        .lock()
+        .expire_secret(b.client_id.as_deref(), b.secret.as_deref());
     if n == 0 {
-        return not_found("unknown client_id");
+        return not_found("unknown client_id or secret");
     }
     Json(json!({ "expired": n })).into_response()
 }
 
-/// Replaces the app's secret (and clears an expiry): the old one answers 7000215.
+/// Replaces the app's secrets with one (and clears expiries): the old ones answer 7000215.
 async fn rotate_secret(State(st): State<AppState>, body: Bytes) -> Response {
+    change_secrets(&st, body, "rotated", SimState::rotate_secret)
+}
+
+/// Adds a secret beside the app's others: Entra apps may hold several valid secrets, which
+/// is how a secret is rolled without downtime.
+async fn add_secret(State(st): State<AppState>, body: Bytes) -> Response {
+    change_secrets(&st, body, "added", SimState::add_secret)
+}
+
+fn change_secrets(
+    st: &AppState,
+    body: Bytes,
+    done: &str,
+    change: fn(&mut SimState, &str, String) -> bool,
+) -> Response {
     let b: SecretBody = match parse_body(&body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -544,8 +564,8 @@ async fn rotate_secret(State(st): State<AppState>, body: Bytes) -> Response {
         .client_id
         .unwrap_or_else(|| DEMO_CLIENT_ID.into())
         .to_ascii_lowercase();
-    if st.idp.lock().rotate_secret(&client_id, secret) {
-        Json(json!({ "client_id": client_id, "rotated": true })).into_response()
+    if change(&mut st.idp.lock(), &client_id, secret) {
+        Json(json!({ "client_id": client_id, done: true })).into_response()
     } else {
         not_found("unknown client_id")
     }

@@ -1,7 +1,8 @@
 //! The token endpoint (`/{tenant}/oauth2/v2.0/token` and v1 `/{tenant}/oauth2/token`).
 //!
-//! Order of checks follows Entra: injected faults, client authentication,
-//! tenant, then the grant. All grant bookkeeping happens in one short critical
+//! Order of checks follows Entra: injected faults, client authentication
+//! (`client_auth`: a secret or a certificate's client assertion), tenant, then
+//! the grant. All grant bookkeeping happens in one short critical
 //! section (`SimState::redeem_*`); signing runs after the lock is released.
 
 use std::time::Duration;
@@ -10,7 +11,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde_json::{Value, json};
 
 use super::errors::{self, EntraError, RequestIds, json_string, no_store};
@@ -19,7 +19,7 @@ use super::tokens::{
     TOKEN_LIFETIME_SECS, access_token_claims, id_token_claims, id_token_v1_claims,
     new_refresh_token,
 };
-use super::{AppState, Params};
+use super::{AppState, Params, client_auth};
 
 pub async fn token_v2(
     State(st): State<AppState>,
@@ -98,11 +98,15 @@ fn process(
     let idp = &st.idp;
     let dir = idp.directory();
     let path = idp.path_tenant(tenant_raw);
-    let (client_id, secret) = client_credentials(params, headers)?;
+    let presented = client_auth::presented(params, headers)?;
     let label = path.as_ref().map_or(tenant_raw, |p| p.label()).to_string();
-    let app = idp
-        .lock()
-        .authenticate(dir, client_id.as_deref(), secret.as_deref(), &label)?;
+    // A client assertion must be addressed to the endpoint that receives it.
+    let endpoint = format!(
+        "{}/{tenant_raw}/oauth2/{}token",
+        st.base,
+        if v1 { "" } else { "v2.0/" }
+    );
+    let app = client_auth::authenticate(idp, dir, &presented, &label, &endpoint)?;
     let path = path?;
     let path_tenant = path.id();
     let scope = params.get("scope").map(Scopes::parse);
@@ -148,78 +152,6 @@ fn process(
         other => return Err(errors::unsupported_grant_type(other)),
     };
     respond(st, issued, v1, now)
-}
-
-/// Client authentication: HTTP Basic or `client_id` + `client_secret` in the
-/// body, both accepted as by Entra (RFC 6749 §2.3.1).
-fn client_credentials(
-    params: &Params,
-    headers: &HeaderMap,
-) -> Result<(Option<String>, Option<String>), EntraError> {
-    let basic = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        })
-        .map(|b64| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .ok()
-                .and_then(|raw| String::from_utf8(raw).ok())
-                .and_then(|s| {
-                    s.split_once(':')
-                        .map(|(i, p)| (percent_decode(i), percent_decode(p)))
-                })
-                .ok_or_else(errors::malformed_request)
-        })
-        .transpose()?;
-    if let Some((id, secret)) = basic {
-        if params
-            .get("client_id")
-            .is_some_and(|b| !b.eq_ignore_ascii_case(&id))
-        {
-            return Err(errors::malformed_request());
-        }
-        return Ok((Some(id), Some(secret)));
-    }
-    if params.get("client_assertion").is_some() && params.get("client_secret").is_none() {
-        return Err(EntraError::new(
-            700027,
-            "Client assertion failed signature validation. The dev IdP has no certificate \
-             registered for this app: authenticate with client_secret.",
-        )
-        .with_error("invalid_client")
-        .with_status(StatusCode::UNAUTHORIZED));
-    }
-    Ok((
-        params.get("client_id").map(str::to_string),
-        params.get("client_secret").map(str::to_string),
-    ))
-}
-
-/// `%XX` decoding for HTTP Basic credentials; `+` is left alone because many
-/// clients do not form-encode them.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn respond(
@@ -369,15 +301,4 @@ fn fault_response(st: &AppState, fault: Fault, ids: &RequestIds) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn basic_credentials_are_percent_decoded() {
-        assert_eq!(percent_decode("a%3Ab%2B"), "a:b+");
-        assert_eq!(percent_decode("plain+secret%"), "plain+secret%");
-    }
 }

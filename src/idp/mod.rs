@@ -1,9 +1,11 @@
 //! The client side of Entra ID: consent URLs, code redemption, refresh-token redemption and
 //! id_token validation. Everything that crosses the wire to the IdP goes through here.
 
+pub mod certificate;
 pub mod errors;
 mod jwks;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+pub use certificate::ClientCertificate;
 pub use errors::{EntraErrorBody, IdpError, Outcome};
 pub use jwks::IdClaims;
 
@@ -54,6 +57,8 @@ pub struct TokenSet {
     pub id_token: Option<String>,
     pub expires_in: Duration,
     pub scope: Option<String>,
+    /// Set when a credential was refused before another one worked: which, and why.
+    pub fallback: Option<String>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -116,24 +121,52 @@ pub struct IdpClient {
 struct Inner {
     authority: Url,
     client_id: String,
-    secret: SecretString,
+    /// In the order configured; every token request starts at `preferred`.
+    credentials: Vec<Credential>,
+    /// The credential that worked last: after a fallback, requests stop paying for the
+    /// refused one.
+    preferred: AtomicUsize,
+    /// What Entra said about the credentials at the last refusal (for the alarm).
+    last_refusal: Mutex<Option<String>>,
     redirect_uri: Url,
     consent_scopes: Vec<String>,
     http: reqwest::Client,
     jwks: jwks::JwksCache,
 }
 
+/// One credential of the CPV app, named by its setting.
+struct Credential {
+    setting: &'static str,
+    proof: Proof,
+}
+
+enum Proof {
+    Secret(SecretString),
+    Certificate(ClientCertificate),
+}
+
+/// A client certificate expiring sooner than this is announced in the log at start-up.
+const CERTIFICATE_WARNING_SECS: i64 = 30 * 86_400;
+
 impl IdpClient {
     pub fn new(config: &Config) -> Result<Self, ConfigError> {
-        let (client_id, credential) = config.app_identity()?;
-        let secret = match credential {
-            AppCredential::Secret(secret) => secret,
-            AppCredential::Certificate { .. } => {
-                return Err(ConfigError(
-                    "SAMVAULT_CLIENT_CERT: certificate credentials are not available in this version; use SAMVAULT_CLIENT_SECRET".into(),
-                ));
-            }
-        };
+        let (client_id, configured) = config.app_identity()?;
+        let now = crate::storage::now();
+        let credentials = configured
+            .into_iter()
+            .map(|credential| {
+                let setting = credential.setting();
+                let proof = match credential {
+                    AppCredential::Secret { secret, .. } => Proof::Secret(secret),
+                    AppCredential::Certificate { cert, key } => {
+                        let certificate = ClientCertificate::load(&cert, &key, now)?;
+                        announce(&certificate, now);
+                        Proof::Certificate(certificate)
+                    }
+                };
+                Ok(Credential { setting, proof })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         let http = reqwest::Client::builder()
             // The token endpoint never redirects; following one would leak the form body.
             .redirect(reqwest::redirect::Policy::none())
@@ -147,7 +180,9 @@ impl IdpClient {
                 jwks: jwks::JwksCache::new(endpoint(&authority, "common", "discovery/v2.0/keys")),
                 authority,
                 client_id,
-                secret,
+                credentials,
+                preferred: AtomicUsize::new(0),
+                last_refusal: Mutex::default(),
                 redirect_uri: config.redirect_uri(),
                 consent_scopes: config.consent_scopes.clone(),
                 http,
@@ -159,22 +194,97 @@ impl IdpClient {
         &self.inner.client_id
     }
 
+    /// Whether requests currently use a credential other than the first configured one.
+    pub fn using_fallback(&self) -> bool {
+        self.inner.preferred.load(Ordering::Relaxed) != 0
+    }
+
+    /// Which credentials Entra refused at the last refusal, e.g. "SAMVAULT_CLIENT_SECRET
+    /// rejected: AADSTS7000222". Names settings and codes, never a secret.
+    pub fn last_refusal(&self) -> Option<String> {
+        self.inner
+            .last_refusal
+            .lock()
+            .expect("refusal lock")
+            .clone()
+    }
+
     fn oauth(&self, tenant: &str) -> OAuthClient {
         let inner = &self.inner;
         oauth2::Client::new(ClientId::new(inner.client_id.clone()))
-            .set_client_secret(ClientSecret::new(inner.secret.expose_secret().to_string()))
             .set_auth_type(AuthType::RequestBody)
             .set_auth_uri(AuthUrl::from_url(endpoint(
                 &inner.authority,
                 tenant,
                 "oauth2/v2.0/authorize",
             )))
-            .set_token_uri(TokenUrl::from_url(endpoint(
-                &inner.authority,
-                tenant,
-                "oauth2/v2.0/token",
-            )))
+            .set_token_uri(TokenUrl::from_url(token_endpoint(&inner.authority, tenant)))
             .set_redirect_uri(RedirectUrl::from_url(inner.redirect_uri.clone()))
+    }
+
+    /// The client and extra form fields that present `credential` to `tenant`'s token endpoint:
+    /// a secret in the body, or a client assertion addressed to that very endpoint.
+    fn authenticated(&self, tenant: &str, credential: &Credential) -> (OAuthClient, ExtraParams) {
+        let client = self.oauth(tenant);
+        match &credential.proof {
+            Proof::Secret(secret) => (
+                client.set_client_secret(ClientSecret::new(secret.expose_secret().to_string())),
+                Vec::new(),
+            ),
+            Proof::Certificate(certificate) => {
+                let audience = token_endpoint(&self.inner.authority, tenant);
+                let assertion = certificate.assertion(
+                    &self.inner.client_id,
+                    audience.as_str(),
+                    crate::storage::now(),
+                );
+                (
+                    client,
+                    vec![
+                        ("client_assertion_type", certificate::JWT_BEARER.to_string()),
+                        ("client_assertion", assertion),
+                    ],
+                )
+            }
+        }
+    }
+
+    /// Sends one token request with the preferred credential and, while Entra refuses the
+    /// credential itself (`invalid_client`: wrong or expired secret, unknown certificate...),
+    /// with the next ones. A refused client is refused before its grant is looked at, so
+    /// the code or refresh token is still unused when the next credential presents it.
+    async fn token_request(&self, tenant: &str, grant: Grant<'_>) -> Result<TokenSet, IdpError> {
+        let credentials = &self.inner.credentials;
+        let first = self.inner.preferred.load(Ordering::Relaxed);
+        let mut refusals = Vec::new();
+        for step in 0..credentials.len() {
+            let index = (first + step) % credentials.len();
+            let credential = &credentials[index];
+            let captured = Capture::default();
+            let (client, extra) = self.authenticated(tenant, credential);
+            let transport = self.transport(&captured);
+            let result = finish(grant.send(client, extra, &transport).await, &captured);
+            match result {
+                Err(error) if refuses_client(&error) => {
+                    refusals.push(refusal(credential.setting, &error));
+                    if step + 1 == credentials.len() {
+                        *self.inner.last_refusal.lock().expect("refusal lock") =
+                            Some(refusals.join("; "));
+                        return Err(error);
+                    }
+                }
+                Ok(mut tokens) if !refusals.is_empty() => {
+                    let notice = format!("{}; using {}", refusals.join("; "), credential.setting);
+                    tracing::warn!(credentials = %notice, "Entra ID refused a CPV app credential; another one works");
+                    self.inner.preferred.store(index, Ordering::Relaxed);
+                    *self.inner.last_refusal.lock().expect("refusal lock") = Some(notice.clone());
+                    tokens.fallback = Some(notice);
+                    return Ok(tokens);
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the configuration holds at least one credential")
     }
 
     /// The authorize URL for a partner admin's consent: authorization-code flow with
@@ -204,14 +314,14 @@ impl IdpClient {
     /// Redeems an authorization code (the consent callback).
     #[tracing::instrument(skip_all)]
     pub async fn redeem_code(&self, code: &str, pkce_verifier: &str) -> Result<TokenSet, IdpError> {
-        let captured = Capture::default();
-        let result = self
-            .oauth("organizations")
-            .exchange_code(AuthorizationCode::new(code.to_string()))
-            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
-            .request_async(&self.transport(&captured))
-            .await;
-        finish(result, &captured)
+        self.token_request(
+            "organizations",
+            Grant::Code {
+                code,
+                pkce_verifier,
+            },
+        )
+        .await
     }
 
     fn transport(&self, captured: &Capture) -> Transport {
@@ -229,16 +339,15 @@ impl IdpClient {
         refresh_token: &SecretString,
         resource: &Resource,
     ) -> Result<TokenSet, IdpError> {
-        let captured = Capture::default();
-        let rt = RefreshToken::new(refresh_token.expose_secret().to_string());
-        let result = self
-            .oauth(tenant.as_str())
-            .exchange_refresh_token(&rt)
-            .add_scope(Scope::new(resource.default_scope()))
-            .add_scope(Scope::new("offline_access".into()))
-            .request_async(&self.transport(&captured))
-            .await;
-        finish(result, &captured)
+        let refresh_token = RefreshToken::new(refresh_token.expose_secret().to_string());
+        self.token_request(
+            tenant.as_str(),
+            Grant::Refresh {
+                refresh_token: &refresh_token,
+                resource,
+            },
+        )
+        .await
     }
 
     /// Validates an id_token: signature (JWKS), issuer, audience, nonce, expiry.
@@ -257,6 +366,80 @@ impl IdpClient {
                 nonce,
             )
             .await
+    }
+}
+
+/// What a token request redeems.
+enum Grant<'a> {
+    Code {
+        code: &'a str,
+        pkce_verifier: &'a str,
+    },
+    Refresh {
+        refresh_token: &'a RefreshToken,
+        resource: &'a Resource,
+    },
+}
+
+impl Grant<'_> {
+    async fn send(
+        &self,
+        client: OAuthClient,
+        extra: ExtraParams,
+        transport: &Transport,
+    ) -> OAuthResult {
+        match self {
+            Grant::Code {
+                code,
+                pkce_verifier,
+            } => {
+                let request = client
+                    .exchange_code(AuthorizationCode::new(code.to_string()))
+                    .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()));
+                let request = extra
+                    .into_iter()
+                    .fold(request, |r, (name, value)| r.add_extra_param(name, value));
+                request.request_async(transport).await
+            }
+            Grant::Refresh {
+                refresh_token,
+                resource,
+            } => {
+                let request = client
+                    .exchange_refresh_token(refresh_token)
+                    .add_scope(Scope::new(resource.default_scope()))
+                    .add_scope(Scope::new("offline_access".into()));
+                let request = extra
+                    .into_iter()
+                    .fold(request, |r, (name, value)| r.add_extra_param(name, value));
+                request.request_async(transport).await
+            }
+        }
+    }
+}
+
+type ExtraParams = Vec<(&'static str, String)>;
+type OAuthResult = Result<EntraTokenResponse, RequestTokenError<reqwest::Error, EntraErrorBody>>;
+
+/// Entra refused the client itself (its credential), not the grant.
+fn refuses_client(error: &IdpError) -> bool {
+    matches!(error, IdpError::Entra { body, .. } if body.error == "invalid_client")
+}
+
+fn refusal(setting: &str, error: &IdpError) -> String {
+    match error.code() {
+        Some(code) => format!("{setting} rejected: AADSTS{code}"),
+        None => format!("{setting} rejected"),
+    }
+}
+
+/// Logs which certificate signs the assertions, and warns when it expires soon.
+fn announce(certificate: &ClientCertificate, now: i64) {
+    let expires = certificate::date(certificate.not_after());
+    if certificate.not_after() - now < CERTIFICATE_WARNING_SECS {
+        tracing::warn!(x5t_s256 = certificate.thumbprint_s256(), %expires, "SAMVAULT_CLIENT_CERT expires within 30 days: register a new certificate on the app and deploy it");
+    } else {
+        tracing::info!(x5t_s256 = certificate.thumbprint_s256(), %expires, "client assertions are signed with SAMVAULT_CLIENT_CERT");
     }
 }
 
@@ -313,10 +496,7 @@ struct Seen {
     retry_after: Option<Duration>,
 }
 
-fn finish(
-    result: Result<EntraTokenResponse, RequestTokenError<reqwest::Error, EntraErrorBody>>,
-    captured: &Capture,
-) -> Result<TokenSet, IdpError> {
+fn finish(result: OAuthResult, captured: &Capture) -> Result<TokenSet, IdpError> {
     let seen = *captured.0.lock().expect("capture lock");
     let Seen {
         status,
@@ -336,6 +516,7 @@ fn finish(
             scope: response
                 .scopes()
                 .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
+            fallback: None,
         }),
         Err(RequestTokenError::ServerResponse(body)) => Err(IdpError::Entra {
             status,
@@ -370,6 +551,12 @@ fn describe_transport(e: &reqwest::Error) -> String {
     } else {
         "request failed".into()
     }
+}
+
+/// A tenant's v2 token endpoint: where token requests go, and the audience of their
+/// client assertions.
+fn token_endpoint(authority: &Url, tenant: &str) -> Url {
+    endpoint(authority, tenant, "oauth2/v2.0/token")
 }
 
 fn endpoint(authority: &Url, tenant: &str, path: &str) -> Url {

@@ -50,4 +50,40 @@ async fn overview_shows_status_horizon_history_and_next_due(backend: Backend) {
     assert!(text.contains("Contoso"), "{text}");
 }
 
-on_both_backends!(overview_shows_status_horizon_history_and_next_due);
+/// While a later app credential stands in for a refused one, the overview says which.
+async fn overview_names_a_refused_app_credential(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let options = StackOptions::default().env("SAMVAULT_CLIENT_SECRET_NEXT", "next-secret");
+    let stack = Stack::start(&db.url, options).await;
+    let post = reqwest::Method::POST;
+    let next = serde_json::json!({ "secret": "next-secret" });
+    stack.sim(post.clone(), "app/secrets", next).await;
+    stack.consent("jane@contoso.example").await;
+    let current = serde_json::json!({ "secret": "samvault-demo-secret" });
+    stack.sim(post, "app/secret/expire", current).await;
+    let creds = stack.client(&[PARTNER_CENTER]);
+    let (status, body) = stack.token(&creds, CONTOSO, token_body()).await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut viewer = Operator::signed_in(&stack, "vera", "viewer").await;
+    let (status, page, _) = viewer.get("/ops").await;
+    assert_eq!(status, 200, "{page}");
+    let text = page_text(&page);
+    assert!(
+        text.contains("An app credential is refused; a later one works"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "SAMVAULT_CLIENT_SECRET rejected: AADSTS7000222; using SAMVAULT_CLIENT_SECRET_NEXT"
+        ),
+        "{text}"
+    );
+}
+
+on_both_backends!(
+    overview_shows_status_horizon_history_and_next_due,
+    overview_names_a_refused_app_credential
+);

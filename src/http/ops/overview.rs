@@ -34,6 +34,8 @@ struct OverviewPage {
     statuses: Vec<StatusCount>,
     total: i64,
     alarm: Option<String>,
+    /// A refused app credential while a later one works (the roll is half done).
+    fallback: Option<String>,
     horizon: BarChart,
     horizon_rows: Vec<(String, i64)>,
     /// Usable grants with at most 14 days left.
@@ -92,9 +94,10 @@ async fn overview(State(state): State<AppState>, session: Session) -> Response {
     };
     let at = now();
     let db = &state.db;
-    let ((counts, buckets), alarm, days, due) = match tokio::try_join!(
+    let ((counts, buckets), alarm, fallback, days, due) = match tokio::try_join!(
         stats::statuses_and_horizon(db, at),
         rotation::alarm(db, crate::broker::APP_CREDENTIALS_ALARM),
+        rotation::alarm(db, crate::broker::APP_CREDENTIAL_FALLBACK_ALARM),
         stats::attempts_by_day(db, at, HISTORY_DAYS),
         stats::next_due(db, NEXT_DUE),
     ) {
@@ -162,6 +165,7 @@ async fn overview(State(state): State<AppState>, session: Session) -> Response {
         total: counts.iter().map(|(_, n)| n).sum(),
         statuses,
         alarm: alarm.map(|a| a.detail),
+        fallback: fallback.map(|a| a.detail),
         horizon: BarChart::new(
             "Usable grants by days left before Entra's 90-day inactivity limit",
             &horizon_bars,

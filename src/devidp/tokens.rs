@@ -182,11 +182,21 @@ pub fn access_token_claims(
         "uti": random_b64(16),
         "ver": "1.0",
     });
-    if subject.global_admin {
-        // Global Administrator's role template id, as Entra lists it in `wids`.
-        claims["wids"] = json!(["62e90394-69f5-4237-9190-012177145e10"]);
-    }
+    add_directory_roles(&mut claims, subject);
     claims
+}
+
+/// Global Administrator's role template id, as Entra lists it in `wids`.
+const GLOBAL_ADMINISTRATOR: &str = "62e90394-69f5-4237-9190-012177145e10";
+
+/// `wids`: the user's directory roles. Entra puts it in access tokens, and in id_tokens when
+/// the app registration's `groupMembershipClaims` includes `DirectoryRole`, as the demo
+/// app's does. Partner Center roles (Admin Agent, Sales Agent) are group memberships, not
+/// directory roles, so they never appear here.
+fn add_directory_roles(claims: &mut Value, subject: &Subject) {
+    if subject.global_admin {
+        claims["wids"] = json!([GLOBAL_ADMINISTRATOR]);
+    }
 }
 
 /// A v2 id_token (`iss` `{base}/{tid}/v2.0`, `aud` = client id; v2 carries no `amr`).
@@ -219,6 +229,7 @@ pub fn id_token_claims(
     if with_email {
         claims["email"] = json!(user.upn);
     }
+    add_directory_roles(&mut claims, subject);
     claims
 }
 
@@ -249,6 +260,7 @@ pub fn id_token_v1_claims(
     if let Some(nonce) = nonce {
         claims["nonce"] = json!(nonce);
     }
+    add_directory_roles(&mut claims, subject);
     claims
 }
 
@@ -267,6 +279,43 @@ mod tests {
         assert!(rt.starts_with("0.A") && rt.len() > 300);
         assert!(new_code().starts_with("1.A"));
         assert_ne!(new_refresh_token(), rt);
+    }
+
+    fn subject(role: &str) -> Subject {
+        Subject {
+            user: User {
+                upn: "grace@contoso.example".into(),
+                name: "Grace Hopper".into(),
+                role: role.into(),
+                oid: "00000000-0000-0000-0000-00000000000a".into(),
+                tenant_id: "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01".into(),
+            },
+            client_id: "app".into(),
+            amr: vec!["pwd".into(), "mfa".into()],
+            global_admin: role == "Global Admin",
+        }
+    }
+
+    #[test]
+    fn directory_roles_are_in_every_token_of_a_global_admin_only() {
+        let now = OffsetDateTime::now_utc();
+        let admin = subject("Global Admin");
+        for claims in [
+            id_token_claims("http://idp", &admin, Some("n"), false, now),
+            id_token_v1_claims("http://idp", &admin, None, now),
+            access_token_claims(
+                "http://idp",
+                &admin,
+                "https://graph.microsoft.com",
+                "openid",
+                now,
+            ),
+        ] {
+            assert_eq!(claims["wids"], json!([GLOBAL_ADMINISTRATOR]), "{claims}");
+        }
+        let agent = subject("Admin Agent");
+        let claims = id_token_claims("http://idp", &agent, Some("n"), false, now);
+        assert!(claims.get("wids").is_none(), "{claims}");
     }
 
     #[test]

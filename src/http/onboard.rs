@@ -4,6 +4,11 @@
 //! The pending sign-in (state, nonce, PKCE verifier) lives in the browser's session, so a
 //! `state` is bound to the browser that started it, used once (removed on first callback)
 //! and honoured for ten minutes. Nothing is stored unless the whole callback succeeds.
+//!
+//! The self-service revoke ([`revoke`]) signs the partner admin in through the same pending
+//! sign-in and the same callback (one redirect URI to register), with its purpose recorded.
+
+mod revoke;
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -22,7 +27,7 @@ use super::AppState;
 use super::templates::{ConsentDonePage, ErrorPage, OnboardPage};
 use crate::domain::TenantId;
 use crate::idp::errors::describe;
-use crate::idp::{AccessClaims, IdpError};
+use crate::idp::{AccessClaims, ConsentRequest, IdClaims, IdpError, TokenSet};
 use crate::storage::partners::{
     self, INACTIVITY_LIMIT_SECS, NewConsent, StoredGrant, grant_context,
 };
@@ -37,6 +42,34 @@ pub fn router() -> Router<AppState> {
         .route("/onboard/i/{invitation}", get(invited))
         .route("/onboard/start", post(start))
         .route("/onboard/callback", get(callback_query).post(callback_form))
+        .merge(revoke::router())
+}
+
+/// What a sign-in is for: a consent stores a refresh token; a revoke only proves who the
+/// partner admin is, then purges.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+enum Purpose {
+    #[default]
+    Consent,
+    Revoke,
+}
+
+impl Purpose {
+    /// Where a person starts this flow again.
+    fn page(self) -> &'static str {
+        match self {
+            Purpose::Consent => "/onboard",
+            Purpose::Revoke => revoke::PAGE,
+        }
+    }
+
+    /// What a failed step left behind, in the words of this flow.
+    fn unchanged(self) -> &'static str {
+        match self {
+            Purpose::Consent => "Nothing was stored.",
+            Purpose::Revoke => "Nothing was revoked.",
+        }
+    }
 }
 
 /// A sign-in that left for Entra ID and has not come back yet.
@@ -48,6 +81,9 @@ struct Pending {
     invitation_id: Option<String>,
     tenant: Option<String>,
     started_at: i64,
+    /// Absent in sessions started before revoke existed: those were consents.
+    #[serde(default)]
+    purpose: Purpose,
 }
 
 pub(crate) fn random_token() -> String {
@@ -92,11 +128,24 @@ pub(super) fn error_page(
     action: &str,
     code: Option<String>,
 ) -> Response {
+    flow_error_page(Purpose::Consent, status, title, message, action, code)
+}
+
+/// An error page whose "Start again" link leads back to the start of `purpose`'s flow.
+fn flow_error_page(
+    purpose: Purpose,
+    status: StatusCode,
+    title: &str,
+    message: &str,
+    action: &str,
+    code: Option<String>,
+) -> Response {
     let page = ErrorPage {
         title: title.into(),
         message: message.into(),
         action: action.into(),
         code,
+        restart: purpose.page(),
     };
     (status, page).into_response()
 }
@@ -106,9 +155,50 @@ fn unavailable() -> Response {
         StatusCode::SERVICE_UNAVAILABLE,
         "Temporarily unavailable",
         "samvault could not complete this step right now.",
-        "Wait a minute and start again. Nothing was stored.",
+        "Wait a minute and start again. Nothing was stored or changed.",
         None,
     )
+}
+
+/// A new CSRF token for the forms of the page about to be rendered; `None` if the session
+/// store failed.
+async fn new_csrf(session: &Session) -> Option<String> {
+    let csrf = random_token();
+    session.insert(CSRF_KEY, &csrf).await.ok().map(|()| csrf)
+}
+
+/// Whether a posted form carries this session's CSRF token (compared in constant time).
+async fn csrf_matches(session: &Session, presented: &str) -> bool {
+    let expected: Option<String> = session.get(CSRF_KEY).await.ok().flatten();
+    expected.is_some_and(|e| bool::from(e.as_bytes().ct_eq(presented.as_bytes())))
+}
+
+/// Stores the pending sign-in in the session, renews the session id and sends the browser
+/// to Entra ID.
+async fn begin_sign_in(
+    session: &Session,
+    request: ConsentRequest,
+    purpose: Purpose,
+    invitation_id: Option<String>,
+    tenant: Option<TenantId>,
+) -> Response {
+    let pending = Pending {
+        state: request.state,
+        nonce: request.nonce,
+        pkce_verifier: request.pkce_verifier,
+        invitation_id,
+        tenant: tenant.map(|t| t.to_string()),
+        started_at: now(),
+        purpose,
+    };
+    if session.insert(PENDING_KEY, &pending).await.is_err() {
+        return unavailable();
+    }
+    // A new session id once the sign-in starts: nothing set before it can be replayed.
+    if session.cycle_id().await.is_err() {
+        return unavailable();
+    }
+    Redirect::to(request.url.as_str()).into_response()
 }
 
 fn human_scope(scope: &str) -> (String, &'static str) {
@@ -136,10 +226,9 @@ async fn render_landing(
     session: &Session,
     invitation: Option<(String, Option<TenantId>)>,
 ) -> Response {
-    let csrf = random_token();
-    if session.insert(CSRF_KEY, &csrf).await.is_err() {
+    let Some(csrf) = new_csrf(session).await else {
         return unavailable();
-    }
+    };
     let (invitation, invited_tenant) = match invitation {
         Some((token, tenant)) => (Some(token), tenant.map(|t| t.to_string())),
         None => (None, None),
@@ -228,9 +317,7 @@ async fn start(
     session: Session,
     Form(form): Form<StartForm>,
 ) -> Response {
-    let expected: Option<String> = session.get(CSRF_KEY).await.ok().flatten();
-    let valid = expected.is_some_and(|e| bool::from(e.as_bytes().ct_eq(form.csrf.as_bytes())));
-    if !valid {
+    if !csrf_matches(&session, &form.csrf).await {
         return error_page(
             StatusCode::BAD_REQUEST,
             "This page has expired",
@@ -247,22 +334,7 @@ async fn start(
         None => (None, None),
     };
     let request = state.idp.consent_request(tenant.as_ref());
-    let pending = Pending {
-        state: request.state,
-        nonce: request.nonce,
-        pkce_verifier: request.pkce_verifier,
-        invitation_id,
-        tenant: tenant.map(|t| t.to_string()),
-        started_at: now(),
-    };
-    if session.insert(PENDING_KEY, &pending).await.is_err() {
-        return unavailable();
-    }
-    // A new session id once the sign-in starts: nothing set before it can be replayed.
-    if session.cycle_id().await.is_err() {
-        return unavailable();
-    }
-    Redirect::to(request.url.as_str()).into_response()
+    begin_sign_in(&session, request, Purpose::Consent, invitation_id, tenant).await
 }
 
 /// The parameters Entra ID sends back (query for response_mode=query, form for form_post).
@@ -295,7 +367,7 @@ fn bad_state(message: &str) -> Response {
         StatusCode::BAD_REQUEST,
         "This sign-in cannot be completed",
         message,
-        "Open the onboarding page again in this browser and press Grant consent. Nothing was stored.",
+        "Open the page you started from again in this browser and press its button. Nothing was stored or changed.",
         None,
     )
 }
@@ -325,7 +397,7 @@ async fn callback(state: AppState, session: Session, raw: &[u8]) -> Response {
         return bad_state("The sign-in took too long and has expired.");
     }
     if let Some(error) = params.error.as_deref() {
-        return idp_error_page(error, params.error_description.as_deref());
+        return idp_error_page(pending.purpose, error, params.error_description.as_deref());
     }
     let Some(code) = params
         .code
@@ -334,15 +406,18 @@ async fn callback(state: AppState, session: Session, raw: &[u8]) -> Response {
     else {
         return bad_state("The response from Microsoft sign-in has no authorization code.");
     };
-    match complete_consent(&state, &pending, code).await {
-        Ok(page) => page.into_response(),
-        Err(page) => page,
-    }
+    let outcome = match pending.purpose {
+        Purpose::Consent => complete_consent(&state, &pending, code)
+            .await
+            .map(IntoResponse::into_response),
+        Purpose::Revoke => revoke::signed_in(&state, &session, &pending, code).await,
+    };
+    outcome.unwrap_or_else(|page| page)
 }
 
 /// Shows an error Entra ID sent to the callback. Only the error name and AADSTS code are
 /// shown (the description is attacker-controllable text on a forged callback).
-fn idp_error_page(error: &str, description: Option<&str>) -> Response {
+fn idp_error_page(purpose: Purpose, error: &str, description: Option<&str>) -> Response {
     let code = description
         .and_then(|d| d.strip_prefix("AADSTS"))
         .map(|d| {
@@ -352,20 +427,30 @@ fn idp_error_page(error: &str, description: Option<&str>) -> Response {
         })
         .filter(|d| !d.is_empty() && d.len() <= 9);
     let reference = code.as_ref().map(|c| format!("AADSTS{c}"));
+    let page = |status, title: &str, message: &str, action: &str| {
+        flow_error_page(purpose, status, title, message, action, reference.clone())
+    };
     match (error, code.as_deref()) {
-        ("access_denied", _) => error_page(
+        ("access_denied", _) if purpose == Purpose::Consent => page(
             StatusCode::FORBIDDEN,
             "Consent was not granted",
             "The consent request was declined at Microsoft sign-in, so nothing was stored.",
             "If this was a mistake, start again and accept the requested permissions.",
-            reference,
         ),
-        (_, Some("50076" | "50079" | "50078")) | ("interaction_required", None) => error_page(
+        ("access_denied", _) => page(
+            StatusCode::FORBIDDEN,
+            "Sign-in was cancelled",
+            "The sign-in was declined at Microsoft, so nothing was revoked.",
+            "To revoke, start again and complete the sign-in.",
+        ),
+        (_, Some("50076" | "50079" | "50078")) | ("interaction_required", None) => page(
             StatusCode::FORBIDDEN,
             "Multi-factor authentication is required",
-            "Your organisation requires MFA for this sign-in and it was not completed. Nothing was stored.",
+            &format!(
+                "Your organisation requires MFA for this sign-in and it was not completed. {}",
+                purpose.unchanged()
+            ),
             "Start again and complete multi-factor authentication when Microsoft asks for it.",
-            reference,
         ),
         _ => {
             let info = describe(code.as_deref().and_then(|c| c.parse().ok()).unwrap_or(0));
@@ -380,10 +465,38 @@ fn idp_error_page(error: &str, description: Option<&str>) -> Response {
                 | "login_required" => error,
                 _ => "sign-in error",
             };
-            error_page(
+            page(
                 StatusCode::BAD_REQUEST,
                 "Microsoft sign-in did not complete",
                 &format!("Microsoft sign-in answered: {error_name}. {}", info.meaning),
+                info.action,
+            )
+        }
+    }
+}
+
+fn idp_failure_page(purpose: Purpose, error: &IdpError) -> Response {
+    tracing::warn!(error = %error, "sign-in callback: code redemption failed");
+    let reference = error.code().map(|c| format!("AADSTS{c}"));
+    match error {
+        IdpError::Transport(_) | IdpError::Malformed { .. } => flow_error_page(
+            purpose,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Microsoft sign-in is unavailable",
+            &format!(
+                "samvault could not reach Microsoft to finish the sign-in. {}",
+                purpose.unchanged()
+            ),
+            "Wait a minute and start again.",
+            None,
+        ),
+        _ => {
+            let info = describe(error.code().unwrap_or(0));
+            flow_error_page(
+                purpose,
+                StatusCode::BAD_REQUEST,
+                "The sign-in could not be completed",
+                info.meaning,
                 info.action,
                 reference,
             )
@@ -391,28 +504,56 @@ fn idp_error_page(error: &str, description: Option<&str>) -> Response {
     }
 }
 
-fn idp_failure_page(error: &IdpError) -> Response {
-    tracing::warn!(error = %error, "consent callback: code redemption failed");
-    let reference = error.code().map(|c| format!("AADSTS{c}"));
-    match error {
-        IdpError::Transport(_) | IdpError::Malformed { .. } => error_page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Microsoft sign-in is unavailable",
-            "samvault could not reach Microsoft to finish the consent. Nothing was stored.",
-            "Wait a minute and start again.",
-            None,
-        ),
-        _ => {
-            let info = describe(error.code().unwrap_or(0));
-            error_page(
-                StatusCode::BAD_REQUEST,
-                "The consent could not be completed",
-                info.meaning,
-                info.action,
-                reference,
-            )
-        }
+/// Redeems the callback's code and validates the id_token that comes with it (signature,
+/// issuer, audience, nonce, expiry): who signed in, for both purposes.
+async fn redeem_and_identify(
+    state: &AppState,
+    pending: &Pending,
+    code: &str,
+) -> Result<(TokenSet, IdClaims), Response> {
+    let tokens = state
+        .idp
+        .redeem_code(code, &pending.pkce_verifier)
+        .await
+        .map_err(|e| idp_failure_page(pending.purpose, &e))?;
+    let Some(id_token) = tokens.id_token.as_deref() else {
+        return Err(bad_state("Microsoft did not return an identity token."));
+    };
+    let claims = state
+        .idp
+        .validate_id_token(id_token, &pending.nonce)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "sign-in callback: id_token rejected");
+            bad_state("Microsoft's identity token could not be verified.")
+        })?;
+    Ok((tokens, claims))
+}
+
+/// The refusal of a sign-in without MFA while `SAMVAULT_REQUIRE_MFA` holds. `amr` comes from
+/// the access token: v1 tokens carry it, v2 id_tokens do not.
+fn mfa_refusal(state: &AppState, access: &AccessClaims, purpose: Purpose) -> Option<Response> {
+    if !state.config.require_mfa || access.mfa() {
+        return None;
     }
+    let (message, action) = match purpose {
+        Purpose::Consent => (
+            "The sign-in did not use multi-factor authentication. Partner Center rejects delegated tokens without MFA, so samvault does not store this consent. Nothing was stored.",
+            "Enable MFA for this account (Entra ID security defaults or Conditional Access), then consent again.",
+        ),
+        Purpose::Revoke => (
+            "The sign-in did not use multi-factor authentication, and revoking needs it. Nothing was revoked.",
+            "Enable MFA for this account (Entra ID security defaults or Conditional Access), then start again.",
+        ),
+    };
+    Some(flow_error_page(
+        purpose,
+        StatusCode::FORBIDDEN,
+        "Multi-factor authentication is required",
+        message,
+        action,
+        None,
+    ))
 }
 
 /// Display name for the organisation: the tenant's domain label (`contoso.example` →
@@ -436,22 +577,7 @@ async fn complete_consent(
     pending: &Pending,
     code: &str,
 ) -> Result<ConsentDonePage, Response> {
-    let tokens = state
-        .idp
-        .redeem_code(code, &pending.pkce_verifier)
-        .await
-        .map_err(|e| idp_failure_page(&e))?;
-    let Some(id_token) = tokens.id_token.as_deref() else {
-        return Err(bad_state("Microsoft did not return an identity token."));
-    };
-    let claims = state
-        .idp
-        .validate_id_token(id_token, &pending.nonce)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "consent callback: id_token rejected");
-            bad_state("Microsoft's identity token could not be verified.")
-        })?;
+    let (tokens, claims) = redeem_and_identify(state, pending, code).await?;
     let tenant = TenantId::parse(&claims.tid)
         .map_err(|_| bad_state("The identity token names no valid tenant."))?;
     if let Some(expected) = &pending.tenant
@@ -472,15 +598,9 @@ async fn complete_consent(
         .clone()
         .or_else(|| claims.preferred_username.clone())
         .unwrap_or_else(|| "unknown user".into());
-    if state.config.require_mfa && !mfa {
+    if let Some(refusal) = mfa_refusal(state, &access, Purpose::Consent) {
         tracing::warn!(tenant.id = %tenant, "consent refused: token without MFA");
-        return Err(error_page(
-            StatusCode::FORBIDDEN,
-            "Multi-factor authentication is required",
-            "The sign-in did not use multi-factor authentication. Partner Center rejects delegated tokens without MFA, so samvault does not store this consent. Nothing was stored.",
-            "Enable MFA for this account (Entra ID security defaults or Conditional Access), then consent again.",
-            None,
-        ));
+        return Err(refusal);
     }
     let Some(refresh_token) = tokens.refresh_token.as_ref() else {
         return Err(bad_state(

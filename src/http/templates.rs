@@ -37,6 +37,8 @@ pub struct ErrorPage {
     pub message: String,
     pub action: String,
     pub code: Option<String>,
+    /// Where "Start again" leads: the first page of the flow that failed.
+    pub restart: &'static str,
 }
 
 /// The one stylesheet, compiled into the binary (no file-system access at run time).

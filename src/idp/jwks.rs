@@ -29,6 +29,10 @@ pub struct IdClaims {
     pub name: Option<String>,
     #[serde(default)]
     pub nonce: Option<String>,
+    /// Directory role template ids of the user (present when the app registration's
+    /// `groupMembershipClaims` includes `DirectoryRole`).
+    #[serde(default)]
+    pub wids: Vec<String>,
 }
 
 pub(super) struct JwksCache {

@@ -105,7 +105,7 @@ impl AccessClaims {
     }
 }
 
-/// A consent request about to be sent to the browser.
+/// An authorize request about to be sent to the browser (a consent or a plain sign-in).
 pub struct ConsentRequest {
     pub url: Url,
     pub state: String,
@@ -292,15 +292,28 @@ impl IdpClient {
     /// partner tenant (invitations for a known tenant); otherwise any work account may sign in.
     pub fn consent_request(&self, tenant: Option<&TenantId>) -> ConsentRequest {
         let segment = tenant.map_or("organizations", TenantId::as_str);
+        self.authorize_request(segment, &self.inner.consent_scopes, "consent")
+    }
+
+    /// The authorize URL for a partner admin who only proves who they are (self-service
+    /// revoke): `openid profile`, so no refresh token and no API permission is asked for;
+    /// `prompt=login`, so a destructive action follows a fresh sign-in, not a cached one.
+    pub fn sign_in_request(&self) -> ConsentRequest {
+        let scopes = ["openid".to_string(), "profile".to_string()];
+        self.authorize_request("organizations", &scopes, "login")
+    }
+
+    /// Authorization-code flow with `state`, `nonce` and PKCE S256, answered on the query.
+    fn authorize_request(&self, segment: &str, scopes: &[String], prompt: &str) -> ConsentRequest {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let nonce = CsrfToken::new_random().secret().clone();
         let (url, state) = self
             .oauth(segment)
             .authorize_url(CsrfToken::new_random)
-            .add_scopes(self.inner.consent_scopes.iter().cloned().map(Scope::new))
+            .add_scopes(scopes.iter().cloned().map(Scope::new))
             .set_pkce_challenge(challenge)
             .add_extra_param("nonce", nonce.clone())
-            .add_extra_param("prompt", "consent")
+            .add_extra_param("prompt", prompt.to_string())
             .add_extra_param("response_mode", "query")
             .url();
         ConsentRequest {

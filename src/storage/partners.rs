@@ -624,6 +624,8 @@ pub async fn get_listed(db: &Db, tenant: &TenantId) -> Result<Option<ListedPartn
 #[derive(Clone, Debug)]
 pub struct ConsentRecord {
     pub upn: String,
+    /// The consenting user's object id (`None` for imported grants).
+    pub oid: Option<String>,
     pub user_name: Option<String>,
     pub mfa: bool,
     /// The `amr` values of the consent's access token, space-separated.
@@ -640,7 +642,7 @@ pub async fn consents(
     limit: i64,
 ) -> Result<Vec<ConsentRecord>, StorageError> {
     let rows = sqlx::query(
-        "SELECT upn, display_name, mfa, amr, scopes, invitation_id, consented_at FROM consents
+        "SELECT upn, oid, display_name, mfa, amr, scopes, invitation_id, consented_at FROM consents
          WHERE tenant_id = $1 ORDER BY consented_at DESC, id DESC LIMIT $2",
     )
     .bind(tenant.as_str())
@@ -651,6 +653,7 @@ pub async fn consents(
         .map(|r| {
             Ok(ConsentRecord {
                 upn: r.try_get("upn")?,
+                oid: r.try_get("oid")?,
                 user_name: r.try_get("display_name")?,
                 mfa: flag(r.try_get("mfa")?),
                 amr: r.try_get("amr")?,

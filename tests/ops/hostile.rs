@@ -1,5 +1,5 @@
 //! Hostile input across every endpoint a person or an integration reaches (the dev IdP
-//! excluded): onboarding, the consent callback, the token API, the dashboard's forms and
+//! excluded): onboarding, the consent callback, self-service revoke, the token API, the dashboard's forms and
 //! queries. Each case is sent as an attacker would send it and must get a clear answer
 //! (4xx, or 200 for a search that simply finds nothing), never a 5xx, never the payload back
 //! as markup, and no change to what samvault holds (partners, grants, clients, secrets,
@@ -135,6 +135,27 @@ fn cases(csrf: &str) -> Vec<Case> {
             ),
             urlencoded,
             form(&[("csrf", p), ("invitation", p)]),
+        ));
+        // Self-service revoke: its start form, and a confirmation with no sign-in behind it.
+        all.push(with_body(
+            case(
+                format!("revoke start csrf #{i}"),
+                Method::POST,
+                "/onboard/revoke/start".into(),
+                Auth::None,
+            ),
+            urlencoded,
+            form(&[("csrf", p)]),
+        ));
+        all.push(with_body(
+            case(
+                format!("revoke confirm #{i}"),
+                Method::POST,
+                "/onboard/revoke/confirm".into(),
+                Auth::None,
+            ),
+            urlencoded,
+            form(&[("csrf", p), ("tenant", p)]),
         ));
         all.push(case(
             format!("callback state #{i}"),

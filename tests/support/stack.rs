@@ -372,6 +372,18 @@ impl Stack {
         self.token_at(0, creds, tenant, body).await
     }
 
+    /// Gets a token for `tenant` from every replica, so that each holds one in its cache
+    /// (checked on the last): what a revocation must then reach.
+    pub async fn cache_on_every_replica(&self, creds: &(String, String), tenant: &str) {
+        for replica in 0..self.replicas.len() {
+            let (status, body) = self.token_at(replica, creds, tenant, token_body()).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        let last = self.replicas.len() - 1;
+        let (_, body) = self.token_at(last, creds, tenant, token_body()).await;
+        assert_eq!(body["cached"], true, "replica {last} serves from its cache");
+    }
+
     /// Everything a dump of the database shows, as bytes.
     pub fn database_dump(&self) -> Vec<u8> {
         if let Some(path) = self.db_url.strip_prefix("sqlite://") {

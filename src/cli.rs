@@ -128,6 +128,10 @@ struct DemoArgs {
     idp_listen: std::net::SocketAddr,
     #[arg(long, default_value = "samvault-demo.db")]
     database: PathBuf,
+    /// The CPV app proves itself with a certificate (client assertions) instead of a secret:
+    /// a self-signed one in `samvault-demo-cert/`, registered with the dev IdP.
+    #[arg(long)]
+    certificate: bool,
 }
 
 #[derive(Args)]
@@ -1028,6 +1032,27 @@ async fn keys_rotate(onto_current: bool, config: &Config) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The demo's self-signed app certificate, `samvault-demo-cert/cpv-app.{crt,key}`: made on
+/// first use, reused while valid for another day.
+fn demo_certificate() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from("samvault-demo-cert");
+    let (cert, key) = (dir.join("cpv-app.crt"), dir.join("cpv-app.key"));
+    let valid = std::fs::read_to_string(&cert)
+        .ok()
+        .and_then(|pem| crate::idp::certificate::CertificateInfo::from_pem(&pem).ok())
+        .is_some_and(|info| info.not_after > now() + 86_400);
+    if valid && key.exists() {
+        return Ok((cert, key));
+    }
+    let now = now();
+    devidp::certificate::write_self_signed(
+        &dir,
+        devidp::DEMO_APP_NAME,
+        now - 60,
+        now + 365 * 86_400,
+    )
+}
+
 /// One line of `samvault partners import`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1126,8 +1151,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("--idp-listen: cannot listen on {}: {e}", args.idp_listen))?;
     let idp_url = format!("http://{}", idp_listener.local_addr()?);
+    let certificate = if args.certificate {
+        Some(demo_certificate()?)
+    } else {
+        None
+    };
     let options = DevIdpOptions {
         generated_tenants: args.tenants,
+        client_certs: certificate.iter().map(|(cert, _)| cert.clone()).collect(),
         ..DevIdpOptions::default()
     };
     let idp = tokio::spawn(devidp::serve(idp_listener, options));
@@ -1141,11 +1172,24 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ("SAMVAULT_PUBLIC_URL", &format!("http://{}", args.listen)),
         ("SAMVAULT_AUTHORITY", &idp_url),
         ("SAMVAULT_CLIENT_ID", devidp::DEMO_CLIENT_ID),
-        ("SAMVAULT_CLIENT_SECRET", devidp::DEMO_CLIENT_SECRET),
         ("SAMVAULT_KEY_PROVIDER", "local:samvault-demo.key"),
     ] {
         env.insert(key.into(), value.into());
     }
+    let app_credential = match &certificate {
+        Some((cert, key)) => {
+            env.insert("SAMVAULT_CLIENT_CERT".into(), cert.display().to_string());
+            env.insert("SAMVAULT_CLIENT_KEY_FILE".into(), key.display().to_string());
+            format!("certificate {}", cert.display())
+        }
+        None => {
+            env.insert(
+                "SAMVAULT_CLIENT_SECRET".into(),
+                devidp::DEMO_CLIENT_SECRET.into(),
+            );
+            "client secret".to_string()
+        }
+    };
     let config = Config::from_sources(None, &env)?;
     let public_url = config.public_url.clone();
     let app = App::build(config).await?;
@@ -1162,7 +1206,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!(
         "\nsamvault demo is running.\n\n\
          dev IdP (Entra-compatible): {idp_url}\n\
-         samvault:                   {public_url}\n\n\
+         samvault:                   {public_url}\n\
+         CPV app credential:         {app_credential}\n\n\
          1. Open {public_url}onboard and press \"Grant consent\".\n\
          2. Sign in as jane@contoso.example, tick MFA, accept.\n\
          3. Ask for a Partner Center token with the demo integration client:\n\n\

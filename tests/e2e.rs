@@ -325,6 +325,31 @@ on_both_backends!(
 /// curl line that work once Jane has consented.
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_prints_working_credentials() {
+    demo_end_to_end(&[]).await;
+}
+
+/// The same demo with the CPV app proving itself by certificate: every call to the IdP carries
+/// a client assertion and none a secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_with_a_certificate_instead_of_a_secret() {
+    let stack = demo_end_to_end(&["--certificate"]).await;
+    let counters = stack.counters().await;
+    let auth = &counters["client_auth"];
+    assert!(
+        auth["client_assertion"].as_u64().unwrap_or(0) >= 2,
+        "the code and the refresh token were redeemed with assertions: {counters}"
+    );
+    assert_eq!(auth.get("client_secret"), None, "{counters}");
+    assert!(
+        stack
+            .dir
+            .path()
+            .join("samvault-demo-cert/cpv-app.crt")
+            .exists()
+    );
+}
+
+async fn demo_end_to_end(extra_args: &[&str]) -> Stack {
     let dir = tempfile::tempdir().unwrap();
     let (sv_port, idp_port) = (free_port(), free_port());
     let sv = format!("http://127.0.0.1:{sv_port}");
@@ -337,6 +362,7 @@ async fn demo_prints_working_credentials() {
             "--idp-listen",
             &format!("127.0.0.1:{idp_port}"),
         ])
+        .args(extra_args)
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -402,4 +428,5 @@ async fn demo_prints_working_credentials() {
         jwt_claims(token["access_token"].as_str().unwrap())["tid"],
         CONTOSO
     );
+    stack.keep_alive(child)
 }

@@ -220,6 +220,12 @@ impl Stack {
         }
     }
 
+    /// Ties `process` (a running demo) to this stack: it ends when the stack is dropped.
+    pub fn keep_alive(mut self, process: Proc) -> Stack {
+        self._idp_proc = Some(process);
+        self
+    }
+
     /// The first replica's base URL.
     pub fn sv(&self) -> &str {
         &self.replicas[0].url

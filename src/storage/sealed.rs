@@ -209,12 +209,25 @@ pub struct KeyRotation {
 
 /// The rotation left unfinished by a crash or an interrupt, if any (the latest one).
 pub async fn unfinished_rotation(db: &Db) -> Result<Option<KeyRotation>, StorageError> {
-    let row = sqlx::query(
+    latest_rotation_where(db, "finished_at IS NULL").await
+}
+
+/// The latest rotation, finished or not (the keys page).
+pub async fn latest_rotation(db: &Db) -> Result<Option<KeyRotation>, StorageError> {
+    latest_rotation_where(db, "TRUE").await
+}
+
+async fn latest_rotation_where(
+    db: &Db,
+    condition: &'static str,
+) -> Result<Option<KeyRotation>, StorageError> {
+    let sql = format!(
         "SELECT id, target_kek_id, started_at, finished_at, rewrapped FROM key_rotations
-         WHERE finished_at IS NULL ORDER BY started_at DESC LIMIT 1",
-    )
-    .fetch_optional(db.pool())
-    .await?;
+         WHERE {condition} ORDER BY started_at DESC, id LIMIT 1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_optional(db.pool())
+        .await?;
     row.map(|row| {
         Ok(KeyRotation {
             id: row.try_get("id")?,

@@ -210,6 +210,7 @@ async fn keys_page_counts_what_is_sealed(backend: Backend) {
         "the current key: {page}"
     );
     assert!(page.contains("samvault keys rotate"), "{page}");
+    assert!(page.contains("No key rotation has run yet."), "{page}");
 
     // One consent: one refresh token sealed under the current key, nothing shredded.
     assert_eq!(records(&page, "refresh tokens (grant versions)"), 1);
@@ -256,6 +257,33 @@ async fn keys_page_counts_what_is_sealed(backend: Backend) {
     assert!(
         !page.contains("<td>refresh tokens (grant versions)</td>"),
         "{page}"
+    );
+
+    // A rotation moves every sealed record onto a new key; the page shows the job and the
+    // new current key, with nothing left under the old one.
+    let out = stack.cli(&["keys", "rotate"]);
+    let (_, page, _) = vera.get("/ops/keys").await;
+    let status: serde_json::Value =
+        serde_json::from_str(&stack.cli(&["keys", "status", "--json"])).unwrap();
+    let new_kek = status["current_kek_id"].as_str().unwrap();
+    assert_ne!(new_kek, kek);
+    assert!(out.contains(&format!("retired {kek}")), "{out}");
+    assert!(
+        page.contains(&format!(
+            "<dt>Last rotation onto</dt><dd class=\"mono\">{new_kek}</dd>"
+        )) && page.contains("<dt>Sealed records under other keys</dt><dd>0</dd>")
+            && !page.contains("not finished"),
+        "{page}"
+    );
+    let moved = status["sealed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["records"].as_i64().unwrap())
+        .sum::<i64>();
+    assert!(
+        page.contains(&format!("<dt>Data keys re-wrapped</dt><dd>{moved}</dd>")),
+        "every sealed record ({moved}) was re-wrapped: {page}"
     );
 }
 

@@ -265,6 +265,17 @@ struct KeysPage {
     /// Sealed records under a KEK other than the current one (what a rotation would re-wrap).
     under_other_keys: i64,
     shredded_grants: i64,
+    /// The latest `samvault keys rotate` job, if any ran.
+    last_rotation: Option<RotationView>,
+}
+
+/// A key rotation job as the keys page shows it.
+struct RotationView {
+    target_kek_id: String,
+    started: String,
+    /// `None` while running, or when a crash interrupted it (a re-run resumes it).
+    finished: Option<String>,
+    rewrapped: i64,
 }
 
 async fn keys(State(state): State<AppState>, session: Session) -> Response {
@@ -272,9 +283,10 @@ async fn keys(State(state): State<AppState>, session: Session) -> Response {
         Ok(signed_in) => signed_in,
         Err(response) => return response,
     };
-    let (Ok(counts), Ok(shredded_grants)) = (
+    let (Ok(counts), Ok(shredded_grants), Ok(last_rotation)) = (
         sealed::count_by_kek(&state.db).await,
         sealed::shredded_grants(&state.db).await,
+        sealed::latest_rotation(&state.db).await,
     ) else {
         return unavailable();
     };
@@ -296,6 +308,12 @@ async fn keys(State(state): State<AppState>, session: Session) -> Response {
         current_kek_id,
         rows,
         shredded_grants,
+        last_rotation: last_rotation.map(|r| RotationView {
+            target_kek_id: r.target_kek_id,
+            started: when(Some(r.started_at)),
+            finished: r.finished_at.map(|at| when(Some(at))),
+            rewrapped: r.rewrapped,
+        }),
     }
     .into_response()
 }

@@ -346,7 +346,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
         }
         Command::Partners(PartnersCommand::Import { file }) => {
             let db = app::open_db(&config).await?;
-            let vault = app::open_vault(&config)?;
+            let vault = app::open_vault(&config).await?;
             let imported = import_partners(&db, &vault, &file).await?;
             audit::append(
                 &db,
@@ -407,7 +407,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
         Command::OpsUser(cmd) => ops_user_command(cmd, &config).await?,
         Command::Keys(KeysCommand::Status { json }) => {
             let db = app::open_db(&config).await?;
-            let vault = app::open_vault(&config)?;
+            let vault = app::open_vault(&config).await?;
             let (provider, current) = (vault.provider().kind(), vault.provider().current_kek_id());
             let counts = crate::storage::sealed::count_by_kek(&db).await?;
             let shredded = crate::storage::sealed::shredded_grants(&db).await?;
@@ -619,7 +619,7 @@ async fn ops_user_command(cmd: OpsUserCommand, config: &Config) -> anyhow::Resul
                 valid,
                 "--username: 1 to 64 letters, digits, '.', '_', '@' or '-'"
             );
-            let vault = app::open_vault(config)?;
+            let vault = app::open_vault(config).await?;
             let initial = password::generate();
             let secret = totp::generate_secret();
             let sealed = vault

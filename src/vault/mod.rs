@@ -6,6 +6,7 @@
 //! database holds only the wrapped key and the ciphertext, so a database dump alone, or the
 //! KEK alone, yields nothing. Crypto-shredding a record is deleting its wrapped key.
 
+pub mod azure;
 mod envelope;
 mod local;
 
@@ -13,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use azure::AzureKeyVaultProvider;
 pub use envelope::{DataKey, SealedRecord};
 pub use local::LocalKeyProvider;
 

@@ -35,6 +35,8 @@ enum Command {
     Serve,
     /// Run the Entra-compatible dev IdP alone.
     DevIdp(DevIdpArgs),
+    /// Run the Azure Key Vault test double (HTTPS) for tests and local development.
+    DevKeyvault(crate::devkv::DevKeyVaultArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage integration clients.
@@ -267,6 +269,7 @@ fn load_config(cli_config: Option<&PathBuf>) -> anyhow::Result<Config> {
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo(args).await.map(|_| ExitCode::SUCCESS),
+        Command::DevKeyvault(args) => crate::devkv::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::DevIdp(args) => {
             app::init_tracing(config::LogFormat::Text);
             let listener = tokio::net::TcpListener::bind(args.listen)
@@ -439,7 +442,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
             }
         }
         Command::Rotate(args) => return rotate(args, config).await,
-        Command::Demo(_) | Command::DevIdp(_) => {
+        Command::Demo(_) | Command::DevIdp(_) | Command::DevKeyvault(_) => {
             unreachable!("handled before configuration is loaded")
         }
     }

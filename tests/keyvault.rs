@@ -453,6 +453,24 @@ async fn consent_exchange_and_key_rotation(backend: Backend) {
         &dump,
         &base64::engine::general_purpose::STANDARD.encode(&data_key)
     ));
+    // Nor in the service's debug log, where the SDK logs its requests (headers redacted).
+    let log = stack.log(0);
+    assert!(
+        log.contains("/keys/"),
+        "the SDK's requests are logged at debug"
+    );
+    let data_key_b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&data_key);
+    for secret in [
+        devkv::CLIENT_SECRET,
+        &data_key_b64url,
+        &hex::encode(&data_key),
+    ] {
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
+    assert!(
+        !log.contains("Bearer ey"),
+        "a Key Vault access token in the log"
+    );
     let grants = stack.sim(reqwest::Method::GET, "grants", Value::Null).await;
     for grant in grants.as_array().unwrap() {
         assert!(!contains(&dump, grant["refresh_token"].as_str().unwrap()));

@@ -404,6 +404,30 @@ async fn the_provider_wraps_unwraps_and_rotates_through_the_sdk() {
         Err(VaultError::Integrity)
     ));
 
+    // A version the vault does not have: it refuses, which integrations will see as a 503.
+    let unknown = WrappedKey {
+        kek_id: format!("{}{}", kv.kek_prefix(), "0".repeat(32)),
+        bytes: sealed.wrapped_key.bytes.clone(),
+    };
+    match fresh.unwrap(&unknown).await {
+        Err(VaultError::ProviderUnavailable(why)) => assert!(why.contains("KeyNotFound"), "{why}"),
+        other => panic!("expected ProviderUnavailable, got {other:?}"),
+    }
+    // Another key's record is not this provider's to open.
+    let foreign = WrappedKey {
+        kek_id: format!(
+            "azure-keyvault:{}/keys/other-key/{}",
+            kv.base(),
+            "1".repeat(32)
+        ),
+        bytes: sealed.wrapped_key.bytes.clone(),
+    };
+    assert!(!fresh.owns(&foreign.kek_id));
+    assert!(matches!(
+        fresh.unwrap(&foreign).await,
+        Err(VaultError::Config(_))
+    ));
+
     // A missing permission is named.
     kv.faults(1, 403, None).await;
     match fresh.unwrap(&sealed.wrapped_key).await {

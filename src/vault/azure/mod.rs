@@ -297,24 +297,20 @@ impl AzureKeyVaultProvider {
                     operation.permission()
                 ))
             }
-            Some(404) => VaultError::Config(format!(
-                "Key Vault has no such key or version under {} ({code})",
-                self.key.kid_prefix()
-            )),
             // A wrapped key Key Vault cannot decrypt: altered, or wrapped by another key.
             Some(400) if matches!(operation, Operation::Unwrap) => VaultError::Integrity,
-            Some(status) if !failure.transient => {
-                tracing::error!(status, code, message = %failure.message, ?operation, "Key Vault refused an operation");
-                VaultError::Config(format!("Key Vault {operation:?} refused: {status} {code}"))
-            }
-            _ => {
-                tracing::warn!(status = ?failure.status, code, retry_after_s = ?failure.retry_after.map(|d| d.as_secs()), message = %failure.message, ?operation, "Key Vault unavailable or throttling");
+            status if failure.transient => {
+                tracing::warn!(?status, code, retry_after_s = ?failure.retry_after.map(|d| d.as_secs()), message = %failure.message, ?operation, "Key Vault unavailable or throttling");
                 VaultError::ProviderUnavailable(format!(
                     "Key Vault {operation:?}: {}",
-                    failure
-                        .status
-                        .map_or("unreachable".to_string(), |s| s.to_string())
+                    status.map_or("unreachable".to_string(), |s| s.to_string())
                 ))
+            }
+            // A key deleted or disabled, a wrong key name: the provider refuses to work, which
+            // integrations see as unavailable (503), never as an internal error.
+            status => {
+                tracing::error!(?status, code, message = %failure.message, ?operation, key = %self.key.kid_prefix(), "Key Vault refused an operation");
+                VaultError::ProviderUnavailable(format!("Key Vault {operation:?} refused ({code})"))
             }
         }
     }

@@ -14,7 +14,8 @@ use crate::idp::IdpClient;
 use crate::notify::Notifier;
 use crate::rotation::{Scheduler, SchedulerSettings};
 use crate::storage::Db;
-use crate::vault::{KeyProvider, LocalKeyProvider, Vault};
+use crate::vault::azure::AzureSettings;
+use crate::vault::{AzureKeyVaultProvider, KeyProvider, LocalKeyProvider, Vault};
 
 /// Connects to the database and applies migrations.
 pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
@@ -25,23 +26,24 @@ pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-/// Opens the configured key providers (creating the local key file on first run): the one
-/// that wraps, and any previous ones kept to unwrap older records during a migration.
-pub fn open_vault(config: &Config) -> anyhow::Result<Vault> {
-    let primary = open_key_provider(&config.key_provider, true)?;
-    let previous = config
-        .previous_key_providers
-        .iter()
-        .map(|p| open_key_provider(p, false))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+/// Opens the configured key providers (creating the local key file on first run; asking Key
+/// Vault for its key's current version): the one that wraps, and any previous ones kept to
+/// unwrap older records during a migration.
+pub async fn open_vault(config: &Config) -> anyhow::Result<Vault> {
+    let primary = open_key_provider(config, &config.key_provider, true).await?;
+    let mut previous = Vec::new();
+    for provider in &config.previous_key_providers {
+        previous.push(open_key_provider(config, provider, false).await?);
+    }
     Ok(Vault::with_previous(primary, previous))
 }
 
-fn open_key_provider(
-    config: &KeyProviderConfig,
+async fn open_key_provider(
+    config: &Config,
+    provider: &KeyProviderConfig,
     primary: bool,
 ) -> anyhow::Result<Arc<dyn KeyProvider>> {
-    match config {
+    match provider {
         KeyProviderConfig::Local(path) => {
             if !primary && !path.exists() {
                 anyhow::bail!(
@@ -60,9 +62,21 @@ fn open_key_provider(
             }
             Ok(Arc::new(provider))
         }
-        KeyProviderConfig::AzureKeyVault(_) => anyhow::bail!(
-            "SAMVAULT_KEY_PROVIDER: azure-keyvault is not available in this version; use local:PATH"
-        ),
+        KeyProviderConfig::AzureKeyVault(url) => {
+            let setting = if primary {
+                "SAMVAULT_KEY_PROVIDER"
+            } else {
+                "SAMVAULT_PREVIOUS_KEY_PROVIDERS"
+            };
+            // The Azure SDKs' own variables (AZURE_CLIENT_ID, …), read where they are set.
+            let env = |name: &str| std::env::var(name).ok();
+            let settings = AzureSettings::from_env(&env, config.extra_ca_file.clone())
+                .map_err(|e| anyhow::anyhow!("{setting}: {e}"))?;
+            let provider = AzureKeyVaultProvider::connect(url, settings)
+                .await
+                .map_err(|e| anyhow::anyhow!("{setting}: Key Vault key {url}: {e}"))?;
+            Ok(Arc::new(provider))
+        }
     }
 }
 
@@ -97,7 +111,7 @@ impl Services {
     ) -> anyhow::Result<Services> {
         let idp = IdpClient::new(&config)?;
         let db = open_db(&config).await?;
-        let vault = open_vault(&config)?;
+        let vault = open_vault(&config).await?;
         let notifier = Notifier::new(db.clone(), &config);
         let settings = BrokerSettings {
             primary: config.primary_resource(),

@@ -38,6 +38,8 @@ enum Command {
     /// Write a self-signed certificate and key for the CPV app (demo and tests; register the
     /// certificate with `dev-idp --client-cert`).
     DevCert(DevCertArgs),
+    /// Run the Azure Key Vault test double (HTTPS) for tests and local development.
+    DevKeyvault(crate::devkv::DevKeyVaultArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage integration clients.
@@ -296,6 +298,7 @@ fn load_config(cli_config: Option<&PathBuf>) -> anyhow::Result<Config> {
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo(args).await.map(|_| ExitCode::SUCCESS),
+        Command::DevKeyvault(args) => crate::devkv::run(args).await.map(|_| ExitCode::SUCCESS),
         Command::DevIdp(args) => {
             app::init_tracing(config::LogFormat::Text);
             let listener = tokio::net::TcpListener::bind(args.listen)
@@ -399,7 +402,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
         }
         Command::Partners(PartnersCommand::Import { file }) => {
             let db = app::open_db(&config).await?;
-            let vault = app::open_vault(&config)?;
+            let vault = app::open_vault(&config).await?;
             let imported = import_partners(&db, &vault, &file).await?;
             audit::append(
                 &db,
@@ -460,7 +463,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
         Command::OpsUser(cmd) => ops_user_command(cmd, &config).await?,
         Command::Keys(KeysCommand::Status { json }) => {
             let db = app::open_db(&config).await?;
-            let vault = app::open_vault(&config)?;
+            let vault = app::open_vault(&config).await?;
             let (provider, current) = (vault.provider().kind(), vault.provider().current_kek_id());
             let counts = crate::storage::sealed::count_by_kek(&db).await?;
             let shredded = crate::storage::sealed::shredded_grants(&db).await?;
@@ -495,7 +498,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
             keys_rotate(onto_current, &config).await?
         }
         Command::Rotate(args) => return rotate(args, config).await,
-        Command::Demo(_) | Command::DevIdp(_) | Command::DevCert(_) => {
+        Command::Demo(_) | Command::DevIdp(_) | Command::DevCert(_) | Command::DevKeyvault(_) => {
             unreachable!("handled before configuration is loaded")
         }
     }
@@ -675,7 +678,7 @@ async fn ops_user_command(cmd: OpsUserCommand, config: &Config) -> anyhow::Resul
                 valid,
                 "--username: 1 to 64 letters, digits, '.', '_', '@' or '-'"
             );
-            let vault = app::open_vault(config)?;
+            let vault = app::open_vault(config).await?;
             let initial = password::generate();
             let secret = totp::generate_secret();
             let sealed = vault
@@ -987,7 +990,7 @@ impl ProgressBar {
 async fn keys_rotate(onto_current: bool, config: &Config) -> anyhow::Result<()> {
     use crate::key_rotation::{Target, rotate};
     let db = app::open_db(config).await?;
-    let vault = app::open_vault(config)?;
+    let vault = app::open_vault(config).await?;
     let target = if onto_current {
         Target::Current
     } else {

@@ -41,6 +41,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ),
     ("SAMVAULT_KEY_PROVIDER", Some("local:samvault.key")),
     ("SAMVAULT_PREVIOUS_KEY_PROVIDERS", None),
+    ("SAMVAULT_EXTRA_CA_FILE", None),
     ("SAMVAULT_ROTATE_AFTER", Some("7d")),
     ("SAMVAULT_EXPIRY_WARN", Some("30d")),
     ("SAMVAULT_REQUIRE_MFA", Some("true")),
@@ -129,6 +130,9 @@ pub struct Config {
     pub key_provider: KeyProviderConfig,
     /// Providers that only unwrap older records, during a move to `key_provider`.
     pub previous_key_providers: Vec<KeyProviderConfig>,
+    /// PEM roots trusted besides the system's for Key Vault connections (a TLS-inspecting
+    /// proxy's CA, a test double's).
+    pub extra_ca_file: Option<PathBuf>,
     pub rotate_after: Duration,
     pub expiry_warn: Duration,
     pub require_mfa: bool,
@@ -241,6 +245,7 @@ impl Config {
             .map(parse_key_provider)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|why| bad("SAMVAULT_PREVIOUS_KEY_PROVIDERS", why))?;
+        let extra_ca_file = get("SAMVAULT_EXTRA_CA_FILE").map(PathBuf::from);
         let rotate_after = parse_duration(required("SAMVAULT_ROTATE_AFTER")?)
             .map_err(|e| bad("SAMVAULT_ROTATE_AFTER", e))?;
         let expiry_warn = parse_duration(required("SAMVAULT_EXPIRY_WARN")?)
@@ -296,6 +301,7 @@ impl Config {
             resources,
             key_provider,
             previous_key_providers,
+            extra_ca_file,
             rotate_after,
             expiry_warn,
             require_mfa,

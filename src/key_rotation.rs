@@ -98,19 +98,25 @@ pub async fn rotate(
 ) -> Result<Report, KeyRotationError> {
     let provider = vault.provider();
     provider.refresh().await?;
-    let (job, resumed) = match sealed::unfinished_rotation(db).await? {
+    // When the target KEK became current for running services: they may wrap with the old one
+    // for up to two refresh intervals after that.
+    let (job, resumed, current_since) = match sealed::unfinished_rotation(db).await? {
         // Resume only onto the KEK the provider still calls current; otherwise the old job is
         // superseded (someone rotated again) and this run starts afresh.
-        Some(job) if job.target_kek_id == provider.current_kek_id() => (job, true),
+        Some(job) if job.target_kek_id == provider.current_kek_id() => {
+            let since = job.started_at;
+            (job, true, since)
+        }
         unfinished => {
             if let Some(old) = unfinished {
                 sealed::update_rotation(db, &old.id, old.rewrapped, Some(now())).await?;
             }
-            let kek = match target {
-                Target::NewKey => provider.create_kek().await?,
-                Target::Current => provider.current_kek_id(),
+            let (kek, since) = match target {
+                Target::NewKey => (provider.create_kek().await?, now()),
+                // Already current for the services (they were restarted onto it).
+                Target::Current => (provider.current_kek_id(), 0),
             };
-            (sealed::start_rotation(db, &kek, now()).await?, false)
+            (sealed::start_rotation(db, &kek, now()).await?, false, since)
         }
     };
     let kek = job.target_kek_id.clone();
@@ -134,7 +140,9 @@ pub async fn rotate(
             // A serving process may wrap with the old KEK until its next refresh, and insert
             // the record a moment later: wait that long, then look again before calling the
             // job done (and retiring the old key).
-            tokio::time::sleep(provider.refresh_interval() * 2 + SETTLE).await;
+            let refreshed_by = current_since + 2 * provider.refresh_interval().as_secs() as i64;
+            let wait = Duration::from_secs(refreshed_by.saturating_sub(now()).max(0) as u64);
+            tokio::time::sleep(wait + SETTLE).await;
             remaining = sealed::count_not_under(db, &kek).await?;
             if remaining == 0 {
                 break;

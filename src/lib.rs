@@ -3,13 +3,15 @@
 //! The tree mirrors the architecture (see `docs/ARCHITECTURE.md`):
 //! `http` (onboarding, integrations API, health) → `broker` (token exchange) →
 //! `idp` (talks to Entra ID) and `vault` (seals refresh tokens) → `storage`.
-//! `devidp` is the Entra-compatible simulator used by the demo and the tests.
+//! `devidp` is the Entra-compatible simulator used by the demo and the tests; `devkv` the
+//! Azure Key Vault test double.
 
 pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod devidp;
+pub mod devkv;
 pub mod domain;
 pub mod http;
 pub mod idp;

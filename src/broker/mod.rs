@@ -373,7 +373,16 @@ impl Broker {
             return None;
         };
         let primary = self.inner.settings.primary.clone();
-        Some(self.redeem(tenant, &primary, Source::Schedule, owner).await)
+        let result = self.redeem(tenant, &primary, Source::Schedule, owner).await;
+        if matches!(result, Err(BrokerError::KeyUnavailable)) {
+            // Not this grant's fault, and not counted; without a pause the scheduler would
+            // claim it again at once (it is still the most overdue) and spin.
+            let retry_at = now() + KEY_PROVIDER_RETRY_SECS;
+            if let Err(e) = rotation::postpone(&self.inner.db, tenant, retry_at).await {
+                tracing::warn!(tenant.id = %tenant, error = %e, "cannot postpone a rotation");
+            }
+        }
+        Some(result)
     }
 
     /// The scheduler saw the alarm raised (possibly by another replica).
@@ -462,6 +471,10 @@ impl Broker {
         )?;
         let failures_before = partner.failures;
         let refresh_token = self.open(tenant, &grant).await?;
+        // The next version's data key is wrapped before Entra rotates the refresh token: a key
+        // provider that is down must fail the request here, not after, when the new refresh
+        // token could not be stored.
+        let next_key = inner.vault.prepare_key().await.map_err(vault_error)?;
         let started = std::time::Instant::now();
         let result = inner
             .idp
@@ -484,14 +497,10 @@ impl Broker {
         let at = now();
         if let Some(new_rt) = &tokens.refresh_token {
             let version = grant.version + 1;
-            let sealed = inner
-                .vault
-                .seal(
-                    new_rt.expose_secret().as_bytes(),
-                    &grant_context(tenant, version),
-                )
-                .await
-                .map_err(vault_error)?;
+            let sealed = next_key.seal(
+                new_rt.expose_secret().as_bytes(),
+                &grant_context(tenant, version),
+            );
             let attempt = partners::Attempt {
                 source: source.as_str(),
                 duration_ms: elapsed.as_millis() as i64,
@@ -802,6 +811,8 @@ pub fn backoff_secs(failures: i64) -> i64 {
 
 /// How long a scheduled grant waits while the CPV app's own credential is rejected.
 const APP_ALARM_RETRY_SECS: i64 = 300;
+/// How long a scheduled grant waits while the key provider is unavailable.
+const KEY_PROVIDER_RETRY_SECS: i64 = 30;
 
 fn vault_error(e: VaultError) -> BrokerError {
     match e {

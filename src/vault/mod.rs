@@ -6,6 +6,7 @@
 //! database holds only the wrapped key and the ciphertext, so a database dump alone, or the
 //! KEK alone, yields nothing. Crypto-shredding a record is deleting its wrapped key.
 
+pub mod azure;
 mod envelope;
 mod local;
 
@@ -13,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use azure::AzureKeyVaultProvider;
 pub use envelope::{DataKey, SealedRecord};
 pub use local::LocalKeyProvider;
 
@@ -96,6 +98,23 @@ pub struct Sealed {
     pub record: SealedRecord,
 }
 
+/// A data key and its wrapped form, from [`Vault::prepare_key`]: sealing with it needs no
+/// key provider.
+#[derive(Debug)]
+pub struct PreparedKey {
+    key: DataKey,
+    wrapped_key: WrappedKey,
+}
+
+impl PreparedKey {
+    pub fn seal(self, plaintext: &[u8], context: &str) -> Sealed {
+        Sealed {
+            record: envelope::seal(&self.key, plaintext, context.as_bytes()),
+            wrapped_key: self.wrapped_key,
+        }
+    }
+}
+
 impl Vault {
     pub fn new(provider: Arc<dyn KeyProvider>) -> Self {
         Self::with_previous(provider, Vec::new())
@@ -136,13 +155,15 @@ impl Vault {
     /// Seals `plaintext` under a fresh data key; `context` is bound as associated data so a
     /// record moved to another row (another tenant, another version) no longer opens.
     pub async fn seal(&self, plaintext: &[u8], context: &str) -> Result<Sealed, VaultError> {
+        Ok(self.prepare_key().await?.seal(plaintext, context))
+    }
+
+    /// A fresh data key, already wrapped: whoever must not fail after an irreversible step
+    /// (Entra rotating a refresh token) asks the key provider before taking it.
+    pub async fn prepare_key(&self) -> Result<PreparedKey, VaultError> {
         let key = DataKey::generate();
-        let record = envelope::seal(&key, plaintext, context.as_bytes());
         let wrapped_key = self.primary.wrap(&key).await?;
-        Ok(Sealed {
-            wrapped_key,
-            record,
-        })
+        Ok(PreparedKey { key, wrapped_key })
     }
 
     pub async fn open(

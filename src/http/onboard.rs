@@ -22,7 +22,7 @@ use super::AppState;
 use super::templates::{ConsentDonePage, ErrorPage, OnboardPage};
 use crate::domain::TenantId;
 use crate::idp::errors::describe;
-use crate::idp::{AccessClaims, IdpError};
+use crate::idp::{AccessClaims, IdpError, Outcome};
 use crate::storage::partners::{
     self, INACTIVITY_LIMIT_SECS, NewConsent, StoredGrant, grant_context,
 };
@@ -394,8 +394,9 @@ fn idp_error_page(error: &str, description: Option<&str>) -> Response {
 fn idp_failure_page(error: &IdpError) -> Response {
     tracing::warn!(error = %error, "consent callback: code redemption failed");
     let reference = error.code().map(|c| format!("AADSTS{c}"));
-    match error {
-        IdpError::Transport(_) | IdpError::Malformed { .. } => error_page(
+    // An outage or throttling, whatever shape the IdP's answer took: a later try works.
+    match error.classify(true) {
+        Outcome::Transient { .. } => error_page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Microsoft sign-in is unavailable",
             "samvault could not reach Microsoft to finish the consent. Nothing was stored.",

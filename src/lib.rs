@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod devidp;
 pub mod domain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod idp;
 pub mod metrics;

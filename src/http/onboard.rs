@@ -267,11 +267,17 @@ async fn start(
 
 /// The parameters Entra ID sends back (query for response_mode=query, form for form_post).
 #[derive(Deserialize, Default)]
-struct CallbackParams {
+pub(crate) struct CallbackParams {
     code: Option<String>,
     state: Option<String>,
-    error: Option<String>,
-    error_description: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) error_description: Option<String>,
+}
+
+impl CallbackParams {
+    pub(crate) fn parse(raw: &[u8]) -> Option<Self> {
+        serde_urlencoded::from_bytes(raw).ok()
+    }
 }
 
 async fn callback_query(
@@ -301,7 +307,7 @@ fn bad_state(message: &str) -> Response {
 }
 
 async fn callback(state: AppState, session: Session, raw: &[u8]) -> Response {
-    let Ok(params) = serde_urlencoded::from_bytes::<CallbackParams>(raw) else {
+    let Some(params) = CallbackParams::parse(raw) else {
         return bad_state("The response from Microsoft sign-in is malformed.");
     };
     // Single use: the pending sign-in is taken out of the session whatever happens next.
@@ -342,7 +348,7 @@ async fn callback(state: AppState, session: Session, raw: &[u8]) -> Response {
 
 /// Shows an error Entra ID sent to the callback. Only the error name and AADSTS code are
 /// shown (the description is attacker-controllable text on a forged callback).
-fn idp_error_page(error: &str, description: Option<&str>) -> Response {
+pub(crate) fn idp_error_page(error: &str, description: Option<&str>) -> Response {
     let code = description
         .and_then(|d| d.strip_prefix("AADSTS"))
         .map(|d| {

@@ -2,7 +2,7 @@
 //! id_token validation. Everything that crosses the wire to the IdP goes through here.
 
 pub mod errors;
-mod jwks;
+pub(crate) mod jwks;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

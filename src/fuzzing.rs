@@ -374,6 +374,19 @@ mod tests {
         sealed_record(&seed_record());
     }
 
+    /// Found by the token_request target: serde's "unknown field `…`" named the caller's key,
+    /// and its type errors quote the caller's value.
+    #[test]
+    fn token_request_errors_never_echo_the_body() {
+        token_request(
+            br#"{"resource":"https://graph.microsm/","purposoft.com/","purpose":"  user sync  "}"#,
+        );
+        token_request(
+            br#"{"resource":"https://graph.microsoft.com","client_secret":"s3cr3t-value"}"#,
+        );
+        token_request(br#"{"resource":12345678901,"purpose":"x"}"#);
+    }
+
     #[test]
     fn a_token_signed_by_the_idp_passes_and_a_forgery_does_not() {
         let token = seed_id_token();

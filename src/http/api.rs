@@ -237,11 +237,15 @@ fn json_error(e: &serde_json::Error) -> String {
     match e.classify() {
         Category::Data => {
             let text = e.to_string();
-            // serde's data errors name fields and types, never values.
-            text.split(" at line")
-                .next()
-                .unwrap_or("invalid field")
-                .to_string()
+            // serde names an unknown field and quotes a value of the wrong type: both are the
+            // caller's text. Only missing and duplicate fields are named, and they are ours.
+            if text.starts_with("missing field") || text.starts_with("duplicate field") {
+                text.split(" at line").next().unwrap_or(&text).to_string()
+            } else if text.starts_with("unknown field") {
+                "unknown field; only \"resource\" and \"purpose\" are accepted".into()
+            } else {
+                "expected an object whose \"resource\" and \"purpose\" are strings".into()
+            }
         }
         Category::Syntax | Category::Eof => "not valid JSON".into(),
         Category::Io => "unreadable body".into(),

@@ -266,7 +266,7 @@ struct FixedKey;
 const FIXED_KEY: [u8; 32] = *b"samvault-fuzzing-fixed-data-key!";
 const RECORD_CONTEXT: &str = "samvault:refresh-token:6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01:v1";
 /// What the seed record holds; no other plaintext can come out of a record.
-pub const SEED_PLAINTEXT: &[u8] = b"0.A-fuzz-seed-refresh-token";
+const SEED_PLAINTEXT: &[u8] = b"0.A-fuzz-seed-refresh-token";
 
 impl KeyProvider for FixedKey {
     fn describe(&self) -> String {
@@ -279,12 +279,7 @@ impl KeyProvider for FixedKey {
         "fixed"
     }
     fn wrap<'a>(&'a self, _: &'a DataKey) -> BoxFuture<'a, Result<WrappedKey, VaultError>> {
-        Box::pin(async {
-            Ok(WrappedKey {
-                kek_id: "fixed".into(),
-                bytes: vec![],
-            })
-        })
+        Box::pin(async { Err(VaultError::Config("the fuzzing key only opens".into())) })
     }
     fn unwrap<'a>(&'a self, _: &'a WrappedKey) -> BoxFuture<'a, Result<DataKey, VaultError>> {
         Box::pin(async { DataKey::from_bytes(&FIXED_KEY) })
@@ -321,38 +316,38 @@ pub fn sealed_record(data: &[u8]) {
     }
 }
 
-/// A record sealed under the fixed key (a seed for the sealed-record target), built from the
-/// documented format rather than by the vault: `"SV1" || nonce || AES-256-GCM(plaintext)`.
-pub fn seed_record() -> Vec<u8> {
-    use aes_gcm::aead::{Aead, KeyInit, Payload};
-    let nonce = [7u8; 12];
-    let ciphertext = aes_gcm::Aes256Gcm::new(&FIXED_KEY.into())
-        .encrypt(
-            &nonce.into(),
-            Payload {
-                msg: SEED_PLAINTEXT,
-                aad: RECORD_CONTEXT.as_bytes(),
-            },
-        )
-        .expect("sealing in memory");
-    [b"SV1".as_slice(), &nonce, &ciphertext].concat()
-}
-
-/// A valid id_token for the fuzzing key, authority and nonce (a seed for the id_token target).
-pub fn seed_id_token() -> String {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let tid = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01";
-    let claims = serde_json::json!({
-        "aud": CLIENT_ID, "iss": format!("{AUTHORITY}/{tid}/v2.0"), "tid": tid,
-        "iat": now, "nbf": now, "exp": now + 3600, "nonce": NONCE,
-        "preferred_username": "jane@contoso.example", "ver": "2.0",
-    });
-    signing_key().0.sign(&claims).expect("signing")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record sealed under the fixed key (a seed for the sealed-record target), built from the
+    /// documented format rather than by the vault: `"SV1" || nonce || AES-256-GCM(plaintext)`.
+    fn seed_record() -> Vec<u8> {
+        use aes_gcm::aead::{Aead, KeyInit, Payload};
+        let nonce = [7u8; 12];
+        let ciphertext = aes_gcm::Aes256Gcm::new(&FIXED_KEY.into())
+            .encrypt(
+                &nonce.into(),
+                Payload {
+                    msg: SEED_PLAINTEXT,
+                    aad: RECORD_CONTEXT.as_bytes(),
+                },
+            )
+            .expect("sealing in memory");
+        [b"SV1".as_slice(), &nonce, &ciphertext].concat()
+    }
+
+    /// A valid id_token for the fuzzing key, authority and nonce (a seed for the id_token target).
+    fn seed_id_token() -> String {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let tid = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01";
+        let claims = serde_json::json!({
+            "aud": CLIENT_ID, "iss": format!("{AUTHORITY}/{tid}/v2.0"), "tid": tid,
+            "iat": now, "nbf": now, "exp": now + 3600, "nonce": NONCE,
+            "preferred_username": "jane@contoso.example", "ver": "2.0",
+        });
+        signing_key().0.sign(&claims).expect("signing")
+    }
 
     #[test]
     fn realistic_inputs_keep_every_promise() {

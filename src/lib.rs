@@ -13,6 +13,8 @@ pub mod config;
 pub mod devidp;
 pub mod devkv;
 pub mod domain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod idp;
 pub mod key_rotation;

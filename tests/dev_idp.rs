@@ -1176,9 +1176,25 @@ async fn faults_fail_the_next_n_calls_then_clear() {
     assert_eq!(post().await.unwrap().status(), StatusCode::GATEWAY_TIMEOUT);
     assert!(start.elapsed() >= Duration::from_millis(300));
 
-    // Faulted calls are calls: 2 + 1 + 1 + 1 + 1 + 1 faulted, 1 good.
+    // A gateway's bare error, and a slow answer that still succeeds.
+    sim.sim_post("/faults", json!({"status": 504, "body": "empty"}))
+        .await;
+    let resp = post().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(resp.bytes().await.unwrap().is_empty());
+    let start = Instant::now();
+    sim.sim_post("/faults", json!({"status": 200, "latency_ms": 300}))
+        .await;
+    let resp = post().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["refresh_token"].as_str().unwrap().starts_with("0.A"));
+
+    // Faulted calls are calls: 2 + 1 + 1 + 1 + 1 + 1 + 1 faulted, 1 slow, 1 good.
     let counters = sim.sim_get("/counters").await;
-    assert_eq!(counters["token_calls"]["refresh_token"], 8);
+    assert_eq!(counters["faults_served"], 9);
+    assert_eq!(counters["token_calls"]["refresh_token"], 10);
     assert_eq!(counters["token_calls"]["authorization_code"], 1);
 }
 
@@ -1869,6 +1885,16 @@ async fn tenant_faults_latency_html_and_bad_requests() {
         (
             faults.clone(),
             json!({"status": 200}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            faults.clone(),
+            json!({"status": 200, "latency_ms": 100, "error_code": 50196}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            faults.clone(),
+            json!({"status": 200, "latency_ms": 100, "body": "html"}),
             StatusCode::BAD_REQUEST,
         ),
         (

@@ -124,12 +124,15 @@ pub enum FaultBody {
     Entra,
     Malformed,
     Html,
+    /// No body at all, as a gateway's bare 502 or 504.
+    Empty,
 }
 
 #[derive(Debug, Clone)]
 pub struct Fault {
     /// Calls left to fail; `None` means until cleared (per-tenant faults only).
     pub remaining: Option<u32>,
+    /// 200 means a slow success: the call waits `latency_ms`, then is answered normally.
     pub status: StatusCode,
     pub retry_after: Option<u64>,
     pub latency_ms: u64,

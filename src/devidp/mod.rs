@@ -48,7 +48,7 @@ mod errors;
 mod grants;
 mod sim;
 mod token;
-mod tokens;
+pub(crate) mod tokens;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

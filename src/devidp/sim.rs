@@ -160,9 +160,10 @@ fn fault_from_spec(spec: &FaultSpec, remaining: Option<u32>) -> Result<Fault, Re
         None | Some("entra" | "json") => FaultBody::Entra,
         Some("malformed") => FaultBody::Malformed,
         Some("html") => FaultBody::Html,
+        Some("empty") => FaultBody::Empty,
         Some(other) => {
             return Err(bad_request(format!(
-                "unknown body {other:?}: use \"malformed\", \"html\" or null"
+                "unknown body {other:?}: use \"malformed\", \"html\", \"empty\" or null"
             )));
         }
     };
@@ -185,7 +186,19 @@ fn fault_from_spec(spec: &FaultSpec, remaining: Option<u32>) -> Result<Fault, Re
     let default_status = error.as_ref().map_or(503, |e| e.status.as_u16());
     let status = match StatusCode::from_u16(spec.status.unwrap_or(default_status)) {
         Ok(s) if s.as_u16() >= 400 => s,
-        _ => return Err(bad_request("status must be an HTTP error status (400-599)")),
+        // A slow answer that still succeeds (only the latency is injected), or a 200 whose
+        // body is unusable (a truncated answer, a proxy's page).
+        Ok(StatusCode::OK)
+            if error.is_none()
+                && (body_kind != FaultBody::Entra || spec.latency_ms.unwrap_or(0) > 0) =>
+        {
+            StatusCode::OK
+        }
+        _ => {
+            return Err(bad_request(
+                "status must be an HTTP error status (400-599), or 200 with latency_ms (a slow success) or a malformed, html or empty body",
+            ));
+        }
     };
     Ok(Fault {
         remaining,

@@ -67,7 +67,8 @@ async fn token(
         // A timer, not a blocked thread: other calls proceed meanwhile.
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    if let Some(fault) = fault {
+    // A 200 fault only delays a real answer, unless its body is the fault (truncated, a page).
+    if let Some(fault) = fault.filter(|f| !f.status.is_success() || f.body != FaultBody::Entra) {
         return fault_response(&st, fault, &ids);
     }
     // Signing is CPU work (RSA): run it off the async workers so that timers and other
@@ -295,6 +296,7 @@ fn fault_response(st: &AppState, fault: Fault, ids: &RequestIds) -> Response {
              </body></html>",
         )
             .into_response(),
+        FaultBody::Empty => fault.status.into_response(),
     };
     if let Some(secs) = fault.retry_after {
         resp.headers_mut()

@@ -57,6 +57,36 @@ struct TokenRequest {
     purpose: Option<String>,
 }
 
+/// The token endpoint's body: a resource among those `served` and a purpose. Every refusal
+/// is a 400 `invalid_request` that never echoes the body.
+pub fn parse_token_request(
+    body: &[u8],
+    served: &[Resource],
+) -> Result<(Resource, Purpose), Problem> {
+    let request: TokenRequest = serde_json::from_slice(body).map_err(|e| {
+        Problem::invalid_request(format!(
+            "body must be JSON {{\"resource\", \"purpose\"}}: {}",
+            json_error(&e)
+        ))
+    })?;
+    let purpose = Purpose::parse(request.purpose.as_deref().unwrap_or(""))
+        .map_err(|e| Problem::invalid_request(e.to_string()))?;
+    // Integrations send the configured spelling: match it before parsing a URL.
+    let resource = served
+        .iter()
+        .find(|r| r.as_str() == request.resource)
+        .cloned()
+        .or_else(|| {
+            Resource::parse(&request.resource)
+                .ok()
+                .filter(|r| served.contains(r))
+        })
+        .ok_or_else(|| {
+            Problem::invalid_request("resource is not one of the audiences this samvault serves")
+        })?;
+    Ok((resource, purpose))
+}
+
 /// An access token for one partner tenant and one resource.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct TokenResponse<'a> {
@@ -112,28 +142,7 @@ async fn issue_token(
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
     let client = state.auth.authenticate(&headers).await?;
-    let request: TokenRequest = serde_json::from_slice(&body).map_err(|e| {
-        Problem::invalid_request(format!(
-            "body must be JSON {{\"resource\", \"purpose\"}}: {}",
-            json_error(&e)
-        ))
-    })?;
-    let purpose = Purpose::parse(request.purpose.as_deref().unwrap_or(""))
-        .map_err(|e| Problem::invalid_request(e.to_string()))?;
-    // Integrations send the configured spelling: match it before parsing a URL.
-    let configured = state.config.resources.iter();
-    let resource = configured
-        .clone()
-        .find(|r| r.as_str() == request.resource)
-        .cloned()
-        .or_else(|| {
-            Resource::parse(&request.resource)
-                .ok()
-                .filter(|r| configured.clone().any(|c| c == r))
-        })
-        .ok_or_else(|| {
-            Problem::invalid_request("resource is not one of the audiences this samvault serves")
-        })?;
+    let (resource, purpose) = parse_token_request(&body, &state.config.resources)?;
     let tenant =
         TenantId::parse(&tenant_id).map_err(|e| Problem::invalid_request(e.to_string()))?;
     if !client.may(Permission::TokensIssue) {
@@ -228,11 +237,15 @@ fn json_error(e: &serde_json::Error) -> String {
     match e.classify() {
         Category::Data => {
             let text = e.to_string();
-            // serde's data errors name fields and types, never values.
-            text.split(" at line")
-                .next()
-                .unwrap_or("invalid field")
-                .to_string()
+            // serde names an unknown field and quotes a value of the wrong type: both are the
+            // caller's text. Only missing and duplicate fields are named, and they are ours.
+            if text.starts_with("missing field") || text.starts_with("duplicate field") {
+                text.split(" at line").next().unwrap_or(&text).to_string()
+            } else if text.starts_with("unknown field") {
+                "unknown field; only \"resource\" and \"purpose\" are accepted".into()
+            } else {
+                "expected an object whose \"resource\" and \"purpose\" are strings".into()
+            }
         }
         Category::Syntax | Category::Eof => "not valid JSON".into(),
         Category::Io => "unreadable body".into(),

@@ -27,7 +27,7 @@ use super::AppState;
 use super::templates::{ConsentDonePage, ErrorPage, OnboardPage};
 use crate::domain::TenantId;
 use crate::idp::errors::describe;
-use crate::idp::{AccessClaims, ConsentRequest, IdClaims, IdpError, TokenSet};
+use crate::idp::{AccessClaims, ConsentRequest, IdClaims, IdpError, Outcome, TokenSet};
 use crate::storage::partners::{
     self, INACTIVITY_LIMIT_SECS, NewConsent, StoredGrant, grant_context,
 };
@@ -48,7 +48,7 @@ pub fn router() -> Router<AppState> {
 /// What a sign-in is for: a consent stores a refresh token; a revoke only proves who the
 /// partner admin is, then purges.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-enum Purpose {
+pub(crate) enum Purpose {
     #[default]
     Consent,
     Revoke,
@@ -339,11 +339,17 @@ async fn start(
 
 /// The parameters Entra ID sends back (query for response_mode=query, form for form_post).
 #[derive(Deserialize, Default)]
-struct CallbackParams {
+pub(crate) struct CallbackParams {
     code: Option<String>,
     state: Option<String>,
-    error: Option<String>,
-    error_description: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) error_description: Option<String>,
+}
+
+impl CallbackParams {
+    pub(crate) fn parse(raw: &[u8]) -> Option<Self> {
+        serde_urlencoded::from_bytes(raw).ok()
+    }
 }
 
 async fn callback_query(
@@ -373,7 +379,7 @@ fn bad_state(message: &str) -> Response {
 }
 
 async fn callback(state: AppState, session: Session, raw: &[u8]) -> Response {
-    let Ok(params) = serde_urlencoded::from_bytes::<CallbackParams>(raw) else {
+    let Some(params) = CallbackParams::parse(raw) else {
         return bad_state("The response from Microsoft sign-in is malformed.");
     };
     // Single use: the pending sign-in is taken out of the session whatever happens next.
@@ -417,7 +423,7 @@ async fn callback(state: AppState, session: Session, raw: &[u8]) -> Response {
 
 /// Shows an error Entra ID sent to the callback. Only the error name and AADSTS code are
 /// shown (the description is attacker-controllable text on a forged callback).
-fn idp_error_page(purpose: Purpose, error: &str, description: Option<&str>) -> Response {
+pub(crate) fn idp_error_page(purpose: Purpose, error: &str, description: Option<&str>) -> Response {
     let code = description
         .and_then(|d| d.strip_prefix("AADSTS"))
         .map(|d| {
@@ -478,8 +484,9 @@ fn idp_error_page(purpose: Purpose, error: &str, description: Option<&str>) -> R
 fn idp_failure_page(purpose: Purpose, error: &IdpError) -> Response {
     tracing::warn!(error = %error, "sign-in callback: code redemption failed");
     let reference = error.code().map(|c| format!("AADSTS{c}"));
-    match error {
-        IdpError::Transport(_) | IdpError::Malformed { .. } => flow_error_page(
+    // An outage or throttling, whatever shape the IdP's answer took: a later try works.
+    match error.classify(true) {
+        Outcome::Transient { .. } => flow_error_page(
             purpose,
             StatusCode::SERVICE_UNAVAILABLE,
             "Microsoft sign-in is unavailable",

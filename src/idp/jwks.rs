@@ -99,40 +99,65 @@ impl JwksCache {
         id_token: &str,
         nonce: &str,
     ) -> Result<IdClaims, IdpError> {
-        let header = jsonwebtoken::decode_header(id_token)
-            .map_err(|_| IdpError::Protocol("id_token is not a JWT".into()))?;
-        if header.alg != Algorithm::RS256 {
-            return Err(IdpError::Protocol(
-                "id_token must be signed with RS256".into(),
-            ));
-        }
-        let kid = header
-            .kid
-            .ok_or_else(|| IdpError::Protocol("id_token has no key id".into()))?;
+        let kid = key_id(id_token)?;
         let key = self.key_for(http, &kid).await?;
-        let mut validation = Validation::new(Algorithm::RS256);
-        validation.set_audience(&[client_id]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.leeway = LEEWAY_SECS;
-        let claims = jsonwebtoken::decode::<IdClaims>(id_token, &key, &validation)
-            .map_err(|e| IdpError::Protocol(format!("id_token rejected: {:?}", e.kind())))?
-            .claims;
-        // Multi-tenant apps validate the issuer against the token's own tenant.
-        let expected_iss = format!(
-            "{}/{}/v2.0",
-            authority.as_str().trim_end_matches('/'),
-            claims.tid
-        );
-        if claims.iss != expected_iss {
-            return Err(IdpError::Protocol(
-                "id_token issuer does not match its tenant".into(),
-            ));
-        }
-        if claims.nonce.as_deref() != Some(nonce) {
-            return Err(IdpError::Protocol(
-                "id_token nonce does not match this sign-in".into(),
-            ));
-        }
-        Ok(claims)
+        verify(id_token, &key, authority, client_id, nonce)
     }
+}
+
+/// The key id of an RS256 JWT, read from its (not yet trusted) header.
+pub(crate) fn key_id(id_token: &str) -> Result<String, IdpError> {
+    let header = jsonwebtoken::decode_header(id_token)
+        .map_err(|_| IdpError::Protocol("id_token is not a JWT".into()))?;
+    if header.alg != Algorithm::RS256 {
+        return Err(IdpError::Protocol(
+            "id_token must be signed with RS256".into(),
+        ));
+    }
+    header
+        .kid
+        .ok_or_else(|| IdpError::Protocol("id_token has no key id".into()))
+}
+
+/// Signature, audience, expiry, then the claims samvault relies on.
+pub(crate) fn verify(
+    id_token: &str,
+    key: &DecodingKey,
+    authority: &Url,
+    client_id: &str,
+    nonce: &str,
+) -> Result<IdClaims, IdpError> {
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[client_id]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    validation.leeway = LEEWAY_SECS;
+    let claims = jsonwebtoken::decode::<IdClaims>(id_token, key, &validation)
+        .map_err(|e| IdpError::Protocol(format!("id_token rejected: {:?}", e.kind())))?
+        .claims;
+    check_claims(claims, authority, nonce)
+}
+
+/// Issuer and nonce, once the signature and the standard claims are valid.
+pub(crate) fn check_claims(
+    claims: IdClaims,
+    authority: &Url,
+    nonce: &str,
+) -> Result<IdClaims, IdpError> {
+    // Multi-tenant apps validate the issuer against the token's own tenant.
+    let expected_iss = format!(
+        "{}/{}/v2.0",
+        authority.as_str().trim_end_matches('/'),
+        claims.tid
+    );
+    if claims.iss != expected_iss {
+        return Err(IdpError::Protocol(
+            "id_token issuer does not match its tenant".into(),
+        ));
+    }
+    if claims.nonce.as_deref() != Some(nonce) {
+        return Err(IdpError::Protocol(
+            "id_token nonce does not match this sign-in".into(),
+        ));
+    }
+    Ok(claims)
 }

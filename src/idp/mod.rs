@@ -3,7 +3,7 @@
 
 pub mod certificate;
 pub mod errors;
-mod jwks;
+pub(crate) mod jwks;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -536,12 +536,14 @@ fn finish(result: OAuthResult, captured: &Capture) -> Result<TokenSet, IdpError>
             body: Box::new(body),
             retry_after,
         }),
-        Err(RequestTokenError::Parse(_, _)) if status != 200 => Err(IdpError::Malformed {
-            status,
-            retry_after,
-        }),
+        // SPEC §4: a malformed body is temporary, whatever the status (a truncated answer, a
+        // proxy's page served as 200): the grant is kept and the caller may try again.
         Err(RequestTokenError::Parse(e, _)) => {
-            Err(IdpError::Protocol(format!("token response: {}", e.path())))
+            tracing::debug!(status, path = %e.path(), "token response is not usable JSON");
+            Err(IdpError::Malformed {
+                status,
+                retry_after,
+            })
         }
         Err(RequestTokenError::Request(e)) => Err(IdpError::Transport(describe_transport(&e))),
         Err(RequestTokenError::Other(text)) if status >= 400 => {

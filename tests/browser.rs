@@ -38,16 +38,7 @@ fn require_tools() {
 }
 
 fn ops_user(stack: &Stack, username: &str, role: &str) -> Value {
-    let created: Value = serde_json::from_str(&stack.cli(&[
-        "ops-user",
-        "create",
-        "--username",
-        username,
-        "--role",
-        role,
-        "--json",
-    ]))
-    .unwrap();
+    let created = support::ops::create_ops_user(stack, username, role);
     json!({
         "username": username,
         "password": created["password"],

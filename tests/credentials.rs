@@ -17,30 +17,6 @@ const TENANT_1: &str = "00000000-0000-4000-8000-000000000001";
 const NEXT_SECRET: &str = "next-secret-7f3b9c";
 const CURRENT_SECRET: &str = "samvault-demo-secret";
 
-/// `samvault dev-cert --out DIR`: the demo's way to get a certificate, no openssl needed.
-fn dev_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_samvault"))
-        .args(["dev-cert", "--out", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (dir.join("cpv-app.crt"), dir.join("cpv-app.key"))
-}
-
-/// The base64 lines of a PEM file: none of them may ever appear in a log or a dump.
-fn pem_body_lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("-----") && l.len() > 20)
-        .map(str::to_string)
-        .collect()
-}
-
 async fn count(stack: &Stack, group: &str, key: &str) -> u64 {
     stack.counters().await[group][key].as_u64().unwrap_or(0)
 }

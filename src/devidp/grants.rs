@@ -6,7 +6,7 @@
 //! never held across an await and 500 concurrent token calls only contend for
 //! microseconds each. JWT signing happens after the lock is released.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use axum::http::StatusCode;
 use serde::Serialize;
@@ -26,6 +26,8 @@ const CODE_RETENTION: Duration = Duration::hours(1);
 const CODE_PURGE_THRESHOLD: usize = 20_000;
 /// Client assertion ids remembered at most (expired ones go first).
 const MAX_SEEN_JTIS: usize = 100_000;
+/// Access and id tokens kept for `/_sim/issued`, each kind; the oldest go first.
+const SIGNED_KEPT: usize = 10_000;
 
 pub const GRAPH: &str = "https://graph.microsoft.com";
 const OIDC_SCOPES: [&str; 4] = ["openid", "profile", "email", "offline_access"];
@@ -167,6 +169,16 @@ pub struct Counters {
     pub sim_tokens: u64,
 }
 
+/// `/_sim/issued`: the codes the authorize endpoint issued (kept as long as reuse is
+/// answered) and the newest access and id tokens the token endpoint signed, so a test can
+/// look for every one of them where none should be.
+#[derive(Debug, Serialize)]
+pub struct IssuedView {
+    pub codes: Vec<String>,
+    pub access_tokens: Vec<String>,
+    pub id_tokens: Vec<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct GrantView {
     pub tenant_id: String,
@@ -239,6 +251,9 @@ pub struct SimState {
     fault: Option<Fault>,
     /// Tenant id → fault for that tenant's refresh-token calls (`/_sim/tenants/{id}/faults`).
     tenant_faults: HashMap<String, Fault>,
+    /// The newest access tokens and id tokens the token endpoint signed (`/_sim/issued`).
+    signed_access_tokens: VecDeque<String>,
+    signed_id_tokens: VecDeque<String>,
 }
 
 /// Why `POST /_sim/tokens` could not mint for a user.
@@ -283,6 +298,8 @@ impl SimState {
             counters: Counters::default(),
             fault: None,
             tenant_faults: HashMap::new(),
+            signed_access_tokens: VecDeque::new(),
+            signed_id_tokens: VecDeque::new(),
         }
     }
 
@@ -331,6 +348,28 @@ impl SimState {
         }
         self.counters.faults_served += 1;
         Some(taken)
+    }
+
+    /// Remembers the tokens a token call answered with, for `/_sim/issued`.
+    pub fn record_signed(&mut self, access_token: Option<&str>, id_token: Option<&str>) {
+        for (kept, token) in [
+            (&mut self.signed_access_tokens, access_token),
+            (&mut self.signed_id_tokens, id_token),
+        ] {
+            let Some(token) = token else { continue };
+            if kept.len() == SIGNED_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(token.to_string());
+        }
+    }
+
+    pub fn issued_view(&self) -> IssuedView {
+        IssuedView {
+            codes: self.codes.keys().cloned().collect(),
+            access_tokens: self.signed_access_tokens.iter().cloned().collect(),
+            id_tokens: self.signed_id_tokens.iter().cloned().collect(),
+        }
     }
 
     pub fn count_error(&mut self, code: u32) {

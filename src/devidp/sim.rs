@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/clock/advance", post(advance))
         .route("/counters", get(counters))
         .route("/grants", get(grants))
+        .route("/issued", get(issued))
         .route(
             "/faults",
             post(set_faults).get(get_faults).delete(clear_faults),
@@ -121,6 +122,13 @@ async fn counters(State(st): State<AppState>) -> Json<Value> {
 async fn grants(State(st): State<AppState>) -> Json<Value> {
     let now = st.idp.now();
     let view = st.idp.lock().grants_view(st.idp.directory(), now);
+    Json(json!(view))
+}
+
+/// Every authorization code still remembered and the newest access and id tokens signed
+/// (refresh tokens are in `/grants`).
+async fn issued(State(st): State<AppState>) -> Json<Value> {
+    let view = st.idp.lock().issued_view();
     Json(json!(view))
 }
 

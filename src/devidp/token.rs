@@ -161,7 +161,11 @@ fn respond(
     v1: bool,
     now: time::OffsetDateTime,
 ) -> Result<Response, EntraError> {
-    Ok(json_ok(&token_body(st, issued, v1, true, now)?))
+    let body = token_body(st, issued, v1, true, now)?;
+    st.idp
+        .lock()
+        .record_signed(body["access_token"].as_str(), body["id_token"].as_str());
+    Ok(json_ok(&body))
 }
 
 /// A 200 JSON answer with the token endpoint's headers.

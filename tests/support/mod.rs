@@ -271,4 +271,6 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+pub mod ops;
+pub mod revoke;
 pub mod stack;

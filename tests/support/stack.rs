@@ -2,8 +2,8 @@
 //! `samvault serve` replicas as child processes, a cookie-keeping browser for the onboarding
 //! flow, and helpers to read the IdP's `/_sim/` counters and the database.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use base64::Engine;
@@ -131,6 +131,13 @@ impl Replica {
     }
 }
 
+/// One command run with [`Stack::cli`]: what it was asked and everything it printed.
+pub struct CliRun {
+    pub args: Vec<String>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
 /// The dev IdP and samvault replicas sharing one database and one key file.
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -139,6 +146,8 @@ pub struct Stack {
     pub replicas: Vec<Replica>,
     pub env: Vec<(String, String)>,
     pub http: reqwest::Client,
+    /// Every command run with [`Stack::cli`], in order.
+    pub cli_runs: std::sync::Mutex<Vec<CliRun>>,
     _idp_proc: Option<Proc>,
 }
 
@@ -147,11 +156,12 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let idp_port = free_port();
         let idp = format!("http://127.0.0.1:{idp_port}");
+        let idp_log = std::fs::File::create(dir.path().join("idp.log")).unwrap();
         let idp_proc = Command::new(env!("CARGO_BIN_EXE_samvault"))
             .args(["dev-idp", "--listen", &format!("127.0.0.1:{idp_port}")])
             .args(&options.idp_args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("idp.log")).unwrap())
+            .stdout(idp_log.try_clone().unwrap())
+            .stderr(idp_log)
             .spawn()
             .unwrap();
         let mut env: Vec<(String, String)> = [
@@ -194,6 +204,7 @@ impl Stack {
             replicas,
             env,
             http,
+            cli_runs: Default::default(),
             _idp_proc: Some(Proc(idp_proc)),
         };
         for i in 0..options.replicas {
@@ -216,6 +227,7 @@ impl Stack {
             }],
             env: vec![],
             http,
+            cli_runs: Default::default(),
             _idp_proc: None,
         }
     }
@@ -246,6 +258,11 @@ impl Stack {
         self.dir.path().join(format!("samvault-{replica}.log"))
     }
 
+    /// The dev IdP's output (`idp.log`).
+    pub fn idp_log_path(&self) -> PathBuf {
+        self.dir.path().join("idp.log")
+    }
+
     pub fn log(&self, replica: usize) -> String {
         std::fs::read_to_string(self.log_path(replica)).unwrap_or_default()
     }
@@ -261,7 +278,7 @@ impl Stack {
             .command(&["serve"])
             .env("SAMVAULT_LISTEN", format!("127.0.0.1:{port}"))
             .env("SAMVAULT_PUBLIC_URL", &self.replicas[i].url)
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
@@ -274,9 +291,15 @@ impl Stack {
         self.replicas[i].proc = None;
     }
 
-    /// Runs a CLI command to completion and returns its stdout.
+    /// Runs a CLI command to completion and returns its stdout (both streams are kept in
+    /// [`Stack::cli_runs`]).
     pub fn cli(&self, args: &[&str]) -> String {
         let out = self.command(args).output().unwrap();
+        self.cli_runs.lock().unwrap().push(CliRun {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            stdout: out.stdout.clone(),
+            stderr: out.stderr.clone(),
+        });
         assert!(
             out.status.success(),
             "samvault {args:?} failed: {}",
@@ -586,6 +609,30 @@ impl<'a> Browser<'a> {
             callback_url: Some(callback),
         }
     }
+}
+
+/// `samvault dev-cert --out DIR`: the demo's way to get a certificate, no openssl needed.
+pub fn dev_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let out = Command::new(env!("CARGO_BIN_EXE_samvault"))
+        .args(["dev-cert", "--out", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir.join("cpv-app.crt"), dir.join("cpv-app.key"))
+}
+
+/// The base64 lines of a PEM file: none of them may ever appear in a log or a dump.
+pub fn pem_body_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 20)
+        .map(str::to_string)
+        .collect()
 }
 
 pub fn jwt_claims(token: &str) -> Value {

@@ -146,7 +146,9 @@ async fn signin(
         {
             return unavailable();
         }
-        let name: String = form.username.chars().take(64).collect();
+        // A name that is no user is not recorded as typed: people type their password into
+        // the user-name field, and the audit log keeps for good whatever it is given.
+        let name = user.as_ref().map_or("(unknown)", |u| u.username.as_str());
         let _ = audit::append(
             &state.db,
             &format!("ops:{name}"),

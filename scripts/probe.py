@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Random hostile requests against a running samvault, as a new attacker would try them.
+
+    python3 scripts/probe.py PORT CLIENT_ID CLIENT_SECRET [SEED] [REQUESTS]
+
+Every route, every method, path tricks, invalid UTF-8, oversized bodies, broken Basic
+credentials, forged cookies, hostile Host headers, XSS/SQL/template payloads in query
+parameters, sent over raw sockets (no client library "fixes" the bytes). Fails (exit 1) on
+any 5xx (a 503 from /readyz excepted) or any reflected markup; prints the status mix last.
+Start the demo first (`samvault demo`), and pass the client it prints.
+"""
+import random
+import re
+import socket
+import sys
+import base64
+import json
+
+HOST = "127.0.0.1"
+PORT, CID, SECRET = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+SEED = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+REQUESTS = int(sys.argv[5]) if len(sys.argv) > 5 else 3000
+CONTOSO = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01"
+
+ROUTES = ["/healthz", "/readyz", "/metrics", "/onboard", "/onboard/callback", "/onboard/i/X",
+          "/onboard/revoke", "/onboard/revoke/start", "/onboard/revoke/confirm", "/onboard/start",
+          "/ops", "/ops/audit", "/ops/audit/verify", "/ops/integrations", "/ops/integrations/X/revoke",
+          "/ops/integrations/X/secrets", "/ops/invitations", "/ops/invitations/X/expire", "/ops/keys",
+          "/ops/partners", "/ops/partners/X", "/ops/partners/X/check", "/ops/partners/X/invite",
+          "/ops/partners/X/revoke", "/ops/partners/X/rotate", "/ops/password", "/ops/security",
+          "/ops/security/clients.csv", "/ops/security/requests.csv", "/ops/signin", "/ops/signout",
+          "/api/v1/partners", "/api/v1/partners/X", "/api/v1/partners/X/token", "/api/openapi.json",
+          "/static/samvault.css", "/static/X"]
+EVIL = ["..%2f..%2fetc%2fpasswd", "%00", "<script>alert(1)</script>", "'\"><img src=x onerror=alert(1)>",
+        "{{7*7}}", "${7*7}", "' OR 1=1--", "\u202e\u0000", "%ff%fe", "A" * 5000, CONTOSO + "%2f..",
+        "//evil.example", "%2e%2e", "\\..\\..", "\U0001F600" * 100, "%E0%80%AF", "-1", "9" * 40,
+        "null", "[]", "{}"]
+BODIES = [b"", b"\xff\xfe\xfd", b"{", b'{"resource":1}',
+          b'{"resource":"https://api.partnercenter.microsoft.com","purpose":"x","purpose":"y"}',
+          b"a=1&a=2&csrf=x", b"csrf=&username=%00&password=", b"x" * 200000,
+          json.dumps({"resource": "<script>", "purpose": "<script>"}).encode(),
+          b'{"resource":"https://api.partnercenter.microsoft.com","purpose":"\\u0000"}']
+CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded", "text/plain",
+                 "multipart/form-data; boundary=x", "application/json; charset=utf-16", ""]
+AUTHS = [None, "Basic " + base64.b64encode(f"{CID}:{SECRET}".encode()).decode(), "Basic %%%",
+         "Bearer x", "Basic " + base64.b64encode(b"\xff:\xfe").decode(),
+         "Basic " + base64.b64encode(f"{CID}:{SECRET}x".encode()).decode()]
+COOKIES = [None, "id=x", "id=" + "A" * 4000, "id=%00", "samvault_session=" + "x" * 100, "id=;id=;id="]
+PARAMS = ["state", "code", "error", "error_description", "q", "page", "after", "status", "redirect",
+          "return", "next", "tenant", "actor", "action", "id_token", "session_state", "admin_consent"]
+REFLECTED = [b"<script>alert(1)</script>", b"onerror=alert(1)"]
+
+
+def send(method, path, headers, body):
+    request = f"{method} ".encode() + path.encode() + b" HTTP/1.1\r\n"
+    for name, value in headers.items():
+        request += name.encode() + b": " + value.encode() + b"\r\n"
+    request += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+    with socket.create_connection((HOST, PORT), timeout=10) as sock:
+        try:
+            sock.sendall(request)
+        except OSError:
+            pass  # the server may close early on an oversized body; read what it said
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def main():
+    rng = random.Random(SEED)
+    bad, statuses = [], {}
+    for _ in range(REQUESTS):
+        route = rng.choice(ROUTES)
+        path = route.replace("X", rng.choice(EVIL + [CONTOSO]))
+        if rng.random() < .5:
+            path += "?" + "&".join(f"{rng.choice(PARAMS)}={rng.choice(EVIL)}"
+                                   for _ in range(rng.randint(1, 4)))
+        method = rng.choice(["GET", "POST", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"])
+        body = rng.choice(BODIES) if method in ("POST", "PUT", "PATCH") else b""
+        headers = {"Host": rng.choice(["evil.example", "", "127.0.0.1:1"]) if rng.random() < .1
+                   else f"{HOST}:{PORT}"}
+        for name, choices in (("Content-Type", CONTENT_TYPES), ("Authorization", AUTHS), ("Cookie", COOKIES)):
+            value = rng.choice(choices)
+            if value:
+                headers[name] = value
+        if rng.random() < .05:
+            headers["Origin"] = "https://evil.example"
+        data = send(method, path, headers, body)
+        match = re.match(rb"HTTP/1.1 (\d+)", data)
+        if not match:
+            if len(body) < 100000:
+                bad.append(("no response", method, path[:100]))
+            continue
+        status = int(match.group(1))
+        statuses[status] = statuses.get(status, 0) + 1
+        if status >= 500 and not (status == 503 and route == "/readyz"):
+            bad.append((status, method, path[:120], data[:300]))
+        if any(marker in data for marker in REFLECTED):
+            bad.append(("reflected markup", method, path[:120], data[:300]))
+    for entry in bad[:30]:
+        print(entry)
+    print(f"{REQUESTS} requests, seed {SEED}: {len(bad)} bad (5xx, reflected markup or no answer)")
+    print("status mix:", ", ".join(f"{s} × {n}" for s, n in sorted(statuses.items())))
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ consent flow (samvault's onboarding page -> the dev IdP's sign-in form -> the ca
 the ops sign-in (password + TOTP, forced password change).
 
   samload.py consent  --sv URL --first K --count N        real consents of generated tenants
+  samload.py signin   --sv URL --creds FILE               prints a signed-in ops session's Cookie
   samload.py traffic  --sv URL --auth B64 --tenants N ... token requests until --stop-file exists
   samload.py check    --sv URL --auth B64 --tenants-file F  every tenant gets a token?
   samload.py soak     --sv URL,URL --pids P,P ...          mixed load; prints figures, exit 1 on errors
@@ -199,6 +200,11 @@ def cmd_consent(a):
     if failed:
         sys.exit("consents failed: " + "; ".join(failed))
     print(f"consented {a.count} partners (tenants {a.first}..{a.first + a.count - 1})")
+
+
+def cmd_signin(a):
+    cookies = sign_in(a.sv, json.load(open(a.creds)))
+    print("; ".join(f"{k}={v}" for k, v in cookies.items()))
 
 
 # ---------------------------------------------------------------- traffic (crash loop)
@@ -447,6 +453,9 @@ def main():
     c.add_argument("--sv", required=True)
     c.add_argument("--first", type=int, default=1)
     c.add_argument("--count", type=int, required=True)
+    i = sub.add_parser("signin")
+    i.add_argument("--sv", required=True)
+    i.add_argument("--creds", required=True, help="file: `ops-user create --json` output")
     t = sub.add_parser("traffic")
     t.add_argument("--sv", required=True)
     t.add_argument("--auth", required=True)
@@ -476,7 +485,7 @@ def main():
     s.add_argument("--warmup", type=float, default=20)
     s.add_argument("--rss-factor", type=float, default=1.5)
     a = p.parse_args()
-    {"consent": cmd_consent, "traffic": cmd_traffic, "check": cmd_check, "soak": cmd_soak}[a.cmd](a)
+    {"consent": cmd_consent, "signin": cmd_signin, "traffic": cmd_traffic, "check": cmd_check, "soak": cmd_soak}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ the ops sign-in (password + TOTP, forced password change).
   samload.py signin   --sv URL --creds FILE               prints a signed-in ops session's Cookie
   samload.py traffic  --sv URL --auth B64 --tenants N ... token requests until --stop-file exists
   samload.py check    --sv URL --auth B64 --tenants-file F  every tenant gets a token?
+  samload.py storm    --sv URL --pid PID                   RSS after bursts of failed sign-ins
   samload.py soak     --sv URL,URL --pids P,P ...          mixed load; prints figures, exit 1 on errors
 """
 
@@ -260,6 +261,26 @@ def cmd_check(a):
     json.dump({"tokens": result, "retried_503": retried}, sys.stdout)
 
 
+# ---------------------------------------------------------------- storm
+def cmd_storm(a):
+    """ROUNDS bursts of CONCURRENCY simultaneous dashboard sign-ins as unknown users (each a
+    full argon2id check, 19 MiB of working memory): the service's RSS after each burst. Exit 1
+    when the last burst still grew it by more than --max-growth MB."""
+    print(f"rss before: {rss_kib(a.pid) / 1024:.1f} MB")
+    last = rss_kib(a.pid)
+    for r in range(1, a.rounds + 1):
+        statuses = []
+        threads = [threading.Thread(target=lambda i=i: statuses.append(bad_sign_in(Http(a.sv), f"storm-{r}-{i}")))
+                   for i in range(a.concurrency)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        now = rss_kib(a.pid)
+        print(f"rss after burst {r} ({a.concurrency} sign-ins, answers {sorted(set(statuses))}): "
+              f"{now / 1024:.1f} MB ({(now - last) / 1024:+.1f} MB)")
+        growth, last = (now - last) / 1024, now
+    sys.exit(1 if growth > a.max_growth else 0)
+
+
 # ---------------------------------------------------------------- soak
 class Stats:
     def __init__(self):
@@ -467,6 +488,12 @@ def main():
     k.add_argument("--auth", required=True)
     k.add_argument("--tenants-file", required=True)
     k.add_argument("--deadline", type=float, default=60)
+    m = sub.add_parser("storm")
+    m.add_argument("--sv", required=True)
+    m.add_argument("--pid", type=int, required=True)
+    m.add_argument("--concurrency", type=int, default=40)
+    m.add_argument("--rounds", type=int, default=4)
+    m.add_argument("--max-growth", type=float, default=20)
     s = sub.add_parser("soak")
     s.add_argument("--sv", required=True, help="replica URLs, comma-separated")
     s.add_argument("--pids", required=True, help="replica PIDs, comma-separated")
@@ -485,7 +512,8 @@ def main():
     s.add_argument("--warmup", type=float, default=20)
     s.add_argument("--rss-factor", type=float, default=1.5)
     a = p.parse_args()
-    {"consent": cmd_consent, "signin": cmd_signin, "traffic": cmd_traffic, "check": cmd_check, "soak": cmd_soak}[a.cmd](a)
+    {"consent": cmd_consent, "signin": cmd_signin, "traffic": cmd_traffic, "check": cmd_check, "storm": cmd_storm,
+     "soak": cmd_soak}[a.cmd](a)
 
 
 if __name__ == "__main__":

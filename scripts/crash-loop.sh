@@ -23,6 +23,7 @@
 #
 # Usage: scripts/crash-loop.sh [ROUNDS=50]
 #   env: PARTNERS=20 BACKENDS="sqlite postgres" MODES="strict entra" KILL_MS=0-3000
+#        SIGNAL=KILL (TERM: graceful stops, as a deploy does them)
 #        SAMVAULT_BIN=target/debug/samvault (default: the release binary, built now)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,7 @@ PARTNERS=${PARTNERS:-20}
 BACKENDS=${BACKENDS:-sqlite postgres}
 MODES=${MODES:-strict entra}
 KILL_MS=${KILL_MS:-0-3000}
+SIGNAL=${SIGNAL:-KILL}
 . scripts/lib.sh
 sv_bin
 failed=0
@@ -47,7 +49,7 @@ sql() {
 run() { # backend mode
   local backend=$1 mode=$2 tag="$1-$2" idp_args=(--tenants "$PARTNERS")
   [ "$mode" = strict ] && idp_args+=(--strict-rotation)
-  echo "== $backend, dev IdP in $mode mode: $PARTNERS partners, $ROUNDS SIGKILLs"
+  echo "== $backend, dev IdP in $mode mode: $PARTNERS partners, $ROUNDS SIG$SIGNAL"
   : >"$work/idp.log"
   start_idp "${idp_args[@]}"
   if [ "$backend" = sqlite ]; then
@@ -80,7 +82,7 @@ print("\n".join(p["tenant_id"] for p in json.load(sys.stdin) if p["status"] == "
     start_serve "$tag" "$port"
     sleep "$(python3 -c "import random; print(random.randint($lo, $hi) / 1000)")"
     date +%s.%N >>"$work/kills"
-    stop_pid "$SERVE_PID" KILL
+    stop_pid "$SERVE_PID" "$SIGNAL"
   done
   touch "$work/stop"
   stop_pid "$traffic" 0
@@ -96,10 +98,10 @@ print("\n".join(p["tenant_id"] for p in json.load(sys.stdin) if p["status"] == "
   stop_pid "$IDP_PID"
 
   local verdict
-  verdict=$(python3 - "$work" "$backend" "$mode" "$ROUNDS" "${ALLOW_STRICT_WINDOW_LOSS:-0}" <<'PY'
+  verdict=$(python3 - "$work" "$backend" "$mode" "$ROUNDS" "${ALLOW_STRICT_WINDOW_LOSS:-0}" "SIG$SIGNAL" <<'PY'
 import json, sys
 from datetime import datetime
-work, backend, mode, rounds, allow_window = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
+work, backend, mode, rounds, allow_window, signal = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1", sys.argv[6]
 healthy = open(f"{work}/healthy").read().split()
 check = json.load(open(f"{work}/check.json"))
 after = {p["tenant_id"]: p for p in json.load(open(f"{work}/after.json"))}
@@ -146,7 +148,7 @@ recorded = sum(int(n) for _, _, n in attempts)
 refresh_calls = counters["token_calls"].get("refresh_token", 0)
 if lost:
     print("\n".join(lost), file=sys.stderr)
-print(f"{backend} / {mode}: {len(kills)} SIGKILLs in {rounds} rounds; partners healthy before {len(healthy)}, after {len(healthy) - len(lost)}"
+print(f"{backend} / {mode}: {len(kills)} {signal}s in {rounds} rounds; partners healthy before {len(healthy)}, after {len(healthy) - len(lost)}"
       + (f"; lost {len(lost)}: {window} in the write-back window (per kill: "
          f"{', '.join(f'#{k} {n}' for k, n in sorted(per_kill.items()))}), {unexplained} unexplained" if lost else ""))
 print(f"  token requests during the loop {sum(traffic.values())}: " + ", ".join(f"{k} {v}" for k, v in sorted(traffic.items())))
@@ -166,6 +168,6 @@ for backend in $BACKENDS; do
     run "$backend" "$mode"
   done
 done
-echo "== crash loop: $ROUNDS SIGKILLs per run, $PARTNERS partners, SAMVAULT_ROTATE_AFTER=1s, kill ${KILL_MS} ms after /healthz"
+echo "== crash loop: $ROUNDS SIG$SIGNAL per run, $PARTNERS partners, SAMVAULT_ROTATE_AFTER=1s, kill ${KILL_MS} ms after /healthz"
 printf '%s\n' "${summary[@]}"
 [ "$failed" = 0 ] && echo "crash loop: PASS" || { echo "crash loop: FAIL"; exit 1; }

@@ -438,20 +438,22 @@ def report(a, stats, rss, elapsed, pids):
     errors = sum(stats.errors.values())
     print(f"errors (not intended): {errors}" + "".join(f"\n  {k} x{n}" for k, n in sorted(stats.errors.items())))
 
-    # RSS: after warm-up (the first sample past --warmup seconds), middle, end; growth verdict.
+    # RSS: at the start, after warm-up (the first sample past --warmup seconds: the caches,
+    # pools and the first sign-ins' memory are in), in the middle and at the end of the run;
+    # the verdict compares the end with the value after warm-up.
     ok = errors == 0
     warm = [s for s in rss if s[0] >= a.warmup] or rss
     for i, pid in enumerate(pids):
         series = [(t, kib[i] / 1024) for t, kib in warm]
-        start, middle, last = series[0][1], series[len(series) // 2][1], series[-1][1]
+        warmed, middle, last = series[0][1], series[len(series) // 2][1], series[-1][1]
         third = series[len(series) * 2 // 3:]
         slope = fit_slope(third) * 60  # MB per minute over the last third
-        grows = last > a.rss_factor * start
+        grows = last > a.rss_factor * warmed
         ok &= not grows
-        print(f"rss replica {i + 1} (pid {pid}): after warm-up {start:.1f} MB, middle {middle:.1f} MB, "
-              f"end {last:.1f} MB (x{last / start:.2f}); last-third slope {slope:+.2f} MB/min; "
-              f"peak {max(m for _, m in series):.1f} MB -> {'GROWS' if grows else 'bounded'} "
-              f"(end <= {a.rss_factor}x after warm-up)")
+        print(f"rss replica {i + 1} (pid {pid}): start {rss[0][1][i] / 1024:.1f} MB, after warm-up {warmed:.1f} MB, "
+              f"middle {middle:.1f} MB, end {last:.1f} MB (x{last / warmed:.2f} of warm-up; last third "
+              f"{slope:+.2f} MB/min); peak {max(m for _, m in series):.1f} MB -> "
+              f"{'GROWS' if grows else 'bounded'} (end <= {a.rss_factor}x after warm-up)")
     if not ok:
         sys.exit(1)
 

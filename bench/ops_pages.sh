@@ -4,8 +4,8 @@
 #  - PARTNERS partners (default 100,000) seeded like bench/token_api.sh: dev IdP grants,
 #    `samvault partners import`; then 2 % made at_risk and 0.5 % reconsent_required, and the
 #    last refreshes spread over 80 days, so filters and sort orders have something to do;
-#  - an admin ops user from `samvault ops-user create --json`, signed in with curl (TOTP code
-#    computed by python3: RFC 6238, HMAC-SHA1, 30 s, 6 digits), password changed;
+#  - an admin ops user from `samvault ops-user create --json`, signed in by scripts/samload.py
+#    (TOTP code per RFC 6238: HMAC-SHA1, 30 s, 6 digits), password changed;
 #  - REQUESTS requests (default 200) per page over one keep-alive connection: the partner list
 #    with a search term matching 11 of 100,000 partners (a scan of the whole name index), the
 #    list filtered by status, the list's second page (a cursor), a partner's page, /ops.
@@ -20,45 +20,15 @@ cd "$(dirname "$0")/.."
 PARTNERS=${PARTNERS:-100000}
 REQUESTS=${REQUESTS:-200}
 
-if [ -n "${SAMVAULT_BIN:-}" ]; then
-  BIN=$SAMVAULT_BIN
-else
-  echo "== building the release binary"
-  cargo build --release --quiet
-  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/samvault
-fi
-work=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-IDP_PORT=$(free_port); SV_PORT=$(free_port)
-IDP=http://127.0.0.1:$IDP_PORT; SV=http://127.0.0.1:$SV_PORT
-"$BIN" dev-idp --listen "127.0.0.1:$IDP_PORT" --tenants "$PARTNERS" 2>"$work/idp.log" &
-pids+=($!)
-until curl -sf "$IDP/common/v2.0/.well-known/openid-configuration" >/dev/null; do sleep 0.2; done
-
-export DATABASE_URL="sqlite://$work/bench.db?mode=rwc" SAMVAULT_AUTHORITY=$IDP
-export SAMVAULT_CLIENT_ID=5a7e3c1d-0000-4000-8000-00000000c0de SAMVAULT_CLIENT_SECRET=samvault-demo-secret
-export SAMVAULT_KEY_PROVIDER=local:$work/bench.key SAMVAULT_LISTEN=127.0.0.1:$SV_PORT SAMVAULT_PUBLIC_URL=$SV
+. scripts/lib.sh
+sv_bin
+start_idp --tenants "$PARTNERS"
+samvault_env "sqlite://$work/bench.db?mode=rwc"
 # Imported grants are due at once; this run measures the pages, not 100,000 rotations.
-export SAMVAULT_SCHEDULER=false RUST_LOG=warn
+export SAMVAULT_SCHEDULER=false
 
 echo "== seeding $PARTNERS partners (dev IdP grants, samvault partners import)"
-python3 - "$IDP" "$PARTNERS" >"$work/import.jsonl" <<'PY'
-import json, sys, urllib.request
-idp, n = sys.argv[1], int(sys.argv[2])
-for start in range(1, n + 1, 10000):
-    users = [f"admin@tenant-{k}.example" for k in range(start, min(n, start + 9999) + 1)]
-    req = urllib.request.Request(f"{idp}/_sim/tokens", method="POST",
-        data=json.dumps({"users": users, "sign": False}).encode(), headers={"content-type": "application/json"})
-    for k, g in enumerate(json.load(urllib.request.urlopen(req, timeout=600)), start=start):
-        print(json.dumps({"tenant_id": f"00000000-0000-4000-8000-{k:012d}", "refresh_token": g["refresh_token"],
-                          "upn": f"admin@tenant-{k}.example", "mfa": True}))
-PY
-"$BIN" partners import --file "$work/import.jsonl" >/dev/null
-rm -f "$work/import.jsonl"
+import_grants "$PARTNERS"
 python3 - "$work/bench.db" <<'PY'
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
@@ -68,34 +38,12 @@ db.execute("UPDATE partners SET status = 'reconsent_required', status_code = '70
 db.commit()
 PY
 
-creds=$("$BIN" ops-user create --username bench --role admin --json)
-"$BIN" serve 2>"$work/serve.log" &
-pids+=($!)
-until curl -sf "$SV/healthz" >/dev/null; do sleep 0.2; done
+"$BIN" ops-user create --username bench --role admin --json >"$work/ops-user.json"
+start_serve serve
 
 echo "== signing in (password + TOTP), changing the password"
-jar=$work/cookies
-field() { python3 -c 'import re,sys; print(re.search(r"name=\"csrf\" value=\"([^\"]+)\"", sys.stdin.read()).group(1))'; }
-csrf=$(curl -sf -c "$jar" -b "$jar" "$SV/ops/signin" | field)
-read -r password code < <(printf '%s' "$creds" | python3 -c '
-import base64, hashlib, hmac, json, struct, sys, time
-c = json.load(sys.stdin)
-secret = c["totp_secret"]
-key = base64.b32decode(secret + "=" * (-len(secret) % 8))
-mac = hmac.new(key, struct.pack(">Q", int(time.time()) // 30), hashlib.sha1).digest()
-offset = mac[-1] & 15
-code = (struct.unpack(">I", mac[offset:offset + 4])[0] & 0x7FFFFFFF) % 10**6
-print(c["password"], f"{code:06d}")')
-status=$(curl -s -o /dev/null -w '%{http_code}' -c "$jar" -b "$jar" --data-urlencode "csrf=$csrf" \
-  --data-urlencode username=bench --data-urlencode "password=$password" --data-urlencode "code=$code" "$SV/ops/signin")
-[ "$status" = 303 ] || { echo "sign-in answered $status"; exit 1; }
-csrf=$(curl -sf -c "$jar" -b "$jar" "$SV/ops/password" | field)
-new_password="timing run passphrase $(date +%s%N)"
-status=$(curl -s -o /dev/null -w '%{http_code}' -c "$jar" -b "$jar" --data-urlencode "csrf=$csrf" \
-  --data-urlencode "current=$password" --data-urlencode "new=$new_password" --data-urlencode "confirm=$new_password" "$SV/ops/password")
-[ "$status" = 303 ] || { echo "password change answered $status"; exit 1; }
-
-second_page=$(curl -sf -b "$jar" "$SV/ops/partners" | python3 -c '
+cookie=$(python3 scripts/samload.py signin --sv "$SV" --creds "$work/ops-user.json")
+second_page=$(curl -sf -H "cookie: $cookie" "$SV/ops/partners" | python3 -c '
 import html, re, sys
 print(html.unescape(re.search(r"href=\"([^\"]+)\" rel=\"next\"", sys.stdin.read()).group(1)))')
 TENANT=00000000-0000-4000-8000-$(printf '%012d' $((PARTNERS / 2)))
@@ -104,7 +52,7 @@ measure() { # label, path
   local url=$SV$2 urls=()
   # curl's -o applies to one URL: one per URL, all over one keep-alive connection.
   for _ in $(seq "$REQUESTS"); do urls+=(-o /dev/null "$url"); done
-  curl -s -b "$jar" -w '%{http_code} %{time_pretransfer} %{time_starttransfer}\n' "${urls[@]}" |
+  curl -s -H "cookie: $cookie" -w '%{http_code} %{time_pretransfer} %{time_starttransfer}\n' "${urls[@]}" |
     python3 -c '
 import statistics, sys
 label, codes, ms = sys.argv[1], [], []

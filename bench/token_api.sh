@@ -13,54 +13,21 @@ PARTNERS=${PARTNERS:-100000}
 DURATION=${DURATION:-10s}
 
 command -v wrk >/dev/null || { echo "== installing wrk"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
-if [ -n "${SAMVAULT_BIN:-}" ]; then
-  BIN=$SAMVAULT_BIN   # a binary built elsewhere, e.g. to compare two versions
-else
-  echo "== building the release binary"
-  cargo build --release --quiet
-  BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/samvault
-fi
-work=$(mktemp -d)
-pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-IDP_PORT=$(free_port); SV_PORT=$(free_port)
-IDP=http://127.0.0.1:$IDP_PORT; SV=http://127.0.0.1:$SV_PORT
-"$BIN" dev-idp --listen "127.0.0.1:$IDP_PORT" --tenants "$PARTNERS" 2>"$work/idp.log" &
-pids+=($!)
-until curl -sf "$IDP/common/v2.0/.well-known/openid-configuration" >/dev/null; do sleep 0.2; done
-
-export DATABASE_URL="sqlite://$work/bench.db?mode=rwc" SAMVAULT_AUTHORITY=$IDP
-export SAMVAULT_CLIENT_ID=5a7e3c1d-0000-4000-8000-00000000c0de SAMVAULT_CLIENT_SECRET=samvault-demo-secret
-export SAMVAULT_KEY_PROVIDER=local:$work/bench.key SAMVAULT_LISTEN=127.0.0.1:$SV_PORT SAMVAULT_PUBLIC_URL=$SV
+. scripts/lib.sh
+sv_bin
+start_idp --tenants "$PARTNERS"
+samvault_env "sqlite://$work/bench.db?mode=rwc"
 # Imported grants are due for rotation at once; this run measures the token path alone.
-export SAMVAULT_SCHEDULER=false RUST_LOG=warn
+export SAMVAULT_SCHEDULER=false
 
 echo "== seeding $PARTNERS partners (dev IdP grants, samvault partners import) and 10 clients"
-python3 - "$IDP" "$PARTNERS" >"$work/import.jsonl" <<'PY'
-import json, sys, urllib.request
-idp, n = sys.argv[1], int(sys.argv[2])
-for start in range(1, n + 1, 10000):
-    users = [f"admin@tenant-{k}.example" for k in range(start, min(n, start + 9999) + 1)]
-    req = urllib.request.Request(f"{idp}/_sim/tokens", method="POST",
-        data=json.dumps({"users": users, "sign": False}).encode(), headers={"content-type": "application/json"})
-    for k, g in enumerate(json.load(urllib.request.urlopen(req, timeout=600)), start=start):
-        print(json.dumps({"tenant_id": f"00000000-0000-4000-8000-{k:012d}", "refresh_token": g["refresh_token"],
-                          "upn": f"admin@tenant-{k}.example", "mfa": True}))
-PY
-"$BIN" partners import --file "$work/import.jsonl" >/dev/null
-rm -f "$work/import.jsonl"
-for i in $(seq 1 9); do "$BIN" client create --name "client-$i" --resource https://api.partnercenter.microsoft.com >/dev/null; done
-creds=$("$BIN" client create --name bench --resource https://api.partnercenter.microsoft.com --rate-limit 100000000 --json)
-CID=$(printf '%s' "$creds" | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_id"])')
-CSECRET=$(printf '%s' "$creds" | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])')
-AUTH=$(printf '%s:%s' "$CID" "$CSECRET" | base64 -w0)
+import_grants "$PARTNERS"
+for i in $(seq 1 9); do "$BIN" client create --name "client-$i" --resource "$PARTNER_CENTER" >/dev/null; done
+# The highest limit a client may have (1,000,000 a minute, bursts as large): no 429 in 10 s runs.
+create_client bench --rate-limit 1000000
 
-"$BIN" serve 2>"$work/serve.log" &
-SERVE=$!; pids+=($SERVE)
-until curl -sf "$SV/healthz" >/dev/null; do sleep 0.2; done
+start_serve serve
+SERVE=$SERVE_PID
 T1=00000000-0000-4000-8000-000000000001
 T2=00000000-0000-4000-8000-000000000002
 BODY='{"resource": "https://api.partnercenter.microsoft.com", "purpose": "benchmark"}'
@@ -92,7 +59,7 @@ done
 python3 -c "print(f'cached token / healthz: c=64 {$RPS_token_64 / $RPS_healthz_64:.0%}, c=256 {$RPS_token_256 / $RPS_healthz_256:.0%} (target >= 50%)')"
 
 echo "== cold burst: 500 concurrent requests for one partner"
-before=$(curl -sf "$IDP/_sim/counters" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_calls"].get("refresh_token",0))')
+before=$(idp_counter refresh_token)
 python3 - "$SV/api/v1/partners/$T2/token" "$AUTH" "$BODY" <<'PY'
 import sys, threading, urllib.request
 url, auth, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
@@ -108,6 +75,6 @@ threads = [threading.Thread(target=call) for _ in range(500)]
 [t.start() for t in threads]; [t.join() for t in threads]
 print(f"burst: {statuses.count(200)} of {len(statuses)} answered 200")
 PY
-after=$(curl -sf "$IDP/_sim/counters" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_calls"].get("refresh_token",0))')
+after=$(idp_counter refresh_token)
 echo "burst: IdP refresh calls $((after - before)) (target 1)"
 echo "rss: peak $(awk '/VmHWM/ {printf "%.0f MB", $2/1024}' /proc/$SERVE/status) with $PARTNERS partners and 10 clients (target < 150 MB)"

@@ -234,8 +234,9 @@ impl App {
         axum::serve(self.listener.tap_io(crate::devidp::no_delay), router)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
+        // Redemptions in flight store their new refresh tokens before the process ends.
         if let Some(s) = scheduler {
-            s.abort();
+            s.stop(crate::rotation::STOP_GRACE).await;
         }
         delivery.abort();
         // The router (and with it every request log sender) is gone: let the writer flush.

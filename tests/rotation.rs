@@ -474,6 +474,54 @@ async fn replicas_share_rotation_and_survive_sigkill(backend: Backend) {
     }
 }
 
+/// A graceful stop (SIGTERM, as every deploy does) right after a start, while the scheduler
+/// redeems every due grant at once, under strict rotation: the redemptions in flight store
+/// their new refresh tokens before the process exits. (The scheduler used to be aborted:
+/// a redemption cancelled between the IdP's answer and the write-back left the partner a
+/// spent refresh token, and the next redemption made it `reconsent_required`.)
+async fn graceful_stops_lose_no_grant(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let options = StackOptions::default()
+        .idp_arg("--strict-rotation")
+        .tenants(16)
+        .env("SAMVAULT_ROTATE_AFTER", "1s");
+    let mut stack = Stack::start(&db.url, options).await;
+    let tenants: Vec<String> = (1..=16).map(generated_tenant).collect();
+    for k in 1..=16 {
+        stack.consent(&format!("admin@tenant-{k}.example")).await;
+    }
+    let before = stack.refresh_calls().await;
+    for round in 0..10u64 {
+        // Every grant is due after the downtime, and again a second later: stops spread over
+        // the first 1.4 s land in the middle of a pass.
+        tokio::time::sleep(Duration::from_millis(30 + 150 * round)).await;
+        stack.stop_replica(0);
+        stack.start_replica(0).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counters = stack.counters().await;
+    assert!(
+        counters["errors"].as_object().is_none_or(|e| e.is_empty()),
+        "no spent refresh token presented: {counters}"
+    );
+    assert!(
+        stack.refresh_calls().await >= before + 16,
+        "the stops came during rotations: {counters}"
+    );
+    let creds = stack.client(&[PARTNER_CENTER]);
+    for tenant in &tenants {
+        assert_eq!(
+            stack.partner(tenant).unwrap()["status"],
+            "active",
+            "{tenant}"
+        );
+        let (status, body) = stack.token(&creds, tenant, token_body()).await;
+        assert_eq!(status, 200, "{tenant}: {body}");
+    }
+}
+
 /// `samvault partners purge` — the emergency command — beside a running `serve`: refused
 /// without `--yes`; one partner, then every partner, crypto-shredded and `reconsent_required`;
 /// the running service stops serving them, cached tokens included, within a second.
@@ -548,6 +596,7 @@ async fn purge_shreds_beside_a_running_service(backend: Backend) {
 }
 
 on_both_backends!(
+    graceful_stops_lose_no_grant,
     purge_shreds_beside_a_running_service,
     scheduler_keeps_idle_grants_alive,
     dead_grants_are_classified_and_announced,

@@ -37,6 +37,46 @@ pub fn verify(password: &str, stored: Option<&str>) -> bool {
     matched && stored.is_some()
 }
 
+/// Threads that run argon2 for the service (sign-ins, password changes).
+const ARGON2_THREADS: usize = 2;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `work` (argon2) on one of [`ARGON2_THREADS`] dedicated threads, queued in order.
+/// Each run takes 19 MiB and anyone can start one by failing to sign in: a small fixed pool
+/// bounds the memory (glibc keeps a freed block in the arena of the thread that used it, and
+/// tokio's blocking pool has up to 512 threads) and the CPU an anonymous client can cost.
+pub async fn run<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    static QUEUE: std::sync::OnceLock<std::sync::mpsc::Sender<Job>> = std::sync::OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel::<Job>();
+        let receiver = std::sync::Arc::new(std::sync::Mutex::new(receiver));
+        for i in 0..ARGON2_THREADS {
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .expect("spawning an argon2 thread");
+        }
+        sender
+    });
+    let (done, result) = tokio::sync::oneshot::channel();
+    queue
+        .send(Box::new(move || {
+            let _ = done.send(work());
+        }))
+        .expect("the argon2 threads live as long as the process");
+    result.await.expect("an argon2 job always answers")
+}
+
 /// Why a new password is refused, if it is.
 pub fn check_new(password: &str, username: &str) -> Result<(), &'static str> {
     if password.chars().count() < MIN_LEN {

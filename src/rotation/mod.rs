@@ -7,10 +7,17 @@
 //! IdP's `Retry-After`, so failing grants never take healthy grants' turns. When the CPV
 //! app's own credential is rejected, one alarm is raised and rotation pauses with backoff,
 //! probing with a single grant, until a redemption succeeds again.
+//!
+//! Stopping ([`Running::stop`], on SIGTERM) claims nothing more and lets the redemptions in
+//! flight store their new refresh tokens: cancelling one between the IdP's answer and the
+//! write-back would drop a token the IdP already issued, and an IdP that kills a refresh
+//! token at its first use (reuse detection) would leave the partner with a dead one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::broker::{APP_CREDENTIALS_ALARM, Broker, BrokerError};
 use crate::storage::{now, rotation};
@@ -18,6 +25,8 @@ use crate::storage::{now, rotation};
 /// Longest the scheduler sleeps without looking at the database: new consents (possibly on
 /// another replica) are picked up this quickly. The look is one indexed query.
 const MAX_IDLE: Duration = Duration::from_secs(5);
+/// How long a stop waits for redemptions in flight: longer than one IdP call may take (20 s).
+pub const STOP_GRACE: Duration = Duration::from_secs(25);
 /// First and longest pause while the app-credential alarm is raised.
 const ALARM_PAUSE_MIN: Duration = Duration::from_secs(30);
 const ALARM_PAUSE_MAX: Duration = Duration::from_secs(900);
@@ -49,17 +58,41 @@ pub struct Scheduler {
     settings: SchedulerSettings,
 }
 
+/// A scheduler running in the background.
+pub struct Running {
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Claims no more grants, waits up to `grace` for the redemptions in flight to finish
+    /// (their write-back included), and aborts whatever is still running after that.
+    pub async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "rotation: redemptions still running at shutdown were cancelled"
+            );
+            task.abort();
+        }
+    }
+}
+
 impl Scheduler {
     pub fn new(broker: Broker, settings: SchedulerSettings) -> Self {
         Self { broker, settings }
     }
 
-    /// Runs until the task is aborted.
-    pub fn spawn(self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move { self.run().await })
+    /// Runs until stopped.
+    pub fn spawn(self) -> Running {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(async move { self.run(stopped).await });
+        Running { task, stop }
     }
 
-    async fn run(self) {
+    async fn run(self, mut stopped: watch::Receiver<bool>) {
         let db = self.broker.db().clone();
         let rotate_after = self.broker.settings().rotate_after.as_secs() as i64;
         match rotation::clamp_schedule(&db, rotate_after).await {
@@ -72,6 +105,9 @@ impl Scheduler {
         }
         let mut pause = ALARM_PAUSE_MIN;
         loop {
+            if *stopped.borrow() {
+                return;
+            }
             let alarm = rotation::alarm(&db, APP_CREDENTIALS_ALARM)
                 .await
                 .ok()
@@ -85,13 +121,15 @@ impl Scheduler {
                 self.settings.concurrency.max(1)
             };
             // While the alarm is up, one grant probes whether the app's credential works again.
-            let stats = self.pass(workers, alarm.is_some()).await;
+            let stats = self.pass(workers, alarm.is_some(), &stopped).await;
             if alarm.is_some() {
                 tracing::warn!(
                     pause_s = pause.as_secs(),
                     "rotation paused: the CPV app's credentials are rejected"
                 );
-                tokio::time::sleep(pause).await;
+                if sleep_unless_stopped(pause, &mut stopped).await {
+                    return;
+                }
                 pause = (pause * 2).min(ALARM_PAUSE_MAX);
                 continue;
             }
@@ -113,20 +151,28 @@ impl Scheduler {
                     Duration::from_secs(5)
                 }
             };
-            tokio::time::sleep(sleep).await;
+            if sleep_unless_stopped(sleep, &mut stopped).await {
+                return;
+            }
         }
     }
 
     /// Redeems due grants with `workers` concurrent workers until none is due (or, when
-    /// `probe`, after the first attempt).
-    pub async fn pass(&self, workers: usize, probe: bool) -> Arc<PassStats> {
+    /// `probe`, after the first attempt), claiming nothing once `stopped`.
+    pub async fn pass(
+        &self,
+        workers: usize,
+        probe: bool,
+        stopped: &watch::Receiver<bool>,
+    ) -> Arc<PassStats> {
         let stats = Arc::new(PassStats::default());
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..workers {
             let broker = self.broker.clone();
             let stats = stats.clone();
+            let stopped = stopped.clone();
             set.spawn(async move {
-                loop {
+                while !*stopped.borrow() {
                     let owner = broker.lease_owner();
                     let claimed =
                         rotation::claim_due(broker.db(), &owner, now(), broker.lease_secs()).await;
@@ -154,6 +200,15 @@ impl Scheduler {
         }
         while set.join_next().await.is_some() {}
         stats
+    }
+}
+
+/// Sleeps for `duration`; true when the scheduler was stopped meanwhile.
+async fn sleep_unless_stopped(duration: Duration, stopped: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => false,
+        // A dropped sender means nobody can stop us any more: that is a stop too.
+        _ = stopped.wait_for(|stop| *stop) => true,
     }
 }
 

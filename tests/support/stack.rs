@@ -291,6 +291,20 @@ impl Stack {
         self.replicas[i].proc = None;
     }
 
+    /// SIGTERM, as a deploy stops a service, and waits until the process has exited.
+    pub fn stop_replica(&mut self, i: usize) {
+        if let Some(mut proc) = self.replicas[i].proc.take() {
+            let pid = proc.0.id().to_string();
+            let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            assert!(sent.success(), "kill -TERM {pid}");
+            let status = proc.0.wait().unwrap();
+            assert!(
+                status.success(),
+                "a stopped replica exits cleanly: {status}"
+            );
+        }
+    }
+
     /// Runs a CLI command to completion and returns its stdout (both streams are kept in
     /// [`Stack::cli_runs`]).
     pub fn cli(&self, args: &[&str]) -> String {

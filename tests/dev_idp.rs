@@ -1894,7 +1894,8 @@ async fn tenant_faults_latency_html_and_bad_requests() {
         ),
         (
             faults.clone(),
-            json!({"status": 200, "latency_ms": 100, "body": "html"}),
+            // A 200 cannot carry an Entra error.
+            json!({"status": 200, "error_code": 50196}),
             StatusCode::BAD_REQUEST,
         ),
         (

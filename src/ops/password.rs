@@ -1,7 +1,7 @@
 //! Ops users' passwords: argon2id (OWASP's minimum: 19 MiB, 2 passes, 1 lane) in PHC strings.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 /// Shortest password an ops user may choose.
 pub const MIN_LEN: usize = 12;
@@ -31,10 +31,54 @@ pub fn verify(password: &str, stored: Option<&str>) -> bool {
     let Ok(parsed) = PasswordHash::new(stored.unwrap_or(dummy)) else {
         return false;
     };
-    let matched = argon2()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok();
-    matched && stored.is_some()
+    matches(password.as_bytes(), &parsed) && stored.is_some()
+}
+
+/// Most argon2 memory a stored hash may ask for (64 MiB): a hash written into the database
+/// by someone else must not make a sign-in allocate gigabytes.
+const MAX_BLOCKS: usize = 64 * 1024;
+
+/// Recomputes `parsed` for `password` in this thread's own argon2 memory, allocated once and
+/// reused: sign-ins (anyone can attempt one) then never allocate, so they cannot fragment or
+/// grow the heap.
+fn matches(password: &[u8], parsed: &PasswordHash<'_>) -> bool {
+    thread_local! {
+        static MEMORY: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm),
+        Params::try_from(parsed),
+    ) else {
+        return false;
+    };
+    let Ok(version) = parsed.version.map_or(Ok(Version::V0x13), Version::try_from) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    if blocks > MAX_BLOCKS {
+        return false;
+    }
+    let mut out = zeroize::Zeroizing::new(vec![0u8; expected.len()]);
+    let computed = MEMORY.with_borrow_mut(|memory| {
+        if memory.len() < blocks {
+            memory.resize(blocks, Block::default());
+        }
+        Argon2::new(algorithm, version, params)
+            .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..blocks])
+            .is_ok()
+    });
+    computed
+        && bool::from(subtle::ConstantTimeEq::ct_eq(
+            out.as_slice(),
+            expected.as_bytes(),
+        ))
 }
 
 /// Threads that run argon2 for the service (sign-ins, password changes).
@@ -116,6 +160,27 @@ mod tests {
         assert!(!verify("correct horse battery!", Some(&a)));
         assert!(!verify("correct horse battery", None), "no user, no match");
         assert!(!verify("x", Some("not a phc string")));
+    }
+
+    #[test]
+    fn verification_agrees_with_the_argon2_crate_and_refuses_oversized_costs() {
+        use argon2::password_hash::PasswordVerifier;
+        let stored = hash("correct horse battery");
+        let parsed = PasswordHash::new(&stored).unwrap();
+        for attempt in ["correct horse battery", "correct horse batterY", ""] {
+            assert_eq!(
+                matches(attempt.as_bytes(), &parsed),
+                argon2()
+                    .verify_password(attempt.as_bytes(), &parsed)
+                    .is_ok(),
+                "{attempt:?}"
+            );
+        }
+        // The same thread's memory is reused; a second check still answers right.
+        assert!(matches(b"correct horse battery", &parsed));
+        // A hash asking for 1 GiB is refused, not computed.
+        let huge = stored.replace("m=19456", "m=1048576");
+        assert!(!verify("correct horse battery", Some(&huge)));
     }
 
     #[test]

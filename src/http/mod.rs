@@ -83,7 +83,7 @@ pub fn router(state: AppState) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ));
-    Router::new()
+    let router = Router::new()
         .merge(pages)
         .merge(api::router())
         .merge(openapi::router())
@@ -104,7 +104,18 @@ pub fn router(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_FRAME_OPTIONS,
             HeaderValue::from_static("DENY"),
+        ));
+    // Served as https (behind a TLS terminator): browsers must never come back over http,
+    // where a session cookie or a consent redirect could be intercepted. Subdomains are not
+    // ours to bind.
+    if secure_cookies {
+        router.layer(SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
         ))
+    } else {
+        router
+    }
 }
 
 /// No script at all, styles from samvault only, no framing. `form-action` must also allow

@@ -32,6 +32,10 @@ async fn sign_in_with_password_and_totp(backend: Backend) {
         "{csp}"
     );
     assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert!(
+        headers.get("strict-transport-security").is_none(),
+        "an http public URL (the demo) gets no HSTS"
+    );
 
     // Wrong code, wrong password, unknown user: the same refusal.
     let wrong_code = if alice.code(0) == "000000" {
@@ -209,7 +213,33 @@ async fn a_disabled_user_is_signed_out_at_once(backend: Backend) {
     );
 }
 
+/// Served as https (a TLS terminator in front): every response tells browsers never to come
+/// back over http, and the session cookie is `Secure`.
+async fn https_public_url_sends_hsts(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let mut stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.replicas[0].public_url = Some("https://samvault.example".into());
+    stack.kill_replica(0);
+    stack.start_replica(0).await;
+    let mut op = Operator::new(&stack);
+    for path in ["/ops/signin", "/healthz", "/onboard"] {
+        let (status, _, headers) = op.get(path).await;
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(
+            headers["strict-transport-security"], "max-age=31536000",
+            "{path}"
+        );
+        if path != "/healthz" {
+            let cookie = headers["set-cookie"].to_str().unwrap();
+            assert!(cookie.contains("Secure"), "{path}: {cookie}");
+        }
+    }
+}
+
 on_both_backends!(
+    https_public_url_sends_hsts,
     a_disabled_user_is_signed_out_at_once,
     sign_in_with_password_and_totp,
     repeated_failures_lock_the_account

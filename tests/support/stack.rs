@@ -115,6 +115,8 @@ impl StackOptions {
 
 pub struct Replica {
     pub url: String,
+    /// `SAMVAULT_PUBLIC_URL` when it is not `url` (the replica behind an https terminator).
+    pub public_url: Option<String>,
     port: u16,
     proc: Option<Proc>,
 }
@@ -125,6 +127,7 @@ impl Replica {
         let port = free_port();
         Replica {
             url: format!("http://127.0.0.1:{port}"),
+            public_url: None,
             port,
             proc: None,
         }
@@ -222,6 +225,7 @@ impl Stack {
             idp,
             replicas: vec![Replica {
                 url: sv,
+                public_url: None,
                 port,
                 proc: None,
             }],
@@ -277,7 +281,13 @@ impl Stack {
         let child = self
             .command(&["serve"])
             .env("SAMVAULT_LISTEN", format!("127.0.0.1:{port}"))
-            .env("SAMVAULT_PUBLIC_URL", &self.replicas[i].url)
+            .env(
+                "SAMVAULT_PUBLIC_URL",
+                self.replicas[i]
+                    .public_url
+                    .as_ref()
+                    .unwrap_or(&self.replicas[i].url),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

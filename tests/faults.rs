@@ -29,14 +29,7 @@ impl Answer {
 
 async fn ask(stack: &Stack, creds: &(String, String), tenant: &str) -> Answer {
     let started = Instant::now();
-    let response = stack
-        .http
-        .post(format!("{}/api/v1/partners/{tenant}/token", stack.sv()))
-        .basic_auth(&creds.0, Some(&creds.1))
-        .json(&token_body())
-        .send()
-        .await
-        .unwrap();
+    let response = stack.token_response(0, creds, tenant, &token_body()).await;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -452,22 +445,7 @@ async fn postgres_restart_under_token_load() {
     let mut load = tokio::task::JoinSet::new();
     for _ in 0..WORKERS {
         // Far above the load, so every refusal is the outage's.
-        let created: Value = serde_json::from_str(&stack.cli(&[
-            "client",
-            "create",
-            "--name",
-            "load",
-            "--resource",
-            PARTNER_CENTER,
-            "--rate-limit",
-            "1000000",
-            "--json",
-        ]))
-        .unwrap();
-        let creds = (
-            created["client_id"].as_str().unwrap().to_string(),
-            created["client_secret"].as_str().unwrap().to_string(),
-        );
+        let creds = stack.client_with_rate_limit(&[PARTNER_CENTER], 1_000_000);
         load.spawn(token_load(
             stack.clone(),
             creds,

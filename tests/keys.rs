@@ -138,22 +138,8 @@ async fn rotation_under_load_survives_a_kill(backend: Backend) {
     assert_eq!(key_lines(&stack), 1);
 
     let stack = Arc::new(stack);
-    let created: Value = serde_json::from_str(&stack.cli(&[
-        "client",
-        "create",
-        "--name",
-        "load",
-        "--resource",
-        PARTNER_CENTER,
-        "--rate-limit",
-        "1000000",
-        "--json",
-    ]))
-    .unwrap();
-    let creds = (
-        created["client_id"].as_str().unwrap().to_string(),
-        created["client_secret"].as_str().unwrap().to_string(),
-    );
+    // Far above the load: every request must pass the rate limiter.
+    let creds = stack.client_with_rate_limit(&[PARTNER_CENTER], 1_000_000);
     let stop = Arc::new(AtomicBool::new(false));
     let load = load(stack.clone(), creds.clone(), stop.clone());
 

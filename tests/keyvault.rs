@@ -274,14 +274,7 @@ async fn token_request(
     creds: &(String, String),
     tenant: &str,
 ) -> (u16, Value, Option<String>) {
-    let response = stack
-        .http
-        .post(format!("{}/api/v1/partners/{tenant}/token", stack.sv()))
-        .basic_auth(&creds.0, Some(&creds.1))
-        .json(&token_body())
-        .send()
-        .await
-        .unwrap();
+    let response = stack.token_response(0, creds, tenant, &token_body()).await;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()

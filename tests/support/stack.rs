@@ -380,7 +380,15 @@ impl Stack {
 
     /// Creates an integration client with the CLI; returns `(client_id, client_secret)`.
     pub fn client(&self, resources: &[&str]) -> (String, String) {
+        self.client_with_rate_limit(resources, 600)
+    }
+
+    /// A client for load: a rate limit (requests per minute) far above what the test sends,
+    /// so every refusal it meets is the one under test.
+    pub fn client_with_rate_limit(&self, resources: &[&str], per_minute: u32) -> (String, String) {
+        let per_minute = per_minute.to_string();
         let mut args = vec!["client", "create", "--name", "test", "--json"];
+        args.extend(["--rate-limit", &per_minute]);
         for r in resources {
             args.extend(["--resource", r]);
         }
@@ -391,6 +399,26 @@ impl Stack {
         )
     }
 
+    /// A token request to `replica`, answered as it came (status, headers, body unread).
+    pub async fn token_response(
+        &self,
+        replica: usize,
+        creds: &(String, String),
+        tenant: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        self.http
+            .post(format!(
+                "{}/api/v1/partners/{tenant}/token",
+                self.replicas[replica].url
+            ))
+            .basic_auth(&creds.0, Some(&creds.1))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn token_at(
         &self,
         replica: usize,
@@ -398,17 +426,7 @@ impl Stack {
         tenant: &str,
         body: Value,
     ) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!(
-                "{}/api/v1/partners/{tenant}/token",
-                self.replicas[replica].url
-            ))
-            .basic_auth(&creds.0, Some(&creds.1))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = self.token_response(replica, creds, tenant, &body).await;
         let status = response.status().as_u16();
         if status == 200 {
             assert_eq!(response.headers()["cache-control"], "no-store");

@@ -146,6 +146,15 @@ struct DevIdpArgs {
     /// A refresh token dies at first use (IdPs with reuse detection).
     #[arg(long)]
     strict_rotation: bool,
+    /// With --strict-rotation: a spent refresh token stays redeemable this many seconds
+    /// (until its successor is used), as IdPs with a rotation grace period allow.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 0,
+        requires = "strict_rotation"
+    )]
+    rotation_grace: u64,
     /// Directory TOML file instead of the demo directory.
     #[arg(long, value_name = "FILE")]
     directory: Option<PathBuf>,
@@ -312,6 +321,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = DevIdpOptions {
                 generated_tenants: args.tenants,
                 strict_rotation: args.strict_rotation,
+                rotation_grace_secs: args.rotation_grace,
                 directory_file: args.directory,
                 token_latency_ms: args.latency_ms,
                 client_certs: args.client_cert,

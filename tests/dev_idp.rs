@@ -626,6 +626,88 @@ async fn strict_rotation_kills_an_rt_at_first_use() {
     assert_eq!(g1["valid"], false);
 }
 
+/// `--rotation-grace`: a spent refresh token may be redeemed again for the grace (a client
+/// whose answer was lost), only while none of its successors has been used, and never after.
+#[tokio::test]
+async fn rotation_grace_lets_a_lost_answer_be_retried_and_no_more() {
+    let sim = start(DevIdpOptions {
+        strict_rotation: true,
+        rotation_grace_secs: 30,
+        ..Default::default()
+    })
+    .await;
+    let scope = format!("{PC}/.default");
+    let refresh = |rt: String| {
+        let sim = &sim;
+        let scope = scope.clone();
+        async move {
+            let (status, body) = sim.refresh(CONTOSO, &rt, &scope).await;
+            (
+                status,
+                body["refresh_token"].as_str().unwrap_or("").to_string(),
+                body,
+            )
+        }
+    };
+    let tokens = sim.consent(CONTOSO, "jane@contoso.example", true).await;
+    let rt1 = tokens["refresh_token"].as_str().unwrap().to_string();
+    let (status, rt2, _) = refresh(rt1.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    // The answer carrying rt2 was "lost": rt1 again, inside the grace, gives a new token.
+    let (status, rt3, body) = refresh(rt1.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_ne!(rt3, rt2);
+    // The grace runs from the first use, not the latest.
+    sim.sim_post("/clock/advance", json!({"seconds": 31})).await;
+    let (status, _, body) = refresh(rt1.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(aadsts(&body), 70000, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("reuse")
+    );
+
+    // Once a successor is used, its predecessor's grace is over even inside the 30 s; and
+    // an older generation never comes back.
+    let (status, rt4, _) = refresh(rt3.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = refresh(rt4.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        refresh(rt3).await.0,
+        StatusCode::BAD_REQUEST,
+        "successor used"
+    );
+    assert_eq!(refresh(rt2).await.0, StatusCode::OK, "rt2 was never spent");
+    assert_eq!(refresh(rt1).await.0, StatusCode::BAD_REQUEST);
+}
+
+/// An `after_grant` fault processes the call (the refresh token is spent), then answers late
+/// or not at all: the lost answer strict rotation cannot forgive.
+#[tokio::test]
+async fn an_after_grant_fault_spends_the_token_and_loses_the_answer() {
+    let sim = start(DevIdpOptions {
+        strict_rotation: true,
+        ..Default::default()
+    })
+    .await;
+    let scope = format!("{PC}/.default");
+    let tokens = sim.consent(CONTOSO, "jane@contoso.example", true).await;
+    let rt1 = tokens["refresh_token"].as_str().unwrap().to_string();
+    sim.sim_post(
+        "/faults",
+        json!({"status": 502, "body": "empty", "after_grant": true}),
+    )
+    .await;
+    let (status, _) = sim.refresh(CONTOSO, &rt1, &scope).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let (status, body) = sim.refresh(CONTOSO, &rt1, &scope).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "spent by the lost call");
+    assert_eq!(aadsts(&body), 70000);
+}
+
 #[tokio::test]
 async fn ninety_days_of_inactivity_is_700082_but_rotation_keeps_a_grant_alive() {
     let sim = demo().await;

@@ -105,8 +105,14 @@ pub struct RefreshGrant {
     pub last_used_at: Option<OffsetDateTime>,
     /// Used for v1 refreshes that name no resource.
     pub primary_resource: Option<String>,
-    /// Set only under `--strict-rotation`: the RT has been redeemed and is dead.
-    pub spent: bool,
+    /// Set only under `--strict-rotation`, at the first redemption: from then on the RT is
+    /// dead (reuse detected), or, with `--rotation-grace`, once that many seconds have passed.
+    pub dead_from: Option<OffsetDateTime>,
+    /// The RT this one was rotated from, whose grace ends when this one is used: only the
+    /// immediate predecessor of a live token may be redeemed again (no older generation).
+    pub parent: Option<usize>,
+    /// One of this RT's successors has been redeemed: its grace is over.
+    pub successor_used: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +145,9 @@ pub struct Fault {
     pub retry_after: Option<u64>,
     pub latency_ms: u64,
     pub body: FaultBody,
+    /// The call is processed first (a refresh token redeemed is spent), then delayed and
+    /// answered with the fault: a lost or late answer, the case rotation grace exists for.
+    pub after_grant: bool,
     /// Optional Entra error to inject instead of the default for `status`.
     pub error: Option<EntraError>,
 }
@@ -229,6 +238,8 @@ pub struct RefreshRedemption<'a> {
     pub scope: Option<Scopes>,
     pub resource: Option<String>,
     pub strict_rotation: bool,
+    /// `--rotation-grace`: how long a spent RT may still be redeemed (0: not at all).
+    pub rotation_grace: Duration,
     pub v1: bool,
 }
 
@@ -687,7 +698,9 @@ impl SimState {
                 issued_at: now,
                 last_used_at: None,
                 primary_resource: grant.scopes.resources.first().map(|(r, _)| r.clone()),
-                spent: false,
+                dead_from: None,
+                parent: None,
+                successor_used: false,
             }))
         } else {
             None
@@ -825,14 +838,20 @@ impl SimState {
             let old = &mut self.rts[idx];
             old.last_used_at = Some(now);
             if req.strict_rotation {
-                old.spent = true;
+                // A second use inside the grace keeps the first use's deadline.
+                old.dead_from.get_or_insert(now + req.rotation_grace);
             }
+        }
+        if let Some(parent) = rt.parent {
+            self.rts[parent].successor_used = true;
         }
         let refresh_token = self.push_rt(RefreshGrant {
             token: new_rt,
             issued_at: now,
             last_used_at: None,
-            spent: false,
+            dead_from: None,
+            parent: Some(idx),
+            successor_used: false,
             ..rt.clone()
         });
         let id_token = req
@@ -885,7 +904,10 @@ impl SimState {
                 return Err(errors::sign_in_frequency(rt.auth_time, lifetime));
             }
         }
-        if rt.spent {
+        if rt
+            .dead_from
+            .is_some_and(|dead| now >= dead || rt.successor_used)
+        {
             return Err(errors::refresh_token_reused(rt.issued_at));
         }
         if self.mfa_enforced(dir, &rt.tenant_id) && !has_mfa(&rt.amr) {

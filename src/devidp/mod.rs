@@ -82,6 +82,10 @@ pub struct DevIdpOptions {
     pub generated_tenants: u32,
     /// `--strict-rotation`: a refresh token dies at its first use.
     pub strict_rotation: bool,
+    /// `--rotation-grace SECS` (with strict rotation): a spent refresh token may be redeemed
+    /// again for this long, as long as its successor has not been used (Okta's grace period,
+    /// Auth0's reuse interval, Cognito's RetryGracePeriodSeconds).
+    pub rotation_grace_secs: u64,
     /// A TOML directory to use instead of the demo one.
     pub directory_file: Option<std::path::PathBuf>,
     /// Added to every token call, for benchmarks; sleeps without blocking other calls.

@@ -140,6 +140,8 @@ struct FaultSpec {
     retry_after: Option<u64>,
     latency_ms: Option<u64>,
     body: Option<String>,
+    /// Process the call first (the grant is redeemed), then delay and answer with the fault.
+    after_grant: Option<bool>,
     /// Extension: inject a specific Entra error, e.g. `{"error_code": 50196}`.
     error_code: Option<u32>,
     error: Option<String>,
@@ -214,6 +216,7 @@ fn fault_from_spec(spec: &FaultSpec, remaining: Option<u32>) -> Result<Fault, Re
         retry_after: spec.retry_after,
         latency_ms: spec.latency_ms.unwrap_or(0),
         body: body_kind,
+        after_grant: spec.after_grant.unwrap_or(false),
         error,
     })
 }

@@ -62,14 +62,12 @@ async fn token(
         &tenant,
         params.get("refresh_token"),
     );
-    let latency = st.idp.inner.opts.token_latency_ms + fault.as_ref().map_or(0, |f| f.latency_ms);
-    if latency > 0 {
-        // A timer, not a blocked thread: other calls proceed meanwhile.
-        tokio::time::sleep(Duration::from_millis(latency)).await;
-    }
-    // A 200 fault only delays a real answer, unless its body is the fault (truncated, a page).
-    if let Some(fault) = fault.filter(|f| !f.status.is_success() || f.body != FaultBody::Entra) {
-        return fault_response(&st, fault, &ids);
+    let (before, after) = match fault {
+        Some(f) if f.after_grant => (None, Some(f)),
+        f => (f, None),
+    };
+    if let Some(resp) = apply_fault(&st, before, &ids).await {
+        return resp;
     }
     // Signing is CPU work (RSA): run it off the async workers so that timers and other
     // connections are not held up behind it.
@@ -79,13 +77,28 @@ async fn token(
     })
     .await;
     let outcome = outcome.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-    match outcome {
+    let resp = match outcome {
         Ok(resp) => resp,
         Err(e) => {
             st.idp.lock().count_error(e.code);
             e.to_response(&st.base, &ids, st.idp.now())
         }
+    };
+    // An `after_grant` fault: whatever was issued is already recorded (a refresh token spent),
+    // and the answer is late or lost.
+    apply_fault(&st, after, &ids).await.unwrap_or(resp)
+}
+
+/// Waits the configured latency, then answers with the fault unless it only delays a real
+/// answer (a 200 fault with Entra's body).
+async fn apply_fault(st: &AppState, fault: Option<Fault>, ids: &RequestIds) -> Option<Response> {
+    let latency = st.idp.inner.opts.token_latency_ms + fault.as_ref().map_or(0, |f| f.latency_ms);
+    if latency > 0 {
+        // A timer, not a blocked thread: other calls proceed meanwhile.
+        tokio::time::sleep(Duration::from_millis(latency)).await;
     }
+    let fault = fault.filter(|f| !f.status.is_success() || f.body != FaultBody::Entra)?;
+    Some(fault_response(st, fault, ids))
 }
 
 fn process(
@@ -145,6 +158,7 @@ fn process(
                 scope,
                 resource: if v1 { resource } else { None },
                 strict_rotation: idp.inner.opts.strict_rotation,
+                rotation_grace: time::Duration::seconds(idp.inner.opts.rotation_grace_secs as i64),
                 v1,
             };
             idp.lock().redeem_refresh(dir, req, new_rt, now)?

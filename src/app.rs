@@ -12,6 +12,7 @@ use crate::http::client_auth::ClientAuth;
 use crate::http::{self, AppState};
 use crate::idp::IdpClient;
 use crate::notify::Notifier;
+use crate::rotation::liveness::Liveness;
 use crate::rotation::{Scheduler, SchedulerSettings};
 use crate::storage::Db;
 use crate::vault::azure::AzureSettings;
@@ -221,6 +222,9 @@ impl App {
         let router = http::router(self.state.clone());
         let config = &self.services.config;
         tracing::info!(listen = %self.local_addr(), public_url = %config.public_url, "samvault serving");
+        // Before the scheduler: a predecessor killed mid-redemption gets its leases reaped and
+        // its partners redeemed first.
+        let liveness = Liveness::start(self.services.broker.clone()).await;
         let scheduler = config.scheduler.then(|| {
             Scheduler::new(
                 self.services.broker.clone(),
@@ -238,6 +242,7 @@ impl App {
         if let Some(s) = scheduler {
             s.stop(crate::rotation::STOP_GRACE).await;
         }
+        liveness.leave().await;
         delivery.abort();
         // The router (and with it every request log sender) is gone: let the writer flush.
         drop(self.state);

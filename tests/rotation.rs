@@ -595,8 +595,181 @@ async fn purge_shreds_beside_a_running_service(backend: Backend) {
     assert_eq!(actions, 2, "both purges are in the audit log");
 }
 
+/// SIGKILL after the IdP spent the refresh token and before samvault stored its successor
+/// (the IdP holds its answer back: `after_grant`), under strict rotation with a 20 s grace.
+/// The restarted process sees that its predecessor died holding Contoso's lease, releases it
+/// and redeems the stored token again inside the grace: Contoso is served within seconds, not
+/// after the lease ran out (30 s, past the grace, which would have lost the grant).
+async fn a_crash_mid_redemption_is_recovered_within_the_rotation_grace(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let options = StackOptions::default()
+        .idp_arg("--strict-rotation")
+        .idp_arg("--rotation-grace")
+        .idp_arg("20");
+    let mut stack = Stack::start(&db.url, options).await;
+    stack.consent("jane@contoso.example").await;
+    let creds = stack.client(&[PARTNER_CENTER]);
+    let version = stack
+        .scalar(
+            "SELECT grant_version FROM partners WHERE tenant_id = $1",
+            CONTOSO,
+        )
+        .await;
+    stack
+        .sim(
+            Method::POST,
+            "faults",
+            json!({"status": 200, "latency_ms": 10_000, "after_grant": true}),
+        )
+        .await;
+    let cut_short = tokio::spawn(
+        stack
+            .token_request(0, &creds, CONTOSO, &token_body())
+            .send(),
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the IdP redeemed the refresh token",
+        || async { stack.counters().await["faults_served"] == 1 },
+    )
+    .await;
+    stack.kill_replica(0);
+    assert!(
+        cut_short.await.unwrap().is_err(),
+        "the request died with the process"
+    );
+    let restarted = std::time::Instant::now();
+    stack.start_replica(0).await;
+    eventually(
+        Duration::from_secs(8),
+        "Contoso is served again",
+        || async { stack.token(&creds, CONTOSO, token_body()).await.0 == 200 },
+    )
+    .await;
+    assert!(
+        restarted.elapsed() < Duration::from_secs(15),
+        "served within the grace, not after the lease ran out"
+    );
+    let counters = stack.counters().await;
+    assert!(
+        counters["errors"].as_object().is_none_or(|e| e.is_empty()),
+        "the spent token was redeemed inside its grace, never refused: {counters}"
+    );
+    assert_eq!(stack.partner(CONTOSO).unwrap()["status"], "active");
+    assert!(
+        stack
+            .scalar(
+                "SELECT grant_version FROM partners WHERE tenant_id = $1",
+                CONTOSO
+            )
+            .await
+            > version
+    );
+    assert!(
+        stack.log(0).contains("died holding leases"),
+        "the reaping is logged"
+    );
+}
+
+/// A scheduled rotation whose answer is lost after the IdP rotated the token (a gateway's
+/// bare 504 once the grant is spent) is retried within seconds, inside the IdP's 30 s
+/// rotation grace, not after the usual one-minute backoff that would find the token dead.
+async fn a_lost_answer_is_retried_inside_the_rotation_grace(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let options = StackOptions::default()
+        .idp_arg("--strict-rotation")
+        .idp_arg("--rotation-grace")
+        .idp_arg("30")
+        .env("SAMVAULT_ROTATE_AFTER", "1s");
+    let stack = Stack::start(&db.url, options).await;
+    stack
+        .sim(
+            Method::POST,
+            &format!("tenants/{CONTOSO}/faults"),
+            json!({"status": 504, "body": "empty", "after_grant": true, "count": 1}),
+        )
+        .await;
+    stack.consent("jane@contoso.example").await;
+    eventually(Duration::from_secs(10), "the lost answer", || async {
+        attempts(&stack, CONTOSO).await == 1
+    })
+    .await;
+    assert_eq!(stack.counters().await["faults_served"], 1);
+    let wait = retry_delay(&stack, CONTOSO).await;
+    assert!(wait <= 10, "first retry inside the grace ({wait} s)");
+    eventually(
+        Duration::from_secs(20),
+        "a successful rotation after the lost answer",
+        || async {
+            attempts(&stack, CONTOSO).await >= 2
+                && stack
+                    .scalar(
+                        "SELECT failures FROM partners WHERE tenant_id = $1",
+                        CONTOSO,
+                    )
+                    .await
+                    == 0
+        },
+    )
+    .await;
+    assert_eq!(stack.partner(CONTOSO).unwrap()["status"], "active");
+    let creds = stack.client(&[PARTNER_CENTER]);
+    assert_eq!(stack.token(&creds, CONTOSO, token_body()).await.0, 200);
+}
+
+/// The same cut under strict rotation without grace: no client can keep that grant (the IdP
+/// spent the token and its successor died with the process). samvault says so at once: the
+/// restarted process redeems the stored token first thing and the partner turns
+/// `reconsent_required` with the IdP's reuse error, before any integration asks.
+async fn a_crash_mid_redemption_without_grace_is_reported_at_once(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let options = StackOptions::default().idp_arg("--strict-rotation");
+    let mut stack = Stack::start(&db.url, options).await;
+    stack.consent("jane@contoso.example").await;
+    stack.consent("trent@wingtip.example").await;
+    let creds = stack.client(&[PARTNER_CENTER]);
+    stack
+        .sim(
+            Method::POST,
+            &format!("tenants/{CONTOSO}/faults"),
+            json!({"status": 200, "latency_ms": 10_000, "after_grant": true, "count": 1}),
+        )
+        .await;
+    let cut_short = tokio::spawn(
+        stack
+            .token_request(0, &creds, CONTOSO, &token_body())
+            .send(),
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the IdP redeemed the refresh token",
+        || async { stack.counters().await["faults_served"] == 1 },
+    )
+    .await;
+    stack.kill_replica(0);
+    let _ = cut_short.await;
+    stack.start_replica(0).await;
+    eventually(
+        Duration::from_secs(8),
+        "the lost grant is reported without waiting for a request",
+        || async { stack.partner(CONTOSO).unwrap()["status"] == "reconsent_required" },
+    )
+    .await;
+    assert_eq!(stack.partner(WINGTIP).unwrap()["status"], "active");
+    assert_eq!(stack.token(&creds, WINGTIP, token_body()).await.0, 200);
+}
+
 on_both_backends!(
     graceful_stops_lose_no_grant,
+    a_crash_mid_redemption_is_recovered_within_the_rotation_grace,
+    a_crash_mid_redemption_without_grace_is_reported_at_once,
+    a_lost_answer_is_retried_inside_the_rotation_grace,
     purge_shreds_beside_a_running_service,
     scheduler_keeps_idle_grants_alive,
     dead_grants_are_classified_and_announced,

@@ -395,6 +395,11 @@ impl Broker {
         self.new_lease_owner()
     }
 
+    /// The prefix of every lease owner this process writes.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
     pub fn lease_secs(&self) -> i64 {
         LEASE_SECS
     }
@@ -764,9 +769,16 @@ impl Broker {
             Outcome::Transient { retry_after, .. } => {
                 if source != Source::Token {
                     let failures = partner.failures + 1;
-                    // Retry-After is honoured exactly; otherwise back off exponentially.
-                    let delay =
-                        retry_after.map_or_else(|| backoff_secs(failures), |d| d.as_secs() as i64);
+                    // Retry-After is honoured exactly; otherwise back off exponentially. But
+                    // an answer that is not Entra's (a timeout, a gateway's page, a truncated
+                    // 200) may have been lost after the IdP rotated the token: the first retry
+                    // comes inside the rotation grace of IdPs that have one (30 s and more),
+                    // while they still accept the stored token.
+                    let delay = match (retry_after, code) {
+                        (Some(d), _) => d.as_secs() as i64,
+                        (None, None) if failures == 1 => ANSWER_LOST_RETRY_SECS,
+                        _ => backoff_secs(failures),
+                    };
                     rotation::record_failure(db, tenant, at + delay).await?;
                 }
                 self.flag_if_expiring(partner, code).await?;
@@ -809,6 +821,9 @@ pub fn backoff_secs(failures: i64) -> i64 {
     base + rand::rng().random_range(-jitter..=jitter)
 }
 
+/// The first retry after a failure that may have been a lost answer: well inside a 30 s
+/// rotation grace, with room for the scheduler's 5 s idle look.
+const ANSWER_LOST_RETRY_SECS: i64 = 10;
 /// How long a scheduled grant waits while the CPV app's own credential is rejected.
 const APP_ALARM_RETRY_SECS: i64 = 300;
 /// How long a scheduled grant waits while the key provider is unavailable.

@@ -13,6 +13,8 @@
 //! write-back would drop a token the IdP already issued, and an IdP that kills a refresh
 //! token at its first use (reuse detection) would leave the partner with a dead one.
 
+pub mod liveness;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

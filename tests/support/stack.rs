@@ -407,6 +407,20 @@ impl Stack {
         tenant: &str,
         body: &Value,
     ) -> reqwest::Response {
+        self.token_request(replica, creds, tenant, body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A token request ready to send (to spawn it, or to watch it fail).
+    pub fn token_request(
+        &self,
+        replica: usize,
+        creds: &(String, String),
+        tenant: &str,
+        body: &Value,
+    ) -> reqwest::RequestBuilder {
         self.http
             .post(format!(
                 "{}/api/v1/partners/{tenant}/token",
@@ -414,9 +428,6 @@ impl Stack {
             ))
             .basic_auth(&creds.0, Some(&creds.1))
             .json(body)
-            .send()
-            .await
-            .unwrap()
     }
 
     pub async fn token_at(

@@ -202,6 +202,10 @@ impl App {
             auth: auth.clone(),
             limiter: Arc::default(),
             request_log,
+            metrics: crate::metrics::MetricsAccess::new(
+                services.db.clone(),
+                services.config.metrics_token.as_ref(),
+            ),
         });
         Ok(App {
             state,

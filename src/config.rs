@@ -46,6 +46,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("SAMVAULT_EXPIRY_WARN", Some("30d")),
     ("SAMVAULT_REQUIRE_MFA", Some("true")),
     ("SAMVAULT_WEBHOOK_URL", None),
+    ("SAMVAULT_METRICS_TOKEN", None),
     ("SAMVAULT_LOG_FORMAT", Some("text")),
     ("SAMVAULT_CONSENT_TIMEOUT", Some("10m")),
     ("SAMVAULT_APP_NAME", Some("samvault")),
@@ -60,6 +61,7 @@ const SECRETS: &[&str] = &[
     "SAMVAULT_CLIENT_SECRET_NEXT",
     "SAMVAULT_CLIENT_KEY",
     "SAMVAULT_WEBHOOK_SECRET",
+    "SAMVAULT_METRICS_TOKEN",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +140,8 @@ pub struct Config {
     pub require_mfa: bool,
     pub webhook_url: Option<Url>,
     pub webhook_secret: Option<SecretString>,
+    /// When set, `GET /metrics` asks for `Authorization: Bearer <token>`.
+    pub metrics_token: Option<SecretString>,
     pub log_format: LogFormat,
     /// How long a started consent may take before its `state` is refused.
     pub consent_timeout: Duration,
@@ -257,6 +261,15 @@ impl Config {
             .transpose()?;
         let webhook_secret =
             get("SAMVAULT_WEBHOOK_SECRET").map(|s| SecretString::from(s.to_string()));
+        let metrics_token = get("SAMVAULT_METRICS_TOKEN")
+            .map(|t| match t.trim() {
+                t if t.len() < 16 => Err(bad(
+                    "SAMVAULT_METRICS_TOKEN",
+                    "must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+                )),
+                t => Ok(SecretString::from(t.to_string())),
+            })
+            .transpose()?;
         if webhook_url.is_some() && webhook_secret.is_none() {
             return Err(bad(
                 "SAMVAULT_WEBHOOK_SECRET",
@@ -307,6 +320,7 @@ impl Config {
             require_mfa,
             webhook_url,
             webhook_secret,
+            metrics_token,
             log_format,
         })
     }
@@ -558,6 +572,27 @@ mod tests {
         assert_eq!(config.primary_resource().as_str(), PARTNER_CENTER);
         assert!(config.require_mfa);
         assert!(config.is_sqlite());
+    }
+
+    #[test]
+    fn a_metrics_token_must_not_be_guessable() {
+        let err = Config::from_sources(None, &env(&[("SAMVAULT_METRICS_TOKEN", "short")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SAMVAULT_METRICS_TOKEN"), "{err}");
+        assert!(!err.contains("short"), "the value is never repeated: {err}");
+        let config = Config::from_sources(
+            None,
+            &env(&[("SAMVAULT_METRICS_TOKEN", "0123456789abcdef")]),
+        )
+        .unwrap();
+        assert!(config.metrics_token.is_some());
+        assert!(
+            Config::from_sources(None, &env(&[]))
+                .unwrap()
+                .metrics_token
+                .is_none()
+        );
     }
 
     #[test]

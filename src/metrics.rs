@@ -70,6 +70,8 @@ struct Registry {
     // Keyed by static labels: counted on every token request, so no allocation there.
     token_requests: BTreeMap<(&'static str, bool), u64>,
     webhook_deliveries: BTreeMap<String, u64>,
+    /// Leases taken back from processes that died holding them.
+    leases_reclaimed: u64,
 }
 
 /// The in-process counters and histogram.
@@ -106,6 +108,11 @@ pub fn record_webhook_delivery(outcome: &str) {
     metrics().record_webhook_delivery(outcome);
 }
 
+/// Leases taken back from a process that died holding them.
+pub fn record_leases_reclaimed(n: u64) {
+    metrics().lock().leases_reclaimed += n;
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -121,6 +128,7 @@ impl Metrics {
                 idp_durations: BTreeMap::new(),
                 token_requests: BTreeMap::new(),
                 webhook_deliveries: BTreeMap::new(),
+                leases_reclaimed: 0,
             }),
         }
     }
@@ -275,6 +283,19 @@ impl Metrics {
                 *n as f64,
             );
         }
+
+        family(
+            out,
+            "samvault_leases_reclaimed_total",
+            "counter",
+            "Partner leases taken back from samvault processes that died holding them.",
+        );
+        sample(
+            out,
+            "samvault_leases_reclaimed_total",
+            &[],
+            registry.leases_reclaimed as f64,
+        );
     }
 }
 
@@ -408,9 +429,62 @@ pub async fn render(db: &Db) -> Result<String, StorageError> {
     Ok(out)
 }
 
+/// What `GET /metrics` needs: the database for the gauges, and the token it asks for.
+#[derive(Clone)]
+pub struct MetricsAccess {
+    pub db: Db,
+    /// SHA-256 of `SAMVAULT_METRICS_TOKEN`: compared in constant time, never kept in clear.
+    pub token_digest: Option<[u8; 32]>,
+}
+
+impl MetricsAccess {
+    pub fn new(db: Db, token: Option<&secrecy::SecretString>) -> Self {
+        use secrecy::ExposeSecret;
+        use sha2::Digest;
+        Self {
+            db,
+            token_digest: token.map(|t| sha2::Sha256::digest(t.expose_secret().as_bytes()).into()),
+        }
+    }
+
+    fn allows(&self, headers: &axum::http::HeaderMap) -> bool {
+        use sha2::Digest;
+        use subtle::ConstantTimeEq;
+        let Some(expected) = &self.token_digest else {
+            return true;
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            // The scheme is case-insensitive (RFC 7235).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token);
+        let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
+        !presented.is_empty() && bool::from(digest.ct_eq(expected))
+    }
+}
+
 /// `GET /metrics`.
-pub async fn handler(State(db): State<Db>) -> Response {
-    match render(&db).await {
+pub async fn handler(
+    State(access): State<MetricsAccess>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if !access.allows(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [
+                (
+                    header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"samvault metrics\"",
+                ),
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            ],
+            "metrics need Authorization: Bearer <SAMVAULT_METRICS_TOKEN>\n",
+        )
+            .into_response();
+    }
+    match render(&access.db).await {
         Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "metrics: database unavailable");
@@ -427,15 +501,15 @@ pub async fn handler(State(db): State<Db>) -> Response {
 /// A router serving `GET /metrics`, to merge into the application's.
 pub fn router<S>() -> Router<S>
 where
-    Db: FromRef<S>,
+    MetricsAccess: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
     Router::new().route("/metrics", get(handler))
 }
 
-impl FromRef<crate::http::AppState> for Db {
+impl FromRef<crate::http::AppState> for MetricsAccess {
     fn from_ref(state: &crate::http::AppState) -> Self {
-        state.db.clone()
+        state.metrics.clone()
     }
 }
 
@@ -603,6 +677,7 @@ mod tests {
         m.record_token_request("ok", true);
         m.record_token_request("ok", false);
         m.record_webhook_delivery("delivered");
+        m.lock().leases_reclaimed += 3;
         let text = m.encode();
         validate(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         for line in [
@@ -619,6 +694,7 @@ mod tests {
             "samvault_token_requests_total{outcome=\"ok\",cached=\"true\"} 1",
             "samvault_token_requests_total{outcome=\"ok\",cached=\"false\"} 1",
             "samvault_webhook_deliveries_total{outcome=\"delivered\"} 1",
+            "samvault_leases_reclaimed_total 3",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

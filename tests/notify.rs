@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use hmac::{Hmac, Mac};
 use samvault::config::Config;
-use samvault::metrics;
+use samvault::metrics::{self, MetricsAccess};
 use samvault::notify::{Event, Notifier};
 use samvault::storage::{Db, now};
 use secrecy::SecretString;
@@ -496,7 +496,7 @@ both_backends!(metrics_reflect_the_database, |url| async move {
 async fn metrics_route_serves_the_exposition() {
     let test_db = fresh_database(Backend::Sqlite).await.unwrap();
     let db = open(&test_db.url).await;
-    let app: Router = metrics::router::<Db>().with_state(db);
+    let app: Router = metrics::router::<MetricsAccess>().with_state(MetricsAccess::new(db, None));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -515,5 +515,57 @@ async fn metrics_route_serves_the_exposition() {
     let text = response.text().await.unwrap();
     metrics::validate(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert!(text.contains("samvault_partners{status=\"active\"} 0"));
+    server.abort();
+}
+
+/// With `SAMVAULT_METRICS_TOKEN` set, `/metrics` answers only the bearer of that token: the
+/// partner counts per status and the alarms are for the CPV's monitoring, not for anyone.
+#[tokio::test]
+async fn metrics_ask_for_the_token_when_one_is_set() {
+    let test_db = fresh_database(Backend::Sqlite).await.unwrap();
+    let db = open(&test_db.url).await;
+    let token = secrecy::SecretString::from("0123456789abcdef-metrics".to_string());
+    let app: Router =
+        metrics::router::<MetricsAccess>().with_state(MetricsAccess::new(db, Some(&token)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/metrics");
+    for auth in [
+        None,
+        Some("Bearer "),
+        Some("Bearer 0123456789abcdef-metricsX"),
+        Some("Basic MDEyMzQ1Njc4OWFiY2RlZi1tZXRyaWNz"),
+    ] {
+        let mut request = http.get(&url);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{auth:?}");
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("samvault_partners"), "{auth:?}: {text}");
+    }
+    let response = http
+        .get(&url)
+        .header("authorization", "bearer 0123456789abcdef-metrics")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the scheme is case-insensitive");
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("samvault_partners{status=\"active\"} 0")
+    );
     server.abort();
 }

@@ -48,10 +48,11 @@ enum Kind {
     CertificatePrivateKey,
     KeyEncryptionKey,
     WebhookSecret,
+    MetricsToken,
 }
 
 /// How many of each kind the run must have seen, so the scan cannot pass by seeing nothing.
-const AT_LEAST: [(Kind, usize); 13] = [
+const AT_LEAST: [(Kind, usize); 14] = [
     (Kind::RefreshToken, 3),
     (Kind::AccessToken, 3),
     (Kind::IdToken, 2),
@@ -65,6 +66,7 @@ const AT_LEAST: [(Kind, usize); 13] = [
     (Kind::CertificatePrivateKey, 1),
     (Kind::KeyEncryptionKey, 2),
     (Kind::WebhookSecret, 2),
+    (Kind::MetricsToken, 1),
 ];
 
 /// One secret the test saw, as the byte strings a leak of it could show.
@@ -603,6 +605,7 @@ async fn no_secret_in_logs_or_database(backend: Backend) {
     // Status changes go to a webhook nobody answers: deliveries fail and are retried.
     let webhook_secret = format!("whsec-{}", uuid::Uuid::new_v4().simple());
     let webhook_token = format!("hook-{}", uuid::Uuid::new_v4().simple());
+    let metrics_token = format!("metrics-{}", uuid::Uuid::new_v4().simple());
     let webhook = format!(
         "http://127.0.0.1:{}/hook?token={webhook_token}",
         free_port()
@@ -612,8 +615,21 @@ async fn no_secret_in_logs_or_database(backend: Backend) {
         .idp_arg(cert.to_str().unwrap())
         .env("SAMVAULT_CONSENT_SCOPES", CONSENT_SCOPES)
         .env("SAMVAULT_WEBHOOK_URL", &webhook)
-        .env("SAMVAULT_WEBHOOK_SECRET", &webhook_secret);
+        .env("SAMVAULT_WEBHOOK_SECRET", &webhook_secret)
+        .env("SAMVAULT_METRICS_TOKEN", &metrics_token);
     let stack = Stack::start(&db.url, options).await;
+    // A scrape with the token and one with a wrong one: neither may be logged.
+    for token in [metrics_token.as_str(), "wrong-metrics-token-0000"] {
+        let scrape = stack
+            .http
+            .get(format!("{}/metrics", stack.sv()))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let expected = if token == metrics_token { 200 } else { 401 };
+        assert_eq!(scrape.status(), expected);
+    }
     let key_file = stack.dir.path().join("samvault.key");
     let mut run = Run {
         stack,
@@ -624,6 +640,7 @@ async fn no_secret_in_logs_or_database(backend: Backend) {
     run.seen.text(Kind::AppClientSecret, APP_SECRET);
     run.seen.text(Kind::WebhookSecret, &webhook_secret);
     run.seen.text(Kind::WebhookSecret, &webhook_token);
+    run.seen.text(Kind::MetricsToken, &metrics_token);
     run.seen.private_key(&key);
     run.seen.keys_in(&key_file);
 

@@ -57,6 +57,7 @@ pub struct Shared {
     pub auth: Arc<client_auth::ClientAuth>,
     pub limiter: Arc<client_auth::RateLimiter>,
     pub request_log: crate::broker::request_log::RequestLog,
+    pub metrics: crate::metrics::MetricsAccess,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -155,12 +155,15 @@ impl Heartbeat {
                 Ok(partners) if partners.is_empty() => {
                     tracing::info!(replica = %other.instance, "a stopped samvault process was forgotten");
                 }
-                Ok(partners) => tracing::warn!(
+                Ok(partners) => {
+                    crate::metrics::record_leases_reclaimed(partners.len() as u64);
+                    tracing::warn!(
                     replica = %other.instance,
                     partners = partners.len(),
                     "a samvault process died holding leases: they are released and the partners \
                      redeemed again now (a redemption it cut short may have spent their token)"
-                ),
+                    );
+                }
                 Err(e) => {
                     tracing::warn!(replica = %other.instance, error = %e, "could not reap a dead process")
                 }

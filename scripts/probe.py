@@ -6,8 +6,11 @@
 Every route, every method, path tricks, invalid UTF-8, oversized bodies, broken Basic
 credentials, forged cookies, hostile Host headers, XSS/SQL/template payloads in query
 parameters, sent over raw sockets (no client library "fixes" the bytes). Fails (exit 1) on
-any 5xx (a 503 from /readyz excepted) or any reflected markup; prints the status mix last.
-Start the demo first (`samvault demo`), and pass the client it prints.
+any 5xx (a 503 from /readyz excepted), any reflected markup, or a state change: the partners
+the client sees (tenant, name, domain, status, status code) must be the same afterwards and
+the client must still get Contoso's token. Prints the status mix last.
+Start the demo first (`samvault demo`), and pass the client it prints; the probe consents
+Contoso's admin through the real flow first if nobody has.
 """
 import random
 import re
@@ -15,6 +18,10 @@ import socket
 import sys
 import base64
 import json
+import os
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from samload import consent  # noqa: E402
 
 HOST = "127.0.0.1"
 PORT, CID, SECRET = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -73,9 +80,50 @@ def send(method, path, headers, body):
     return data
 
 
+def api_get(path):
+    auth = "Basic " + base64.b64encode(f"{CID}:{SECRET}".encode()).decode()
+    data = send("GET", path, {"Host": f"{HOST}:{PORT}", "Authorization": auth}, b"")
+    head, _, body = data.partition(b"\r\n\r\n")
+    if b"chunked" in head.lower():
+        body = unchunk(body)
+    return json.loads(body)
+
+
+def unchunk(body):
+    out = b""
+    while body:
+        size, _, rest = body.partition(b"\r\n")
+        n = int(size.split(b";")[0], 16)
+        if n == 0:
+            break
+        out, body = out + rest[:n], rest[n + 2:]
+    return out
+
+
+def partner_state():
+    """What an attacker must not be able to change: every partner the client sees."""
+    fields = ("tenant_id", "name", "domain", "status", "status_code")
+    return sorted(tuple(p.get(f) for f in fields) for p in api_get("/api/v1/partners?limit=1000")["partners"])
+
+
+def token_status():
+    auth = "Basic " + base64.b64encode(f"{CID}:{SECRET}".encode()).decode()
+    body = json.dumps({"resource": "https://api.partnercenter.microsoft.com", "purpose": "probe"}).encode()
+    data = send("POST", f"/api/v1/partners/{CONTOSO}/token",
+                {"Host": f"{HOST}:{PORT}", "Authorization": auth, "Content-Type": "application/json"}, body)
+    return int(re.match(rb"HTTP/1.1 (\d+)", data).group(1))
+
+
 def main():
     rng = random.Random(SEED)
     bad, statuses = [], {}
+    if not any(p[0] == CONTOSO for p in partner_state()):
+        ok, detail = consent(f"http://{HOST}:{PORT}", "jane@contoso.example")
+        if not ok:
+            sys.exit(f"could not consent Contoso first: {detail}")
+    before = partner_state()
+    if token_status() != 200:
+        sys.exit("the client must be able to get Contoso's token (the demo's client, Partner Center)")
     for _ in range(REQUESTS):
         route = rng.choice(ROUTES)
         path = route.replace("X", rng.choice(EVIL + [CONTOSO]))
@@ -104,9 +152,15 @@ def main():
             bad.append((status, method, path[:120], data[:300]))
         if any(marker in data for marker in REFLECTED):
             bad.append(("reflected markup", method, path[:120], data[:300]))
+    after = partner_state()
+    if after != before:
+        bad.append(("state changed", sorted(set(before) ^ set(after))))
+    if token_status() != 200:
+        bad.append(("the client no longer gets Contoso's token",))
     for entry in bad[:30]:
         print(entry)
-    print(f"{REQUESTS} requests, seed {SEED}: {len(bad)} bad (5xx, reflected markup or no answer)")
+    print(f"{REQUESTS} requests, seed {SEED}: {len(bad)} bad (5xx, reflected markup, no answer or state change);"
+          f" {len(after)} partners compared")
     print("status mix:", ", ".join(f"{s} × {n}" for s, n in sorted(statuses.items())))
     sys.exit(1 if bad else 0)
 

@@ -595,6 +595,34 @@ async fn purge_shreds_beside_a_running_service(backend: Backend) {
     assert_eq!(actions, 2, "both purges are in the audit log");
 }
 
+/// Asks for Contoso's token while the IdP, having redeemed the stored refresh token (spent
+/// under strict rotation), holds its answer back; SIGKILLs replica 0 then, inside the window
+/// between the IdP's answer and the write-back, and starts it again. Returns when it restarted.
+async fn kill_mid_redemption(stack: &mut Stack, creds: &(String, String)) -> std::time::Instant {
+    stack
+        .sim(
+            Method::POST,
+            &format!("tenants/{CONTOSO}/faults"),
+            json!({"status": 200, "latency_ms": 10_000, "after_grant": true, "count": 1}),
+        )
+        .await;
+    let cut_short = tokio::spawn(stack.token_request(0, creds, CONTOSO, &token_body()).send());
+    eventually(
+        Duration::from_secs(10),
+        "the IdP redeemed the refresh token",
+        || async { stack.counters().await["faults_served"] == 1 },
+    )
+    .await;
+    stack.kill_replica(0);
+    assert!(
+        cut_short.await.unwrap().is_err(),
+        "the request died with the process"
+    );
+    let restarted = std::time::Instant::now();
+    stack.start_replica(0).await;
+    restarted
+}
+
 /// SIGKILL after the IdP spent the refresh token and before samvault stored its successor
 /// (the IdP holds its answer back: `after_grant`), under strict rotation with a 20 s grace.
 /// The restarted process sees that its predecessor died holding Contoso's lease, releases it
@@ -617,31 +645,7 @@ async fn a_crash_mid_redemption_is_recovered_within_the_rotation_grace(backend: 
             CONTOSO,
         )
         .await;
-    stack
-        .sim(
-            Method::POST,
-            "faults",
-            json!({"status": 200, "latency_ms": 10_000, "after_grant": true}),
-        )
-        .await;
-    let cut_short = tokio::spawn(
-        stack
-            .token_request(0, &creds, CONTOSO, &token_body())
-            .send(),
-    );
-    eventually(
-        Duration::from_secs(10),
-        "the IdP redeemed the refresh token",
-        || async { stack.counters().await["faults_served"] == 1 },
-    )
-    .await;
-    stack.kill_replica(0);
-    assert!(
-        cut_short.await.unwrap().is_err(),
-        "the request died with the process"
-    );
-    let restarted = std::time::Instant::now();
-    stack.start_replica(0).await;
+    let restarted = kill_mid_redemption(&mut stack, &creds).await;
     eventually(
         Duration::from_secs(8),
         "Contoso is served again",
@@ -734,27 +738,7 @@ async fn a_crash_mid_redemption_without_grace_is_reported_at_once(backend: Backe
     stack.consent("jane@contoso.example").await;
     stack.consent("trent@wingtip.example").await;
     let creds = stack.client(&[PARTNER_CENTER]);
-    stack
-        .sim(
-            Method::POST,
-            &format!("tenants/{CONTOSO}/faults"),
-            json!({"status": 200, "latency_ms": 10_000, "after_grant": true, "count": 1}),
-        )
-        .await;
-    let cut_short = tokio::spawn(
-        stack
-            .token_request(0, &creds, CONTOSO, &token_body())
-            .send(),
-    );
-    eventually(
-        Duration::from_secs(10),
-        "the IdP redeemed the refresh token",
-        || async { stack.counters().await["faults_served"] == 1 },
-    )
-    .await;
-    stack.kill_replica(0);
-    let _ = cut_short.await;
-    stack.start_replica(0).await;
+    kill_mid_redemption(&mut stack, &creds).await;
     eventually(
         Duration::from_secs(8),
         "the lost grant is reported without waiting for a request",

@@ -26,7 +26,7 @@ use crate::storage::replicas::{self, Replica};
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Silence after which a process on another machine is judged dead. Well under the lease
 /// (30 s) and the usual rotation grace periods (30–60 s).
-const SILENT_FOR: Duration = Duration::from_secs(10);
+pub const SILENT_FOR: Duration = Duration::from_secs(10);
 
 /// Which process this is, in terms the process table can check.
 #[derive(Debug, Clone)]
@@ -130,9 +130,10 @@ impl Heartbeat {
             machine: self.me.machine.clone(),
             pid: self.me.pid,
             process_start: self.me.start.clone(),
+            started_at: self.started_at,
             seen_at: now(),
         };
-        if let Err(e) = replicas::heartbeat(db, &row, self.started_at).await {
+        if let Err(e) = replicas::heartbeat(db, &row).await {
             tracing::debug!(error = %e, "heartbeat failed");
             self.healthy_since = None;
             return;
@@ -182,6 +183,7 @@ mod tests {
             machine: machine.map(str::to_string),
             pid,
             process_start: start.map(str::to_string),
+            started_at: 0,
             seen_at,
         }
     }

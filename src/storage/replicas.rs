@@ -15,11 +15,12 @@ pub struct Replica {
     pub pid: i64,
     /// The process's start time in kernel ticks: with `pid`, names one process for good.
     pub process_start: Option<String>,
+    pub started_at: i64,
     pub seen_at: i64,
 }
 
 /// Registers (or re-registers) a process, or records its heartbeat.
-pub async fn heartbeat(db: &Db, me: &Replica, started_at: i64) -> Result<(), StorageError> {
+pub async fn heartbeat(db: &Db, me: &Replica) -> Result<(), StorageError> {
     sqlx::query(
         "INSERT INTO replicas (instance, machine, pid, process_start, started_at, seen_at)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -29,7 +30,7 @@ pub async fn heartbeat(db: &Db, me: &Replica, started_at: i64) -> Result<(), Sto
     .bind(me.machine.as_deref())
     .bind(me.pid)
     .bind(me.process_start.as_deref())
-    .bind(started_at)
+    .bind(me.started_at)
     .bind(me.seen_at)
     .execute(db.pool())
     .await?;
@@ -38,11 +39,20 @@ pub async fn heartbeat(db: &Db, me: &Replica, started_at: i64) -> Result<(), Sto
 
 /// Every registered process but `me`.
 pub async fn others(db: &Db, me: &str) -> Result<Vec<Replica>, StorageError> {
+    Ok(all(db)
+        .await?
+        .into_iter()
+        .filter(|r| r.instance != me)
+        .collect())
+}
+
+/// Every registered process, the longest running first (for the ops overview too).
+pub async fn all(db: &Db) -> Result<Vec<Replica>, StorageError> {
     let rows = sqlx::query(
-        "SELECT instance, machine, pid, process_start, seen_at FROM replicas WHERE instance <> $1",
+        "SELECT instance, machine, pid, process_start, started_at, seen_at FROM replicas \
+         ORDER BY started_at, instance",
     )
-    .bind(me)
-    .fetch_all(db.pool())
+    .fetch_all(db.reader())
     .await?;
     rows.iter()
         .map(|r| {
@@ -51,6 +61,7 @@ pub async fn others(db: &Db, me: &str) -> Result<Vec<Replica>, StorageError> {
                 machine: r.try_get("machine")?,
                 pid: r.try_get("pid")?,
                 process_start: r.try_get("process_start")?,
+                started_at: r.try_get("started_at")?,
                 seen_at: r.try_get("seen_at")?,
             })
         })

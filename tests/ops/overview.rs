@@ -48,6 +48,14 @@ async fn overview_shows_status_horizon_history_and_next_due(backend: Backend) {
         "{page}"
     );
     assert!(text.contains("Contoso"), "{text}");
+    // The serving process lists itself, with a fresh heartbeat.
+    let pid = stack.replicas[0].pid();
+    assert!(
+        page.contains(&format!("<td class=\"num\">{pid}</td>")),
+        "process {pid} listed: {page}"
+    );
+    assert!(text.contains("s ago"), "{text}");
+    assert!(!text.contains("silent for"), "{text}");
 }
 
 /// While a later app credential stands in for a refused one, the overview says which.

@@ -122,6 +122,11 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// The running process's id.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().expect("a running replica").0.id()
+    }
+
     /// A replica slot on a free port, started later with [`Stack::start_replica`].
     pub fn new() -> Replica {
         let port = free_port();

@@ -45,6 +45,17 @@ struct OverviewPage {
     rotations: i64,
     failures: i64,
     next_due: Vec<DueRow>,
+    processes: Vec<ProcessRow>,
+}
+
+/// A running `samvault serve`, as its heartbeats say.
+struct ProcessRow {
+    instance: String,
+    pid: i64,
+    started: String,
+    seen_secs_ago: i64,
+    /// No heartbeat for longer than liveness allows: stopped or dead, about to be reaped.
+    silent: bool,
 }
 
 struct StatusCount {
@@ -94,12 +105,13 @@ async fn overview(State(state): State<AppState>, session: Session) -> Response {
     };
     let at = now();
     let db = &state.db;
-    let ((counts, buckets), alarm, fallback, days, due) = match tokio::try_join!(
+    let ((counts, buckets), alarm, fallback, days, due, processes) = match tokio::try_join!(
         stats::statuses_and_horizon(db, at),
         rotation::alarm(db, crate::broker::APP_CREDENTIALS_ALARM),
         rotation::alarm(db, crate::broker::APP_CREDENTIAL_FALLBACK_ALARM),
         stats::attempts_by_day(db, at, HISTORY_DAYS),
         stats::next_due(db, NEXT_DUE),
+        crate::storage::replicas::all(db),
     ) {
         Ok(results) => results,
         Err(_) => return unavailable(),
@@ -160,8 +172,20 @@ async fn overview(State(state): State<AppState>, session: Session) -> Response {
         })
         .collect();
 
+    let silent_after = crate::rotation::liveness::SILENT_FOR.as_secs() as i64;
+    let processes = processes
+        .into_iter()
+        .map(|r| ProcessRow {
+            seen_secs_ago: (at - r.seen_at).max(0),
+            silent: at - r.seen_at > silent_after,
+            started: when(Some(r.started_at)),
+            instance: r.instance,
+            pid: r.pid,
+        })
+        .collect();
     OverviewPage {
         chrome,
+        processes,
         total: counts.iter().map(|(_, n)| n).sum(),
         statuses,
         alarm: alarm.map(|a| a.detail),

@@ -28,6 +28,10 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// (30 s) and the usual rotation grace periods (30–60 s).
 pub const SILENT_FOR: Duration = Duration::from_secs(10);
 
+const REAPED: &str = "a samvault process died holding leases: they are released and the \
+                      partners redeemed again now (a redemption it cut short may have spent \
+                      their token)";
+
 /// Which process this is, in terms the process table can check.
 #[derive(Debug, Clone)]
 struct ProcessIdentity {
@@ -65,8 +69,8 @@ fn process_start(pid: i64) -> Option<String> {
 
 /// Whether `other` is dead, judged by `me` whose heartbeats have gone through for `healthy_for`.
 fn is_dead(other: &Replica, me: &ProcessIdentity, now: i64, healthy_for: Duration) -> bool {
-    if other.machine.is_some() && other.machine == me.machine {
-        return other.process_start.is_none() || process_start(other.pid) != other.process_start;
+    if other.machine.is_some() && other.machine == me.machine && other.process_start.is_some() {
+        return process_start(other.pid) != other.process_start;
     }
     healthy_for >= SILENT_FOR && now - other.seen_at > SILENT_FOR.as_secs() as i64
 }
@@ -158,15 +162,10 @@ impl Heartbeat {
                 }
                 Ok(partners) => {
                     crate::metrics::record_leases_reclaimed(partners.len() as u64);
-                    tracing::warn!(
-                    replica = %other.instance,
-                    partners = partners.len(),
-                    "a samvault process died holding leases: they are released and the partners \
-                     redeemed again now (a redemption it cut short may have spent their token)"
-                    );
+                    tracing::warn!(replica = %other.instance, partners = partners.len(), "{REAPED}");
                 }
                 Err(e) => {
-                    tracing::warn!(replica = %other.instance, error = %e, "could not reap a dead process")
+                    tracing::warn!(replica = %other.instance, error = %e, "could not reap a dead process");
                 }
             }
         }
@@ -201,6 +200,9 @@ mod tests {
         assert!(is_dead(&earlier, &me, 1_000_000, Duration::ZERO));
         let gone = replica(Some(&machine), i64::from(u32::MAX), Some(&start), 1_000_000);
         assert!(is_dead(&gone, &me, 1_000_000, Duration::ZERO));
+        // Without its start time a pid proves nothing: only silence counts then.
+        let unnamed = replica(Some(&machine), i64::from(u32::MAX), None, 1_000_000);
+        assert!(!is_dead(&unnamed, &me, 1_000_000, Duration::ZERO));
     }
 
     #[test]

@@ -66,7 +66,8 @@ async fn token(
         Some(f) if f.after_grant => (None, Some(f)),
         f => (f, None),
     };
-    if let Some(resp) = apply_fault(&st, before, &ids).await {
+    let base_latency = st.idp.inner.opts.token_latency_ms;
+    if let Some(resp) = apply_fault(&st, before, base_latency, &ids).await {
         return resp;
     }
     // Signing is CPU work (RSA): run it off the async workers so that timers and other
@@ -86,13 +87,18 @@ async fn token(
     };
     // An `after_grant` fault: whatever was issued is already recorded (a refresh token spent),
     // and the answer is late or lost.
-    apply_fault(&st, after, &ids).await.unwrap_or(resp)
+    apply_fault(&st, after, 0, &ids).await.unwrap_or(resp)
 }
 
-/// Waits the configured latency, then answers with the fault unless it only delays a real
-/// answer (a 200 fault with Entra's body).
-async fn apply_fault(st: &AppState, fault: Option<Fault>, ids: &RequestIds) -> Option<Response> {
-    let latency = st.idp.inner.opts.token_latency_ms + fault.as_ref().map_or(0, |f| f.latency_ms);
+/// Waits `base_latency` (`--latency-ms`) plus the fault's, then answers with the fault unless
+/// it only delays a real answer (a 200 fault with Entra's body).
+async fn apply_fault(
+    st: &AppState,
+    fault: Option<Fault>,
+    base_latency: u64,
+    ids: &RequestIds,
+) -> Option<Response> {
+    let latency = base_latency + fault.as_ref().map_or(0, |f| f.latency_ms);
     if latency > 0 {
         // A timer, not a blocked thread: other calls proceed meanwhile.
         tokio::time::sleep(Duration::from_millis(latency)).await;

@@ -165,6 +165,12 @@ struct DevIdpArgs {
     /// are accepted. Repeatable.
     #[arg(long, value_name = "PATH")]
     client_cert: Vec<PathBuf>,
+    /// Serve over HTTPS with this PEM certificate chain (as Entra ID does); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -314,7 +320,12 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|e| anyhow::anyhow!("--listen: cannot listen on {}: {e}", args.listen))?;
             eprintln!(
-                "samvault dev IdP on http://{} (client id {})",
+                "samvault dev IdP on {}://{} (client id {})",
+                if args.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
                 listener.local_addr()?,
                 devidp::DEMO_CLIENT_ID
             );
@@ -325,6 +336,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 directory_file: args.directory,
                 token_latency_ms: args.latency_ms,
                 client_certs: args.client_cert,
+                tls: args.tls_cert.zip(args.tls_key),
             };
             tokio::select! {
                 result = devidp::serve(listener, options) => result?,

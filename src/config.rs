@@ -68,6 +68,34 @@ const SECRETS: &[&str] = &[
 #[error("configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// The PEM certificates of `SAMVAULT_EXTRA_CA_FILE`, trusted besides the system's roots by
+/// every outbound client (Entra ID, Key Vault, the webhook): a TLS-inspecting proxy's CA.
+pub fn extra_roots(path: &Path) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    let bad = |why: String| {
+        bad(
+            "SAMVAULT_EXTRA_CA_FILE",
+            format!("{}: {why}", path.display()),
+        )
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+    if roots.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(roots)
+}
+
+impl Config {
+    /// [`extra_roots`] of the configured file, or none.
+    pub fn extra_roots(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+        self.extra_ca_file
+            .as_deref()
+            .map(extra_roots)
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+}
+
 fn bad(name: &str, why: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("{name}: {why}"))
 }

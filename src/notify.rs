@@ -240,12 +240,22 @@ impl Notifier {
             (Some(url), Some(secret)) => Some((url.clone(), secret.clone())),
             _ => None,
         };
-        Self::from_parts(db, target)
+        // The IdP client, built first from the same file, has already refused a bad one.
+        Self::with_roots(db, target, config.extra_roots().unwrap_or_default())
     }
 
     /// As [`Notifier::new`] with the receiver (URL, HMAC secret) given directly.
     pub fn from_parts(db: Db, target: Option<(Url, SecretString)>) -> Self {
+        Self::with_roots(db, target, Vec::new())
+    }
+
+    fn with_roots(
+        db: Db,
+        target: Option<(Url, SecretString)>,
+        extra_roots: Vec<reqwest::Certificate>,
+    ) -> Self {
         let http = reqwest::Client::builder()
+            .tls_certs_merge(extra_roots)
             // A redirect would resend the signed body somewhere nobody configured.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))

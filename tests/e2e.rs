@@ -315,7 +315,46 @@ async fn invitations_pin_the_tenant(backend: Backend) {
     );
 }
 
+/// Entra ID is HTTPS only, and behind a TLS-inspecting proxy its certificate comes from the
+/// proxy's CA. The dev IdP over HTTPS with a test CA: samvault trusts it through
+/// `SAMVAULT_EXTRA_CA_FILE` for every call (signing keys, code redemption, refresh, a forced
+/// rotation), and the same IdP without that setting is an outage, never trusted.
+async fn an_https_idp_behind_a_private_ca(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let mut stack = Stack::start(&db.url, StackOptions::default().idp_over_https()).await;
+    assert!(stack.idp.starts_with("https://"), "{}", stack.idp);
+    stack.consent("jane@contoso.example").await;
+    let creds = stack.client(&[PARTNER_CENTER]);
+    let (status, body) = stack.token(&creds, CONTOSO, token_body()).await;
+    assert_eq!(status, 200, "{body}");
+    let redeemed = grant_versions(&stack, CONTOSO).await;
+
+    // `samvault rotate` with the service stopped (SQLite allows one process).
+    stack.kill_replica(0);
+    let untrusting = stack
+        .command(&["rotate", "--partner", CONTOSO])
+        .env_remove("SAMVAULT_EXTRA_CA_FILE")
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&untrusting.stdout);
+    assert_eq!(untrusting.status.code(), Some(1), "{summary}");
+    assert!(summary.contains("0 succeeded, 1 failed"), "{summary}");
+    assert_eq!(
+        grant_versions(&stack, CONTOSO).await,
+        redeemed,
+        "nothing replaced"
+    );
+    assert_eq!(stack.partner(CONTOSO).unwrap()["status"], "active");
+
+    let out = stack.cli(&["rotate", "--partner", CONTOSO]);
+    assert!(out.contains("1 succeeded, 0 failed"), "{out}");
+    assert!(grant_versions(&stack, CONTOSO).await > redeemed);
+}
+
 on_both_backends!(
+    an_https_idp_behind_a_private_ca,
     consent_to_token_to_expiry,
     refusals_store_nothing,
     invitations_pin_the_tenant

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use samvault::devkv;
 use samvault::vault::azure::{AzureSettings, CredentialChoice};
 use samvault::vault::{AzureKeyVaultProvider, KeyProvider, Vault, VaultError, WrappedKey};
@@ -29,23 +28,6 @@ struct KeyVaultDouble {
     port: u16,
     proc: Option<Proc>,
     http: reqwest::Client,
-}
-
-/// A CA and a certificate for 127.0.0.1 it signed, as PEM files in `dir`.
-fn write_test_ca(dir: &std::path::Path) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "samvault test CA");
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
 }
 
 impl KeyVaultDouble {

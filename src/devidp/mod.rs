@@ -93,6 +93,8 @@ pub struct DevIdpOptions {
     /// `--client-cert`: PEM certificates registered on the demo CPV app, whose keys may
     /// sign its client assertions.
     pub client_certs: Vec<std::path::PathBuf>,
+    /// `--tls-cert` and `--tls-key`: serve over HTTPS, as Entra ID only does.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// The simulator. Cheap to clone: all state is behind one `Arc`.
@@ -230,10 +232,22 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: DevIdpOptions) -> an
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
         ip => ip.to_string(),
     };
-    let base = format!("http://{host}:{}", addr.port());
+    let tls = opts
+        .tls
+        .as_ref()
+        .map(|(cert, key)| crate::devkv::tls::server_config(cert, key))
+        .transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base = format!("{scheme}://{host}:{}", addr.port());
     let idp = tokio::task::spawn_blocking(move || DevIdp::new(opts)).await??;
     tracing::info!(%base, "dev IdP listening");
-    axum::serve(listener.tap_io(no_delay), idp.router(&base)).await?;
+    match tls {
+        Some(config) => {
+            let listener = crate::devkv::tls::TlsListener::new(listener, config)?;
+            axum::serve(listener, idp.router(&base)).await?;
+        }
+        None => axum::serve(listener.tap_io(no_delay), idp.router(&base)).await?,
+    }
     Ok(())
 }
 

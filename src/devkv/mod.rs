@@ -20,7 +20,7 @@
 #![allow(clippy::result_large_err)]
 
 mod store;
-mod tls;
+pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

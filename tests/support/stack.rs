@@ -70,6 +70,9 @@ where
 pub struct StackOptions {
     /// Extra arguments for `samvault dev-idp` (e.g. `--strict-rotation`).
     pub idp_args: Vec<String>,
+    /// The dev IdP serves HTTPS with a test CA that samvault trusts through
+    /// `SAMVAULT_EXTRA_CA_FILE` (as Entra ID behind a TLS-inspecting proxy).
+    pub idp_https: bool,
     /// Extra environment for every replica.
     pub env: Vec<(String, String)>,
     pub replicas: usize,
@@ -79,6 +82,7 @@ impl Default for StackOptions {
     fn default() -> Self {
         Self {
             idp_args: vec!["--tenants".into(), "2".into()],
+            idp_https: false,
             env: vec![],
             replicas: 1,
         }
@@ -111,6 +115,30 @@ impl StackOptions {
         self.replicas = n;
         self
     }
+
+    pub fn idp_over_https(mut self) -> Self {
+        self.idp_https = true;
+        self
+    }
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, as `ca.pem`, `server.pem` and
+/// `server.key` in `dir`.
+pub fn write_test_ca(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "samvault test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
 }
 
 pub struct Replica {
@@ -163,11 +191,26 @@ impl Stack {
     pub async fn start(db_url: &str, options: StackOptions) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let idp_port = free_port();
-        let idp = format!("http://127.0.0.1:{idp_port}");
+        let scheme = if options.idp_https { "https" } else { "http" };
+        let idp = format!("{scheme}://127.0.0.1:{idp_port}");
         let idp_log = std::fs::File::create(dir.path().join("idp.log")).unwrap();
+        let mut idp_args = options.idp_args.clone();
+        let mut http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        let mut options = options;
+        if options.idp_https {
+            write_test_ca(dir.path());
+            let file = |name: &str| dir.path().join(name).display().to_string();
+            idp_args.extend(["--tls-cert".into(), file("server.pem")]);
+            idp_args.extend(["--tls-key".into(), file("server.key")]);
+            options
+                .env
+                .push(("SAMVAULT_EXTRA_CA_FILE".into(), file("ca.pem")));
+            let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+            http = http.tls_certs_merge([reqwest::Certificate::from_pem(&ca).unwrap()]);
+        }
         let idp_proc = Command::new(env!("CARGO_BIN_EXE_samvault"))
             .args(["dev-idp", "--listen", &format!("127.0.0.1:{idp_port}")])
-            .args(&options.idp_args)
+            .args(&idp_args)
             .stdout(idp_log.try_clone().unwrap())
             .stderr(idp_log)
             .spawn()
@@ -190,10 +233,7 @@ impl Stack {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         env.extend(options.env);
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let http = http.build().unwrap();
         wait_ready(
             &http,
             &format!("{idp}/common/v2.0/.well-known/openid-configuration"),

@@ -26,14 +26,7 @@ pub fn transport(extra_ca_file: Option<&Path>) -> Result<Transport, VaultError> 
         .timeout(REQUEST_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none());
     if let Some(path) = extra_ca_file {
-        let bad = |why: String| {
-            VaultError::Config(format!("SAMVAULT_EXTRA_CA_FILE {}: {why}", path.display()))
-        };
-        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
-        if roots.is_empty() {
-            return Err(bad("holds no PEM certificate".into()));
-        }
+        let roots = crate::config::extra_roots(path).map_err(|e| VaultError::Config(e.0))?;
         builder = builder.tls_certs_merge(roots);
     }
     let client = builder

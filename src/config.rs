@@ -85,17 +85,6 @@ pub fn extra_roots(path: &Path) -> Result<Vec<reqwest::Certificate>, ConfigError
     Ok(roots)
 }
 
-impl Config {
-    /// [`extra_roots`] of the configured file, or none.
-    pub fn extra_roots(&self) -> Result<Vec<reqwest::Certificate>, ConfigError> {
-        self.extra_ca_file
-            .as_deref()
-            .map(extra_roots)
-            .transpose()
-            .map(Option::unwrap_or_default)
-    }
-}
-
 fn bad(name: &str, why: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("{name}: {why}"))
 }
@@ -163,6 +152,8 @@ pub struct Config {
     /// PEM roots trusted besides the system's for Key Vault connections (a TLS-inspecting
     /// proxy's CA, a test double's).
     pub extra_ca_file: Option<PathBuf>,
+    /// Its certificates, read once at start-up, for the Entra ID and webhook clients.
+    pub extra_roots: Vec<reqwest::Certificate>,
     pub rotate_after: Duration,
     pub expiry_warn: Duration,
     pub require_mfa: bool,
@@ -278,6 +269,11 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|why| bad("SAMVAULT_PREVIOUS_KEY_PROVIDERS", why))?;
         let extra_ca_file = get("SAMVAULT_EXTRA_CA_FILE").map(PathBuf::from);
+        let extra_roots = extra_ca_file
+            .as_deref()
+            .map(extra_roots)
+            .transpose()?
+            .unwrap_or_default();
         let rotate_after = parse_duration(required("SAMVAULT_ROTATE_AFTER")?)
             .map_err(|e| bad("SAMVAULT_ROTATE_AFTER", e))?;
         let expiry_warn = parse_duration(required("SAMVAULT_EXPIRY_WARN")?)
@@ -343,6 +339,7 @@ impl Config {
             key_provider,
             previous_key_providers,
             extra_ca_file,
+            extra_roots,
             rotate_after,
             expiry_warn,
             require_mfa,

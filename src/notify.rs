@@ -240,8 +240,7 @@ impl Notifier {
             (Some(url), Some(secret)) => Some((url.clone(), secret.clone())),
             _ => None,
         };
-        // The IdP client, built first from the same file, has already refused a bad one.
-        Self::with_roots(db, target, config.extra_roots().unwrap_or_default())
+        Self::with_roots(db, target, config.extra_roots.clone())
     }
 
     /// As [`Notifier::new`] with the receiver (URL, HMAC secret) given directly.

@@ -44,20 +44,6 @@ async fn ask(stack: &Stack, creds: &(String, String), tenant: &str) -> Answer {
     }
 }
 
-/// Every partner's status, from `samvault partners list`.
-fn statuses(stack: &Stack) -> BTreeMap<String, String> {
-    stack
-        .partners()
-        .into_iter()
-        .map(|p| {
-            (
-                p["tenant_id"].as_str().unwrap().to_string(),
-                p["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 async fn attempts(stack: &Stack, tenant: &str, source: &str, outcome: &str) -> i64 {
     let db = stack.db().await;
     let row = sqlx::query(
@@ -172,7 +158,7 @@ async fn idp_faults_are_transient_for_integrations(backend: Backend) {
     // The last tenant never has a fault: its token is cached and must stay quick to serve.
     let control = generated_tenant(cases.len() as u32 + 1);
     assert_eq!(ask(&stack, &creds, &control).await.status, 200);
-    let before = statuses(&stack);
+    let before = stack.statuses();
     assert!(before.values().all(|s| s == "active"), "{before:?}");
 
     let mut runs = tokio::task::JoinSet::new();
@@ -237,7 +223,7 @@ async fn idp_faults_are_transient_for_integrations(backend: Backend) {
         json!(faulted),
         "every fault was met"
     );
-    assert_eq!(statuses(&stack), before, "no partner changed status");
+    assert_eq!(stack.statuses(), before, "no partner changed status");
     let failing = stack
         .scalar(
             "SELECT COUNT(*) FROM partners WHERE failures > 0 AND tenant_id <> $1",
@@ -276,7 +262,7 @@ async fn consent_during_an_outage_stores_nothing(backend: Backend) {
         assert!(stack.partners().is_empty(), "nothing stored");
     }
     stack.consent("jane@contoso.example").await;
-    assert_eq!(statuses(&stack)[CONTOSO], "active");
+    assert_eq!(stack.statuses()[CONTOSO], "active");
 }
 
 async fn grant_version(stack: &Stack, tenant: &str) -> i64 {
@@ -307,7 +293,7 @@ async fn rotation_during_an_outage_keeps_the_grant(backend: Backend) {
         || async { attempts(&stack, CONTOSO, "schedule", "transient").await >= 1 },
     )
     .await;
-    assert_eq!(statuses(&stack)[CONTOSO], "active");
+    assert_eq!(stack.statuses()[CONTOSO], "active");
     assert_eq!(grant_version(&stack, CONTOSO).await, 1, "nothing replaced");
     let failures = "SELECT failures FROM partners WHERE tenant_id = $1";
     assert_eq!(stack.scalar(failures, CONTOSO).await, 1);
@@ -323,7 +309,7 @@ async fn rotation_during_an_outage_keeps_the_grant(backend: Backend) {
     assert!(summary.contains("0 succeeded, 1 failed"), "{summary}");
     assert_eq!(attempts(&stack, CONTOSO, "manual", "transient").await, 1);
     stack.start_replica(0).await;
-    assert_eq!(statuses(&stack)[CONTOSO], "active");
+    assert_eq!(stack.statuses()[CONTOSO], "active");
     assert_eq!(grant_version(&stack, CONTOSO).await, 1);
 
     stack
@@ -338,7 +324,7 @@ async fn rotation_during_an_outage_keeps_the_grant(backend: Backend) {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(grant_version(&stack, CONTOSO).await >= 2, "written back");
     assert_eq!(stack.scalar(failures, CONTOSO).await, 0);
-    assert_eq!(statuses(&stack)[CONTOSO], "active");
+    assert_eq!(stack.statuses()[CONTOSO], "active");
     let counters = stack.counters().await;
     assert!(
         counters["errors"]
@@ -438,7 +424,7 @@ async fn postgres_restart_under_token_load() {
     for k in 1..=PARTNERS {
         stack.consent(&format!("admin@tenant-{k}.example")).await;
     }
-    let before = statuses(&stack);
+    let before = stack.statuses();
     assert!(before.values().all(|s| s == "active"), "{before:?}");
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -511,7 +497,7 @@ async fn postgres_restart_under_token_load() {
         .map(|o| o.took)
         .max()
         .unwrap_or_default();
-    let after = statuses(&stack);
+    let after = stack.statuses();
     let figures = [
         format!("requests: {}", outcomes.len()),
         format!("failures before the restart: {before_restart}"),

@@ -237,19 +237,6 @@ async fn readyz(stack: &Stack) -> (u16, Value) {
     )
 }
 
-fn statuses(stack: &Stack) -> Vec<(String, String)> {
-    stack
-        .partners()
-        .iter()
-        .map(|p| {
-            (
-                p["tenant_id"].as_str().unwrap().to_string(),
-                p["status"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 /// A token request; returns the status, the body and the `Retry-After` header.
 async fn token_request(
     stack: &Stack,
@@ -516,7 +503,7 @@ async fn an_outage_serves_cached_tokens_and_loses_nothing(backend: Backend) {
     let creds = stack.client(&[PARTNER_CENTER]);
     let (status, contoso) = stack.token(&creds, CONTOSO, token_body()).await;
     assert_eq!(status, 200, "{contoso}");
-    let before = statuses(&stack);
+    let before = stack.statuses();
     assert!(before.iter().all(|(_, s)| s == "active"), "{before:?}");
     assert_eq!(readyz(&stack).await.0, 200);
 
@@ -543,7 +530,7 @@ async fn an_outage_serves_cached_tokens_and_loses_nothing(backend: Backend) {
     let (status, ready) = readyz(&stack).await;
     assert_eq!(status, 503);
     assert_eq!(ready, json!({ "database": true, "key_provider": false }));
-    assert_eq!(statuses(&stack), before, "an outage changes no partner");
+    assert_eq!(stack.statuses(), before, "an outage changes no partner");
 
     kv.restart().await;
     eventually(Duration::from_secs(10), "ready again", || async {
@@ -552,7 +539,7 @@ async fn an_outage_serves_cached_tokens_and_loses_nothing(backend: Backend) {
     .await;
     let (status, wingtip) = stack.token(&creds, WINGTIP, token_body()).await;
     assert_eq!(status, 200, "{wingtip}");
-    assert_eq!(statuses(&stack), before, "nothing lost");
+    assert_eq!(stack.statuses(), before, "nothing lost");
 }
 
 /// The scheduler meets the outage too: the due grant is tried once, costs no redemption, and
@@ -660,7 +647,7 @@ async fn throttling_is_retried_within_a_bound_and_never_a_500(backend: Backend) 
 
     let (status, body, _) = token_request(&stack, &creds, &tenant_1).await;
     assert_eq!(status, 200, "{body}");
-    assert!(statuses(&stack).iter().all(|(_, s)| s == "active"));
+    assert!(stack.statuses().values().all(|s| s == "active"));
 }
 
 async fn moving_from_local_to_key_vault_keeps_every_partner(backend: Backend) {

@@ -172,7 +172,7 @@ impl IdpClient {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(20))
-            .tls_certs_merge(config.extra_roots()?)
+            .tls_certs_merge(config.extra_roots.clone())
             .build()
             .map_err(|e| ConfigError(format!("HTTP client: {e}")))?;
         let authority = config.authority.clone();

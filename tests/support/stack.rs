@@ -381,6 +381,19 @@ impl Stack {
         serde_json::from_str::<Vec<Value>>(&self.cli(&["partners", "list", "--json"])).unwrap()
     }
 
+    /// Every partner's status by tenant id, from `samvault partners list`.
+    pub fn statuses(&self) -> std::collections::BTreeMap<String, String> {
+        self.partners()
+            .into_iter()
+            .map(|p| {
+                (
+                    p["tenant_id"].as_str().unwrap().to_string(),
+                    p["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
     pub fn partner(&self, tenant: &str) -> Option<Value> {
         self.partners()
             .into_iter()

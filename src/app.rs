@@ -239,7 +239,7 @@ impl App {
             .spawn()
         });
         let delivery = self.services.notifier.spawn_delivery();
-        axum::serve(self.listener.tap_io(crate::devidp::no_delay), router)
+        axum::serve(self.listener.tap_io(no_delay), router)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
         // Redemptions in flight store their new refresh tokens before the process ends.
@@ -254,6 +254,11 @@ impl App {
             tokio::time::timeout(std::time::Duration::from_secs(5), self.request_log_writer).await;
         Ok(())
     }
+}
+
+/// Small request/response exchanges must not wait for Nagle's algorithm.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
 }
 
 pub async fn shutdown_signal() {

@@ -1,3 +1,7 @@
+//! The `samvault` binary: the command line over the library (`src/lib.rs`).
+
+mod cli;
+
 fn main() -> std::process::ExitCode {
-    samvault::cli::run()
+    cli::run()
 }

@@ -1,4 +1,7 @@
-//! The `samvault` command line (SPEC §3.1). `main.rs` only calls [`run`].
+//! The `samvault` command line (docs/REFERENCE.md). `main.rs` only calls [`run`].
+
+#[cfg(feature = "dev-tools")]
+mod dev;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,12 +9,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::app::{self, App};
-use crate::config::{self, Config};
-use crate::devidp::{self, DevIdpOptions};
-use crate::domain::{Resource, TenantId};
-use crate::storage::clients::{self, NewClient, Permission};
-use crate::storage::{audit, now, partners, rfc3339};
+use samvault::app::{self, App};
+use samvault::config::{self, Config};
+use samvault::domain::{Resource, TenantId};
+use samvault::storage::clients::{self, NewClient, Permission};
+use samvault::storage::{audit, now, partners, rfc3339};
 
 #[derive(Parser)]
 #[command(
@@ -30,16 +32,20 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The whole product on one machine: dev IdP, samvault, SQLite, a local key file.
-    Demo(DemoArgs),
+    #[cfg(feature = "dev-tools")]
+    Demo(dev::DemoArgs),
     /// Run the service.
     Serve,
     /// Run the Entra-compatible dev IdP alone.
-    DevIdp(DevIdpArgs),
+    #[cfg(feature = "dev-tools")]
+    DevIdp(dev::DevIdpArgs),
     /// Write a self-signed certificate and key for the CPV app (demo and tests; register the
     /// certificate with `dev-idp --client-cert`).
-    DevCert(DevCertArgs),
+    #[cfg(feature = "dev-tools")]
+    DevCert(dev::DevCertArgs),
     /// Run the Azure Key Vault test double (HTTPS) for tests and local development.
-    DevKeyvault(crate::devkv::DevKeyVaultArgs),
+    #[cfg(feature = "dev-tools")]
+    DevKeyvault(samvault_devkv::DevKeyVaultArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage integration clients.
@@ -117,70 +123,6 @@ struct RotateArgs {
     /// One partner.
     #[arg(long, value_name = "TENANT_ID")]
     partner: Option<String>,
-}
-
-#[derive(Args)]
-struct DemoArgs {
-    /// Generated partner tenants to add to the dev IdP's directory.
-    #[arg(long, default_value_t = 0)]
-    tenants: u32,
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: std::net::SocketAddr,
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    idp_listen: std::net::SocketAddr,
-    #[arg(long, default_value = "samvault-demo.db")]
-    database: PathBuf,
-    /// The CPV app proves itself with a certificate (client assertions) instead of a secret:
-    /// a self-signed one in `samvault-demo-cert/`, registered with the dev IdP.
-    #[arg(long)]
-    certificate: bool,
-}
-
-#[derive(Args)]
-struct DevIdpArgs {
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    listen: std::net::SocketAddr,
-    /// Generated partner tenants to add to the directory.
-    #[arg(long, default_value_t = 0)]
-    tenants: u32,
-    /// A refresh token dies at first use (IdPs with reuse detection).
-    #[arg(long)]
-    strict_rotation: bool,
-    /// With --strict-rotation: a spent refresh token stays redeemable this many seconds
-    /// (until its successor is used), as IdPs with a rotation grace period allow.
-    #[arg(
-        long,
-        value_name = "SECS",
-        default_value_t = 0,
-        requires = "strict_rotation"
-    )]
-    rotation_grace: u64,
-    /// Directory TOML file instead of the demo directory.
-    #[arg(long, value_name = "FILE")]
-    directory: Option<PathBuf>,
-    /// Latency added to every token call, in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    latency_ms: u64,
-    /// A PEM certificate registered on the demo CPV app: client assertions signed by its key
-    /// are accepted. Repeatable.
-    #[arg(long, value_name = "PATH")]
-    client_cert: Vec<PathBuf>,
-    /// Serve over HTTPS with this PEM certificate chain (as Entra ID does); needs --tls-key.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct DevCertArgs {
-    /// Directory to write `cpv-app.crt` and `cpv-app.key` (PKCS#8, mode 0600) into.
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-    /// Days the certificate is valid from now.
-    #[arg(long, default_value_t = 365)]
-    days: u32,
 }
 
 #[derive(Subcommand)]
@@ -312,60 +254,18 @@ fn load_config(cli_config: Option<&PathBuf>) -> anyhow::Result<Config> {
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Demo(args) => demo(args).await.map(|_| ExitCode::SUCCESS),
-        Command::DevKeyvault(args) => crate::devkv::run(args).await.map(|_| ExitCode::SUCCESS),
-        Command::DevIdp(args) => {
+        #[cfg(feature = "dev-tools")]
+        Command::Demo(args) => dev::demo(args).await.map(|_| ExitCode::SUCCESS),
+        #[cfg(feature = "dev-tools")]
+        Command::DevIdp(args) => dev::dev_idp(args).await.map(|_| ExitCode::SUCCESS),
+        #[cfg(feature = "dev-tools")]
+        Command::DevCert(args) => dev::dev_cert(args).map(|_| ExitCode::SUCCESS),
+        #[cfg(feature = "dev-tools")]
+        Command::DevKeyvault(args) => {
             app::init_tracing(config::LogFormat::Text);
-            let listener = tokio::net::TcpListener::bind(args.listen)
+            samvault_devkv::run(args, app::shutdown_signal())
                 .await
-                .map_err(|e| anyhow::anyhow!("--listen: cannot listen on {}: {e}", args.listen))?;
-            eprintln!(
-                "samvault dev IdP on {}://{} (client id {})",
-                if args.tls_cert.is_some() {
-                    "https"
-                } else {
-                    "http"
-                },
-                listener.local_addr()?,
-                devidp::DEMO_CLIENT_ID
-            );
-            let options = DevIdpOptions {
-                generated_tenants: args.tenants,
-                strict_rotation: args.strict_rotation,
-                rotation_grace_secs: args.rotation_grace,
-                directory_file: args.directory,
-                token_latency_ms: args.latency_ms,
-                client_certs: args.client_cert,
-                tls: args.tls_cert.zip(args.tls_key),
-            };
-            tokio::select! {
-                result = devidp::serve(listener, options) => result?,
-                _ = app::shutdown_signal() => {}
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::DevCert(args) => {
-            let now = now();
-            let (cert, key) = devidp::certificate::write_self_signed(
-                &args.out,
-                devidp::DEMO_APP_NAME,
-                now - 60,
-                now + i64::from(args.days) * 86_400,
-            )?;
-            let info = crate::idp::certificate::CertificateInfo::from_pem(
-                &std::fs::read_to_string(&cert)?,
-            )
-            .map_err(|why| anyhow::anyhow!("{} {why}", cert.display()))?;
-            println!(
-                "certificate: {}\nprivate key: {}\nx5t#S256: {}\n\nsamvault dev-idp --client-cert {}\nSAMVAULT_CLIENT_CERT={} SAMVAULT_CLIENT_KEY_FILE={} samvault serve",
-                cert.display(),
-                key.display(),
-                info.thumbprint_s256(),
-                cert.display(),
-                cert.display(),
-                key.display()
-            );
-            Ok(ExitCode::SUCCESS)
+                .map(|_| ExitCode::SUCCESS)
         }
         command => {
             let config = load_config(cli.config.as_ref())?;
@@ -396,7 +296,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
             let lifetime =
                 config::parse_duration(&expires).map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
             let db = app::open_db(&config).await?;
-            let (url, expires_at) = crate::http::onboard::create_invitation(
+            let (url, expires_at) = samvault::http::onboard::create_invitation(
                 &db,
                 &config.public_url,
                 tenant.as_ref(),
@@ -487,8 +387,8 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
             let db = app::open_db(&config).await?;
             let vault = app::open_vault(&config).await?;
             let (provider, current) = (vault.provider().kind(), vault.provider().current_kek_id());
-            let counts = crate::storage::sealed::count_by_kek(&db).await?;
-            let shredded = crate::storage::sealed::shredded_grants(&db).await?;
+            let counts = samvault::storage::sealed::count_by_kek(&db).await?;
+            let shredded = samvault::storage::sealed::shredded_grants(&db).await?;
             let elsewhere: i64 = counts
                 .iter()
                 .filter(|c| c.kek_id != current)
@@ -520,6 +420,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
             keys_rotate(onto_current, &config).await?
         }
         Command::Rotate(args) => return rotate(args, config).await,
+        #[cfg(feature = "dev-tools")]
         Command::Demo(_) | Command::DevIdp(_) | Command::DevCert(_) | Command::DevKeyvault(_) => {
             unreachable!("handled before configuration is loaded")
         }
@@ -657,7 +558,7 @@ async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<(
                 now(),
             )
             .await?;
-            crate::http::client_auth::wait_for_services_to_notice().await;
+            samvault::http::client_auth::wait_for_services_to_notice().await;
             println!("revoked secret {secret_id}");
         }
         ClientCommand::Revoke { client_id } => {
@@ -674,7 +575,7 @@ async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<(
                 now(),
             )
             .await?;
-            crate::http::client_auth::wait_for_services_to_notice().await;
+            samvault::http::client_auth::wait_for_services_to_notice().await;
             println!("revoked {client_id}");
         }
     }
@@ -682,8 +583,8 @@ async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<(
 }
 
 async fn ops_user_command(cmd: OpsUserCommand, config: &Config) -> anyhow::Result<()> {
-    use crate::ops::{password, totp};
-    use crate::storage::ops_users::{self, Role};
+    use samvault::ops::{password, totp};
+    use samvault::storage::ops_users::{self, Role};
     let db = app::open_db(config).await?;
     match cmd {
         OpsUserCommand::Create {
@@ -808,7 +709,7 @@ async fn purge(
         );
         return Ok(ExitCode::from(2));
     }
-    let services = crate::app::Services::open_beside_server(config).await?;
+    let services = samvault::app::Services::open_beside_server(config).await?;
     let tenants = match tenant {
         Some(tenant) => vec![tenant],
         None => partners::list(&services.db)
@@ -833,7 +734,7 @@ async fn purge(
             let result = broker
                 .purge(
                     &tenant,
-                    crate::domain::PartnerStatus::ReconsentRequired,
+                    samvault::domain::PartnerStatus::ReconsentRequired,
                     reason,
                 )
                 .await;
@@ -889,10 +790,12 @@ async fn purge(
 /// `samvault rotate`: redeems the chosen grants now with the configured concurrency.
 async fn rotate(args: RotateArgs, config: Config) -> anyhow::Result<ExitCode> {
     use std::sync::atomic::{AtomicU64, Ordering};
-    let services = crate::app::Services::open(config).await?;
+    let services = samvault::app::Services::open(config).await?;
     let tenants = match &args.partner {
         Some(t) => vec![TenantId::parse(t).map_err(|e| anyhow::anyhow!("--partner: {e}"))?],
-        None => crate::storage::rotation::usable_tenants(&services.db, args.due.then(now)).await?,
+        None => {
+            samvault::storage::rotation::usable_tenants(&services.db, args.due.then(now)).await?
+        }
     };
     let total = tenants.len() as u64;
     let started = std::time::Instant::now();
@@ -914,7 +817,10 @@ async fn rotate(args: RotateArgs, config: Config) -> anyhow::Result<ExitCode> {
         );
         set.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("semaphore open");
-            match broker.rotate(&tenant, crate::broker::Source::Manual).await {
+            match broker
+                .rotate(&tenant, samvault::broker::Source::Manual)
+                .await
+            {
                 Ok(_) => {
                     succeeded.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1008,9 +914,9 @@ impl ProgressBar {
     }
 }
 
-/// `samvault keys rotate`: see [`crate::key_rotation`].
+/// `samvault keys rotate`: see [`samvault::key_rotation`].
 async fn keys_rotate(onto_current: bool, config: &Config) -> anyhow::Result<()> {
-    use crate::key_rotation::{Target, rotate};
+    use samvault::key_rotation::{Target, rotate};
     let db = app::open_db(config).await?;
     let vault = app::open_vault(config).await?;
     let target = if onto_current {
@@ -1057,27 +963,6 @@ async fn keys_rotate(onto_current: bool, config: &Config) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The demo's self-signed app certificate, `samvault-demo-cert/cpv-app.{crt,key}`: made on
-/// first use, reused while valid for another day.
-fn demo_certificate() -> anyhow::Result<(PathBuf, PathBuf)> {
-    let dir = PathBuf::from("samvault-demo-cert");
-    let (cert, key) = (dir.join("cpv-app.crt"), dir.join("cpv-app.key"));
-    let valid = std::fs::read_to_string(&cert)
-        .ok()
-        .and_then(|pem| crate::idp::certificate::CertificateInfo::from_pem(&pem).ok())
-        .is_some_and(|info| info.not_after > now() + 86_400);
-    if valid && key.exists() {
-        return Ok((cert, key));
-    }
-    let now = now();
-    devidp::certificate::write_self_signed(
-        &dir,
-        devidp::DEMO_APP_NAME,
-        now - 60,
-        now + 365 * 86_400,
-    )
-}
-
 /// One line of `samvault partners import`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1091,8 +976,8 @@ struct ImportLine {
 }
 
 async fn import_partners(
-    db: &crate::storage::Db,
-    vault: &crate::vault::Vault,
+    db: &samvault::storage::Db,
+    vault: &samvault::vault::Vault,
     file: &std::path::Path,
 ) -> anyhow::Result<u64> {
     use std::io::BufRead;
@@ -1126,7 +1011,7 @@ async fn import_partners(
                 &partners::grant_context(&tenant, version),
             )
             .await?;
-        let (organisation, domain) = crate::http::onboard::organisation_name(&entry.upn);
+        let (organisation, domain) = samvault::http::onboard::organisation_name(&entry.upn);
         let consent = partners::NewConsent {
             tenant_id: tenant.clone(),
             display_name: entry.name.unwrap_or(organisation),
@@ -1155,8 +1040,8 @@ async fn import_partners(
 }
 
 /// Creates a client and records it in the audit log; returns `(client_id, secret)`.
-pub async fn create_client(
-    db: &crate::storage::Db,
+pub(crate) async fn create_client(
+    db: &samvault::storage::Db,
     new: &NewClient,
 ) -> anyhow::Result<(String, SecretString)> {
     let (client_id, secret) = clients::issue(db, new, now()).await?;
@@ -1167,86 +1052,4 @@ pub async fn create_client(
     });
     audit::append(db, "cli", "client.create", None, detail, now()).await?;
     Ok((client_id, secret))
-}
-
-/// `samvault demo`: the dev IdP and samvault in one process, wired to each other.
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    app::init_tracing(config::LogFormat::Text);
-    let idp_listener = tokio::net::TcpListener::bind(args.idp_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("--idp-listen: cannot listen on {}: {e}", args.idp_listen))?;
-    let idp_url = format!("http://{}", idp_listener.local_addr()?);
-    let certificate = if args.certificate {
-        Some(demo_certificate()?)
-    } else {
-        None
-    };
-    let options = DevIdpOptions {
-        generated_tenants: args.tenants,
-        client_certs: certificate.iter().map(|(cert, _)| cert.clone()).collect(),
-        ..DevIdpOptions::default()
-    };
-    let idp = tokio::spawn(devidp::serve(idp_listener, options));
-
-    let database_url = format!("sqlite://{}?mode=rwc", args.database.display());
-    let mut env: std::collections::BTreeMap<String, String> =
-        std::env::vars().filter(|(k, _)| k == "RUST_LOG").collect();
-    for (key, value) in [
-        ("DATABASE_URL", database_url.as_str()),
-        ("SAMVAULT_LISTEN", &args.listen.to_string()),
-        ("SAMVAULT_PUBLIC_URL", &format!("http://{}", args.listen)),
-        ("SAMVAULT_AUTHORITY", &idp_url),
-        ("SAMVAULT_CLIENT_ID", devidp::DEMO_CLIENT_ID),
-        ("SAMVAULT_KEY_PROVIDER", "local:samvault-demo.key"),
-    ] {
-        env.insert(key.into(), value.into());
-    }
-    let app_credential = match &certificate {
-        Some((cert, key)) => {
-            env.insert("SAMVAULT_CLIENT_CERT".into(), cert.display().to_string());
-            env.insert("SAMVAULT_CLIENT_KEY_FILE".into(), key.display().to_string());
-            format!("certificate {}", cert.display())
-        }
-        None => {
-            env.insert(
-                "SAMVAULT_CLIENT_SECRET".into(),
-                devidp::DEMO_CLIENT_SECRET.into(),
-            );
-            "client secret".to_string()
-        }
-    };
-    let config = Config::from_sources(None, &env)?;
-    let public_url = config.public_url.clone();
-    let app = App::build(config).await?;
-    let resource = crate::config::PARTNER_CENTER;
-    let new = NewClient {
-        name: "demo integration".into(),
-        permissions: vec![Permission::TokensIssue, Permission::PartnersRead],
-        resources: app.state.config.resources.clone(),
-        partners: None,
-        rate_limit_per_minute: 600,
-    };
-    let (client_id, secret) = create_client(&app.state.db, &new).await?;
-    let contoso = devidp::CONTOSO;
-    println!(
-        "\nsamvault demo is running.\n\n\
-         dev IdP (Entra-compatible): {idp_url}\n\
-         samvault:                   {public_url}\n\
-         CPV app credential:         {app_credential}\n\n\
-         1. Open {public_url}onboard and press \"Grant consent\".\n\
-         2. Sign in as jane@contoso.example, tick MFA, accept.\n\
-         3. Ask for a Partner Center token with the demo integration client:\n\n\
-         \x20  client_id:     {client_id}\n\
-         \x20  client_secret: {secret}\n\n\
-         curl -s -u '{client_id}:{secret}' -H 'content-type: application/json' \\\n\
-         \x20 -d '{{\"resource\": \"{resource}\", \"purpose\": \"demo\"}}' \\\n\
-         \x20 {public_url}api/v1/partners/{contoso}/token\n\n\
-         Ctrl-C stops the demo.\n",
-        secret = secret.expose_secret(),
-    );
-    tokio::select! {
-        result = app.run() => result?,
-        result = idp => result??,
-    }
-    Ok(())
 }

@@ -10,7 +10,6 @@
 //! - `tokens`: the RS256 key and JWKS, JWT claims, opaque codes and refresh tokens.
 //! - `errors`: Entra's error bodies and the AADSTS catalogue.
 //! - `client_auth`: client secrets and certificate client assertions at the token endpoint.
-//! - `certificate`: self-signed certificates for the CPV app (`samvault dev-cert`).
 //! - `clock`: the simulated clock every expiry is judged on.
 //! - `discovery`, `authorize`, `token`, `sim`: the HTTP surface.
 //!
@@ -39,7 +38,6 @@
 #![allow(clippy::result_large_err)]
 
 mod authorize;
-pub mod certificate;
 mod client_auth;
 mod clock;
 mod directory;
@@ -235,7 +233,7 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: DevIdpOptions) -> an
     let tls = opts
         .tls
         .as_ref()
-        .map(|(cert, key)| crate::devkv::tls::server_config(cert, key))
+        .map(|(cert, key)| samvault_devtls::server_config(cert, key))
         .transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let base = format!("{scheme}://{host}:{}", addr.port());
@@ -243,7 +241,7 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: DevIdpOptions) -> an
     tracing::info!(%base, "dev IdP listening");
     match tls {
         Some(config) => {
-            let listener = crate::devkv::tls::TlsListener::new(listener, config)?;
+            let listener = samvault_devtls::TlsListener::new(listener, config)?;
             axum::serve(listener, idp.router(&base)).await?;
         }
         None => axum::serve(listener.tap_io(no_delay), idp.router(&base)).await?,

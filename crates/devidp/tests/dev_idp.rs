@@ -8,8 +8,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use reqwest::StatusCode;
-use samvault::devidp::{
-    self, CONTOSO, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DevIdpOptions, FABRIKAM, WINGTIP,
+use samvault_devidp::{
+    self as devidp, CONTOSO, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DevIdpOptions, FABRIKAM, WINGTIP,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

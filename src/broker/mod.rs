@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::domain::{PartnerStatus, Resource, TenantId};
 use crate::idp::errors::describe;
 use crate::idp::{AccessClaims, IdpClient, IdpError, Outcome};
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier};
 use crate::storage::partners::{self, Partner, StoredGrant, grant_context};
 use crate::storage::{Db, StorageError, now, rotation};
@@ -152,6 +152,7 @@ struct Inner {
     idp: IdpClient,
     settings: BrokerSettings,
     notifier: Notifier,
+    metrics: Arc<Metrics>,
     /// Names this process in lease owners, so a lease says which replica holds it.
     instance: String,
     cache: Mutex<HashMap<(TenantId, Resource), IssuedToken>>,
@@ -169,6 +170,7 @@ impl Broker {
         idp: IdpClient,
         settings: BrokerSettings,
         notifier: Notifier,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let instance = format!(
             "{}-{}",
@@ -182,6 +184,7 @@ impl Broker {
                 idp,
                 settings,
                 notifier,
+                metrics,
                 instance,
                 cache: Mutex::default(),
                 alarm_possible: AtomicBool::new(true),
@@ -197,6 +200,11 @@ impl Broker {
 
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// Where rotations, IdP calls and reclaimed leases are counted.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     fn cached(&self, key: &(TenantId, Resource)) -> Option<IssuedToken> {
@@ -490,13 +498,17 @@ impl Broker {
         let tokens = match result {
             Ok(tokens) => tokens,
             Err(error) => {
-                metrics::metrics().record_idp_call("refresh_token", "error", elapsed.as_secs_f64());
+                inner
+                    .metrics
+                    .record_idp_call("refresh_token", "error", elapsed.as_secs_f64());
                 return Err(self
                     .handle_failure(&partner, resource, source, error, elapsed)
                     .await);
             }
         };
-        metrics::metrics().record_idp_call("refresh_token", "success", elapsed.as_secs_f64());
+        inner
+            .metrics
+            .record_idp_call("refresh_token", "success", elapsed.as_secs_f64());
         let prepare_ms = (prepared.elapsed() - elapsed).as_millis() as u64;
         let written = std::time::Instant::now();
         let at = now();
@@ -569,7 +581,7 @@ impl Broker {
         let db = &self.inner.db;
         let tenant = &partner.tenant_id;
         if source != Source::Token {
-            metrics::metrics().record_rotation("success");
+            self.inner.metrics.record_rotation("success");
         }
         if partner.status == PartnerStatus::AtRisk {
             self.change_status(
@@ -689,7 +701,7 @@ impl Broker {
             Outcome::Unexpected { code } => ("unexpected", *code),
         };
         if source != Source::Token {
-            metrics::metrics().record_rotation(label);
+            self.inner.metrics.record_rotation(label);
         }
         let code_text = code.map(|c| c.to_string());
         match self

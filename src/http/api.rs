@@ -174,7 +174,7 @@ async fn issue_token(
         .as_ref()
         .map_or_else(BrokerError::code, |_| "issued");
     let cached = outcome.as_ref().is_ok_and(|t| t.cached);
-    crate::metrics::record_token_request(outcome_label, cached);
+    state.metrics.record_token_request(outcome_label, cached);
     state.request_log.record(RequestRecord {
         at: now(),
         client_id: client.client_id.clone(),

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client_auth;
 mod health;
+pub mod metrics;
 pub mod onboard;
 pub mod openapi;
 mod ops;
@@ -57,7 +58,10 @@ pub struct Shared {
     pub auth: Arc<client_auth::ClientAuth>,
     pub limiter: Arc<client_auth::RateLimiter>,
     pub request_log: crate::broker::request_log::RequestLog,
-    pub metrics: crate::metrics::MetricsAccess,
+    /// What the handlers record into (the token API counts its requests).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// `GET /metrics`: the same counters, the database and the token it asks for.
+    pub metrics_access: metrics::MetricsAccess,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -89,7 +93,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router())
         .merge(openapi::router())
         .merge(health::router())
-        .merge(crate::metrics::router())
+        .merge(metrics::router())
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

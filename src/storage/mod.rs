@@ -10,6 +10,7 @@ pub mod audit;
 pub mod clients;
 pub mod invitations;
 pub mod ops_users;
+pub mod outbox;
 pub mod partners;
 pub mod replicas;
 pub mod requests;

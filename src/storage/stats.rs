@@ -1,9 +1,10 @@
 //! Aggregates for the dashboard overview: how close the grants are to Entra's 90-day
-//! inactivity limit, what rotation did over the last days, what is due next. Each is one
-//! indexed or single-scan query on the read connections, so the overview stays fast with
-//! 100,000 partners.
+//! inactivity limit, what rotation did over the last days, what is due next; and the
+//! shared-state gauges `/metrics` reads at scrape time. Each is one indexed or single-scan
+//! query on the read connections, so the overview stays fast with 100,000 partners.
 
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
 use super::{Db, StorageError};
 use crate::domain::PartnerStatus;
@@ -157,4 +158,45 @@ pub async fn next_due(db: &Db, limit: i64) -> Result<Vec<DueGrant>, StorageError
             })
         })
         .collect()
+}
+
+/// What `/metrics` reports about shared state, besides the partners per status
+/// ([`super::partners::count_by_status`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GaugeRow {
+    /// The oldest successful redemption among usable (active, at-risk) partners, if any.
+    pub oldest_usable_refresh: Option<i64>,
+    /// Raised app-credentials alarms (0 or 1).
+    pub app_credentials_alarms: i64,
+    /// Undelivered webhook events with attempts left.
+    pub outbox_pending: i64,
+    /// Undelivered webhook events given up.
+    pub outbox_abandoned: i64,
+}
+
+impl sqlx::FromRow<'_, AnyRow> for GaugeRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            oldest_usable_refresh: row.try_get("oldest_usable_refresh")?,
+            app_credentials_alarms: row.try_get("app_credentials_alarms")?,
+            outbox_pending: row.try_get("outbox_pending")?,
+            outbox_abandoned: row.try_get("outbox_abandoned")?,
+        })
+    }
+}
+
+/// The [`GaugeRow`] in one round trip; outbox rows count as given up from `max_attempts`
+/// attempts on.
+pub async fn gauges(db: &Db, max_attempts: i64) -> Result<GaugeRow, StorageError> {
+    Ok(sqlx::query_as(
+        "SELECT \
+         (SELECT MIN(last_refresh_at) FROM partners WHERE status IN ('active', 'at_risk')) AS oldest_usable_refresh, \
+         (SELECT COUNT(*) FROM alarms WHERE name = 'app_credentials') AS app_credentials_alarms, \
+         (SELECT COUNT(*) FROM webhook_outbox WHERE delivered_at IS NULL AND attempts < $1) AS outbox_pending, \
+         (SELECT COUNT(*) FROM webhook_outbox WHERE delivered_at IS NULL AND attempts >= $2) AS outbox_abandoned",
+    )
+    .bind(max_attempts)
+    .bind(max_attempts)
+    .fetch_one(db.reader())
+    .await?)
 }

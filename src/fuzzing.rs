@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
+use axum::response::IntoResponse;
 use jsonwebtoken::DecodingKey;
 use secrecy::ExposeSecret;
 use url::Url;
@@ -62,7 +63,7 @@ pub fn callback_query(data: &[u8]) {
 }
 
 fn error_page(error: &str, description: Option<&str>) -> (u16, String) {
-    let response = idp_error_page(Purpose::Consent, error, description);
+    let response = idp_error_page(Purpose::Consent, error, description).into_response();
     let status = response.status().as_u16();
     let body = ready(axum::body::to_bytes(response.into_body(), usize::MAX))
         .expect("a rendered page is in memory");

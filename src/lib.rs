@@ -17,6 +17,7 @@ pub mod idp;
 pub mod key_rotation;
 pub mod metrics;
 pub mod notify;
+pub mod onboarding;
 pub mod ops;
 pub mod rotation;
 pub mod storage;

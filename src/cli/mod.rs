@@ -296,7 +296,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
             let lifetime =
                 config::parse_duration(&expires).map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
             let db = app::open_db(&config).await?;
-            let (url, expires_at) = samvault::http::onboard::create_invitation(
+            let (url, expires_at) = samvault::onboarding::create_invitation(
                 &db,
                 &config.public_url,
                 tenant.as_ref(),
@@ -1004,14 +1004,7 @@ async fn import_partners(
         })?;
         let tenant = TenantId::parse(&entry.tenant_id)
             .map_err(|e| anyhow::anyhow!("line {}: {e}", number + 1))?;
-        let version = partners::next_version(db, &tenant).await?;
-        let sealed = vault
-            .seal(
-                entry.refresh_token.expose_secret().as_bytes(),
-                &partners::grant_context(&tenant, version),
-            )
-            .await?;
-        let (organisation, domain) = samvault::http::onboard::organisation_name(&entry.upn);
+        let (organisation, domain) = samvault::onboarding::organisation_name(&entry.upn);
         let consent = partners::NewConsent {
             tenant_id: tenant.clone(),
             display_name: entry.name.unwrap_or(organisation),
@@ -1026,14 +1019,8 @@ async fn import_partners(
         };
         let at = now();
         // Due at once: the first rotation proves the imported token is alive.
-        partners::record_consent(
-            db,
-            &consent,
-            &partners::StoredGrant { version, sealed },
-            at,
-            at,
-        )
-        .await?;
+        samvault::onboarding::record_consent(db, vault, &consent, &entry.refresh_token, at, at)
+            .await?;
         count += 1;
     }
     Ok(count)

@@ -835,3 +835,33 @@ fn vault_error(e: VaultError) -> BrokerError {
         other => BrokerError::Vault(other),
     }
 }
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    /// The schedule grants have always had: 1 min doubling to 6 h, each ±20 %.
+    #[test]
+    fn grants_back_off_from_a_minute_doubling_to_six_hours() {
+        let nominal = |failures: i64| match failures {
+            ..=1 => 60,
+            2..=9 => 60 << (failures - 1),
+            _ => 6 * 3600,
+        };
+        assert_eq!(
+            (1..=10).map(nominal).collect::<Vec<i64>>(),
+            [60, 120, 240, 480, 960, 1920, 3840, 7680, 15360, 21600]
+        );
+        for failures in [-1, 0, 1, 2, 5, 9, 10, 11, 20, 21, 64, i64::MAX] {
+            let base = nominal(failures);
+            let waits: Vec<i64> = (0..300).map(|_| backoff_secs(failures)).collect();
+            let (low, high) = (base - base / 5, base + base / 5);
+            assert!(
+                waits.iter().all(|w| (low..=high).contains(w)),
+                "{failures}: {waits:?}"
+            );
+            assert!(waits.iter().any(|w| *w < base), "spread below: {failures}");
+            assert!(waits.iter().any(|w| *w > base), "spread above: {failures}");
+        }
+    }
+}

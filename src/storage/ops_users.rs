@@ -156,8 +156,7 @@ pub async fn record_failure(
     let Some(failures) = failures.map(|n| n + 1) else {
         return Ok(());
     };
-    let locked_until = (failures >= free_attempts)
-        .then(|| at + (60i64 << (failures - free_attempts).min(11)).min(86_400));
+    let locked_until = lockout_secs(failures, free_attempts).map(|secs| at + secs);
     sqlx::query("UPDATE ops_users SET failed_attempts = $2, locked_until = $3 WHERE username = $1")
         .bind(username)
         .bind(failures)
@@ -166,6 +165,12 @@ pub async fn record_failure(
         .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// How long `failures` consecutive failures lock an account: nothing before `free_attempts`,
+/// then 1 min doubling with each further failure, at most a day.
+fn lockout_secs(failures: i64, free_attempts: i64) -> Option<i64> {
+    (failures >= free_attempts).then(|| (60i64 << (failures - free_attempts).min(11)).min(86_400))
 }
 
 /// A successful sign-in with the code of `totp_step`. `false` (and nothing recorded) when
@@ -216,4 +221,25 @@ pub async fn disable(db: &Db, username: &str, now: i64) -> Result<bool, StorageE
     .execute(db.pool())
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schedule sign-in lockouts have always had.
+    #[test]
+    fn lockouts_double_from_a_minute_to_a_day_after_the_free_attempts() {
+        assert_eq!(lockout_secs(0, 5), None);
+        assert_eq!(lockout_secs(4, 5), None);
+        let schedule: Vec<i64> = (5..=18).filter_map(|f| lockout_secs(f, 5)).collect();
+        assert_eq!(
+            schedule,
+            [
+                60, 120, 240, 480, 960, 1920, 3840, 7680, 15360, 30720, 61440, 86400, 86400, 86400
+            ]
+        );
+        assert_eq!(lockout_secs(1_000_000, 5), Some(86_400));
+        assert_eq!(lockout_secs(1, 1), Some(60));
+    }
 }

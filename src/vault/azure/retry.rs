@@ -182,6 +182,29 @@ mod tests {
         )
     }
 
+    /// The schedule this call site has always had: 50 ms, 150 ms, 450 ms, each ±20 %.
+    #[test]
+    fn backoff_triples_from_50_ms_with_a_fifth_of_jitter() {
+        for (attempt, nominal) in [(1, 50.0), (2, 150.0), (3, 450.0)] {
+            let waits: Vec<f64> = (0..500)
+                .map(|_| backoff(attempt).as_secs_f64() * 1000.0)
+                .collect();
+            let (low, high) = (nominal * 0.8 - 1.0, nominal * 1.2);
+            assert!(
+                waits.iter().all(|w| (low..=high).contains(w)),
+                "{attempt}: {waits:?}"
+            );
+            assert!(
+                waits.iter().any(|w| *w < nominal * 0.9),
+                "spread below: {attempt}"
+            );
+            assert!(
+                waits.iter().any(|w| *w > nominal * 1.1),
+                "spread above: {attempt}"
+            );
+        }
+    }
+
     #[test]
     fn retry_after_is_read_in_every_form_key_vault_uses() {
         let f = Failure::from_sdk(&http_error(429, &[("retry-after", "3")]));

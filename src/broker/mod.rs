@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::backoff::Backoff;
 use crate::domain::{PartnerStatus, Resource, TenantId};
 use crate::idp::errors::describe;
 use crate::idp::{AccessClaims, IdpClient, IdpError, Outcome};
@@ -775,9 +776,8 @@ impl Broker {
                     // comes inside the rotation grace of IdPs that have one (30 s and more),
                     // while they still accept the stored token.
                     let delay = match (retry_after, code) {
-                        (Some(d), _) => d.as_secs() as i64,
                         (None, None) if failures == 1 => ANSWER_LOST_RETRY_SECS,
-                        _ => backoff_secs(failures),
+                        _ => whole_secs(GRANT_BACKOFF.after(failures, *retry_after)),
                     };
                     rotation::record_failure(db, tenant, at + delay).await?;
                 }
@@ -812,13 +812,17 @@ impl Broker {
 
 /// How long a grant waits after its n-th consecutive transient failure: 1 min doubling to
 /// 6 h, with ±20 % jitter so failing grants do not retry in lockstep.
+const GRANT_BACKOFF: Backoff = Backoff::new(Duration::from_secs(60), 2)
+    .capped_at(Duration::from_secs(6 * 3600))
+    .with_jitter(0.2);
+
+/// [`GRANT_BACKOFF`]'s wait after `failures` failures, in the database's whole seconds.
 pub fn backoff_secs(failures: i64) -> i64 {
-    use rand::Rng;
-    let base = 60i64
-        .saturating_mul(1 << failures.clamp(1, 20).saturating_sub(1))
-        .min(6 * 3600);
-    let jitter = base / 5;
-    base + rand::rng().random_range(-jitter..=jitter)
+    whole_secs(GRANT_BACKOFF.delay(failures))
+}
+
+fn whole_secs(wait: Duration) -> i64 {
+    wait.as_secs_f64().round() as i64
 }
 
 /// The first retry after a failure that may have been a lost answer: well inside a 30 s

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::backoff::Backoff;
 use crate::broker::{APP_CREDENTIALS_ALARM, Broker, BrokerError};
 use crate::storage::{now, rotation};
 
@@ -210,11 +211,8 @@ impl Scheduler {
 /// The `n`-th pause (1-based) while the app-credential alarm is raised: doubling from the
 /// shortest to the longest.
 fn alarm_pause(n: u32) -> Duration {
-    let mut pause = ALARM_PAUSE_MIN;
-    for _ in 1..n {
-        pause = (pause * 2).min(ALARM_PAUSE_MAX);
-    }
-    pause
+    const PAUSE: Backoff = Backoff::new(ALARM_PAUSE_MIN, 2).capped_at(ALARM_PAUSE_MAX);
+    PAUSE.delay(n.into())
 }
 
 /// Sleeps for `duration`; true when the scheduler was stopped meanwhile.

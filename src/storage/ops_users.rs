@@ -1,8 +1,11 @@
 //! Ops dashboard users: role, argon2id password hash, sealed TOTP secret, lockout state.
 
+use std::time::Duration;
+
 use sqlx::Row;
 
 use super::{Db, StorageError, flag};
+use crate::backoff::Backoff;
 use crate::vault::{Sealed, SealedRecord, VaultError, WrappedKey};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -170,7 +173,10 @@ pub async fn record_failure(
 /// How long `failures` consecutive failures lock an account: nothing before `free_attempts`,
 /// then 1 min doubling with each further failure, at most a day.
 fn lockout_secs(failures: i64, free_attempts: i64) -> Option<i64> {
-    (failures >= free_attempts).then(|| (60i64 << (failures - free_attempts).min(11)).min(86_400))
+    const LOCKOUT: Backoff =
+        Backoff::new(Duration::from_secs(60), 2).capped_at(Duration::from_secs(86_400));
+    let attempt = failures.saturating_sub(free_attempts).saturating_add(1);
+    (failures >= free_attempts).then(|| LOCKOUT.delay(attempt).as_secs() as i64)
 }
 
 /// A successful sign-in with the code of `totp_step`. `false` (and nothing recorded) when

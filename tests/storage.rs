@@ -891,6 +891,166 @@ both_backends!(list_is_sorted_by_name, |url| async move {
     );
 });
 
+/// Every page of `query` in `sort` order, `limit` rows at a time, following the cursor.
+async fn all_pages(db: &Db, mut query: partners::PartnerQuery) -> Vec<partners::ListedPartner> {
+    let mut listed = Vec::new();
+    loop {
+        let page = partners::list_page(db, &query).await.unwrap();
+        let Some(last) = page.last() else {
+            return listed;
+        };
+        assert!(page.len() as i64 <= query.limit);
+        query.after = Some(query.sort.position_of(&last.partner));
+        listed.extend(page);
+    }
+}
+
+both_backends!(partner_list_filters_sorts_and_pages, |url| async move {
+    use partners::{PartnerQuery, PartnerSort, Position};
+    let db = open(&url).await;
+    let v = local_vault();
+    // Two Litwares consented at the same time: every order needs its tenant-id tiebreak.
+    let mut tenants = Vec::new();
+    for (name, at) in [
+        ("Wingtip", T0 + 50),
+        ("Litware", T0 + 10),
+        ("Northwind 50%_off", T0 + 30),
+        ("Contoso 500 off", T0 + 20),
+        ("Litware", T0 + 10),
+        ("Adatum", T0 + 40),
+    ] {
+        let tenant = new_tenant();
+        let g = seal_grant(&v.vault, &tenant, 1, "0.A-rt").await;
+        record_consent(&db, &consent_for(&tenant, name, "a@x.com", true), &g, at)
+            .await
+            .unwrap();
+        tenants.push(tenant);
+    }
+    partners::set_status(&db, &tenants[0], PartnerStatus::AtRisk, None, "t", T0 + 60)
+        .await
+        .unwrap();
+    partners::set_status(&db, &tenants[5], PartnerStatus::Revoked, None, "t", T0 + 60)
+        .await
+        .unwrap();
+    let everyone = partners::list(&db).await.unwrap();
+    let query = |sort, search: Option<&str>, status| PartnerQuery {
+        search: search.map(str::to_string),
+        status,
+        sort,
+        after: None,
+        limit: 2,
+    };
+    let ids = |listed: &[partners::ListedPartner]| -> Vec<TenantId> {
+        listed.iter().map(|l| l.partner.tenant_id.clone()).collect()
+    };
+    let expected = |key: &dyn Fn(&partners::Partner, &partners::Partner) -> std::cmp::Ordering| {
+        let mut sorted = everyone.clone();
+        sorted.sort_by(|a, b| key(a, b));
+        sorted.into_iter().map(|p| p.tenant_id).collect::<Vec<_>>()
+    };
+    let by_name = expected(&|a, b| {
+        (&a.display_name, a.tenant_id.as_str()).cmp(&(&b.display_name, b.tenant_id.as_str()))
+    });
+    let by_expiry = expected(&|a, b| {
+        (a.last_refresh_at, a.tenant_id.as_str()).cmp(&(b.last_refresh_at, b.tenant_id.as_str()))
+    });
+    let by_status = expected(&|a, b| {
+        (a.status.as_str(), &a.display_name, a.tenant_id.as_str()).cmp(&(
+            b.status.as_str(),
+            &b.display_name,
+            b.tenant_id.as_str(),
+        ))
+    });
+    let mut by_last_refresh = by_expiry.clone();
+    by_last_refresh.reverse();
+    for (sort, order) in [
+        (PartnerSort::Name, &by_name),
+        (PartnerSort::Expiry, &by_expiry),
+        (PartnerSort::Status, &by_status),
+        (PartnerSort::LastRefresh, &by_last_refresh),
+    ] {
+        let listed = all_pages(&db, query(sort, None, None)).await;
+        assert_eq!(&ids(&listed), order, "{sort:?}");
+    }
+    let listed = all_pages(&db, query(PartnerSort::Name, None, None)).await;
+    let litware = &listed[2];
+    assert_eq!(litware.partner.display_name, "Litware");
+    assert_eq!(litware.rotate_at, T0 + 10 + ROTATE_AFTER);
+
+    // Search: case-insensitive fragments of name, domain or tenant id; wildcards literal.
+    let names = |listed: &[partners::ListedPartner]| -> Vec<String> {
+        listed
+            .iter()
+            .map(|l| l.partner.display_name.clone())
+            .collect()
+    };
+    for (search, found) in [
+        ("wINGt", vec!["Wingtip"]),
+        ("50%_", vec!["Northwind 50%_off"]),
+        ("0%", vec!["Northwind 50%_off"]),
+        ("50_", vec![]),
+        ("\\", vec![]),
+        ("adatum.onmicrosoft", vec!["Adatum"]),
+        ("lit", vec!["Litware", "Litware"]),
+    ] {
+        let listed = all_pages(&db, query(PartnerSort::Name, Some(search), None)).await;
+        assert_eq!(names(&listed), found, "search {search:?}");
+    }
+    let whole_id = tenants[3].as_str().to_string();
+    let listed = all_pages(&db, query(PartnerSort::Status, Some(&whole_id), None)).await;
+    assert_eq!(ids(&listed), [tenants[3].clone()]);
+    let fragment = &tenants[3].as_str()[..8];
+    let listed = all_pages(&db, query(PartnerSort::Name, Some(fragment), None)).await;
+    assert!(ids(&listed).contains(&tenants[3]));
+
+    // Status filters, alone and with a search.
+    let listed = all_pages(
+        &db,
+        query(PartnerSort::Name, None, Some(PartnerStatus::Active)),
+    )
+    .await;
+    assert_eq!(
+        names(&listed),
+        ["Contoso 500 off", "Litware", "Litware", "Northwind 50%_off"]
+    );
+    let at_risk = query(
+        PartnerSort::Expiry,
+        Some("wing"),
+        Some(PartnerStatus::AtRisk),
+    );
+    assert_eq!(ids(&all_pages(&db, at_risk).await), [tenants[0].clone()]);
+    let revoked = query(
+        PartnerSort::Name,
+        Some("wing"),
+        Some(PartnerStatus::Revoked),
+    );
+    assert!(all_pages(&db, revoked).await.is_empty());
+
+    // A cursor from another order is refused, not misread.
+    let mut mixed = query(PartnerSort::Name, None, None);
+    mixed.after = Some(Position::Refresh {
+        at: T0,
+        tenant: tenants[0].clone(),
+    });
+    assert!(matches!(
+        partners::list_page(&db, &mixed).await,
+        Err(StorageError::Corrupt(_))
+    ));
+    assert_eq!(
+        ids(&[partners::get_listed(&db, &tenants[1])
+            .await
+            .unwrap()
+            .unwrap()]),
+        [tenants[1].clone()]
+    );
+    assert!(
+        partners::get_listed(&db, &new_tenant())
+            .await
+            .unwrap()
+            .is_none()
+    );
+});
+
 // ---------------------------------------------------------------------------------------
 // Dashboard overview aggregates
 // ---------------------------------------------------------------------------------------

@@ -1082,7 +1082,7 @@ both_backends!(every_read_maps_its_columns, |url| async move {
         counts,
         [(PartnerStatus::Active, 1), (PartnerStatus::AtRisk, 1)]
     );
-    let mut by_id = vec![a.clone(), b.clone()];
+    let mut by_id = [a.clone(), b.clone()];
     by_id.sort_by(|x, y| x.as_str().cmp(y.as_str()));
     let first = partners::page(&db, None, 1).await.unwrap();
     assert_eq!(first.len(), 1);

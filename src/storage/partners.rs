@@ -586,8 +586,7 @@ pub async fn list_page(db: &Db, query: &PartnerQuery) -> Result<Vec<ListedPartne
 /// case-insensitive fragment of the name, tenant id or domain.
 fn push_search(sql: &mut SqlBuilder, backend: Backend, term: &str) {
     if let Ok(tenant) = TenantId::parse(term) {
-        sql.and_where("tenant_id = ")
-            .push_bind(tenant.as_str().to_string());
+        sql.and_where("tenant_id = ").push_bind(tenant.as_str());
         return;
     }
     // Case-insensitive: SQLite's LIKE folds ASCII letters, PostgreSQL needs ILIKE (which

@@ -108,7 +108,7 @@ async fn create(db: &Db, opts: CreateOpts, config: &Config) -> anyhow::Result<()
     let (client_id, secret) = create_client(db, &new).await?;
     let secret = secret.expose_secret();
     Output::new(opts.json).record(
-        json!({ "client_id": client_id, "client_secret": secret }),
+        || json!({ "client_id": client_id, "client_secret": secret }),
         || {
             let lines = fields(&[("client_id", &client_id), ("client_secret", secret)]);
             format!("{lines}\n(the secret is shown once; samvault stores only its SHA-256)")
@@ -192,7 +192,7 @@ async fn add_secret(db: &Db, client_id: &str, out: Output) -> anyhow::Result<()>
     audit::record(db, "client.secret.add", None, detail).await?;
     let secret = secret.expose_secret();
     out.record(
-        json!({ "client_id": client_id, "secret_id": secret_id, "client_secret": secret }),
+        || json!({ "client_id": client_id, "secret_id": secret_id, "client_secret": secret }),
         || {
             let lines = fields(&[("secret_id", &secret_id), ("client_secret", secret)]);
             format!("{lines}\n(shown once)")

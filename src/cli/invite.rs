@@ -52,7 +52,7 @@ pub async fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> 
     audit::record(&db, "invite.create", tenant, detail).await?;
     let expires_at = rfc3339(expires_at);
     Output::new(json).record(
-        json!({ "url": url.as_str(), "expires_at": expires_at }),
+        || json!({ "url": url.as_str(), "expires_at": expires_at }),
         || format!("{url}\n(expires {expires_at})"),
     );
     Ok(ExitCode::SUCCESS)

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use samvault::app;
 use samvault::config::Config;
@@ -41,41 +41,61 @@ pub async fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> 
 async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
     let db = app::open_db(config).await?;
     let vault = app::open_vault(config).await?;
-    let (provider, current) = (vault.provider().kind(), vault.provider().current_kek_id());
-    let counts = sealed::count_by_kek(&db).await?;
-    let shredded = sealed::shredded_grants(&db).await?;
-    let elsewhere: i64 = counts
-        .iter()
-        .filter(|c| c.kek_id != current)
-        .map(|c| c.records)
-        .sum();
-    let sealed: Vec<_> = counts
-        .iter()
-        .map(|c| json!({ "what": c.what, "kek_id": c.kek_id, "records": c.records }))
-        .collect();
-    out.record(
-        json!({
-            "provider": provider, "current_kek_id": current, "sealed": sealed,
-            "shredded_grant_versions": shredded, "not_under_current_key": elsewhere,
-        }),
-        || {
-            format!(
-                "key provider: {provider}\ncurrent key-encryption key: {current}\n\n{}\n\
-                 shredded refresh-token versions: {shredded}\n\
-                 sealed records under other keys: {elsewhere}",
-                counts_table(&counts)
-            )
-        },
-    );
+    let status = Status {
+        provider: vault.provider().kind(),
+        current: vault.provider().current_kek_id(),
+        counts: sealed::count_by_kek(&db).await?,
+        shredded: sealed::shredded_grants(&db).await?,
+    };
+    out.record(|| status.json(), || status.text());
     Ok(())
 }
 
-fn counts_table(counts: &[SealedCount]) -> Table {
-    let mut table = Table::untitled(&[34, 9, 0]).right_aligned(1);
-    for c in counts {
-        table.row([c.what, &c.records.to_string(), &c.kek_id]);
+/// What `keys status` shows.
+struct Status {
+    provider: &'static str,
+    current: String,
+    counts: Vec<SealedCount>,
+    shredded: i64,
+}
+
+impl Status {
+    /// Sealed records a rotation has yet to move onto the current key.
+    fn elsewhere(&self) -> i64 {
+        self.counts
+            .iter()
+            .filter(|c| c.kek_id != self.current)
+            .map(|c| c.records)
+            .sum()
     }
-    table
+
+    fn json(&self) -> Value {
+        let sealed: Vec<Value> = self
+            .counts
+            .iter()
+            .map(|c| json!({ "what": c.what, "kek_id": c.kek_id, "records": c.records }))
+            .collect();
+        json!({
+            "provider": self.provider, "current_kek_id": self.current, "sealed": sealed,
+            "shredded_grant_versions": self.shredded, "not_under_current_key": self.elsewhere(),
+        })
+    }
+
+    fn text(&self) -> String {
+        let mut table = Table::untitled(&[34, 9, 0]).right_aligned(1);
+        for c in &self.counts {
+            table.row([c.what, &c.records.to_string(), &c.kek_id]);
+        }
+        format!(
+            "key provider: {}\ncurrent key-encryption key: {}\n\n{table}\n\
+             shredded refresh-token versions: {}\n\
+             sealed records under other keys: {}",
+            self.provider,
+            self.current,
+            self.shredded,
+            self.elsewhere()
+        )
+    }
 }
 
 /// `samvault keys rotate`: see [`samvault::key_rotation`].

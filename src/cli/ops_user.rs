@@ -88,12 +88,14 @@ async fn create(
         totp::base32(&secret),
     );
     out.record(
-        json!({
-            // `name` is SPEC §3.1's key; `username` matches the flag.
-            "name": username, "username": username, "role": role.as_str(),
-            "password": initial.as_str(), "totp_secret": totp_secret,
-            "otpauth_uri": uri,
-        }),
+        || {
+            json!({
+                // `name` is SPEC §3.1's key; `username` matches the flag.
+                "name": username, "username": username, "role": role.as_str(),
+                "password": initial.as_str(), "totp_secret": totp_secret,
+                "otpauth_uri": uri,
+            })
+        },
         || {
             format!(
                 "created {} user {username}\n\

@@ -24,10 +24,11 @@ impl Output {
         Self::new(false)
     }
 
-    /// One record: `json` on one line, or `text` (built only when it is printed).
-    pub fn record(self, json: Value, text: impl FnOnce() -> String) {
+    /// One record: `json` on one line, or `text`. Only the one printed is built (a record may
+    /// hold a secret shown once: no needless copies of it).
+    pub fn record(self, json: impl FnOnce() -> Value, text: impl FnOnce() -> String) {
         if self.json {
-            println!("{json}");
+            println!("{}", json());
         } else {
             println!("{}", text());
         }

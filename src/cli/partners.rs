@@ -216,6 +216,7 @@ async fn purge(opts: PurgeOpts, config: Config) -> anyhow::Result<ExitCode> {
 }
 
 /// What a purge did: partners purged, grant versions shredded, and `tenant: code` failures.
+#[derive(Default)]
 struct PurgeOutcome {
     purged: u64,
     shredded: u64,
@@ -242,17 +243,13 @@ async fn shred(
                 .await
         }
     });
-    let mut outcome = PurgeOutcome {
-        purged: 0,
-        shredded: 0,
-        failed: Vec::new(),
-    };
+    let mut outcome = PurgeOutcome::default();
     while let Some(joined) = set.join_next().await {
         match joined? {
             (tenant, Ok(n)) => {
                 outcome.purged += 1;
                 outcome.shredded += n;
-                // One partner: one event each; --all is one event for the whole purge.
+                // An event per partner; --all records one for the whole purge instead.
                 if !all {
                     let detail = json!({ "shredded": n });
                     let tenant = Some(tenant.as_str());

@@ -3,6 +3,7 @@
 //! production build (`--no-default-features`) has none of them.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use clap::Args;
 use samvault_devidp::{self as devidp, DevIdpOptions};
@@ -13,6 +14,11 @@ use samvault::config::{self, Config};
 use samvault::idp::certificate::CertificateInfo;
 use samvault::storage::clients::{NewClient, Permission};
 use samvault::storage::now;
+
+pub use samvault_devkv::DevKeyVaultArgs;
+
+use super::client::create_client;
+use super::output::Output;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -101,8 +107,15 @@ pub struct DevCertArgs {
     test_ca: bool,
 }
 
+/// `samvault dev-keyvault`: the Key Vault double alone, until Ctrl-C or SIGTERM.
+pub async fn dev_keyvault(args: DevKeyVaultArgs) -> anyhow::Result<ExitCode> {
+    app::init_tracing(config::LogFormat::Text);
+    samvault_devkv::run(args, app::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `samvault dev-idp`: the simulator alone, until Ctrl-C or SIGTERM.
-pub async fn dev_idp(args: DevIdpArgs) -> anyhow::Result<()> {
+pub async fn dev_idp(args: DevIdpArgs) -> anyhow::Result<ExitCode> {
     app::init_tracing(config::LogFormat::Text);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -127,18 +140,19 @@ pub async fn dev_idp(args: DevIdpArgs) -> anyhow::Result<()> {
         tls: args.tls_cert.zip(args.tls_key),
     };
     tokio::select! {
-        result = devidp::serve(listener, options) => result,
-        _ = app::shutdown_signal() => Ok(()),
+        result = devidp::serve(listener, options) => result?,
+        _ = app::shutdown_signal() => {}
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `samvault dev-cert`: the CPV app's self-signed certificate, or a test CA.
-pub fn dev_cert(args: DevCertArgs) -> anyhow::Result<()> {
+pub fn dev_cert(args: DevCertArgs) -> anyhow::Result<ExitCode> {
     let now = now();
     if args.test_ca {
         samvault_devtls::write_test_ca(&args.out, now)?;
         let ca = args.out.join("ca.pem");
-        println!(
+        Output::text().line(format_args!(
             "CA: {}\nserver certificate: {}\nserver key: {}\n\nsamvault dev-idp --tls-cert {} --tls-key {}\nSAMVAULT_EXTRA_CA_FILE={} samvault serve",
             ca.display(),
             args.out.join("server.pem").display(),
@@ -146,8 +160,8 @@ pub fn dev_cert(args: DevCertArgs) -> anyhow::Result<()> {
             args.out.join("server.pem").display(),
             args.out.join("server.key").display(),
             ca.display()
-        );
-        return Ok(());
+        ));
+        return Ok(ExitCode::SUCCESS);
     }
     let (not_before, not_after) = args
         .not_before
@@ -156,7 +170,7 @@ pub fn dev_cert(args: DevCertArgs) -> anyhow::Result<()> {
     let name = args.name.as_deref().unwrap_or(devidp::DEMO_APP_NAME);
     let (cert, key) = samvault_devtls::write_self_signed(&args.out, name, not_before, not_after)?;
     let info = read_certificate(&cert)?;
-    println!(
+    Output::text().line(format_args!(
         "certificate: {}\nprivate key: {}\nx5t#S256: {}\n\nsamvault dev-idp --client-cert {}\nSAMVAULT_CLIENT_CERT={} SAMVAULT_CLIENT_KEY_FILE={} samvault serve",
         cert.display(),
         key.display(),
@@ -164,8 +178,8 @@ pub fn dev_cert(args: DevCertArgs) -> anyhow::Result<()> {
         cert.display(),
         cert.display(),
         key.display()
-    );
-    Ok(())
+    ));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_certificate(path: &Path) -> anyhow::Result<CertificateInfo> {
@@ -187,7 +201,7 @@ fn demo_certificate() -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// `samvault demo`: the dev IdP and samvault in one process, wired to each other.
-pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     app::init_tracing(config::LogFormat::Text);
     let idp_listener = tokio::net::TcpListener::bind(args.idp_listen)
         .await
@@ -205,34 +219,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     let idp = tokio::spawn(devidp::serve(idp_listener, options));
 
-    let database_url = format!("sqlite://{}?mode=rwc", args.database.display());
-    let mut env: std::collections::BTreeMap<String, String> =
-        std::env::vars().filter(|(k, _)| k == "RUST_LOG").collect();
-    for (key, value) in [
-        ("DATABASE_URL", database_url.as_str()),
-        ("SAMVAULT_LISTEN", &args.listen.to_string()),
-        ("SAMVAULT_PUBLIC_URL", &format!("http://{}", args.listen)),
-        ("SAMVAULT_AUTHORITY", &idp_url),
-        ("SAMVAULT_CLIENT_ID", devidp::DEMO_CLIENT_ID),
-        ("SAMVAULT_KEY_PROVIDER", "local:samvault-demo.key"),
-    ] {
-        env.insert(key.into(), value.into());
-    }
-    let app_credential = match &certificate {
-        Some((cert, key)) => {
-            env.insert("SAMVAULT_CLIENT_CERT".into(), cert.display().to_string());
-            env.insert("SAMVAULT_CLIENT_KEY_FILE".into(), key.display().to_string());
-            format!("certificate {}", cert.display())
-        }
-        None => {
-            env.insert(
-                "SAMVAULT_CLIENT_SECRET".into(),
-                devidp::DEMO_CLIENT_SECRET.into(),
-            );
-            "client secret".to_string()
-        }
-    };
-    let config = Config::from_sources(None, &env)?;
+    let (config, app_credential) = demo_config(&args, &idp_url, certificate.as_ref())?;
     let public_url = config.public_url.clone();
     let app = App::build(config).await?;
     let resource = config::PARTNER_CENTER;
@@ -243,9 +230,9 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         partners: None,
         rate_limit_per_minute: 600,
     };
-    let (client_id, secret) = super::create_client(&app.state.db, &new).await?;
+    let (client_id, secret) = create_client(&app.state.db, &new).await?;
     let contoso = devidp::CONTOSO;
-    println!(
+    Output::text().line(format_args!(
         "\nsamvault demo is running.\n\n\
          dev IdP (Entra-compatible): {idp_url}\n\
          samvault:                   {public_url}\n\
@@ -260,10 +247,47 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<()> {
          \x20 {public_url}api/v1/partners/{contoso}/token\n\n\
          Ctrl-C stops the demo.\n",
         secret = secret.expose_secret(),
-    );
+    ));
     tokio::select! {
         result = app.run() => result?,
         result = idp => result??,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's configuration (SQLite, a local key file, the dev IdP as the authority) and how
+/// the CPV app proves itself, for the banner.
+fn demo_config(
+    args: &DemoArgs,
+    idp_url: &str,
+    certificate: Option<&(PathBuf, PathBuf)>,
+) -> anyhow::Result<(Config, String)> {
+    let database_url = format!("sqlite://{}?mode=rwc", args.database.display());
+    let mut env: std::collections::BTreeMap<String, String> =
+        std::env::vars().filter(|(k, _)| k == "RUST_LOG").collect();
+    for (key, value) in [
+        ("DATABASE_URL", database_url.as_str()),
+        ("SAMVAULT_LISTEN", &args.listen.to_string()),
+        ("SAMVAULT_PUBLIC_URL", &format!("http://{}", args.listen)),
+        ("SAMVAULT_AUTHORITY", idp_url),
+        ("SAMVAULT_CLIENT_ID", devidp::DEMO_CLIENT_ID),
+        ("SAMVAULT_KEY_PROVIDER", "local:samvault-demo.key"),
+    ] {
+        env.insert(key.into(), value.into());
+    }
+    let app_credential = match certificate {
+        Some((cert, key)) => {
+            env.insert("SAMVAULT_CLIENT_CERT".into(), cert.display().to_string());
+            env.insert("SAMVAULT_CLIENT_KEY_FILE".into(), key.display().to_string());
+            format!("certificate {}", cert.display())
+        }
+        None => {
+            env.insert(
+                "SAMVAULT_CLIENT_SECRET".into(),
+                devidp::DEMO_CLIENT_SECRET.into(),
+            );
+            "client secret".to_string()
+        }
+    };
+    Ok((Config::from_sources(None, &env)?, app_credential))
 }

@@ -1,19 +1,32 @@
 //! The `samvault` command line (docs/REFERENCE.md). `main.rs` only calls [`run`].
+//!
+//! This module holds the top-level parser, the dispatch and configuration loading; each
+//! command lives in a module of its own with its flags and a `run` function. Everything a
+//! command prints on stdout goes through [`output::Output`].
 
+mod audit;
+mod client;
 #[cfg(feature = "dev-tools")]
 mod dev;
+mod invite;
+mod keys;
+mod migrate;
+mod ops_user;
+mod output;
+mod partners;
+mod per_partner;
+mod progress;
+mod rotate;
+mod serve;
+mod shared;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use secrecy::{ExposeSecret, SecretString};
+use clap::{Parser, Subcommand};
 
-use samvault::app::{self, App};
-use samvault::config::{self, Config};
-use samvault::domain::{Resource, TenantId};
-use samvault::storage::clients::{self, NewClient, Permission};
-use samvault::storage::{audit, now, partners, rfc3339};
+use samvault::app;
+use samvault::config::Config;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +42,7 @@ pub struct Cli {
     command: Command,
 }
 
+// The variants' order is the order of `samvault --help`.
 #[derive(Subcommand)]
 enum Command {
     /// The whole product on one machine: dev IdP, samvault, SQLite, a local key file.
@@ -45,191 +59,29 @@ enum Command {
     DevCert(dev::DevCertArgs),
     /// Run the Azure Key Vault test double (HTTPS) for tests and local development.
     #[cfg(feature = "dev-tools")]
-    DevKeyvault(samvault_devkv::DevKeyVaultArgs),
+    DevKeyvault(dev::DevKeyVaultArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage integration clients.
     #[command(subcommand)]
-    Client(ClientCommand),
+    Client(client::Command),
     /// Manage onboarding invitations.
     #[command(subcommand)]
-    Invite(InviteCommand),
+    Invite(invite::Command),
     /// Inspect partners.
     #[command(subcommand)]
-    Partners(PartnersCommand),
+    Partners(partners::Command),
     /// The audit log.
     #[command(subcommand)]
-    Audit(AuditCommand),
+    Audit(audit::Command),
     /// Manage the ops dashboard's users.
     #[command(subcommand, name = "ops-user")]
-    OpsUser(OpsUserCommand),
+    OpsUser(ops_user::Command),
     /// Redeem grants now (progress bar on a terminal, one summary line otherwise).
-    Rotate(RotateArgs),
+    Rotate(rotate::Opts),
     /// The key-encryption keys.
     #[command(subcommand)]
-    Keys(KeysCommand),
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Sealed records per key-encryption key version, and which key seals new records.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Creates a new key-encryption key and re-wraps every data key with it, online (payloads
-    /// untouched); resumes an interrupted rotation; retires keys nothing references any more.
-    Rotate {
-        /// Re-wrap onto the current key without creating one: the second step of a move
-        /// between providers (SAMVAULT_PREVIOUS_KEY_PROVIDERS).
-        #[arg(long)]
-        onto_current: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum OpsUserCommand {
-    /// Create a dashboard user. Prints a one-time password (to be changed at first sign-in)
-    /// and the TOTP secret for an authenticator app, once.
-    Create {
-        /// The user's sign-in name (`--name` as in SPEC §3.1 works too).
-        #[arg(long, alias = "name")]
-        username: String,
-        /// viewer (read), operator (rotate, access check, invitations), admin (revoke, clients)
-        #[arg(long)]
-        role: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// List dashboard users (no secrets).
-    List,
-    /// Disable a user at once (a phished or departed account): their open sessions are
-    /// refused at the next request.
-    Disable {
-        #[arg(long)]
-        username: String,
-    },
-}
-
-#[derive(Args)]
-#[group(required = true, multiple = false)]
-struct RotateArgs {
-    /// Grants whose scheduled rotation time has passed.
-    #[arg(long)]
-    due: bool,
-    /// Every usable grant.
-    #[arg(long)]
-    all: bool,
-    /// One partner.
-    #[arg(long, value_name = "TENANT_ID")]
-    partner: Option<String>,
-}
-
-#[derive(Subcommand)]
-enum ClientCommand {
-    /// Create a client; prints its id and its secret once.
-    Create {
-        #[arg(long)]
-        name: String,
-        /// Audience this client may ask for (repeatable).
-        #[arg(long = "resource", required = true)]
-        resources: Vec<String>,
-        /// Partner tenant this client may use (repeatable; default: all partners).
-        #[arg(long = "partner")]
-        partners: Vec<String>,
-        /// tokens:issue or partners:read (repeatable; default: both).
-        #[arg(long = "permission")]
-        permissions: Vec<String>,
-        /// Token requests per minute.
-        #[arg(long, default_value_t = 600)]
-        rate_limit: i64,
-        #[arg(long)]
-        json: bool,
-    },
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    Revoke {
-        client_id: String,
-    },
-    /// Roll a client's secrets without downtime: add a new one, move the integration to
-    /// it, then revoke the old one.
-    #[command(subcommand)]
-    Secret(SecretCommand),
-}
-
-#[derive(Subcommand)]
-enum SecretCommand {
-    /// Adds a secret; prints it once.
-    Add {
-        client_id: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Lists a client's secret ids and dates.
-    List { client_id: String },
-    /// Revokes one secret.
-    Revoke {
-        client_id: String,
-        secret_id: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum InviteCommand {
-    /// Create an onboarding URL.
-    Create {
-        /// Restrict the invitation to one partner tenant.
-        #[arg(long)]
-        tenant: Option<String>,
-        #[arg(long, default_value = "7d")]
-        expires: String,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum PartnersCommand {
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Import refresh tokens held elsewhere (a Key Vault secret, a script's store): one JSON
-    /// object per line, {"tenant_id", "refresh_token", "upn", "name"?, "mfa"?}. Each is
-    /// sealed and scheduled for an immediate rotation, which proves it works. Delete the
-    /// file afterwards: it holds credentials in clear.
-    Import {
-        /// JSON-lines file, or - for standard input.
-        #[arg(long, value_name = "FILE")]
-        file: PathBuf,
-    },
-    /// Emergency remediation: crypto-shred the sealed refresh tokens of one partner or of all
-    /// of them; each becomes reconsent_required and must consent again. Works beside a
-    /// running `serve` (running services stop serving cached tokens within a second).
-    Purge {
-        /// The partner's tenant id.
-        #[arg(
-            long,
-            value_name = "TENANT_ID",
-            required_unless_present = "all",
-            conflicts_with = "all"
-        )]
-        partner: Option<String>,
-        /// Every partner.
-        #[arg(long)]
-        all: bool,
-        /// Confirms: without it nothing is purged.
-        #[arg(long)]
-        yes: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Check the audit log's hash chain.
-    Verify,
+    Keys(keys::Command),
 }
 
 /// Parses the command line and runs it.
@@ -248,795 +100,44 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn load_config(cli_config: Option<&PathBuf>) -> anyhow::Result<Config> {
-    Ok(Config::load(cli_config.map(PathBuf::as_path))?)
-}
-
+/// The dev commands bring their own settings; every other command reads the configuration
+/// (`--config`, `SAMVAULT_CONFIG`, the environment) and sets up logging from it first.
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         #[cfg(feature = "dev-tools")]
-        Command::Demo(args) => dev::demo(args).await.map(|_| ExitCode::SUCCESS),
+        Command::Demo(args) => dev::demo(args).await,
         #[cfg(feature = "dev-tools")]
-        Command::DevIdp(args) => dev::dev_idp(args).await.map(|_| ExitCode::SUCCESS),
+        Command::DevIdp(args) => dev::dev_idp(args).await,
         #[cfg(feature = "dev-tools")]
-        Command::DevCert(args) => dev::dev_cert(args).map(|_| ExitCode::SUCCESS),
+        Command::DevCert(args) => dev::dev_cert(args),
         #[cfg(feature = "dev-tools")]
-        Command::DevKeyvault(args) => {
-            app::init_tracing(config::LogFormat::Text);
-            samvault_devkv::run(args, app::shutdown_signal())
-                .await
-                .map(|_| ExitCode::SUCCESS)
-        }
+        Command::DevKeyvault(args) => dev::dev_keyvault(args).await,
         command => {
-            let config = load_config(cli.config.as_ref())?;
+            let config = load_config(cli.config.as_deref())?;
             app::init_tracing(config.log_format);
             run_with_config(command, config).await
         }
     }
 }
 
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
 async fn run_with_config(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve => {
-            App::build(config).await?.run().await?;
-        }
-        Command::Migrate => {
-            app::open_db(&config).await?;
-            eprintln!("migrations applied");
-        }
-        Command::Client(cmd) => client_command(cmd, &config).await?,
-        Command::Invite(InviteCommand::Create {
-            tenant,
-            expires,
-            json,
-        }) => {
-            let tenant = tenant
-                .map(|t| TenantId::parse(&t).map_err(|e| anyhow::anyhow!("--tenant: {e}")))
-                .transpose()?;
-            let lifetime =
-                config::parse_duration(&expires).map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
-            let db = app::open_db(&config).await?;
-            let (url, expires_at) = samvault::onboarding::create_invitation(
-                &db,
-                &config.public_url,
-                tenant.as_ref(),
-                lifetime.as_secs() as i64,
-            )
-            .await?;
-            audit::append(
-                &db,
-                "cli",
-                "invite.create",
-                tenant.as_ref().map(TenantId::as_str),
-                serde_json::json!({ "expires_at": expires_at }),
-                now(),
-            )
-            .await?;
-            let expires_at = rfc3339(expires_at);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "url": url.as_str(), "expires_at": expires_at })
-                );
-            } else {
-                println!("{url}\n(expires {expires_at})");
-            }
-        }
-        Command::Partners(PartnersCommand::Import { file }) => {
-            let db = app::open_db(&config).await?;
-            let vault = app::open_vault(&config).await?;
-            let imported = import_partners(&db, &vault, &file).await?;
-            audit::append(
-                &db,
-                "cli",
-                "partners.import",
-                None,
-                serde_json::json!({ "count": imported }),
-                now(),
-            )
-            .await?;
-            println!("imported {imported} partners; each is due for rotation now");
-        }
-        Command::Partners(PartnersCommand::Purge { partner, all, yes }) => {
-            return purge(partner, all, yes, config).await;
-        }
-        Command::Partners(PartnersCommand::List { json }) => {
-            let db = app::open_db(&config).await?;
-            let list = partners::list(&db).await?;
-            if json {
-                let rows: Vec<_> = list
-                    .iter()
-                    .map(|p| {
-                        serde_json::json!({
-                            "tenant_id": p.tenant_id, "name": p.display_name, "status": p.status,
-                            "status_code": p.status_code, "status_reason": p.status_reason,
-                            "mfa": p.mfa, "last_refresh": rfc3339(p.last_refresh_at), "expiry_horizon": rfc3339(p.horizon()),
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!(
-                    "{:<36}  {:<24}  {:<18}  {:<20}  HORIZON",
-                    "TENANT ID", "NAME", "STATUS", "LAST REFRESH"
-                );
-                for p in &list {
-                    println!(
-                        "{:<36}  {:<24}  {:<18}  {:<20}  {}",
-                        p.tenant_id,
-                        p.display_name,
-                        p.status.as_str(),
-                        rfc3339(p.last_refresh_at),
-                        rfc3339(p.horizon())
-                    );
-                }
-            }
-        }
-        Command::Audit(AuditCommand::Verify) => {
-            let db = app::open_db(&config).await?;
-            match audit::verify(&db).await? {
-                Ok(rows) => println!("audit chain intact: {rows} events"),
-                Err(seq) => {
-                    println!("audit chain broken at event {seq}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            }
-        }
-        Command::OpsUser(cmd) => ops_user_command(cmd, &config).await?,
-        Command::Keys(KeysCommand::Status { json }) => {
-            let db = app::open_db(&config).await?;
-            let vault = app::open_vault(&config).await?;
-            let (provider, current) = (vault.provider().kind(), vault.provider().current_kek_id());
-            let counts = samvault::storage::sealed::count_by_kek(&db).await?;
-            let shredded = samvault::storage::sealed::shredded_grants(&db).await?;
-            let elsewhere: i64 = counts
-                .iter()
-                .filter(|c| c.kek_id != current)
-                .map(|c| c.records)
-                .sum();
-            if json {
-                let rows: Vec<_> = counts
-                    .iter()
-                    .map(|c| serde_json::json!({ "what": c.what, "kek_id": c.kek_id, "records": c.records }))
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "provider": provider, "current_kek_id": current, "sealed": rows,
-                        "shredded_grant_versions": shredded, "not_under_current_key": elsewhere,
-                    })
-                );
-            } else {
-                println!("key provider: {provider}\ncurrent key-encryption key: {current}\n");
-                for c in &counts {
-                    println!("{:<34} {:>10}  {}", c.what, c.records, c.kek_id);
-                }
-                println!(
-                    "\nshredded refresh-token versions: {shredded}\nsealed records under other keys: {elsewhere}"
-                );
-            }
-        }
-        Command::Keys(KeysCommand::Rotate { onto_current }) => {
-            keys_rotate(onto_current, &config).await?
-        }
-        Command::Rotate(args) => return rotate(args, config).await,
+        Command::Serve => serve::run(config).await,
+        Command::Migrate => migrate::run(&config).await,
+        Command::Client(command) => client::run(command, &config).await,
+        Command::Invite(command) => invite::run(command, &config).await,
+        Command::Partners(command) => partners::run(command, config).await,
+        Command::Audit(command) => audit::run(command, &config).await,
+        Command::OpsUser(command) => ops_user::run(command, &config).await,
+        Command::Rotate(opts) => rotate::run(opts, config).await,
+        Command::Keys(command) => keys::run(command, &config).await,
         #[cfg(feature = "dev-tools")]
         Command::Demo(_) | Command::DevIdp(_) | Command::DevCert(_) | Command::DevKeyvault(_) => {
-            unreachable!("handled before configuration is loaded")
+            unreachable!("dev commands run before the configuration is loaded")
         }
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<()> {
-    let db = app::open_db(config).await?;
-    match cmd {
-        ClientCommand::Create {
-            name,
-            resources,
-            partners,
-            permissions,
-            rate_limit,
-            json,
-        } => {
-            // No --permission means both: the common case, as SPEC §3.1 documents.
-            let permissions = if permissions.is_empty() {
-                [Permission::TokensIssue, Permission::PartnersRead]
-                    .map(|p| p.as_str().to_string())
-                    .to_vec()
-            } else {
-                permissions
-            };
-            let new = NewClient::parse(
-                &name,
-                &permissions,
-                &resources,
-                &partners,
-                rate_limit,
-                &config.resources,
-            )?;
-            let (client_id, secret) = create_client(&db, &new).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "client_id": client_id, "client_secret": secret.expose_secret() })
-                );
-            } else {
-                println!(
-                    "client_id:     {client_id}\nclient_secret: {}\n(the secret is shown once; samvault stores only its SHA-256)",
-                    secret.expose_secret()
-                );
-            }
-        }
-        ClientCommand::List { json } => {
-            let list = clients::list(&db).await?;
-            if json {
-                let rows: Vec<_> = list
-                    .iter()
-                    .map(|c| {
-                        serde_json::json!({
-                            "client_id": c.client_id, "name": c.name,
-                            "permissions": c.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-                            "resources": c.resources, "partners": c.partners,
-                            "rate_limit_per_minute": c.rate_limit_per_minute,
-                            "created_at": rfc3339(c.created_at), "last_used_at": c.last_used_at.map(rfc3339),
-                            "revoked_at": c.revoked_at.map(rfc3339),
-                        })
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!(
-                    "{:<36}  {:<24}  {:<8}  RESOURCES",
-                    "CLIENT ID", "NAME", "STATE"
-                );
-                for c in &list {
-                    let state = if c.revoked_at.is_some() {
-                        "revoked"
-                    } else {
-                        "active"
-                    };
-                    let resources: Vec<_> = c.resources.iter().map(Resource::as_str).collect();
-                    println!(
-                        "{:<36}  {:<24}  {:<8}  {}",
-                        c.client_id,
-                        c.name,
-                        state,
-                        resources.join(" ")
-                    );
-                }
-            }
-        }
-        ClientCommand::Secret(SecretCommand::Add { client_id, json }) => {
-            let (secret_id, secret) = clients::add_secret(&db, &client_id, now())
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("no active client {client_id}"))?;
-            audit::append(
-                &db,
-                "cli",
-                "client.secret.add",
-                None,
-                serde_json::json!({ "client_id": client_id, "secret_id": secret_id }),
-                now(),
-            )
-            .await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "client_id": client_id, "secret_id": secret_id, "client_secret": secret.expose_secret() })
-                );
-            } else {
-                println!(
-                    "secret_id:     {secret_id}\nclient_secret: {}\n(shown once)",
-                    secret.expose_secret()
-                );
-            }
-        }
-        ClientCommand::Secret(SecretCommand::List { client_id }) => {
-            for (id, created, revoked) in clients::secrets(&db, &client_id).await? {
-                let state = revoked.map_or_else(
-                    || "active".to_string(),
-                    |r| format!("revoked {}", rfc3339(r)),
-                );
-                println!("{id}  created {}  {state}", rfc3339(created));
-            }
-        }
-        ClientCommand::Secret(SecretCommand::Revoke {
-            client_id,
-            secret_id,
-        }) => {
-            anyhow::ensure!(
-                clients::revoke_secret(&db, &client_id, &secret_id, now()).await?,
-                "no active secret {secret_id} for client {client_id}"
-            );
-            audit::append(
-                &db,
-                "cli",
-                "client.secret.revoke",
-                None,
-                serde_json::json!({ "client_id": client_id, "secret_id": secret_id }),
-                now(),
-            )
-            .await?;
-            samvault::http::client_auth::wait_for_services_to_notice().await;
-            println!("revoked secret {secret_id}");
-        }
-        ClientCommand::Revoke { client_id } => {
-            anyhow::ensure!(
-                clients::revoke(&db, &client_id, now()).await?,
-                "no active client {client_id}"
-            );
-            audit::append(
-                &db,
-                "cli",
-                "client.revoke",
-                None,
-                serde_json::json!({ "client_id": client_id }),
-                now(),
-            )
-            .await?;
-            samvault::http::client_auth::wait_for_services_to_notice().await;
-            println!("revoked {client_id}");
-        }
-    }
-    Ok(())
-}
-
-async fn ops_user_command(cmd: OpsUserCommand, config: &Config) -> anyhow::Result<()> {
-    use samvault::ops::{password, totp};
-    use samvault::storage::ops_users::{self, Role};
-    let db = app::open_db(config).await?;
-    match cmd {
-        OpsUserCommand::Create {
-            username,
-            role,
-            json,
-        } => {
-            let role = Role::parse(&role).map_err(|e| anyhow::anyhow!("--role: {e}"))?;
-            let valid = (1..=64).contains(&username.len())
-                && username
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
-            anyhow::ensure!(
-                valid,
-                "--username: 1 to 64 letters, digits, '.', '_', '@' or '-'"
-            );
-            let vault = app::open_vault(config).await?;
-            let initial = password::generate();
-            let secret = totp::generate_secret();
-            let sealed = vault
-                .seal(&secret, &ops_users::totp_context(&username))
-                .await?;
-            let created = ops_users::create(
-                &db,
-                &username,
-                role,
-                &password::hash(&initial),
-                &sealed,
-                now(),
-            )
-            .await?;
-            anyhow::ensure!(created, "an ops user named {username} already exists");
-            audit::append(
-                &db,
-                "cli",
-                "ops_user.create",
-                None,
-                serde_json::json!({ "username": username, "role": role.as_str() }),
-                now(),
-            )
-            .await?;
-            let uri = totp::otpauth_uri(&config.app_name, &username, &secret);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        // `name` is SPEC §3.1's key; `username` matches the flag.
-                        "name": username, "username": username, "role": role.as_str(),
-                        "password": initial.as_str(), "totp_secret": totp::base32(&secret),
-                        "otpauth_uri": uri,
-                    })
-                );
-            } else {
-                println!("created {} user {username}", role.as_str());
-                println!(
-                    "one-time password (change it at first sign-in): {}",
-                    initial.as_str()
-                );
-                println!(
-                    "TOTP secret for the authenticator app: {}",
-                    totp::base32(&secret)
-                );
-                println!("or import: {uri}");
-                println!("none of these is shown again");
-            }
-        }
-        OpsUserCommand::Disable { username } => {
-            anyhow::ensure!(
-                ops_users::disable(&db, &username, now()).await?,
-                "no enabled ops user named {username}"
-            );
-            audit::append(
-                &db,
-                "cli",
-                "ops_user.disable",
-                None,
-                serde_json::json!({ "username": username }),
-                now(),
-            )
-            .await?;
-            println!("disabled {username}: their sessions end at their next request");
-        }
-        OpsUserCommand::List => {
-            for user in ops_users::list(&db).await? {
-                println!(
-                    "{}\t{}\tlast sign-in {}{}",
-                    user.username,
-                    user.role.as_str(),
-                    user.last_sign_in_at.map_or("never".into(), rfc3339),
-                    if user.disabled_at.is_some() {
-                        "\tdisabled"
-                    } else {
-                        ""
-                    }
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `samvault partners purge`: shreds one partner's grants or everyone's, with the same
-/// concurrency as rotation; a per-partner failure is reported and the rest carries on.
-async fn purge(
-    partner: Option<String>,
-    all: bool,
-    yes: bool,
-    config: Config,
-) -> anyhow::Result<ExitCode> {
-    let tenant = partner
-        .map(|t| TenantId::parse(&t).map_err(|e| anyhow::anyhow!("--partner: {e}")))
-        .transpose()?;
-    if !yes {
-        let whom = if all {
-            "every partner".to_string()
-        } else {
-            format!("partner {}", tenant.as_ref().map_or("", TenantId::as_str))
-        };
-        eprintln!(
-            "this crypto-shreds the refresh tokens of {whom}; each must consent again.\n\
-             Run again with --yes to do it."
-        );
-        return Ok(ExitCode::from(2));
-    }
-    let services = samvault::app::Services::open_beside_server(config).await?;
-    let tenants = match tenant {
-        Some(tenant) => vec![tenant],
-        None => partners::list(&services.db)
-            .await?
-            .into_iter()
-            .map(|p| p.tenant_id)
-            .collect(),
-    };
-    let reason = if all {
-        "Purged with every other partner by `samvault partners purge --all`. The partner must consent again."
-    } else {
-        "Purged by `samvault partners purge`. The partner must consent again."
-    };
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(
-        services.config.rotation_concurrency,
-    ));
-    let mut set = tokio::task::JoinSet::new();
-    for tenant in tenants {
-        let (broker, permits) = (services.broker.clone(), permits.clone());
-        set.spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("semaphore open");
-            let result = broker
-                .purge(
-                    &tenant,
-                    samvault::domain::PartnerStatus::ReconsentRequired,
-                    reason,
-                )
-                .await;
-            (tenant, result)
-        });
-    }
-    let (mut purged, mut shredded, mut failed) = (0u64, 0u64, Vec::new());
-    while let Some(joined) = set.join_next().await {
-        let (tenant, result) = joined?;
-        match result {
-            Ok(n) => {
-                purged += 1;
-                shredded += n;
-                if !all {
-                    audit::append(
-                        &services.db,
-                        "cli",
-                        "partners.purge",
-                        Some(tenant.as_str()),
-                        serde_json::json!({ "shredded": n }),
-                        now(),
-                    )
-                    .await?;
-                }
-            }
-            Err(e) => failed.push(format!("{tenant}: {}", e.code())),
-        }
-    }
-    if all {
-        audit::append(
-            &services.db,
-            "cli",
-            "partners.purge_all",
-            None,
-            serde_json::json!({ "partners": purged, "shredded": shredded, "failed": failed.len() }),
-            now(),
-        )
-        .await?;
-    }
-    println!(
-        "purged {purged} partner(s): {shredded} sealed grant version(s) crypto-shredded; each must consent again"
-    );
-    for failure in &failed {
-        eprintln!("not purged: {failure} (run the command again)");
-    }
-    Ok(if failed.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// `samvault rotate`: redeems the chosen grants now with the configured concurrency.
-async fn rotate(args: RotateArgs, config: Config) -> anyhow::Result<ExitCode> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let services = samvault::app::Services::open(config).await?;
-    let tenants = match &args.partner {
-        Some(t) => vec![TenantId::parse(t).map_err(|e| anyhow::anyhow!("--partner: {e}"))?],
-        None => {
-            samvault::storage::rotation::usable_tenants(&services.db, args.due.then(now)).await?
-        }
-    };
-    let total = tenants.len() as u64;
-    let started = std::time::Instant::now();
-    let succeeded = std::sync::Arc::new(AtomicU64::new(0));
-    let failures = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
-        String,
-        u64,
-    >::new()));
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(
-        services.config.rotation_concurrency,
-    ));
-    let mut set = tokio::task::JoinSet::new();
-    for tenant in tenants {
-        let (broker, succeeded, failures, permits) = (
-            services.broker.clone(),
-            succeeded.clone(),
-            failures.clone(),
-            permits.clone(),
-        );
-        set.spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("semaphore open");
-            match broker
-                .rotate(&tenant, samvault::broker::Source::Manual)
-                .await
-            {
-                Ok(_) => {
-                    succeeded.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::debug!(tenant.id = %tenant, error = %e, "rotation failed");
-                    *failures
-                        .lock()
-                        .expect("failures lock")
-                        .entry(e.to_string())
-                        .or_default() += 1;
-                }
-            }
-        });
-    }
-    let mut bar = ProgressBar::new("rotating");
-    let mut done = 0u64;
-    while set.join_next().await.is_some() {
-        done += 1;
-        bar.show(done, total);
-    }
-    bar.finish();
-    let ok = succeeded.load(Ordering::Relaxed);
-    let failures = failures.lock().expect("failures lock").clone();
-    let failed: u64 = failures.values().sum();
-    let detail: Vec<String> = failures.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-    println!(
-        "rotated {total} partners in {:.1}s: {ok} succeeded, {failed} failed{}",
-        started.elapsed().as_secs_f64(),
-        if detail.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", detail.join(", "))
-        }
-    );
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// A progress bar on stderr when it is a terminal; otherwise one line per tenth of the work,
-/// so a log (or a test driving the command) sees how far it got.
-struct ProgressBar {
-    label: &'static str,
-    terminal: bool,
-    shown: bool,
-    /// Last step drawn: a bar cell on a terminal, a tenth otherwise (redraw only on change).
-    last_step: Option<u64>,
-}
-
-impl ProgressBar {
-    fn new(label: &'static str) -> Self {
-        use std::io::IsTerminal;
-        Self {
-            label,
-            terminal: std::io::stderr().is_terminal(),
-            shown: false,
-            last_step: None,
-        }
-    }
-
-    fn show(&mut self, done: u64, total: u64) {
-        if total == 0 {
-            return;
-        }
-        const WIDTH: u64 = 30;
-        let step = (done * if self.terminal { WIDTH } else { 10 } / total).min(WIDTH);
-        if self.last_step == Some(step) {
-            return;
-        }
-        self.last_step = Some(step);
-        if self.terminal {
-            let filled = step as usize;
-            eprint!(
-                "\r{} [{}{}] {done}/{total}",
-                self.label,
-                "#".repeat(filled),
-                " ".repeat(WIDTH as usize - filled)
-            );
-            self.shown = true;
-        } else if step > 0 {
-            eprintln!("{} {done}/{total}", self.label);
-        }
-    }
-
-    fn finish(&self) {
-        if self.shown {
-            eprintln!();
-        }
-    }
-}
-
-/// `samvault keys rotate`: see [`samvault::key_rotation`].
-async fn keys_rotate(onto_current: bool, config: &Config) -> anyhow::Result<()> {
-    use samvault::key_rotation::{Target, rotate};
-    let db = app::open_db(config).await?;
-    let vault = app::open_vault(config).await?;
-    let target = if onto_current {
-        Target::Current
-    } else {
-        Target::NewKey
-    };
-    let started = std::time::Instant::now();
-    let mut bar = ProgressBar::new("re-wrapping");
-    let report = rotate(&db, &vault, target, "cli", |p| {
-        bar.show(p.moved as u64, p.total as u64)
-    })
-    .await?;
-    bar.finish();
-    let kinds: Vec<String> = report
-        .moved
-        .iter()
-        .map(|(what, n)| format!("{n} {what}"))
-        .collect();
-    println!(
-        "{} {} sealed records onto {} in {:.1}s{}",
-        if report.resumed {
-            "resumed: re-wrapped"
-        } else {
-            "re-wrapped"
-        },
-        report.total_moved(),
-        report.target_kek_id,
-        started.elapsed().as_secs_f64(),
-        if kinds.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", kinds.join(", "))
-        }
-    );
-    for kek in &report.retired {
-        println!("retired {kek}: no record references it any more");
-    }
-    for kek in &report.unreferenced {
-        println!(
-            "{kek} is no longer referenced: remove it from SAMVAULT_PREVIOUS_KEY_PROVIDERS, or disable that key version in its vault"
-        );
-    }
-    Ok(())
-}
-
-/// One line of `samvault partners import`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImportLine {
-    tenant_id: String,
-    refresh_token: SecretString,
-    upn: String,
-    name: Option<String>,
-    #[serde(default)]
-    mfa: bool,
-}
-
-async fn import_partners(
-    db: &samvault::storage::Db,
-    vault: &samvault::vault::Vault,
-    file: &std::path::Path,
-) -> anyhow::Result<u64> {
-    use std::io::BufRead;
-    let reader: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(std::fs::File::open(file).map_err(
-            |e| anyhow::anyhow!("--file {}: {e}", file.display()),
-        )?))
-    };
-    let mut count = 0;
-    for (number, line) in reader.lines().enumerate() {
-        let line = zeroize::Zeroizing::new(line?);
-        if line.trim().is_empty() {
-            continue;
-        }
-        // The error names the line, never its content (it holds a refresh token).
-        let entry: ImportLine = serde_json::from_str(&line).map_err(|e| {
-            anyhow::anyhow!(
-                "line {}: not an import record ({:?} error)",
-                number + 1,
-                e.classify()
-            )
-        })?;
-        let tenant = TenantId::parse(&entry.tenant_id)
-            .map_err(|e| anyhow::anyhow!("line {}: {e}", number + 1))?;
-        let (organisation, domain) = samvault::onboarding::organisation_name(&entry.upn);
-        let consent = partners::NewConsent {
-            tenant_id: tenant.clone(),
-            display_name: entry.name.unwrap_or(organisation),
-            domain,
-            upn: entry.upn,
-            oid: None,
-            user_name: None,
-            mfa: entry.mfa,
-            amr: vec!["imported".into()],
-            scopes: String::new(),
-            invitation_id: None,
-        };
-        let at = now();
-        // Due at once: the first rotation proves the imported token is alive.
-        samvault::onboarding::record_consent(db, vault, &consent, &entry.refresh_token, at, at)
-            .await?;
-        count += 1;
-    }
-    Ok(count)
-}
-
-/// Creates a client and records it in the audit log; returns `(client_id, secret)`.
-pub(crate) async fn create_client(
-    db: &samvault::storage::Db,
-    new: &NewClient,
-) -> anyhow::Result<(String, SecretString)> {
-    let (client_id, secret) = clients::issue(db, new, now()).await?;
-    let detail = serde_json::json!({
-        "client_id": client_id, "name": new.name,
-        "resources": new.resources, "partners": new.partners,
-        "permissions": new.permissions.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-    });
-    audit::append(db, "cli", "client.create", None, detail, now()).await?;
-    Ok((client_id, secret))
 }

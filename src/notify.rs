@@ -22,6 +22,7 @@ use sha2::Sha256;
 use url::Url;
 
 use crate::config::Config;
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
 use crate::storage::outbox::{self, OutboxRow};
 use crate::storage::{self, Db, StorageError};
@@ -386,10 +387,9 @@ impl Notifier {
 
     /// The delay before retrying after `failures` failed attempts (1-based).
     pub fn backoff(&self, failures: i64) -> Duration {
-        let exponent = failures.saturating_sub(1).clamp(0, 31) as u32;
-        self.backoff_base
-            .saturating_mul(1u32 << exponent)
-            .min(self.backoff_cap)
+        Backoff::new(self.backoff_base, 2)
+            .capped_at(self.backoff_cap)
+            .delay(failures)
     }
 
     async fn deliver(&self, target: &Target, row: OutboxRow) -> Result<(), StorageError> {

@@ -14,6 +14,9 @@ use samvault_devidp::{
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+#[path = "dev_idp/fidelity.rs"]
+mod fidelity;
+
 const REDIRECT: &str = "http://127.0.0.1:8080/onboard/callback";
 const PC: &str = "https://api.partnercenter.microsoft.com";
 const CONSENT_SCOPES: &str =

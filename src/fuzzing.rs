@@ -165,10 +165,7 @@ pub fn entra_error(data: &[u8]) {
         body.error.as_str(),
         "invalid_grant" | "interaction_required" | "consent_required"
     );
-    let app_error = matches!(
-        body.error.as_str(),
-        "invalid_client" | "unauthorized_client"
-    );
+    let app_error = body.error == "unauthorized_client" || body.blames_credential();
     for status in [400, 401, 429, 500, 503] {
         for primary in [true, false] {
             let error = IdpError::Entra {

@@ -4,7 +4,7 @@
 The repository must stand alone: a link may point at a file inside it (which must exist,
 and whose heading must exist when the link names one), or at the demo on loopback
 (http://127.0.0.1:..., http://localhost:...). Anything else -- a path that leaves the
-repository, a web address -- is reported, with the file and line. Exit 1 when anything is.
+repository, a web address, linked or bare (a citation goes in a code span) -- is reported, with the file and line. Exit 1 when anything is.
 
     scripts/check-links.py [FILE.md ...]
 """
@@ -20,6 +20,8 @@ SKIP_DIRS = {".git", "target", "node_modules", "fuzz"}
 INLINE = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 REFERENCE = re.compile(r"^\s*\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+.*)?$")
 AUTOLINK = re.compile(r"<((?:https?|ftp|file)://[^>\s]+)>")
+# A bare address, which renderers turn into a link (a citation belongs in a code span).
+BARE = re.compile(r"(?<![(<\w])((?:https?|ftp|file)://[^\s<>)`|]+)")
 FENCE = re.compile(r"^\s*(```|~~~)")
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
@@ -77,6 +79,8 @@ def links(path):
             for pattern in (INLINE, AUTOLINK):
                 for match in pattern.finditer(code_free):
                     yield number, match.group(1)
+            for match in BARE.finditer(INLINE.sub("", AUTOLINK.sub("", code_free))):
+                yield number, match.group(1).rstrip(".,;:")
             match = REFERENCE.match(code_free)
             if match:
                 yield number, match.group(1)

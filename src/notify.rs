@@ -8,7 +8,8 @@
 //! statement, so two replicas never send the same row at once. Delivery is at least once;
 //! receivers dedupe on the event `id` (also sent as `X-Samvault-Delivery`).
 //!
-//! Events carry tenant ids, statuses, Entra codes and human reasons, never token material.
+//! Events carry tenant ids, statuses, Entra codes and human reasons (and, when a partner's
+//! grant changes hands, both users' UPNs and object ids), never token material.
 //! Log lines name the receiver by its origin only (webhook URLs often hold a secret in their
 //! path or query).
 

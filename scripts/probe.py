@@ -8,7 +8,9 @@ credentials, forged cookies, hostile Host headers, XSS/SQL/template payloads in 
 parameters, sent over raw sockets (no client library "fixes" the bytes). Fails (exit 1) on
 any 5xx (a 503 from /readyz excepted), any reflected markup, or a state change: the partners
 the client sees (tenant, name, domain, status, status code) must be the same afterwards and
-the client must still get Contoso's token. Prints the status mix last.
+the client must still get Contoso's token. Last, Contoso's Sales Agent consents over the
+live grant through the real flow: refused (409, the holder named, UPN masked) and nothing
+changes (issue 17). Prints the status mix last.
 Start the demo first (`samvault demo`), and pass the client it prints; the probe consents
 Contoso's admin through the real flow first if nobody has.
 """
@@ -21,7 +23,7 @@ import json
 import os
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from samload import consent  # noqa: E402
+from samload import consent, consent_answer  # noqa: E402
 
 HOST = "127.0.0.1"
 PORT, CID, SECRET = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -102,7 +104,7 @@ def unchunk(body):
 
 def partner_state():
     """What an attacker must not be able to change: every partner the client sees."""
-    fields = ("tenant_id", "name", "domain", "status", "status_code")
+    fields = ("tenant_id", "name", "domain", "status", "status_code", "consented_at")
     return sorted(tuple(p.get(f) for f in fields) for p in api_get("/api/v1/partners?limit=1000")["partners"])
 
 
@@ -152,6 +154,9 @@ def main():
             bad.append((status, method, path[:120], data[:300]))
         if any(marker in data for marker in REFLECTED):
             bad.append(("reflected markup", method, path[:120], data[:300]))
+    status, page = consent_answer(f"http://{HOST}:{PORT}", "sam@contoso.example")
+    if status != 409 or b"held by someone else" not in page or b"jane@contoso.example" in page:
+        bad.append(("a Sales Agent's consent over Contoso's live grant", status, page[:300]))
     after = partner_state()
     if after != before:
         bad.append(("state changed", sorted(set(before) ^ set(after))))

@@ -106,25 +106,32 @@ def path_of(url):
 
 def consent(sv, upn):
     """A partner admin's consent through the real flow; returns (ok, detail)."""
+    status, page = consent_answer(sv, upn)
+    if status != 200 or b"Consent recorded" not in page:
+        return False, page.decode(errors="replace") if status is None else f"callback {status}"
+    return True, ""
+
+
+def consent_answer(sv, upn):
+    """A consent of `upn` through the real flow: (the callback's status, its page), or
+    (None, what failed before the callback)."""
     browser, idp = Http(sv), None
     try:
         status, _, page = browser.request("GET", "/onboard")
         if status != 200:
-            return False, f"GET /onboard {status}"
+            return None, f"GET /onboard {status}".encode()
         status, headers, _ = browser.form("/onboard/start", {"csrf": csrf_of(page.decode())})
         if status != 303:
-            return False, f"POST /onboard/start {status}"
+            return None, f"POST /onboard/start {status}".encode()
         authorize = headers["location"]
         idp = Http(authorize)
         fields = urllib.parse.parse_qsl(urllib.parse.urlsplit(authorize).query)
         fields += [("upn", upn), ("mfa", "on"), ("consent", "accept")]
         status, headers, _ = idp.form(urllib.parse.urlsplit(authorize).path, fields)
         if status not in (302, 303) or "location" not in headers:
-            return False, f"IdP sign-in {status}"
+            return None, f"IdP sign-in {status}".encode()
         status, _, page = browser.request("GET", path_of(headers["location"]))
-        if status != 200 or b"Consent recorded" not in page:
-            return False, f"callback {status}"
-        return True, ""
+        return status, page
     finally:
         browser.close()
         if idp:

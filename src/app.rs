@@ -205,6 +205,7 @@ impl App {
             vault: services.vault.clone(),
             idp: services.idp.clone(),
             broker: services.broker.clone(),
+            notifier: services.notifier.clone(),
             auth: auth.clone(),
             limiter: Arc::default(),
             request_log,

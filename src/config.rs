@@ -52,6 +52,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("SAMVAULT_APP_NAME", Some("samvault")),
     ("SAMVAULT_ROTATION_CONCURRENCY", Some("16")),
     ("SAMVAULT_SCHEDULER", Some("true")),
+    ("SAMVAULT_ONBOARDING", Some("open")),
 ];
 
 /// Settings that are secrets: they may also be read from `<NAME>_FILE`.
@@ -129,6 +130,25 @@ impl std::fmt::Debug for AppCredential {
     }
 }
 
+/// Who may start a consent (`SAMVAULT_ONBOARDING`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Onboarding {
+    /// Any user of a partner tenant, at `/onboard` (the demo's default).
+    Open,
+    /// Only through an invitation link the CPV created.
+    Invitation,
+}
+
+impl Onboarding {
+    fn parse(value: &str) -> Result<Self, ConfigError> {
+        match value {
+            "open" => Ok(Self::Open),
+            "invitation" => Ok(Self::Invitation),
+            _ => Err(bad("SAMVAULT_ONBOARDING", "must be open or invitation")),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -170,6 +190,7 @@ pub struct Config {
     pub rotation_concurrency: usize,
     /// Whether this process runs the rotation scheduler (replicas may opt out).
     pub scheduler: bool,
+    pub onboarding: Onboarding,
 }
 
 impl Config {
@@ -243,6 +264,7 @@ impl Config {
             expiry_warn: rotation.expiry_warn,
             rotation_concurrency: rotation.rotation_concurrency,
             scheduler: rotation.scheduler,
+            onboarding: Onboarding::parse(raw.required("SAMVAULT_ONBOARDING")?)?,
             webhook_url: webhook.webhook_url,
             webhook_secret: webhook.webhook_secret,
         })
@@ -844,6 +866,21 @@ mod tests {
             err.to_string()
                 .starts_with("configuration: SAMVAULT_CLIENT_KEY:"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn onboarding_is_open_unless_by_invitation() {
+        let open = Config::from_sources(None, &env(&[])).unwrap();
+        assert_eq!(open.onboarding, Onboarding::Open);
+        let closed = env(&[("SAMVAULT_ONBOARDING", "invitation")]);
+        let closed = Config::from_sources(None, &closed).unwrap();
+        assert_eq!(closed.onboarding, Onboarding::Invitation);
+        let err = Config::from_sources(None, &env(&[("SAMVAULT_ONBOARDING", "closed")]));
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("SAMVAULT_ONBOARDING: must be open or invitation")
         );
     }
 

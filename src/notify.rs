@@ -8,7 +8,8 @@
 //! statement, so two replicas never send the same row at once. Delivery is at least once;
 //! receivers dedupe on the event `id` (also sent as `X-Samvault-Delivery`).
 //!
-//! Events carry tenant ids, statuses, Entra codes and human reasons, never token material.
+//! Events carry tenant ids, statuses, Entra codes and human reasons (and, when a partner's
+//! grant changes hands, both users' UPNs and object ids), never token material.
 //! Log lines name the receiver by its origin only (webhook URLs often hold a secret in their
 //! path or query).
 
@@ -58,6 +59,10 @@ pub enum EventKind {
     AppCredentialsAlarm,
     /// The app-credentials alarm cleared.
     AppCredentialsRecovered,
+    /// A partner's grant was replaced by another user's consent (issue 17: who speaks for a
+    /// partner changed).
+    #[serde(rename = "partner.consenter_changed")]
+    ConsenterChanged,
 }
 
 impl EventKind {
@@ -67,6 +72,7 @@ impl EventKind {
             Self::Recovered => "recovered",
             Self::AppCredentialsAlarm => "app_credentials_alarm",
             Self::AppCredentialsRecovered => "app_credentials_recovered",
+            Self::ConsenterChanged => "partner.consenter_changed",
         }
     }
 }
@@ -86,6 +92,28 @@ pub struct Event {
     pub at: String,
     /// Unique per event, stable across retries: receivers dedupe on it.
     pub id: String,
+    /// `partner.consenter_changed`: whose consent the replaced grant came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_consenter: Option<PartnerUser>,
+    /// `partner.consenter_changed`: whose consent the partner's grant comes from now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consenter: Option<PartnerUser>,
+}
+
+/// A partner's user as events name them: UPN and Entra object id (`None` for imports).
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct PartnerUser {
+    pub upn: String,
+    pub oid: Option<String>,
+}
+
+impl PartnerUser {
+    pub fn new(upn: &str, oid: Option<&str>) -> Self {
+        Self {
+            upn: upn.to_string(),
+            oid: oid.map(str::to_string),
+        }
+    }
 }
 
 impl Event {
@@ -100,6 +128,8 @@ impl Event {
             reason: None,
             at,
             id: uuid::Uuid::new_v4().to_string(),
+            previous_consenter: None,
+            consenter: None,
         }
     }
 
@@ -151,6 +181,23 @@ impl Event {
         Self {
             reason: Some("The identity provider accepts the CPV app's credentials again.".into()),
             ..Self::new(EventKind::AppCredentialsRecovered)
+        }
+    }
+
+    /// `partner.consenter_changed`: the grant `previous` gave was replaced by `consenter`'s
+    /// consent, for the reason given.
+    pub fn consenter_changed(
+        tenant_id: &str,
+        previous: PartnerUser,
+        consenter: PartnerUser,
+        reason: &str,
+    ) -> Self {
+        Self {
+            tenant_id: Some(tenant_id.to_string()),
+            reason: Some(reason.to_string()),
+            previous_consenter: Some(previous),
+            consenter: Some(consenter),
+            ..Self::new(EventKind::ConsenterChanged)
         }
     }
 
@@ -532,6 +579,24 @@ mod tests {
         assert!(recovered.to_json().contains("\"kind\":\"recovered\""));
         assert!(recovered.reason.unwrap().contains("3 failed attempts"));
         assert_ne!(alarm.id, event.id);
+    }
+
+    #[test]
+    fn a_change_of_consenter_names_both_users() {
+        let event = Event::consenter_changed(
+            TENANT,
+            PartnerUser::new("jane@contoso.example", Some("oid-jane")),
+            PartnerUser::new("grace@contoso.example", None),
+            "replaced",
+        );
+        let json: serde_json::Value = serde_json::from_str(&event.to_json()).unwrap();
+        assert_eq!(json["kind"], "partner.consenter_changed");
+        assert_eq!(describe(&event.to_json()).0, event.kind.as_str());
+        assert_eq!(json["previous_consenter"]["oid"], "oid-jane");
+        assert_eq!(json["consenter"]["upn"], "grace@contoso.example");
+        assert!(json["consenter"]["oid"].is_null());
+        // Other events keep their shape.
+        assert!(!Event::recovered(TENANT, 1).to_json().contains("consenter"));
     }
 
     #[test]

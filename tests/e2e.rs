@@ -7,9 +7,11 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use samvault::storage::audit::{self, AuditEvent, AuditFilter};
 use serde_json::Value;
 use support::Backend;
 use support::stack::*;
+use support::webhook::*;
 
 const TENANT_1: &str = "00000000-0000-4000-8000-000000000001";
 
@@ -353,11 +355,277 @@ async fn an_https_idp_behind_a_private_ca(backend: Backend) {
     assert!(grant_versions(&stack, CONTOSO).await > redeemed);
 }
 
+/// Who holds Contoso's grant and what backs it: the partner's consenter, its grant versions
+/// (each with whether it is still sealed) and its consent rows. A refused consent leaves all
+/// of it as it was.
+async fn contoso_grant(stack: &Stack) -> (String, Vec<(i64, bool)>, i64) {
+    use sqlx::Row;
+    let db = stack.db().await;
+    let consenter = sqlx::query("SELECT consented_by FROM partners WHERE tenant_id = $1")
+        .bind(CONTOSO)
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+        .try_get::<String, _>(0)
+        .unwrap();
+    let versions = sqlx::query(
+        "SELECT version, CAST(CASE WHEN sealed IS NULL THEN 0 ELSE 1 END AS BIGINT) AS live FROM grants WHERE tenant_id = $1 ORDER BY version",
+    )
+    .bind(CONTOSO)
+    .fetch_all(db.pool())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.try_get::<i64, _>(0).unwrap(), r.try_get::<i64, _>(1).unwrap() == 1))
+    .collect();
+    let consents = stack
+        .scalar(
+            "SELECT COUNT(*) FROM consents WHERE tenant_id = $1",
+            CONTOSO,
+        )
+        .await;
+    (consenter, versions, consents)
+}
+
+async fn audited(stack: &Stack, action: &str) -> Vec<AuditEvent> {
+    let filter = AuditFilter {
+        action: Some(action.into()),
+        ..AuditFilter::default()
+    };
+    audit::search(&stack.db().await, &filter, 50).await.unwrap()
+}
+
+/// Creates an invitation with the CLI (`--tenant` when given); returns its URL.
+fn invitation(stack: &Stack, tenant: Option<&str>) -> String {
+    let mut args = vec!["invite", "create", "--json"];
+    if let Some(tenant) = tenant {
+        args.extend(["--tenant", tenant]);
+    }
+    let invite: Value = serde_json::from_str(&stack.cli(&args)).unwrap();
+    invite["url"].as_str().unwrap().to_string()
+}
+
+/// Issue 17 §1: while Contoso holds a usable grant, a consent by another user of Contoso
+/// replaces it only when that user holds an Entra admin role or came through an invitation
+/// pinned to Contoso. Anyone else is told who holds the grant and how to get an invitation,
+/// and nothing changes; every change of hands is audited with both users and sent as a
+/// signed `partner.consenter_changed` webhook event.
+async fn a_live_grant_changes_hands_only_with_authority(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let (receiver, hook) = Receiver::start().await;
+    let stack = Stack::start(&db.url, with_webhook(StackOptions::default(), &hook)).await;
+    stack.consent("jane@contoso.example").await;
+    let held = contoso_grant(&stack).await;
+    assert_eq!(held.1, vec![(1, true)]);
+
+    // Sam, a Sales Agent of Contoso: refused, with who holds the grant (masked) and what to do.
+    let sam = Browser::new(&stack)
+        .consent("sam@contoso.example", true, "accept")
+        .await;
+    assert_eq!(sam.status, 409, "{}", sam.body);
+    for shown in [
+        "Jane Doe",
+        "j***@contoso.example",
+        "invitation",
+        "Nothing was stored",
+    ] {
+        assert!(sam.body.contains(shown), "{shown:?} missing: {}", sam.body);
+    }
+    assert!(!sam.body.contains("jane@contoso.example"), "{}", sam.body);
+    assert_eq!(contoso_grant(&stack).await, held, "nothing changed");
+    assert_eq!(audited(&stack, "consent").await.len(), 1);
+    // An invitation for any tenant is no authority over Contoso's grant, and is not used up.
+    let open_invitation = invitation(&stack, None);
+    let again = Browser::new(&stack)
+        .consent_from(&open_invitation, "sam@contoso.example", true, "accept")
+        .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(contoso_grant(&stack).await, held, "nothing changed");
+    assert_eq!(
+        Browser::new(&stack).get(&open_invitation).await.status(),
+        200
+    );
+
+    // Jane renews her own grant: replaced, but the consenter did not change.
+    stack.consent("jane@contoso.example").await;
+    assert_eq!(contoso_grant(&stack).await.1.len(), 2);
+    assert!(
+        audited(&stack, "partner.consenter_changed")
+            .await
+            .is_empty()
+    );
+
+    // Grace, a Global Administrator of Contoso (`wids`): replaces Jane's grant.
+    stack.consent("grace@contoso.example").await;
+    let changed = audited(&stack, "partner.consenter_changed").await;
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0].actor, "partner:grace@contoso.example");
+    assert_eq!(changed[0].tenant_id.as_deref(), Some(CONTOSO));
+    assert_eq!(changed[0].detail["previous"]["upn"], "jane@contoso.example");
+    assert_eq!(
+        changed[0].detail["consenter"]["upn"],
+        "grace@contoso.example"
+    );
+    assert!(changed[0].detail["previous"]["oid"].is_string());
+    assert_eq!(changed[0].detail["because"], "Global Administrator");
+
+    // Sam through an invitation pinned to Contoso: replaces Grace's grant.
+    let pinned = invitation(&stack, Some(CONTOSO));
+    let done = Browser::new(&stack)
+        .consent_from(&pinned, "sam@contoso.example", true, "accept")
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let (consenter, versions, consents) = contoso_grant(&stack).await;
+    assert_eq!(consenter, "sam@contoso.example");
+    assert_eq!(versions.last(), Some(&(4, true)));
+    assert_eq!(consents, 4);
+    let changed = audited(&stack, "partner.consenter_changed").await;
+    assert_eq!(changed.len(), 2, "{changed:?}");
+    assert_eq!(
+        changed[0].detail["previous"]["upn"],
+        "grace@contoso.example"
+    );
+    assert_eq!(changed[0].detail["consenter"]["upn"], "sam@contoso.example");
+    assert_eq!(
+        changed[0].detail["because"],
+        "invitation pinned to this tenant"
+    );
+
+    // Both changes reach the webhook, signed, with both users.
+    eventually(
+        Duration::from_secs(10),
+        "two consenter_changed events",
+        || async { receiver.of_kind("partner.consenter_changed").len() == 2 },
+    )
+    .await;
+    let events = receiver.of_kind("partner.consenter_changed");
+    let hands: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e["tenant_id"], CONTOSO);
+            (
+                e["previous_consenter"]["upn"].as_str().unwrap(),
+                e["consenter"]["upn"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        hands,
+        [
+            ("jane@contoso.example", "grace@contoso.example"),
+            ("grace@contoso.example", "sam@contoso.example")
+        ]
+    );
+    assert!(
+        stack
+            .cli(&["audit", "verify"])
+            .starts_with("audit chain intact")
+    );
+}
+
+/// Issue 17 §6: an invitation is claimed in the consent's own transaction. Two browsers that
+/// opened the same link and finish their sign-ins at the same moment: one consent is
+/// recorded, the other gets the "already used" page and stores nothing.
+async fn an_invitation_is_used_once_however_fast(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    let url = invitation(&stack, None);
+    let (mut jane, mut trent) = (Browser::new(&stack), Browser::new(&stack));
+    let to_jane = jane.start(&url).await;
+    let to_trent = trent.start(&url).await;
+    let jane_back = jane
+        .sign_in(&to_jane, "jane@contoso.example", true, "accept")
+        .await;
+    let trent_back = trent
+        .sign_in(&to_trent, "trent@wingtip.example", true, "accept")
+        .await;
+    let (a, b) = tokio::join!(jane.get(&jane_back), trent.get(&trent_back));
+    let mut answers = Vec::new();
+    for response in [a, b] {
+        answers.push((response.status().as_u16(), response.text().await.unwrap()));
+    }
+    let mut statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    statuses.sort();
+    assert_eq!(statuses, [200, 410], "{answers:?}");
+    let (_, refused) = answers.iter().find(|a| a.0 == 410).unwrap();
+    assert!(refused.contains("already used"), "{refused}");
+    assert!(refused.contains("Nothing was stored"), "{refused}");
+
+    let partners = stack.partners();
+    assert_eq!(partners.len(), 1, "{partners:?}");
+    for (sql, expected) in [
+        ("SELECT COUNT(*) FROM consents WHERE tenant_id <> $1", 1),
+        ("SELECT COUNT(*) FROM grants WHERE tenant_id <> $1", 1),
+        (
+            "SELECT COUNT(*) FROM invitations WHERE used_at IS NOT NULL AND id <> $1",
+            1,
+        ),
+    ] {
+        assert_eq!(stack.scalar(sql, "").await, expected, "{sql}");
+    }
+    assert_eq!(audited(&stack, "consent").await.len(), 1);
+}
+
+/// Issue 17 §6: with `SAMVAULT_ONBOARDING=invitation`, `/onboard` without an invitation says
+/// onboarding is by invitation and `/onboard/start` refuses; invitation links work as ever,
+/// and so does self-service revoke.
+async fn onboarding_by_invitation_only(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(
+        &db.url,
+        StackOptions::default().env("SAMVAULT_ONBOARDING", "invitation"),
+    )
+    .await;
+    let mut browser = Browser::new(&stack);
+    let landing = browser.get(&format!("{}/onboard", stack.sv())).await;
+    assert_eq!(landing.status(), 403);
+    let page = landing.text().await.unwrap();
+    assert!(page.contains("Onboarding is by invitation"), "{page}");
+    assert!(!page.contains("Grant consent"), "{page}");
+
+    // A start form without its invitation, with a valid CSRF token from an invitation page.
+    let url = invitation(&stack, None);
+    let html = browser.get(&url).await.text().await.unwrap();
+    let started = browser
+        .post_form(
+            &format!("{}/onboard/start", stack.sv()),
+            &[("csrf", &field(&html, "csrf"))],
+        )
+        .await;
+    assert_eq!(started.status(), 403);
+    assert!(
+        started
+            .text()
+            .await
+            .unwrap()
+            .contains("Onboarding is by invitation")
+    );
+    assert!(stack.partners().is_empty());
+
+    let done = Browser::new(&stack)
+        .consent_from(&url, "jane@contoso.example", true, "accept")
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let revoke = Browser::new(&stack)
+        .get(&format!("{}/onboard/revoke", stack.sv()))
+        .await;
+    assert_eq!(revoke.status(), 200);
+}
+
 on_both_backends!(
     an_https_idp_behind_a_private_ca,
     consent_to_token_to_expiry,
     refusals_store_nothing,
-    invitations_pin_the_tenant
+    invitations_pin_the_tenant,
+    a_live_grant_changes_hands_only_with_authority,
+    an_invitation_is_used_once_however_fast,
+    onboarding_by_invitation_only
 );
 
 /// `samvault demo` (the README's first command) starts both servers and prints a client and a

@@ -355,6 +355,47 @@ async fn only_the_consenter_or_an_admin_may_revoke(backend: Backend) {
     assert_eq!(events[0].tenant_id.as_deref(), Some(CONTOSO));
 }
 
+/// `upn` signs in to revoke, with MFA.
+async fn revoke_as(stack: &Stack, browser: &mut Browser<'_>, upn: &str) -> SignedIn {
+    sign_in_to_revoke(stack, browser, upn, true, "accept").await
+}
+
+/// Issue 17 §1: revoke rights are judged against the consent behind the grant being revoked.
+/// Sam, a Sales Agent whose consent over Jane's live grant was refused, is no consenter and
+/// may not revoke; once he replaced it through an invitation pinned to Contoso, he may, and
+/// Jane, whose grant is gone, may not.
+async fn revoke_rights_follow_the_grant(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.consent("jane@contoso.example").await;
+    let refused = Browser::new(&stack)
+        .consent("sam@contoso.example", true, "accept")
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    let sam = revoke_as(&stack, &mut Browser::new(&stack), "sam@contoso.example").await;
+    assert_eq!(sam.status, 403, "{}", sam.body);
+
+    let invite: Value =
+        serde_json::from_str(&stack.cli(&["invite", "create", "--tenant", CONTOSO, "--json"]))
+            .unwrap();
+    let url = invite["url"].as_str().unwrap();
+    let done = Browser::new(&stack)
+        .consent_from(url, "sam@contoso.example", true, "accept")
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let jane = revoke_as(&stack, &mut Browser::new(&stack), "jane@contoso.example").await;
+    assert_eq!(jane.status, 403, "{}", jane.body);
+    let mut browser = Browser::new(&stack);
+    let sam = revoke_as(&stack, &mut browser, "sam@contoso.example").await;
+    assert_eq!(sam.status, 200, "{}", sam.body);
+    assert!(sam.body.contains("you gave the consent samvault holds"));
+    let (status, revoked) = confirm(&stack, &mut browser, &sam.body, None).await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_eq!(stack.partner(CONTOSO).unwrap()["status"], "revoked");
+}
+
 /// Two replicas on one PostgreSQL: a partner revoked on one is refused by the other within
 /// its status watch's poll, although that replica holds a cached access token.
 #[tokio::test(flavor = "multi_thread")]
@@ -387,5 +428,6 @@ async fn a_partner_revocation_reaches_every_replica() {
 
 on_both_backends!(
     jane_revokes_contoso,
-    only_the_consenter_or_an_admin_may_revoke
+    only_the_consenter_or_an_admin_may_revoke,
+    revoke_rights_follow_the_grant
 );

@@ -4,7 +4,9 @@
 mod support;
 
 use samvault::domain::{PartnerStatus, Resource, TenantId};
-use samvault::storage::partners::{self, NewConsent, StoredGrant, grant_context};
+use samvault::storage::partners::{
+    self, GrantHolder, GuardedConsent, NewConsent, StoredGrant, grant_context,
+};
 use samvault::storage::requests::{self, RECENT, RequestBatch, RequestCounts, RequestRecord};
 use samvault::storage::sessions::{self, SealedSessionStore};
 use samvault::storage::{Db, StorageError, audit, clients, invitations, rotation, stats};
@@ -751,6 +753,125 @@ both_backends!(
         assert_eq!((p.status, p.status_code), (PartnerStatus::AtRisk, None));
     }
 );
+
+// Issue 17: a consent that checks what it replaces, in its own transaction. The check sees
+// the consent behind the usable grant; a refusal writes nothing; of two consents racing on
+// one invitation exactly one claims it; a grant version written first by another consent
+// is a `Concurrent` outcome, not an error; a redemption's version stands behind the consent
+// its lineage started from.
+both_backends!(guarded_consents_check_what_they_replace, |url| async move {
+    let db = open(&url).await;
+    let v = local_vault();
+    let tenant = new_tenant();
+    let guarded = |consent: NewConsent, grant: StoredGrant, why: Option<&'static str>| {
+        let db = db.clone();
+        async move {
+            partners::record_consent_guarded(&db, &consent, &grant, T0, T0 + ROTATE_AFTER, |_| why)
+                .await
+                .unwrap()
+        }
+    };
+    let consents = || {
+        count(
+            &db,
+            "SELECT COUNT(*) AS n FROM consents WHERE tenant_id = $1",
+            &tenant,
+        )
+    };
+    let jane = consent_for(&tenant, "Contoso", "jane@contoso.com", true);
+    let first = guarded(
+        jane.clone(),
+        seal_grant(&v.vault, &tenant, 1, "0.A-j").await,
+        None,
+    )
+    .await;
+    assert!(
+        matches!(first, GuardedConsent::Recorded { replaced: None }),
+        "{first:?}"
+    );
+
+    let mut sam = consent_for(&tenant, "Contoso", "sam@contoso.com", true);
+    sam.oid = Some("sam-oid".into());
+    let refused = guarded(
+        sam.clone(),
+        seal_grant(&v.vault, &tenant, 2, "0.A-s").await,
+        None,
+    )
+    .await;
+    let GuardedConsent::Refused(holder) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(
+        (holder.version, holder.upn.as_str()),
+        (1, "jane@contoso.com")
+    );
+    assert_eq!(
+        (holder.oid, holder.user_name),
+        (jane.oid.clone(), jane.user_name.clone())
+    );
+    assert_eq!(consents().await, 1);
+    assert_eq!(partners::next_version(&db, &tenant).await.unwrap(), 2);
+
+    invitations::create(&db, "pinned", Some(&tenant), T0 - 1, T0 + DAY)
+        .await
+        .unwrap();
+    sam.invitation_id = Some("pinned".into());
+    let (a, b) = tokio::join!(
+        guarded(
+            sam.clone(),
+            seal_grant(&v.vault, &tenant, 2, "0.A-s2").await,
+            Some("pinned")
+        ),
+        guarded(
+            sam.clone(),
+            seal_grant(&v.vault, &tenant, 3, "0.A-s3").await,
+            Some("pinned")
+        ),
+    );
+    let spent = [&a, &b]
+        .iter()
+        .filter(|o| matches!(o, GuardedConsent::InvitationSpent))
+        .count();
+    assert_eq!(spent, 1, "{a:?} {b:?}");
+    let Some(GuardedConsent::Recorded {
+        replaced: Some((replaced, "pinned")),
+    }) = [a, b]
+        .into_iter()
+        .find(|o| matches!(o, GuardedConsent::Recorded { .. }))
+    else {
+        panic!("one consent recorded, replacing Jane's grant")
+    };
+    assert_eq!(replaced.upn, "jane@contoso.com");
+    assert_eq!(consents().await, 2);
+    let invitation = invitations::get(&db, "pinned").await.unwrap().unwrap();
+    assert_eq!(invitation.used_by.as_deref(), Some("sam@contoso.com"));
+    let current = partners::get(&db, &tenant)
+        .await
+        .unwrap()
+        .unwrap()
+        .grant_version;
+
+    sam.invitation_id = None;
+    let again = seal_grant(&v.vault, &tenant, current, "0.A-dup").await;
+    let raced = guarded(sam.clone(), again, Some("same user")).await;
+    assert!(matches!(raced, GuardedConsent::Concurrent), "{raced:?}");
+    assert_eq!(consents().await, 2);
+
+    let refreshed = seal_grant(&v.vault, &tenant, current + 1, "0.A-r").await;
+    record_refresh(&db, &tenant, &refreshed, "schedule", T0 + 60)
+        .await
+        .unwrap();
+    let behind: GrantHolder = partners::grant_holder(&db, &tenant).await.unwrap().unwrap();
+    assert_eq!(
+        (behind.version, behind.upn.as_str()),
+        (current + 1, "sam@contoso.com")
+    );
+    let before = partners::consent_behind_grant(&db, &tenant, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(before.upn, "jane@contoso.com");
+});
 
 both_backends!(shred_all_then_consent_again, |url| async move {
     let db = open(&url).await;

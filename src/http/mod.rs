@@ -55,6 +55,8 @@ pub struct Shared {
     pub vault: Vault,
     pub idp: IdpClient,
     pub broker: Broker,
+    /// Events that do not come from the broker (a partner's grant changing hands).
+    pub notifier: crate::notify::Notifier,
     pub auth: Arc<client_auth::ClientAuth>,
     pub limiter: Arc<client_auth::RateLimiter>,
     pub request_log: crate::broker::request_log::RequestLog,

@@ -147,3 +147,23 @@ pub async fn mark_used(db: &Db, id: &str, by: &str, now: i64) -> Result<(), Stor
         .await?;
     Ok(())
 }
+
+/// Uses an invitation up inside a consent's transaction: true when it was open (unused and
+/// not expired at `now`) and is now used by `by`. The conditional update takes the row's
+/// lock, so of two consents racing on one link exactly one claims it.
+pub(super) async fn claim(
+    tx: &mut sqlx::AnyConnection,
+    id: &str,
+    by: &str,
+    now: i64,
+) -> Result<bool, StorageError> {
+    let done = sqlx::query(
+        "UPDATE invitations SET used_at = $2, used_by = $3 WHERE id = $1 AND used_at IS NULL AND expires_at > $2",
+    )
+    .bind(id)
+    .bind(now)
+    .bind(by)
+    .execute(&mut *tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -1,6 +1,6 @@
 //! Partners, their sealed grants (one row per refresh-token version) and consent history.
 
-use sqlx::Acquire;
+use sqlx::Row;
 
 use super::{Backend, Db, FromRow, SealedColumns, SqlBuilder, StorageError, flag, stored_tenant};
 use crate::domain::{PartnerStatus, TenantId};
@@ -153,7 +153,8 @@ pub async fn next_version(db: &Db, tenant: &TenantId) -> Result<i64, StorageErro
 }
 
 /// Records a completed consent: the partner becomes (or becomes again) active with the
-/// new grant as its current version. One transaction: all of it or nothing.
+/// new grant as its current version, whoever held the previous one (the operator's import).
+/// One transaction: all of it or nothing.
 pub async fn record_consent(
     db: &Db,
     consent: &NewConsent,
@@ -161,8 +162,21 @@ pub async fn record_consent(
     now: i64,
     rotate_at: i64,
 ) -> Result<(), StorageError> {
-    let mut conn = db.pool().acquire().await?;
-    let mut tx = conn.begin().await?;
+    let mut tx = db.begin_write().await?;
+    lock_tenant_consents(&mut tx, db.backend(), &consent.tenant_id).await?;
+    write_consent(&mut tx, consent, grant, now, rotate_at).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The writes of a consent, in the caller's transaction.
+async fn write_consent(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    consent: &NewConsent,
+    grant: &StoredGrant,
+    now: i64,
+    rotate_at: i64,
+) -> Result<(), StorageError> {
     sqlx::query(
         "INSERT INTO partners (tenant_id, display_name, domain, status, status_code, status_reason, status_changed_at, mfa, consented_by, consented_at, last_refresh_at, grant_version, created_at, rotate_at, failures)
          VALUES ($1, $2, $3, 'active', NULL, NULL, $4, $5, $6, $4, $4, $7, $4, $8, 0)
@@ -177,12 +191,12 @@ pub async fn record_consent(
     .bind(&consent.upn)
     .bind(grant.version)
     .bind(rotate_at)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
-    insert_grant(&mut tx, &consent.tenant_id, grant, "consent", now).await?;
+    insert_grant(tx, &consent.tenant_id, grant, "consent", now).await?;
     sqlx::query(
-        "INSERT INTO consents (tenant_id, upn, oid, display_name, mfa, amr, scopes, invitation_id, consented_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO consents (tenant_id, upn, oid, display_name, mfa, amr, scopes, invitation_id, consented_at, grant_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(consent.tenant_id.as_str())
     .bind(&consent.upn)
@@ -193,7 +207,8 @@ pub async fn record_consent(
     .bind(&consent.scopes)
     .bind(&consent.invitation_id)
     .bind(now)
-    .execute(&mut *tx)
+    .bind(grant.version)
+    .execute(&mut **tx)
     .await?;
     sqlx::query(
         "INSERT INTO status_changes (tenant_id, at, from_status, to_status, code, reason) VALUES ($1, $2, NULL, 'active', NULL, $3)",
@@ -201,11 +216,174 @@ pub async fn record_consent(
     .bind(consent.tenant_id.as_str())
     .bind(now)
     .bind(format!("consent by {}", consent.upn))
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
-    shred_old_versions(&mut tx, &consent.tenant_id, grant.version, now).await?;
-    tx.commit().await?;
+    shred_old_versions(tx, &consent.tenant_id, grant.version, now).await?;
     Ok(())
+}
+
+/// The user behind a partner's grant: whose consent created its lineage.
+#[derive(Clone, Debug)]
+pub struct GrantHolder {
+    /// The grant version this holder stands behind (the partner's current one).
+    pub version: i64,
+    pub upn: String,
+    /// `None` for imported grants, and for consents the 0011 migration could not match.
+    pub oid: Option<String>,
+    pub user_name: Option<String>,
+    pub consented_at: i64,
+}
+
+/// What [`record_consent_guarded`] did. Only `Recorded` wrote anything.
+#[derive(Debug)]
+pub enum GuardedConsent<W> {
+    /// Recorded; `replaced` is the usable grant it replaced, if there was one, with the
+    /// reason the caller's check gave for allowing it.
+    Recorded { replaced: Option<(GrantHolder, W)> },
+    /// A usable grant exists and its replacement was not allowed.
+    Refused(GrantHolder),
+    /// The invitation is unknown, already used or expired.
+    InvitationSpent,
+    /// Another consent of the tenant wrote this grant version first.
+    Concurrent,
+}
+
+/// A consent that checks, in its own transaction, what it would replace: the invitation it
+/// came through is claimed, and when the tenant holds a usable grant (status active or
+/// at risk, current version still sealed) `may_replace` says why this consent may replace
+/// it, or `None` when it may not. Consents of one tenant are serialised (SQLite's write lock, an advisory lock
+/// on PostgreSQL), so the decision is made on what is committed.
+pub async fn record_consent_guarded<W: Send>(
+    db: &Db,
+    consent: &NewConsent,
+    grant: &StoredGrant,
+    now: i64,
+    rotate_at: i64,
+    may_replace: impl FnOnce(&GrantHolder) -> Option<W> + Send,
+) -> Result<GuardedConsent<W>, StorageError> {
+    let mut tx = db.begin_write().await?;
+    lock_tenant_consents(&mut tx, db.backend(), &consent.tenant_id).await?;
+    if let Some(id) = &consent.invitation_id
+        && !super::invitations::claim(&mut tx, id, &consent.upn, now).await?
+    {
+        return Ok(GuardedConsent::InvitationSpent);
+    }
+    let replaced = match usable_holder(&mut tx, &consent.tenant_id).await? {
+        None => None,
+        Some(holder) => match may_replace(&holder) {
+            Some(why) => Some((holder, why)),
+            None => return Ok(GuardedConsent::Refused(holder)),
+        },
+    };
+    match write_consent(&mut tx, consent, grant, now, rotate_at).await {
+        Err(StorageError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
+            return Ok(GuardedConsent::Concurrent);
+        }
+        written => written?,
+    }
+    tx.commit().await?;
+    Ok(GuardedConsent::Recorded { replaced })
+}
+
+/// Who holds `tenant`'s usable grant, if it has one (read outside any transaction: a
+/// preview, decided again by [`record_consent_guarded`]).
+pub async fn grant_holder(db: &Db, tenant: &TenantId) -> Result<Option<GrantHolder>, StorageError> {
+    let mut conn = db.pool().acquire().await?;
+    usable_holder(&mut conn, tenant).await
+}
+
+/// Serialises the consents of one tenant until the transaction ends. SQLite's
+/// `BEGIN IMMEDIATE` already holds the only write lock; on PostgreSQL a row lock cannot cover
+/// a partner row that does not exist yet, so a transaction-scoped advisory lock does.
+async fn lock_tenant_consents(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    tenant: &TenantId,
+) -> Result<(), StorageError> {
+    if backend == Backend::Postgres {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("samvault:consent:{tenant}"));
+        let key = i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn usable_holder(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &TenantId,
+) -> Result<Option<GrantHolder>, StorageError> {
+    let row = sqlx::query(
+        "SELECT status, grant_version, consented_by, consented_at FROM partners WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let status: String = row.try_get("status")?;
+    if !PartnerStatus::parse(&status).is_some_and(PartnerStatus::is_usable) {
+        return Ok(None);
+    }
+    let version: i64 = row.try_get("grant_version")?;
+    let sealed = sqlx::query(
+        "SELECT COUNT(*) AS n FROM grants WHERE tenant_id = $1 AND version = $2 AND sealed IS NOT NULL",
+    )
+    .bind(tenant.as_str())
+    .bind(version)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get::<i64, _>("n")?;
+    if sealed == 0 {
+        return Ok(None);
+    }
+    let behind = consent_behind(conn, tenant, version).await?;
+    Ok(Some(behind.unwrap_or(GrantHolder {
+        version,
+        upn: row.try_get("consented_by")?,
+        oid: None,
+        user_name: None,
+        consented_at: row.try_get("consented_at")?,
+    })))
+}
+
+/// The consent behind grant `version` of `tenant`: the newest consent that created a version
+/// at most `version` (a redemption's version descends from the one before it; only a consent
+/// starts a new lineage). `None` when no consent row names a version.
+pub async fn consent_behind_grant(
+    db: &Db,
+    tenant: &TenantId,
+    version: i64,
+) -> Result<Option<GrantHolder>, StorageError> {
+    let mut conn = db.pool().acquire().await?;
+    consent_behind(&mut conn, tenant, version).await
+}
+
+async fn consent_behind(
+    conn: &mut sqlx::AnyConnection,
+    tenant: &TenantId,
+    version: i64,
+) -> Result<Option<GrantHolder>, StorageError> {
+    let row = sqlx::query(
+        "SELECT upn, oid, display_name, consented_at FROM consents
+         WHERE tenant_id = $1 AND grant_version <= $2 ORDER BY grant_version DESC, id DESC LIMIT 1",
+    )
+    .bind(tenant.as_str())
+    .bind(version)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| {
+        Ok(GrantHolder {
+            version,
+            upn: r.try_get("upn")?,
+            oid: r.try_get("oid")?,
+            user_name: r.try_get("display_name")?,
+            consented_at: r.try_get("consented_at")?,
+        })
+    })
+    .transpose()
 }
 
 /// Write-back after a redemption, in one transaction: the new refresh token becomes the

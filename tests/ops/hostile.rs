@@ -426,4 +426,107 @@ async fn hostile_inputs_get_clear_refusals_and_change_nothing(backend: Backend) 
     assert_eq!(stack.token(&creds, CONTOSO, token_body()).await.0, 200);
 }
 
-on_both_backends!(hostile_inputs_get_clear_refusals_and_change_nothing);
+/// A directory whose Contoso users carry hostile display names (Entra lets any user set
+/// theirs): they reach the page that names who holds a grant.
+const HOSTILE_DIRECTORY: &str = r#"
+[[tenants]]
+id = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01"
+name = "Contoso"
+domain = "contoso.example"
+[[tenants.users]]
+upn = "mallory@contoso.example"
+name = '<script>alert(1)</script>'
+role = "Admin Agent"
+[[tenants.users]]
+upn = "sam@contoso.example"
+name = '"><svg onload=alert(1)>'
+role = "Sales Agent"
+"#;
+
+/// Issue 17's pages under attack, with `SAMVAULT_ONBOARDING=invitation`: the landing page and
+/// the start form with every payload as its invitation (or none) are refused with a 4xx, and
+/// a consent over a grant held by a user with a hostile display name gets the page naming
+/// them, escaped. Nothing samvault holds changes.
+async fn hostile_inputs_meet_the_onboarding_guards(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = StackOptions::default().env("SAMVAULT_ONBOARDING", "invitation");
+    let directory = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(directory.path(), HOSTILE_DIRECTORY).unwrap();
+    let stack = stack
+        .idp_arg("--directory")
+        .idp_arg(directory.path().to_str().unwrap());
+    let stack = Stack::start(&db.url, stack).await;
+    let invite = |tenant: &[&str]| {
+        let args = [&["invite", "create", "--json"], tenant].concat();
+        let created: serde_json::Value = serde_json::from_str(&stack.cli(&args)).unwrap();
+        created["url"].as_str().unwrap().to_string()
+    };
+    let done = Browser::new(&stack)
+        .consent_from(
+            &invite(&["--tenant", CONTOSO]),
+            "mallory@contoso.example",
+            true,
+            "accept",
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let open = invite(&[]);
+    let mut browser = Browser::new(&stack);
+    let csrf = field(&browser.get(&open).await.text().await.unwrap(), "csrf");
+    let before = holdings(&stack).await;
+
+    let mut answers = Vec::new();
+    for p in PAYLOADS.iter().chain(&[""]) {
+        let landing = format!("{}/onboard?invitation={}", stack.sv(), enc(p));
+        answers.push((format!("landing {p:?}"), browser.get(&landing).await));
+        let start = format!("{}/onboard/start", stack.sv());
+        let form = [("csrf", csrf.as_str()), ("invitation", p)];
+        answers.push((
+            format!("start {p:?}"),
+            browser.post_form(&start, &form).await,
+        ));
+    }
+    let sam = Browser::new(&stack)
+        .consent_from(&open, "sam@contoso.example", true, "accept")
+        .await;
+    assert_eq!(sam.status, 409, "{}", sam.body);
+    assert!(
+        sam.body.contains("&#60;script&#62;alert(1)"),
+        "{}",
+        sam.body
+    );
+    assert!(sam.body.contains("m***@contoso.example"), "{}", sam.body);
+    let mut failures = Vec::new();
+    for (name, response) in answers {
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        if !(400..500).contains(&status) {
+            failures.push(format!("{name}: {status}"));
+        }
+        failures.extend(
+            REFLECTED
+                .iter()
+                .filter(|m| body.contains(**m))
+                .map(|m| format!("{name}: reflected {m}")),
+        );
+    }
+    failures.extend(
+        REFLECTED
+            .iter()
+            .filter(|m| sam.body.contains(**m))
+            .map(|m| format!("held page: reflected {m}")),
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        holdings(&stack).await,
+        before,
+        "nothing samvault holds changed"
+    );
+}
+
+on_both_backends!(
+    hostile_inputs_get_clear_refusals_and_change_nothing,
+    hostile_inputs_meet_the_onboarding_guards
+);

@@ -274,3 +274,4 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
 pub mod ops;
 pub mod revoke;
 pub mod stack;
+pub mod webhook;

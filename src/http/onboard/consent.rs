@@ -1,5 +1,10 @@
 //! The consent flow: the landing page (open, or through an invitation link), the start of the
 //! sign-in, and the callback's last step, which stores the partner's refresh token sealed.
+//!
+//! With `SAMVAULT_ONBOARDING=invitation` every consent needs an invitation link. While a
+//! tenant holds a usable grant, a consent by another of its users replaces it only with an
+//! [`Authority`] (`crate::onboarding`); anyone else is told who holds it and how to get an
+//! invitation, and nothing changes.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -14,11 +19,16 @@ use super::{
     AppState, Pending, Purpose, bad_state, begin_sign_in, csrf_matches, error_page, mfa_refusal,
     new_csrf, redeem_and_identify, unavailable,
 };
+use crate::config::Onboarding;
 use crate::domain::TenantId;
-use crate::http::templates::{ConsentDonePage, OnboardPage, PageResult};
+use crate::http::ops::when;
+use crate::http::templates::{ConsentDonePage, OnboardPage, PageError, PageResult};
 use crate::idp::{AccessClaims, IdClaims, TokenSet};
-use crate::onboarding::{self, invitation_id, organisation_name};
-use crate::storage::partners::{INACTIVITY_LIMIT_SECS, NewConsent};
+use crate::onboarding::{
+    self, Authority, ConsentError, Consenter, invitation_id, organisation_name,
+};
+use crate::storage::invitations::InvitationState;
+use crate::storage::partners::{GrantHolder, INACTIVITY_LIMIT_SECS, NewConsent};
 use crate::storage::{audit, invitations, now};
 
 pub(super) fn router() -> Router<AppState> {
@@ -75,40 +85,63 @@ async fn render_landing(
 }
 
 async fn landing(State(state): State<AppState>, session: Session) -> PageResult<OnboardPage> {
+    if state.config.onboarding == Onboarding::Invitation {
+        return Err(by_invitation(&state));
+    }
     render_landing(&state, &session, None).await
+}
+
+/// The answer to a consent without an invitation while `SAMVAULT_ONBOARDING=invitation`.
+fn by_invitation(state: &AppState) -> PageError {
+    let links = state.config.public_url.join("onboard/i/").ok();
+    error_page(
+        StatusCode::FORBIDDEN,
+        "Onboarding is by invitation",
+        &format!(
+            "{} connects partner organisations through invitation links only. Nothing was stored.",
+            state.config.app_name
+        ),
+        &format!(
+            "Ask your CPV contact for an onboarding link (it starts with {}), open it and consent from there. To revoke a grant, use the revoke page.",
+            links.map_or_else(|| "/onboard/i/".into(), |u| u.to_string())
+        ),
+    )
+}
+
+/// The page for an invitation link that cannot be used: unknown (`None`), used or expired.
+/// `unchanged` says what a consent that got this far did not store.
+fn invitation_gone(state: Option<InvitationState>, unchanged: &str) -> PageError {
+    let (title, message) = match state {
+        None => ("Invitation not found", "This onboarding link is not valid."),
+        Some(InvitationState::Used) => (
+            "Invitation already used",
+            "This onboarding link was already used to consent.",
+        ),
+        Some(InvitationState::Expired | InvitationState::Open) => {
+            ("Invitation expired", "This onboarding link has expired.")
+        }
+    };
+    error_page(
+        StatusCode::GONE,
+        title,
+        &format!("{message}{unchanged}"),
+        "Ask your CPV contact for a new onboarding link.",
+    )
 }
 
 /// Looks an invitation up and refuses unknown, expired or used ones with a clear page.
 async fn live_invitation(state: &AppState, token: &str) -> PageResult<invitations::Invitation> {
-    let gone = |title: &str, message: &str| {
-        error_page(
-            StatusCode::GONE,
-            title,
-            message,
-            "Ask your CPV contact for a new onboarding link.",
-        )
-    };
-    let not_found = || gone("Invitation not found", "This onboarding link is not valid.");
     if token.len() > 128 {
-        return Err(not_found());
+        return Err(invitation_gone(None, ""));
     }
     let invitation = invitations::get(&state.db, &invitation_id(token))
         .await
         .map_err(unavailable)?
-        .ok_or_else(not_found)?;
-    if invitation.used_at.is_some() {
-        return Err(gone(
-            "Invitation already used",
-            "This onboarding link was already used to consent.",
-        ));
+        .ok_or_else(|| invitation_gone(None, ""))?;
+    match invitation.state(now()) {
+        InvitationState::Open => Ok(invitation),
+        spent => Err(invitation_gone(Some(spent), "")),
     }
-    if invitation.expires_at <= now() {
-        return Err(gone(
-            "Invitation expired",
-            "This onboarding link has expired.",
-        ));
-    }
-    Ok(invitation)
 }
 
 async fn invited(
@@ -131,6 +164,10 @@ async fn start(
     session: Session,
     Form(form): Form<StartForm>,
 ) -> PageResult<Redirect> {
+    let invited = form.invitation.as_deref().is_some_and(|t| !t.is_empty());
+    if state.config.onboarding == Onboarding::Invitation && !invited {
+        return Err(by_invitation(&state));
+    }
     if !csrf_matches(&session, &form.csrf).await? {
         return Err(error_page(
             StatusCode::BAD_REQUEST,
@@ -157,6 +194,10 @@ pub(super) async fn complete(
     pending: &Pending,
     code: &str,
 ) -> PageResult<ConsentDonePage> {
+    // Started before the setting changed: refused before the code is redeemed.
+    if state.config.onboarding == Onboarding::Invitation && pending.invitation_id.is_none() {
+        return Err(by_invitation(state));
+    }
     let (tokens, claims) = redeem_and_identify(state, pending, code).await?;
     let tenant = consenting_tenant(&claims, pending)?;
     let access = AccessClaims::peek(tokens.access_token.expose_secret()).unwrap_or_default();
@@ -165,7 +206,13 @@ pub(super) async fn complete(
         return Err(refusal);
     }
     let consent = new_consent(tenant, &tokens, &claims, &access, pending);
-    let at = record(state, &consent, &tokens)
+    let who = Consenter {
+        oid: consent.oid.as_deref(),
+        wids: &claims.wids,
+        // `consenting_tenant` checked the invitation's tenant is the consenting one.
+        pinned_invitation: pending.invitation_id.is_some() && pending.tenant.is_some(),
+    };
+    let at = record(state, &consent, &who, &tokens)
         .await
         .map_err(|e| e.for_tenant(&consent.tenant_id))?;
     state.broker.forget(&consent.tenant_id);
@@ -228,8 +275,13 @@ fn new_consent(
     }
 }
 
-/// Seals and records the consent, then audits it; returns when.
-async fn record(state: &AppState, consent: &NewConsent, tokens: &TokenSet) -> PageResult<i64> {
+/// Seals and records the consent, then audits it (and a change of hands); returns when.
+async fn record(
+    state: &AppState,
+    consent: &NewConsent,
+    who: &Consenter<'_>,
+    tokens: &TokenSet,
+) -> PageResult<i64> {
     let Some(refresh_token) = tokens.refresh_token.as_ref() else {
         return Err(bad_state(
             "Microsoft returned no refresh token (offline_access was not granted).",
@@ -237,18 +289,20 @@ async fn record(state: &AppState, consent: &NewConsent, tokens: &TokenSet) -> Pa
     };
     let at = now();
     let rotate_at = state.broker.next_rotation(at);
-    let version = onboarding::record_consent(
+    let recorded = onboarding::record_partner_consent(
         &state.db,
         &state.vault,
         consent,
+        who,
         refresh_token,
         at,
         rotate_at,
     )
     .await
-    .map_err(unavailable)?;
+    .map_err(|e| refusal(state, consent, e))?;
     let detail = serde_json::json!({
-        "upn": consent.upn, "mfa": consent.mfa, "amr": consent.amr, "version": version,
+        "upn": consent.upn, "mfa": consent.mfa, "amr": consent.amr, "version": recorded.version,
+        "replaced_version": recorded.replaced.as_ref().map(|(holder, _)| holder.version),
     });
     let actor = format!("partner:{}", consent.upn);
     audit::append(
@@ -261,5 +315,113 @@ async fn record(state: &AppState, consent: &NewConsent, tokens: &TokenSet) -> Pa
     )
     .await
     .map_err(unavailable)?;
+    if let Some(change) = recorded
+        .replaced
+        .as_ref()
+        .filter(|(_, authority)| *authority != Authority::SameUser)
+    {
+        onboarding::record_change_of_hands(
+            &state.db,
+            &state.notifier,
+            consent,
+            recorded.version,
+            change,
+            at,
+        )
+        .await
+        .map_err(unavailable)?;
+    }
     Ok(at)
+}
+
+/// The page for a consent that was not recorded.
+fn refusal(state: &AppState, consent: &NewConsent, error: ConsentError) -> PageError {
+    match error {
+        ConsentError::HeldByAnother(holder) => {
+            tracing::warn!(tenant.id = %consent.tenant_id, "consent refused: the tenant's grant is held by another user");
+            held_by_another(state, consent, &holder)
+        }
+        ConsentError::InvitationSpent(spent) => {
+            invitation_gone(Some(spent), " Nothing was stored.")
+        }
+        ConsentError::Concurrent => error_page(
+            StatusCode::CONFLICT,
+            "Another consent was just recorded",
+            "Another consent for your organisation was recorded at the same moment. Nothing was stored by this one.",
+            "Start again if your organisation still needs to consent.",
+        ),
+        error @ (ConsentError::Storage(_) | ConsentError::Vault(_)) => unavailable(error),
+    }
+}
+
+/// Who holds a grant, as a colleague in the same tenant is shown it: the display name, and
+/// the UPN with all but its first character masked (enough to recognise a person, not to
+/// collect the addresses of a partner's admins).
+fn holder_shown(holder: &GrantHolder) -> String {
+    let (local, domain) = holder.upn.rsplit_once('@').unwrap_or((&holder.upn, ""));
+    let first: String = local.chars().take(1).collect();
+    let upn = match domain {
+        "" => format!("{first}***"),
+        domain => format!("{first}***@{domain}"),
+    };
+    match holder.user_name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => {
+            format!("{} ({upn})", name.chars().take(64).collect::<String>())
+        }
+        _ => upn,
+    }
+}
+
+/// The refusal of a consent over a usable grant another user gave: who holds it, who may
+/// replace it, and how to ask the CPV for an invitation.
+fn held_by_another(state: &AppState, consent: &NewConsent, holder: &GrantHolder) -> PageError {
+    let (app, org, tenant) = (
+        &state.config.app_name,
+        &consent.display_name,
+        &consent.tenant_id,
+    );
+    let who = holder_shown(holder);
+    error_page(
+        StatusCode::CONFLICT,
+        "Your organisation's grant is held by someone else",
+        &format!(
+            "{app} already holds a working grant for {org} (tenant {tenant}), given by {who} on {}. A new consent replaces it only when it comes from that person, from a {} of {org}, or through an onboarding invitation for {org}. Nothing was stored or changed.",
+            when(Some(holder.consented_at)),
+            onboarding::admin_roles_in_words(),
+        ),
+        &format!(
+            "Ask {who} to renew the grant, or ask your CPV contact (who runs {app}) for an onboarding invitation for tenant {tenant}: consenting through that link replaces the grant."
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(upn: &str, name: Option<&str>) -> GrantHolder {
+        GrantHolder {
+            version: 1,
+            upn: upn.into(),
+            oid: None,
+            user_name: name.map(str::to_string),
+            consented_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_holder_is_shown_by_name_with_a_masked_upn() {
+        let jane = holder("jane@contoso.example", Some(" Jane Doe "));
+        assert_eq!(holder_shown(&jane), "Jane Doe (j***@contoso.example)");
+        assert_eq!(holder_shown(&holder("imported", None)), "i***");
+        assert_eq!(
+            holder_shown(&holder("@x.example", Some(""))),
+            "***@x.example"
+        );
+        let long = "N".repeat(500);
+        assert_eq!(
+            holder_shown(&holder("é@x.example", Some(&long))),
+            format!("{} (é***@x.example)", "N".repeat(64))
+        );
+    }
 }

@@ -4,9 +4,10 @@
 //! broker, exactly as an ops revoke does.
 //!
 //! Who may revoke a tenant's grant: the user whose consent produced it (it is their
-//! delegated credential), or a holder of a directory role that can remove the app's consent
-//! in that tenant anyway, read from the id_token's `wids` claim. Partner Center's Admin Agent
-//! and Sales Agent roles are group memberships that Entra tokens do not name.
+//! delegated credential: the consent behind the grant's current version, not merely the
+//! newest consent row), or a holder of a directory role that can remove the app's consent
+//! in that tenant anyway, read from the id_token's `wids` claim
+//! ([`crate::onboarding::CONSENT_ADMIN_ROLES`]).
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -28,32 +29,12 @@ use crate::broker::BrokerError;
 use crate::domain::TenantId;
 use crate::http::ops::when;
 use crate::idp::AccessClaims;
+use crate::onboarding::consent_admin_role;
 use crate::storage::partners::{self, GrantVersion, Partner};
 use crate::storage::{audit, now};
 
 pub(super) const PAGE: &str = "/onboard/revoke";
 const REVOKER_KEY: &str = "onboard.revoker";
-
-/// Directory roles (Entra role template ids, as the `wids` claim lists them) whose holders
-/// can remove the app's consent in their own tenant, so may also purge what samvault holds.
-const CONSENT_ADMIN_ROLES: [(&str, &str); 4] = [
-    (
-        "62e90394-69f5-4237-9190-012177145e10",
-        "Global Administrator",
-    ),
-    (
-        "e8611ab8-c189-46e8-94e1-60213ab1f814",
-        "Privileged Role Administrator",
-    ),
-    (
-        "158c047a-c907-4556-b7ef-446551a6b5f7",
-        "Cloud Application Administrator",
-    ),
-    (
-        "9b895d92-2cd3-44c7-9d02-a6ac2d5ea5c3",
-        "Application Administrator",
-    ),
-];
 
 /// Grant versions listed on the confirmation page (a partner keeps two sealed at most).
 const VERSIONS_SHOWN: i64 = 10;
@@ -259,12 +240,11 @@ async fn entitled(
             "There is nothing to do here. To use the app again, consent again from the onboarding page.",
         ));
     }
-    let consenter = partners::consents(&state.db, tenant, 1)
+    // The consent behind the grant this revoke would purge (issue 17).
+    let consenter = partners::consent_behind_grant(&state.db, tenant, partner.grant_version)
         .await
         .map_err(storage_failure(tenant))?
-        .into_iter()
-        .next()
-        .and_then(|c| c.oid);
+        .and_then(|holder| holder.oid);
     let Some(because) = entitlement(revoker, consenter.as_deref()) else {
         tracing::warn!(tenant.id = %tenant, "revoke refused: not the consenting user nor an admin");
         return Err(refusal(
@@ -285,10 +265,7 @@ fn entitlement(revoker: &Revoker, consenter_oid: Option<&str>) -> Option<String>
     if consenter_oid == Some(revoker.oid.as_str()) {
         return Some("you gave the consent samvault holds".into());
     }
-    CONSENT_ADMIN_ROLES
-        .iter()
-        .find(|(id, _)| revoker.wids.iter().any(|w| w.eq_ignore_ascii_case(id)))
-        .map(|(_, role)| format!("you are a {role} of this organisation"))
+    consent_admin_role(&revoker.wids).map(|role| format!("you are a {role} of this organisation"))
 }
 
 fn confirm_page(

@@ -22,8 +22,8 @@ use serde::Serialize;
 use sha2::Sha256;
 use url::Url;
 
-use crate::config::Config;
 use crate::backoff::Backoff;
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::storage::outbox::{self, OutboxRow};
 use crate::storage::{self, Db, StorageError};

@@ -657,7 +657,7 @@ async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<(
                 now(),
             )
             .await?;
-            crate::http::client_auth::wait_for_services_to_notice().await;
+            crate::clients::wait_for_services_to_notice().await;
             println!("revoked secret {secret_id}");
         }
         ClientCommand::Revoke { client_id } => {
@@ -674,7 +674,7 @@ async fn client_command(cmd: ClientCommand, config: &Config) -> anyhow::Result<(
                 now(),
             )
             .await?;
-            crate::http::client_auth::wait_for_services_to_notice().await;
+            crate::clients::wait_for_services_to_notice().await;
             println!("revoked {client_id}");
         }
     }

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod broker;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod devidp;
 pub mod devkv;

@@ -8,6 +8,7 @@ pub mod onboard;
 pub mod openapi;
 mod ops;
 pub mod problem;
+pub mod request_id;
 mod templates;
 
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use crate::storage::sessions::SealedSessionStore;
 use crate::vault::Vault;
 
 /// Largest request body accepted anywhere (the token API's JSON is a few hundred bytes).
-const BODY_LIMIT: usize = 16 * 1024;
+pub(crate) const BODY_LIMIT: usize = 16 * 1024;
 
 /// What every handler shares, behind one `Arc`: axum clones the state for each request, and
 /// one reference count is cheaper than one per field on the token path.
@@ -54,8 +55,8 @@ pub struct Shared {
     pub vault: Vault,
     pub idp: IdpClient,
     pub broker: Broker,
-    pub auth: Arc<client_auth::ClientAuth>,
-    pub limiter: Arc<client_auth::RateLimiter>,
+    pub auth: Arc<crate::clients::ClientAuth>,
+    pub limiter: Arc<crate::clients::RateLimiter>,
     pub request_log: crate::broker::request_log::RequestLog,
     pub metrics: crate::metrics::MetricsAccess,
 }
@@ -93,7 +94,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn(api_body_too_large))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -109,14 +109,15 @@ pub fn router(state: AppState) -> Router {
     // Served as https (behind a TLS terminator): browsers must never come back over http,
     // where a session cookie or a consent redirect could be intercepted. Subdomains are not
     // ours to bind.
-    if secure_cookies {
+    let router = if secure_cookies {
         router.layer(SetResponseHeaderLayer::if_not_present(
             header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static("max-age=31536000"),
         ))
     } else {
         router
-    }
+    };
+    request_id::layer(router)
 }
 
 /// No script at all, styles from samvault only, no framing. `form-action` must also allow
@@ -127,23 +128,6 @@ fn content_security_policy(config: &Config) -> HeaderValue {
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' {idp}; frame-ancestors 'none'; base-uri 'none'"
     ))
     .expect("an origin is a valid header value")
-}
-
-/// axum answers an over-long body with a plain-text 413; the API answers with a problem.
-async fn api_body_too_large(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let api = request.uri().path().starts_with("/api/");
-    let response = next.run(request).await;
-    if api && response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return axum::response::IntoResponse::into_response(problem::Problem::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than {} KiB", BODY_LIMIT / 1024),
-        ));
-    }
-    response
 }
 
 async fn not_found() -> problem::Problem {

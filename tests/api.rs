@@ -398,9 +398,11 @@ async fn request_ids_are_echoed_validated_or_made(stack: &Stack) {
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["request_id"], given, "{problem}");
     assert_eq!(problem["code"], "invalid_client");
-    eventually(Duration::from_secs(5), "the request id in the log", || async {
-        stack.log(0).contains(given)
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the request id in the log",
+        || async { stack.log(0).contains(given) },
+    )
     .await;
 
     let too_long = "a".repeat(65);
@@ -413,7 +415,11 @@ async fn request_ids_are_echoed_validated_or_made(stack: &Stack) {
     ] {
         let response = refused(Some(hostile.clone())).await.unwrap();
         let id = request_id_of(&response);
-        assert_ne!(id.as_bytes(), hostile.as_bytes(), "a hostile id is replaced");
+        assert_ne!(
+            id.as_bytes(),
+            hostile.as_bytes(),
+            "a hostile id is replaced"
+        );
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["request_id"], id.as_str(), "{problem}");
     }
@@ -473,7 +479,10 @@ async fn every_api_response_is_no_store(stack: &Stack) {
         (200, get("/api/v1/partners", &all)),
         (200, get(&format!("/api/v1/partners/{CONTOSO}"), &all)),
         (400, post(token.clone(), &all, b"{".to_vec())),
-        (401, post(token.clone(), &("x".into(), "y".into()), body.clone())),
+        (
+            401,
+            post(token.clone(), &("x".into(), "y".into()), body.clone()),
+        ),
         (403, get("/api/v1/partners", &tokens_only)),
         (404, get(&format!("/api/v1/partners/{WINGTIP}"), &all)),
         (404, get("/api/v1/nowhere", &all)),
@@ -486,7 +495,10 @@ async fn every_api_response_is_no_store(stack: &Stack) {
         let url = response.url().clone();
         assert_eq!(response.status().as_u16(), expected, "{url}");
         assert_eq!(
-            response.headers().get("cache-control").map(|v| v.to_str().unwrap()),
+            response
+                .headers()
+                .get("cache-control")
+                .map(|v| v.to_str().unwrap()),
             Some("no-store"),
             "{expected} from {url}"
         );

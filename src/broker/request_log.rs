@@ -135,7 +135,9 @@ mod tests {
     async fn the_last_handle_gone_flushes_without_waiting_for_the_linger() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
-        let db = Db::connect(&secrecy::SecretString::from(url)).await.unwrap();
+        let db = Db::connect(&secrecy::SecretString::from(url))
+            .await
+            .unwrap();
         db.migrate().await.unwrap();
         let (log, writer) = RequestLog::spawn(db.clone());
         for n in 0..3 {

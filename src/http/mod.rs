@@ -17,6 +17,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
 use axum::routing::get;
+use tower::ServiceBuilder;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_sessions::cookie::SameSite;
 use tower_sessions::{Expiry, SessionManagerLayer};
@@ -85,39 +86,41 @@ pub fn router(state: AppState) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ));
-    let router = Router::new()
+    let routes = Router::new()
         .merge(pages)
         .merge(api::router())
         .merge(openapi::router())
         .merge(health::router())
         .merge(crate::metrics::router())
         .fallback(not_found)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ));
-    // Served as https (behind a TLS terminator): browsers must never come back over http,
-    // where a session cookie or a consent redirect could be intercepted. Subdomains are not
-    // ours to bind.
-    let router = if secure_cookies {
-        router.layer(SetResponseHeaderLayer::if_not_present(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000"),
-        ))
-    } else {
-        router
-    };
-    request_id::layer(router)
+        .with_state(state);
+    // One typed stack per `Router::layer`: axum boxes each layer call around every route and
+    // clones the boxes on every request.
+    let hsts = secure_cookies.then(|| HeaderValue::from_static("max-age=31536000"));
+    let routes = routes.layer(
+        ServiceBuilder::new()
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::X_FRAME_OPTIONS,
+                HeaderValue::from_static("DENY"),
+            ))
+            // Served as https (behind a TLS terminator): browsers must never come back over
+            // http, where a session cookie or a consent redirect could be intercepted.
+            // Subdomains are not ours to bind.
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::STRICT_TRANSPORT_SECURITY,
+                move |_: &axum::response::Response| hsts.clone(),
+            )),
+    );
+    request_id::layer(routes)
 }
 
 /// No script at all, styles from samvault only, no framing. `form-action` must also allow

@@ -8,10 +8,11 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::response::Response;
+use tower::ServiceBuilder;
+use tower::util::{MapRequestLayer, MapResponseLayer};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower::util::{MapRequestLayer, MapResponseLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use super::problem::Problem;
@@ -31,7 +32,10 @@ struct RandomId;
 impl MakeRequestId for RandomId {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
         let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-        let text = id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned();
+        let text = id
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer())
+            .to_owned();
         HeaderValue::try_from(text).ok().map(RequestId::new)
     }
 }
@@ -48,6 +52,8 @@ fn drop_unacceptable_id(mut request: Request) -> Request {
 
 const X_REQUEST_ID: &str = "x-request-id";
 
+/// Fields are written with `Display`: the id is visible ASCII and a path has no spaces or
+/// control characters, so the `Debug` quoting pass is work for nothing on every request.
 fn request_span(request: &Request) -> tracing::Span {
     let id = request
         .headers()
@@ -56,28 +62,30 @@ fn request_span(request: &Request) -> tracing::Span {
         .unwrap_or_default();
     tracing::info_span!(
         "request",
-        id,
+        id = %id,
         method = %request.method(),
-        path = request.uri().path(),
+        path = %request.uri().path(),
     )
 }
 
-/// Wraps `router` with the id and span layers, outermost first: drop a bad id, set one,
-/// write it in problem bodies, answer it in `x-request-id`, open the span. All of them are
-/// plain tower layers: no boxed future per request.
+/// Wraps `router` in the id and span layers, outermost first: drop a bad id, set one, open
+/// the span, write the id in problem bodies, answer it in `x-request-id`. One typed stack of plain
+/// tower layers: no boxed future, one box per request.
 pub fn layer(router: Router) -> Router {
     // 5xx answers are logged where they arise; this line adds the request's latency.
     let on_failure = DefaultOnFailure::new().level(tracing::Level::WARN);
-    router
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_failure(on_failure),
-        )
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(MapResponseLayer::new(name_request_in_problem))
-        .layer(SetRequestIdLayer::x_request_id(RandomId))
-        .layer(MapRequestLayer::new(drop_unacceptable_id))
+    router.layer(
+        ServiceBuilder::new()
+            .layer(MapRequestLayer::new(drop_unacceptable_id))
+            .layer(SetRequestIdLayer::x_request_id(RandomId))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_failure(on_failure),
+            )
+            .layer(MapResponseLayer::new(name_request_in_problem))
+            .layer(PropagateRequestIdLayer::x_request_id()),
+    )
 }
 
 /// A problem answer names the request it answers, as its `x-request-id` header does.

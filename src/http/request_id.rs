@@ -1,11 +1,12 @@
 //! Request ids and spans: every request gets an id, the caller's `x-request-id` when it is
 //! short visible ASCII, else a fresh one; the id is answered in `x-request-id`, written in
 //! every problem body and carried by the request's span, so a caller quoting it leads to the
-//! request's log lines. The span names the method and path only: never a header (the
-//! `Authorization` one holds a client secret), a query or a body.
+//! request's log lines. The span names the method and the route template only: never a path
+//! (it may hold an invitation token), a header (`Authorization` holds a client secret), a
+//! query or a body.
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::response::Response;
 use tower::ServiceBuilder;
@@ -52,19 +53,25 @@ fn drop_unacceptable_id(mut request: Request) -> Request {
 
 const X_REQUEST_ID: &str = "x-request-id";
 
-/// Fields are written with `Display`: the id is visible ASCII and a path has no spaces or
-/// control characters, so the `Debug` quoting pass is work for nothing on every request.
+/// The route, not the path: a path can carry a secret (`/onboard/i/{invitation}` holds an
+/// invitation token), a route template cannot. Unrouted requests name none. Fields are
+/// written with `Display`: the id is visible ASCII and a template is ours, so `Debug`'s
+/// quoting pass would be work for nothing on every request.
 fn request_span(request: &Request) -> tracing::Span {
     let id = request
         .headers()
         .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
     tracing::info_span!(
         "request",
         id = %id,
         method = %request.method(),
-        path = %request.uri().path(),
+        route = route.map(tracing::field::display),
     )
 }
 

@@ -1,12 +1,14 @@
-# Release image: build the one binary, run it as an unprivileged user on a slim base.
+# Release image: build the one binary without the dev doubles (`--no-default-features`),
+# run it as an unprivileged user on a slim base.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY migrations ./migrations
 COPY templates ./templates
 COPY static ./static
-RUN cargo build --release --locked --bin samvault
+RUN cargo build --release --locked --no-default-features --bin samvault
 
 FROM debian:bookworm-slim
 RUN apt-get update \

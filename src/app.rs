@@ -11,6 +11,7 @@ use crate::clients::ClientAuth;
 use crate::config::{Config, KeyProviderConfig, LogFormat};
 use crate::http::{self, AppState};
 use crate::idp::IdpClient;
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::rotation::liveness::Liveness;
 use crate::rotation::{Scheduler, SchedulerSettings};
@@ -89,6 +90,8 @@ pub struct Services {
     pub idp: IdpClient,
     pub broker: Broker,
     pub notifier: Notifier,
+    /// The process's counters, recorded by the broker, the notifier and the HTTP layer.
+    pub metrics: Arc<Metrics>,
     /// Held for the process's life on SQLite: one writer process per database file.
     _sqlite_lock: Option<std::fs::File>,
 }
@@ -113,7 +116,8 @@ impl Services {
         let idp = IdpClient::new(&config)?;
         let db = open_db(&config).await?;
         let vault = open_vault(&config).await?;
-        let notifier = Notifier::new(db.clone(), &config);
+        let metrics = Arc::new(Metrics::new());
+        let notifier = Notifier::new(db.clone(), &config, metrics.clone());
         let settings = BrokerSettings {
             primary: config.primary_resource(),
             rotate_after: config.rotate_after,
@@ -125,6 +129,7 @@ impl Services {
             idp.clone(),
             settings,
             notifier.clone(),
+            metrics.clone(),
         );
         Ok(Services {
             config: Arc::new(config),
@@ -133,6 +138,7 @@ impl Services {
             idp,
             broker,
             notifier,
+            metrics,
             _sqlite_lock: sqlite_lock,
         })
     }
@@ -202,8 +208,10 @@ impl App {
             auth: auth.clone(),
             limiter: Arc::default(),
             request_log,
-            metrics: crate::metrics::MetricsAccess::new(
+            metrics: services.metrics.clone(),
+            metrics_access: crate::http::metrics::MetricsAccess::new(
                 services.db.clone(),
+                services.metrics.clone(),
                 services.config.metrics_token.as_ref(),
             ),
         });
@@ -240,10 +248,6 @@ impl App {
             .spawn()
         });
         let delivery = self.services.notifier.spawn_delivery();
-        // Small request/response exchanges must not wait for Nagle's algorithm.
-        let no_delay = |tcp: &mut tokio::net::TcpStream| {
-            let _ = tcp.set_nodelay(true);
-        };
         axum::serve(self.listener.tap_io(no_delay), router)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
@@ -259,6 +263,11 @@ impl App {
             tokio::time::timeout(std::time::Duration::from_secs(5), self.request_log_writer).await;
         Ok(())
     }
+}
+
+/// Small request/response exchanges must not wait for Nagle's algorithm.
+fn no_delay(stream: &mut tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
 }
 
 pub async fn shutdown_signal() {

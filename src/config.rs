@@ -213,140 +213,38 @@ impl Config {
         Self::parse(&raw)
     }
 
+    /// Parses each section in turn; the first bad setting is the error.
     fn parse(raw: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| raw.get(name).map(|s| s.trim()).filter(|s| !s.is_empty());
-        let required = |name: &str| get(name).ok_or_else(|| bad(name, "is required"));
-
-        let database_url = required("DATABASE_URL")?;
-        if !(database_url.starts_with("sqlite:")
-            || database_url.starts_with("postgres://")
-            || database_url.starts_with("postgresql://"))
-        {
-            return Err(bad(
-                "DATABASE_URL",
-                "must start with sqlite: or postgres://",
-            ));
-        }
-        let listen = required("SAMVAULT_LISTEN")?;
-        let listen = listen.parse().map_err(|_| {
-            bad(
-                "SAMVAULT_LISTEN",
-                format!("'{listen}' is not an address like 127.0.0.1:8080"),
-            )
-        })?;
-        let public_url = parse_http_url("SAMVAULT_PUBLIC_URL", required("SAMVAULT_PUBLIC_URL")?)?;
-        let authority = match required("SAMVAULT_AUTHORITY")? {
-            "public" => Url::parse("https://login.microsoftonline.com").expect("static"),
-            "usgov" => Url::parse("https://login.microsoftonline.us").expect("static"),
-            "china" => Url::parse("https://login.partner.microsoftonline.cn").expect("static"),
-            "germany" => {
-                return Err(bad(
-                    "SAMVAULT_AUTHORITY",
-                    "Azure Germany closed in 2021; use public",
-                ));
-            }
-            other => parse_http_url("SAMVAULT_AUTHORITY", other)?,
-        };
-        let client_id = get("SAMVAULT_CLIENT_ID").map(str::to_string);
-        let app_credentials = parse_app_credentials(&get)?;
-        let consent_scopes: Vec<String> = required("SAMVAULT_CONSENT_SCOPES")?
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        let resources = required("SAMVAULT_RESOURCES")?
-            .split([' ', ','])
-            .filter(|s| !s.is_empty())
-            .map(|r| Resource::parse(r).map_err(|e| bad("SAMVAULT_RESOURCES", e)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let key_provider = parse_key_provider(required("SAMVAULT_KEY_PROVIDER")?)
-            .map_err(|why| bad("SAMVAULT_KEY_PROVIDER", why))?;
-        // A migration from one provider to another: these still unwrap, the first one wraps.
-        let previous_key_providers = get("SAMVAULT_PREVIOUS_KEY_PROVIDERS")
-            .unwrap_or_default()
-            .split([' ', ','])
-            .filter(|s| !s.is_empty())
-            .map(parse_key_provider)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|why| bad("SAMVAULT_PREVIOUS_KEY_PROVIDERS", why))?;
-        let extra_ca_file = get("SAMVAULT_EXTRA_CA_FILE").map(PathBuf::from);
-        let extra_roots = extra_ca_file
-            .as_deref()
-            .map(extra_roots)
-            .transpose()?
-            .unwrap_or_default();
-        let rotate_after = parse_duration(required("SAMVAULT_ROTATE_AFTER")?)
-            .map_err(|e| bad("SAMVAULT_ROTATE_AFTER", e))?;
-        let expiry_warn = parse_duration(required("SAMVAULT_EXPIRY_WARN")?)
-            .map_err(|e| bad("SAMVAULT_EXPIRY_WARN", e))?;
-        let require_mfa = parse_bool(required("SAMVAULT_REQUIRE_MFA")?)
-            .ok_or_else(|| bad("SAMVAULT_REQUIRE_MFA", "must be true or false"))?;
-        let webhook_url = get("SAMVAULT_WEBHOOK_URL")
-            .map(|u| parse_http_url("SAMVAULT_WEBHOOK_URL", u))
-            .transpose()?;
-        let webhook_secret =
-            get("SAMVAULT_WEBHOOK_SECRET").map(|s| SecretString::from(s.to_string()));
-        let metrics_token = get("SAMVAULT_METRICS_TOKEN")
-            .map(|t| match t.trim() {
-                t if t.len() < 16 => Err(bad(
-                    "SAMVAULT_METRICS_TOKEN",
-                    "must be at least 16 characters (e.g. `openssl rand -hex 32`)",
-                )),
-                t => Ok(SecretString::from(t.to_string())),
-            })
-            .transpose()?;
-        if webhook_url.is_some() && webhook_secret.is_none() {
-            return Err(bad(
-                "SAMVAULT_WEBHOOK_SECRET",
-                "is required with SAMVAULT_WEBHOOK_URL",
-            ));
-        }
-        let log_format = match required("SAMVAULT_LOG_FORMAT")? {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            _ => return Err(bad("SAMVAULT_LOG_FORMAT", "must be text or json")),
-        };
-        let consent_timeout = parse_duration(required("SAMVAULT_CONSENT_TIMEOUT")?)
-            .map_err(|e| bad("SAMVAULT_CONSENT_TIMEOUT", e))?;
-        let app_name = required("SAMVAULT_APP_NAME")?.to_string();
-        if app_name.chars().count() > 80 {
-            return Err(bad("SAMVAULT_APP_NAME", "must be at most 80 characters"));
-        }
-        let rotation_concurrency = required("SAMVAULT_ROTATION_CONCURRENCY")?
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=512).contains(n))
-            .ok_or_else(|| {
-                bad(
-                    "SAMVAULT_ROTATION_CONCURRENCY",
-                    "must be a number from 1 to 512",
-                )
-            })?;
-        let scheduler = parse_bool(required("SAMVAULT_SCHEDULER")?)
-            .ok_or_else(|| bad("SAMVAULT_SCHEDULER", "must be true or false"))?;
+        let raw = Raw(raw);
+        let server = ServerSettings::parse(&raw)?;
+        let entra = EntraSettings::parse(&raw)?;
+        let keys = KeySettings::parse(&raw)?;
+        let rotation = RotationSettings::parse(&raw)?;
+        let webhook = WebhookSettings::parse(&raw)?;
         Ok(Self {
-            rotation_concurrency,
-            scheduler,
-            consent_timeout,
-            app_name,
-            database_url: SecretString::from(database_url.to_string()),
-            listen,
-            public_url,
-            authority,
-            client_id,
-            app_credentials,
-            consent_scopes,
-            resources,
-            key_provider,
-            previous_key_providers,
-            extra_ca_file,
-            extra_roots,
-            rotate_after,
-            expiry_warn,
-            require_mfa,
-            webhook_url,
-            webhook_secret,
-            metrics_token,
-            log_format,
+            database_url: server.database_url,
+            listen: server.listen,
+            public_url: server.public_url,
+            metrics_token: server.metrics_token,
+            log_format: server.log_format,
+            authority: entra.authority,
+            client_id: entra.client_id,
+            app_credentials: entra.app_credentials,
+            consent_scopes: entra.consent_scopes,
+            resources: entra.resources,
+            require_mfa: entra.require_mfa,
+            consent_timeout: entra.consent_timeout,
+            app_name: entra.app_name,
+            key_provider: keys.key_provider,
+            previous_key_providers: keys.previous_key_providers,
+            extra_ca_file: keys.extra_ca_file,
+            extra_roots: keys.extra_roots,
+            rotate_after: rotation.rotate_after,
+            expiry_warn: rotation.expiry_warn,
+            rotation_concurrency: rotation.rotation_concurrency,
+            scheduler: rotation.scheduler,
+            webhook_url: webhook.webhook_url,
+            webhook_secret: webhook.webhook_secret,
         })
     }
 
@@ -386,6 +284,229 @@ impl Config {
     pub fn is_sqlite(&self) -> bool {
         use secrecy::ExposeSecret;
         self.database_url.expose_secret().starts_with("sqlite:")
+    }
+}
+
+/// The merged settings by name: trimmed, and an empty value counts as unset.
+struct Raw<'a>(&'a BTreeMap<String, String>);
+
+impl<'a> Raw<'a> {
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.get(name).map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+
+    fn required(&self, name: &str) -> Result<&'a str, ConfigError> {
+        self.get(name).ok_or_else(|| bad(name, "is required"))
+    }
+
+    fn duration(&self, name: &str) -> Result<Duration, ConfigError> {
+        parse_duration(self.required(name)?).map_err(|e| bad(name, e))
+    }
+
+    fn flag(&self, name: &str) -> Result<bool, ConfigError> {
+        parse_bool(self.required(name)?).ok_or_else(|| bad(name, "must be true or false"))
+    }
+}
+
+/// Where samvault listens and keeps its data, and how it reports.
+struct ServerSettings {
+    database_url: SecretString,
+    listen: SocketAddr,
+    public_url: Url,
+    metrics_token: Option<SecretString>,
+    log_format: LogFormat,
+}
+
+impl ServerSettings {
+    fn parse(raw: &Raw) -> Result<Self, ConfigError> {
+        let database_url = raw.required("DATABASE_URL")?;
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(bad(
+                "DATABASE_URL",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        let listen = raw.required("SAMVAULT_LISTEN")?;
+        let listen = listen.parse().map_err(|_| {
+            bad(
+                "SAMVAULT_LISTEN",
+                format!("'{listen}' is not an address like 127.0.0.1:8080"),
+            )
+        })?;
+        let public_url =
+            parse_http_url("SAMVAULT_PUBLIC_URL", raw.required("SAMVAULT_PUBLIC_URL")?)?;
+        let metrics_token = raw
+            .get("SAMVAULT_METRICS_TOKEN")
+            .map(|t| match t.trim() {
+                t if t.len() < 16 => Err(bad(
+                    "SAMVAULT_METRICS_TOKEN",
+                    "must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+                )),
+                t => Ok(SecretString::from(t.to_string())),
+            })
+            .transpose()?;
+        let log_format = match raw.required("SAMVAULT_LOG_FORMAT")? {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(bad("SAMVAULT_LOG_FORMAT", "must be text or json")),
+        };
+        Ok(Self {
+            database_url: SecretString::from(database_url.to_string()),
+            listen,
+            public_url,
+            metrics_token,
+            log_format,
+        })
+    }
+}
+
+/// The CPV app as Entra ID knows it, and what its consents ask for.
+struct EntraSettings {
+    authority: Url,
+    client_id: Option<String>,
+    app_credentials: Vec<AppCredential>,
+    consent_scopes: Vec<String>,
+    resources: Vec<Resource>,
+    require_mfa: bool,
+    consent_timeout: Duration,
+    app_name: String,
+}
+
+impl EntraSettings {
+    fn parse(raw: &Raw) -> Result<Self, ConfigError> {
+        let authority = match raw.required("SAMVAULT_AUTHORITY")? {
+            "public" => Url::parse("https://login.microsoftonline.com").expect("static"),
+            "usgov" => Url::parse("https://login.microsoftonline.us").expect("static"),
+            "china" => Url::parse("https://login.partner.microsoftonline.cn").expect("static"),
+            "germany" => {
+                return Err(bad(
+                    "SAMVAULT_AUTHORITY",
+                    "Azure Germany closed in 2021; use public",
+                ));
+            }
+            other => parse_http_url("SAMVAULT_AUTHORITY", other)?,
+        };
+        let resources = raw
+            .required("SAMVAULT_RESOURCES")?
+            .split([' ', ','])
+            .filter(|s| !s.is_empty())
+            .map(|r| Resource::parse(r).map_err(|e| bad("SAMVAULT_RESOURCES", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let app_name = raw.required("SAMVAULT_APP_NAME")?.to_string();
+        if app_name.chars().count() > 80 {
+            return Err(bad("SAMVAULT_APP_NAME", "must be at most 80 characters"));
+        }
+        Ok(Self {
+            authority,
+            client_id: raw.get("SAMVAULT_CLIENT_ID").map(str::to_string),
+            app_credentials: parse_app_credentials(&|name| raw.get(name))?,
+            consent_scopes: raw
+                .required("SAMVAULT_CONSENT_SCOPES")?
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+            resources,
+            require_mfa: raw.flag("SAMVAULT_REQUIRE_MFA")?,
+            consent_timeout: raw.duration("SAMVAULT_CONSENT_TIMEOUT")?,
+            app_name,
+        })
+    }
+}
+
+/// Where the key-encryption keys live, and the roots trusted to reach them.
+struct KeySettings {
+    key_provider: KeyProviderConfig,
+    previous_key_providers: Vec<KeyProviderConfig>,
+    extra_ca_file: Option<PathBuf>,
+    extra_roots: Vec<reqwest::Certificate>,
+}
+
+impl KeySettings {
+    fn parse(raw: &Raw) -> Result<Self, ConfigError> {
+        let key_provider = parse_key_provider(raw.required("SAMVAULT_KEY_PROVIDER")?)
+            .map_err(|why| bad("SAMVAULT_KEY_PROVIDER", why))?;
+        // A migration from one provider to another: these still unwrap, the first one wraps.
+        let previous_key_providers = raw
+            .get("SAMVAULT_PREVIOUS_KEY_PROVIDERS")
+            .unwrap_or_default()
+            .split([' ', ','])
+            .filter(|s| !s.is_empty())
+            .map(parse_key_provider)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|why| bad("SAMVAULT_PREVIOUS_KEY_PROVIDERS", why))?;
+        let extra_ca_file = raw.get("SAMVAULT_EXTRA_CA_FILE").map(PathBuf::from);
+        let extra_roots = extra_ca_file
+            .as_deref()
+            .map(extra_roots)
+            .transpose()?
+            .unwrap_or_default();
+        Ok(Self {
+            key_provider,
+            previous_key_providers,
+            extra_ca_file,
+            extra_roots,
+        })
+    }
+}
+
+/// How the rotation engine keeps grants alive.
+struct RotationSettings {
+    rotate_after: Duration,
+    expiry_warn: Duration,
+    rotation_concurrency: usize,
+    scheduler: bool,
+}
+
+impl RotationSettings {
+    fn parse(raw: &Raw) -> Result<Self, ConfigError> {
+        let rotation_concurrency = raw
+            .required("SAMVAULT_ROTATION_CONCURRENCY")?
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=512).contains(n))
+            .ok_or_else(|| {
+                bad(
+                    "SAMVAULT_ROTATION_CONCURRENCY",
+                    "must be a number from 1 to 512",
+                )
+            })?;
+        Ok(Self {
+            rotate_after: raw.duration("SAMVAULT_ROTATE_AFTER")?,
+            expiry_warn: raw.duration("SAMVAULT_EXPIRY_WARN")?,
+            rotation_concurrency,
+            scheduler: raw.flag("SAMVAULT_SCHEDULER")?,
+        })
+    }
+}
+
+/// Where events are delivered, and the secret that signs them.
+struct WebhookSettings {
+    webhook_url: Option<Url>,
+    webhook_secret: Option<SecretString>,
+}
+
+impl WebhookSettings {
+    fn parse(raw: &Raw) -> Result<Self, ConfigError> {
+        let webhook_url = raw
+            .get("SAMVAULT_WEBHOOK_URL")
+            .map(|u| parse_http_url("SAMVAULT_WEBHOOK_URL", u))
+            .transpose()?;
+        let webhook_secret = raw
+            .get("SAMVAULT_WEBHOOK_SECRET")
+            .map(|s| SecretString::from(s.to_string()));
+        if webhook_url.is_some() && webhook_secret.is_none() {
+            return Err(bad(
+                "SAMVAULT_WEBHOOK_SECRET",
+                "is required with SAMVAULT_WEBHOOK_URL",
+            ));
+        }
+        Ok(Self {
+            webhook_url,
+            webhook_secret,
+        })
     }
 }
 

@@ -7,12 +7,11 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 
+use axum::response::IntoResponse;
 use jsonwebtoken::DecodingKey;
-use jsonwebtoken::jwk::JwkSet;
 use secrecy::ExposeSecret;
 use url::Url;
 
-use crate::devidp::tokens::SigningKey;
 use crate::domain::Resource;
 use crate::http::api::parse_token_request;
 use crate::http::onboard::{CallbackParams, Purpose, idp_error_page};
@@ -64,7 +63,7 @@ pub fn callback_query(data: &[u8]) {
 }
 
 fn error_page(error: &str, description: Option<&str>) -> (u16, String) {
-    let response = idp_error_page(Purpose::Consent, error, description);
+    let response = idp_error_page(Purpose::Consent, error, description).into_response();
     let status = response.status().as_u16();
     let body = ready(axum::body::to_bytes(response.into_body(), usize::MAX))
         .expect("a rendered page is in memory");
@@ -166,10 +165,7 @@ pub fn entra_error(data: &[u8]) {
         body.error.as_str(),
         "invalid_grant" | "interaction_required" | "consent_required"
     );
-    let app_error = matches!(
-        body.error.as_str(),
-        "invalid_client" | "unauthorized_client"
-    );
+    let app_error = body.error == "unauthorized_client" || body.blames_credential();
     for status in [400, 401, 429, 500, 503] {
         for primary in [true, false] {
             let error = IdpError::Entra {
@@ -195,14 +191,43 @@ pub fn entra_error(data: &[u8]) {
     }
 }
 
-/// The dev IdP's key (one per process) and the same key as a validator sees it.
+/// An RSA key standing in for the IdP's signing key: tokens signed with it are what a
+/// validator holding its public half must accept.
+struct SigningKey(aws_lc_rs::signature::RsaKeyPair);
+
+impl SigningKey {
+    /// An RS256 JWS with the header Entra sends.
+    fn sign(&self, claims: &serde_json::Value) -> Result<String, aws_lc_rs::error::Unspecified> {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = serde_json::json!({ "typ": "JWT", "alg": "RS256", "kid": KID, "x5t": KID });
+        let mut jws = URL_SAFE_NO_PAD.encode(header.to_string());
+        jws.push('.');
+        jws.push_str(&URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let mut signature = vec![0u8; self.0.public_modulus_len()];
+        self.0.sign(
+            &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+            &aws_lc_rs::rand::SystemRandom::new(),
+            jws.as_bytes(),
+            &mut signature,
+        )?;
+        jws.push('.');
+        jws.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        Ok(jws)
+    }
+}
+
+const KID: &str = "fuzzing-key";
+
+/// The issuer's key (one per process) and the same key as a validator sees it.
 fn signing_key() -> &'static (SigningKey, DecodingKey) {
     static KEY: OnceLock<(SigningKey, DecodingKey)> = OnceLock::new();
     KEY.get_or_init(|| {
-        let key = SigningKey::generate().expect("an RSA key");
-        let set: JwkSet = serde_json::from_value(key.jwks(AUTHORITY)).expect("a JWKS");
-        let decoding = DecodingKey::from_jwk(&set.keys[0]).expect("an RSA JWK");
-        (key, decoding)
+        use aws_lc_rs::signature::KeyPair as _;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .expect("an RSA key");
+        let decoding = DecodingKey::from_rsa_der(pair.public_key().as_ref());
+        (SigningKey(pair), decoding)
     })
 }
 

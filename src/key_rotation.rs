@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::storage::sealed::{self, RowKey, SealedTable};
 use crate::storage::{Db, StorageError, audit, now};
-use crate::vault::{Vault, VaultError};
+use crate::vault::{KeyProvider, Vault, VaultError};
 
 /// Rows read per batch; each moves by its own compare-and-swap.
 const BATCH: i64 = 200;
@@ -98,27 +98,11 @@ pub async fn rotate(
 ) -> Result<Report, KeyRotationError> {
     let provider = vault.provider();
     provider.refresh().await?;
-    // When the target KEK became current for running services: they may wrap with the old one
-    // for up to two refresh intervals after that.
-    let (job, resumed, current_since) = match sealed::unfinished_rotation(db).await? {
-        // Resume only onto the KEK the provider still calls current; otherwise the old job is
-        // superseded (someone rotated again) and this run starts afresh.
-        Some(job) if job.target_kek_id == provider.current_kek_id() => {
-            let since = job.started_at;
-            (job, true, since)
-        }
-        unfinished => {
-            if let Some(old) = unfinished {
-                sealed::update_rotation(db, &old.id, old.rewrapped, Some(now())).await?;
-            }
-            let (kek, since) = match target {
-                Target::NewKey => (provider.create_kek().await?, now()),
-                // Already current for the services (they were restarted onto it).
-                Target::Current => (provider.current_kek_id(), 0),
-            };
-            (sealed::start_rotation(db, &kek, now()).await?, false, since)
-        }
-    };
+    let Started {
+        job,
+        resumed,
+        current_since,
+    } = start_or_resume(db, provider, target).await?;
     let kek = job.target_kek_id.clone();
     let before: Vec<String> = sealed::count_by_kek(db)
         .await?
@@ -126,54 +110,9 @@ pub async fn rotate(
         .filter(|c| c.kek_id != kek)
         .map(|c| c.kek_id)
         .collect();
-
-    let total = sealed::count_not_under(db, &kek).await?;
-    let mut moved: BTreeMap<&'static str, i64> = BTreeMap::new();
-    let mut done = 0;
-    progress(Progress { moved: 0, total });
-    for pass in 1..=MAX_PASSES {
-        let (pass_moved, first_error) =
-            move_pass(db, vault, &kek, &mut moved, &mut done, total, &mut progress).await?;
-        sealed::update_rotation(db, &job.id, job.rewrapped + done, None).await?;
-        let mut remaining = sealed::count_not_under(db, &kek).await?;
-        if remaining == 0 {
-            // A serving process may wrap with the old KEK until its next refresh, and insert
-            // the record a moment later: wait that long, then look again before calling the
-            // job done (and retiring the old key).
-            let refreshed_by = current_since + 2 * provider.refresh_interval().as_secs() as i64;
-            let wait = Duration::from_secs(refreshed_by.saturating_sub(now()).max(0) as u64);
-            tokio::time::sleep(wait + SETTLE).await;
-            remaining = sealed::count_not_under(db, &kek).await?;
-            if remaining == 0 {
-                break;
-            }
-        }
-        if pass_moved == 0 || pass == MAX_PASSES {
-            return Err(KeyRotationError::Incomplete {
-                target: kek,
-                remaining,
-                first_error: first_error.unwrap_or_else(|| {
-                    "records keep arriving under an old key: is a replica running without the new key?"
-                        .into()
-                }),
-            });
-        }
-    }
+    let (moved, done) = move_all(db, vault, &job, current_since, &mut progress).await?;
     sealed::update_rotation(db, &job.id, job.rewrapped + done, Some(now())).await?;
-
-    let still: Vec<String> = sealed::count_by_kek(db)
-        .await?
-        .into_iter()
-        .map(|c| c.kek_id)
-        .collect();
-    let (mut retired, mut unreferenced) = (Vec::new(), Vec::new());
-    for old in before.into_iter().filter(|id| !still.contains(id)) {
-        if provider.owns(&old) && provider.retire(&old).await? {
-            retired.push(old);
-        } else {
-            unreferenced.push(old);
-        }
-    }
+    let (retired, unreferenced) = retire_unreferenced(db, provider, before).await?;
     let report = Report {
         target_kek_id: kek,
         resumed,
@@ -196,6 +135,115 @@ pub async fn rotate(
     )
     .await?;
     Ok(report)
+}
+
+/// The job a run works on, and when its KEK became current for running services: they may
+/// wrap with the old one for up to two refresh intervals after that.
+struct Started {
+    job: sealed::KeyRotation,
+    resumed: bool,
+    current_since: i64,
+}
+
+async fn start_or_resume(
+    db: &Db,
+    provider: &dyn KeyProvider,
+    target: Target,
+) -> Result<Started, KeyRotationError> {
+    let unfinished = sealed::unfinished_rotation(db).await?;
+    // Resume only onto the KEK the provider still calls current; otherwise the old job is
+    // superseded (someone rotated again) and this run starts afresh.
+    if let Some(job) = unfinished {
+        if job.target_kek_id == provider.current_kek_id() {
+            let current_since = job.started_at;
+            return Ok(Started {
+                job,
+                resumed: true,
+                current_since,
+            });
+        }
+        sealed::update_rotation(db, &job.id, job.rewrapped, Some(now())).await?;
+    }
+    let (kek, current_since) = match target {
+        Target::NewKey => (provider.create_kek().await?, now()),
+        // Already current for the services (they were restarted onto it).
+        Target::Current => (provider.current_kek_id(), 0),
+    };
+    Ok(Started {
+        job: sealed::start_rotation(db, &kek, now()).await?,
+        resumed: false,
+        current_since,
+    })
+}
+
+/// Passes over the tables until nothing is left under another KEK, even after the services
+/// have had time to pick up the target. Returns the records moved, per kind and in all.
+async fn move_all(
+    db: &Db,
+    vault: &Vault,
+    job: &sealed::KeyRotation,
+    current_since: i64,
+    progress: &mut impl FnMut(Progress),
+) -> Result<(BTreeMap<&'static str, i64>, i64), KeyRotationError> {
+    let kek = &job.target_kek_id;
+    let total = sealed::count_not_under(db, kek).await?;
+    let mut moved: BTreeMap<&'static str, i64> = BTreeMap::new();
+    let mut done = 0;
+    progress(Progress { moved: 0, total });
+    let mut pass = 0;
+    loop {
+        pass += 1;
+        let (pass_moved, first_error) =
+            move_pass(db, vault, kek, &mut moved, &mut done, total, progress).await?;
+        sealed::update_rotation(db, &job.id, job.rewrapped + done, None).await?;
+        let mut remaining = sealed::count_not_under(db, kek).await?;
+        if remaining == 0 {
+            // A serving process may wrap with the old KEK until its next refresh, and insert
+            // the record a moment later: wait that long, then look again before calling the
+            // job done (and retiring the old key).
+            let interval = vault.provider().refresh_interval().as_secs() as i64;
+            let refreshed_by = current_since + 2 * interval;
+            let wait = Duration::from_secs(refreshed_by.saturating_sub(now()).max(0) as u64);
+            tokio::time::sleep(wait + SETTLE).await;
+            remaining = sealed::count_not_under(db, kek).await?;
+            if remaining == 0 {
+                return Ok((moved, done));
+            }
+        }
+        if pass_moved == 0 || pass >= MAX_PASSES {
+            return Err(KeyRotationError::Incomplete {
+                target: kek.clone(),
+                remaining,
+                first_error: first_error.unwrap_or_else(|| {
+                    "records keep arriving under an old key: is a replica running without the new key?"
+                        .into()
+                }),
+            });
+        }
+    }
+}
+
+/// Old KEK versions nothing references any more: removed when the provider owns them
+/// (`retired`), otherwise left for a person to remove (`unreferenced`).
+async fn retire_unreferenced(
+    db: &Db,
+    provider: &dyn KeyProvider,
+    before: Vec<String>,
+) -> Result<(Vec<String>, Vec<String>), KeyRotationError> {
+    let still: Vec<String> = sealed::count_by_kek(db)
+        .await?
+        .into_iter()
+        .map(|c| c.kek_id)
+        .collect();
+    let (mut retired, mut unreferenced) = (Vec::new(), Vec::new());
+    for old in before.into_iter().filter(|id| !still.contains(id)) {
+        if provider.owns(&old) && provider.retire(&old).await? {
+            retired.push(old);
+        } else {
+            unreferenced.push(old);
+        }
+    }
+    Ok((retired, unreferenced))
 }
 
 /// One keyset pass over every sealed table. Returns the records moved (or found already moved

@@ -3,16 +3,14 @@
 //! The tree mirrors the architecture (see `docs/ARCHITECTURE.md`):
 //! `http` (onboarding, integrations API, health) → `broker` (token exchange) →
 //! `idp` (talks to Entra ID) and `vault` (seals refresh tokens) → `storage`.
-//! `devidp` is the Entra-compatible simulator used by the demo and the tests; `devkv` the
-//! Azure Key Vault test double.
+//! The command line is the binary's (`src/cli/`); the dev doubles (the Entra simulator, the Key
+//! Vault double) are crates of their own under `crates/`, which this library never imports.
 
 pub mod app;
+pub mod backoff;
 pub mod broker;
-pub mod cli;
 pub mod clients;
 pub mod config;
-pub mod devidp;
-pub mod devkv;
 pub mod domain;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -21,6 +19,7 @@ pub mod idp;
 pub mod key_rotation;
 pub mod metrics;
 pub mod notify;
+pub mod onboarding;
 pub mod ops;
 pub mod rotation;
 pub mod storage;

@@ -1,26 +1,28 @@
-//! `GET /metrics` (SPEC §3.3): Prometheus text exposition format 0.0.4, hand-rolled.
+//! `GET /metrics` (SPEC §3.3): Prometheus text exposition format 0.0.4, rendered by the
+//! `prometheus` crate (see docs/ARCHITECTURE.md for why that crate).
 //!
-//! Counters and the IdP latency histogram live in one process-wide registry ([`metrics`]);
-//! the record functions are cheap (one uncontended mutex) and never fail. Gauges describing
-//! shared state (partners per status, the nearest expiry, the app-credentials alarm, the
-//! webhook outbox) are read from the database at scrape time, so every replica reports the
-//! same values for them. Label values come from code (outcomes, grant types), never from
-//! tokens or client input.
+//! [`Metrics`] holds the counters and the IdP latency histogram, registered once; the
+//! service keeps one in its state and hands it to what records (broker, notifier, liveness,
+//! the token API). Recording never fails. Gauges describing shared state (partners per status,
+//! the nearest expiry, the app-credentials alarm, the webhook outbox) are read from the
+//! database at scrape time ([`Gauges`]), so every replica reports the same values for them.
+//! Label values come from code (outcomes, grant types), never from tokens or client input.
+//! The route and its bearer token live in `http::metrics`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::OnceLock;
 
-use axum::Router;
-use axum::extract::{FromRef, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use sqlx::Row;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use crate::domain::PartnerStatus;
-use crate::storage::partners::INACTIVITY_LIMIT_SECS;
-use crate::storage::{self, Db, StorageError};
+use crate::storage::outbox::MAX_ATTEMPTS;
+use crate::storage::partners::{self, INACTIVITY_LIMIT_SECS};
+use crate::storage::{self, Db, StorageError, stats};
 
 /// Upper bounds (seconds) of the IdP request duration histogram.
 pub const DURATION_BUCKETS: [f64; 11] = [
@@ -37,80 +39,33 @@ const STATUSES: [PartnerStatus; 4] = [
     PartnerStatus::Revoked,
 ];
 
-#[derive(Clone, Debug, Default)]
-struct Histogram {
-    /// Observations per bucket (not cumulative); the last slot is above the largest bound.
-    buckets: [u64; DURATION_BUCKETS.len() + 1],
-    count: u64,
-    sum: f64,
-}
+/// Names, help texts and label names below are constants: registering or encoding them
+/// fails only on a programming error, which the unit tests would show.
+const VALID: &str = "static metric definitions are valid";
 
-impl Histogram {
-    fn observe(&mut self, value: f64) {
-        let value = if value.is_finite() && value > 0.0 {
-            value
-        } else {
-            0.0
-        };
-        let slot = DURATION_BUCKETS
-            .iter()
-            .position(|le| value <= *le)
-            .unwrap_or(DURATION_BUCKETS.len());
-        self.buckets[slot] += 1;
-        self.count += 1;
-        self.sum += value;
-    }
-}
+/// The token API's common outcome; its two series are resolved once (see
+/// [`Metrics::record_token_request`]).
+const ISSUED: &str = "issued";
 
-#[derive(Clone, Debug, Default)]
-struct Registry {
-    rotations: BTreeMap<String, u64>,
-    idp_requests: BTreeMap<(String, String), u64>,
-    idp_durations: BTreeMap<String, Histogram>,
-    // Keyed by static labels: counted on every token request, so no allocation there.
-    token_requests: BTreeMap<(&'static str, bool), u64>,
-    webhook_deliveries: BTreeMap<String, u64>,
-    /// Leases taken back from processes that died holding them.
-    leases_reclaimed: u64,
-}
-
-/// The in-process counters and histogram.
-#[derive(Debug)]
+/// The in-process counters and histogram, registered once.
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    registry: Registry,
+    rotations: IntCounterVec,
+    idp_requests: IntCounterVec,
+    idp_durations: HistogramVec,
+    token_requests: IntCounterVec,
+    /// `token_requests{outcome="issued"}` by `cached` (index 0: false, 1: true), created on
+    /// first use so an unused series does not appear.
+    issued: [OnceLock<IntCounter>; 2],
+    webhook_deliveries: IntCounterVec,
+    /// Leases taken back from processes that died holding them.
+    leases_reclaimed: IntCounter,
 }
 
-static METRICS: Metrics = Metrics::new();
-
-/// The process-wide registry.
-pub fn metrics() -> &'static Metrics {
-    &METRICS
-}
-
-/// A finished rotation attempt, by outcome (`success`, `transient`, `reconsent_required`, ...).
-pub fn record_rotation(outcome: &str) {
-    metrics().record_rotation(outcome);
-}
-
-/// One call to the IdP's token endpoint: grant type (`refresh_token`, `authorization_code`),
-/// outcome and how long it took.
-pub fn record_idp_call(grant_type: &str, outcome: &str, seconds: f64) {
-    metrics().record_idp_call(grant_type, outcome, seconds);
-}
-
-/// One answered token API request, and whether it came from the cache.
-pub fn record_token_request(outcome: &'static str, cached: bool) {
-    metrics().record_token_request(outcome, cached);
-}
-
-/// One webhook delivery attempt (`delivered`, `failed`, `abandoned`).
-pub fn record_webhook_delivery(outcome: &str) {
-    metrics().record_webhook_delivery(outcome);
-}
-
-/// Leases taken back from a process that died holding them.
-pub fn record_leases_reclaimed(n: u64) {
-    metrics().lock().leases_reclaimed += n;
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -120,183 +75,152 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub const fn new() -> Self {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counters = |name: &str, help: &str, labels: &'static [&'static str]| {
+            let counters = IntCounterVec::new(Opts::new(name, help), labels).expect(VALID);
+            register_in_order(&registry, counters.clone(), labels);
+            counters
+        };
+        let rotations = counters(
+            "samvault_rotations_total",
+            "Refresh-token rotation attempts, by outcome.",
+            &["outcome"],
+        );
+        let idp_requests = counters(
+            "samvault_idp_requests_total",
+            "Token endpoint calls to the identity provider, by grant type and outcome.",
+            &["grant_type", "outcome"],
+        );
+        let token_requests = counters(
+            "samvault_token_requests_total",
+            "Token API requests, by outcome and whether the access token came from the cache.",
+            &["outcome", "cached"],
+        );
+        let webhook_deliveries = counters(
+            "samvault_webhook_deliveries_total",
+            "Webhook delivery attempts, by outcome (delivered, failed, abandoned).",
+            &["outcome"],
+        );
+        let idp_durations = HistogramVec::new(
+            HistogramOpts::new(
+                "samvault_idp_request_duration_seconds",
+                "Duration of token endpoint calls to the identity provider.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["grant_type"],
+        )
+        .expect(VALID);
+        register_in_order(&registry, idp_durations.clone(), &["grant_type"]);
+        let leases_reclaimed = IntCounter::new(
+            "samvault_leases_reclaimed_total",
+            "Partner leases taken back from samvault processes that died holding them.",
+        )
+        .expect(VALID);
+        registry
+            .register(Box::new(leases_reclaimed.clone()))
+            .expect(VALID);
         Self {
-            registry: Mutex::new(Registry {
-                rotations: BTreeMap::new(),
-                idp_requests: BTreeMap::new(),
-                idp_durations: BTreeMap::new(),
-                token_requests: BTreeMap::new(),
-                webhook_deliveries: BTreeMap::new(),
-                leases_reclaimed: 0,
-            }),
+            registry,
+            rotations,
+            idp_requests,
+            idp_durations,
+            token_requests,
+            issued: Default::default(),
+            webhook_deliveries,
+            leases_reclaimed,
         }
     }
 
-    /// A panic elsewhere while holding the lock leaves counters that are still meaningful.
-    fn lock(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
+    /// A finished rotation attempt, by outcome (`success`, `transient`, `reconsent_required`, ...).
     pub fn record_rotation(&self, outcome: &str) {
-        *self
-            .lock()
-            .rotations
-            .entry(outcome.to_string())
-            .or_default() += 1;
+        self.rotations.with_label_values(&[outcome]).inc();
     }
 
+    /// One call to the IdP's token endpoint: grant type (`refresh_token`, `authorization_code`),
+    /// outcome and how long it took.
     pub fn record_idp_call(&self, grant_type: &str, outcome: &str, seconds: f64) {
-        let mut registry = self.lock();
-        *registry
-            .idp_requests
-            .entry((grant_type.to_string(), outcome.to_string()))
-            .or_default() += 1;
-        registry
-            .idp_durations
-            .entry(grant_type.to_string())
-            .or_default()
+        self.idp_requests
+            .with_label_values(&[grant_type, outcome])
+            .inc();
+        let seconds = if seconds.is_finite() && seconds > 0.0 {
+            seconds
+        } else {
+            0.0
+        };
+        self.idp_durations
+            .with_label_values(&[grant_type])
             .observe(seconds);
     }
 
+    /// One answered token API request, and whether it came from the cache. The hot case
+    /// (`issued`) is one atomic add: no label hashing or lock on every request.
     pub fn record_token_request(&self, outcome: &'static str, cached: bool) {
-        *self
-            .lock()
-            .token_requests
-            .entry((outcome, cached))
-            .or_default() += 1;
+        let labels = [outcome, if cached { "true" } else { "false" }];
+        if outcome == ISSUED {
+            self.issued[usize::from(cached)]
+                .get_or_init(|| self.token_requests.with_label_values(&labels))
+                .inc();
+        } else {
+            self.token_requests.with_label_values(&labels).inc();
+        }
     }
 
+    /// One webhook delivery attempt (`delivered`, `failed`, `abandoned`).
     pub fn record_webhook_delivery(&self, outcome: &str) {
-        *self
-            .lock()
-            .webhook_deliveries
-            .entry(outcome.to_string())
-            .or_default() += 1;
+        self.webhook_deliveries.with_label_values(&[outcome]).inc();
+    }
+
+    /// Leases taken back from a process that died holding them.
+    pub fn record_leases_reclaimed(&self, n: u64) {
+        self.leases_reclaimed.inc_by(n);
     }
 
     /// The counters and histogram in exposition format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        self.write(&mut out);
+        encode(&self.registry, &mut out);
         out
     }
+}
 
-    fn write(&self, out: &mut String) {
-        // Format a copy, outside the lock.
-        let registry = self.lock().clone();
+/// prometheus sorts a series' labels by name; this keeps them in the order they were declared
+/// (`outcome` before `cached`), so every series reads exactly as samvault always wrote it.
+struct InDeclaredOrder<C> {
+    inner: C,
+    labels: &'static [&'static str],
+}
 
-        family(
-            out,
-            "samvault_rotations_total",
-            "counter",
-            "Refresh-token rotation attempts, by outcome.",
-        );
-        for (outcome, n) in &registry.rotations {
-            sample(
-                out,
-                "samvault_rotations_total",
-                &[("outcome", outcome)],
-                *n as f64,
-            );
-        }
-
-        family(
-            out,
-            "samvault_idp_requests_total",
-            "counter",
-            "Token endpoint calls to the identity provider, by grant type and outcome.",
-        );
-        for ((grant_type, outcome), n) in &registry.idp_requests {
-            sample(
-                out,
-                "samvault_idp_requests_total",
-                &[("grant_type", grant_type), ("outcome", outcome)],
-                *n as f64,
-            );
-        }
-
-        family(
-            out,
-            "samvault_idp_request_duration_seconds",
-            "histogram",
-            "Duration of token endpoint calls to the identity provider.",
-        );
-        for (grant_type, h) in &registry.idp_durations {
-            let mut cumulative = 0;
-            for (le, n) in DURATION_BUCKETS.iter().zip(h.buckets) {
-                cumulative += n;
-                sample(
-                    out,
-                    "samvault_idp_request_duration_seconds_bucket",
-                    &[("grant_type", grant_type), ("le", &format_value(*le))],
-                    cumulative as f64,
-                );
-            }
-            sample(
-                out,
-                "samvault_idp_request_duration_seconds_bucket",
-                &[("grant_type", grant_type), ("le", "+Inf")],
-                h.count as f64,
-            );
-            sample(
-                out,
-                "samvault_idp_request_duration_seconds_sum",
-                &[("grant_type", grant_type)],
-                h.sum,
-            );
-            sample(
-                out,
-                "samvault_idp_request_duration_seconds_count",
-                &[("grant_type", grant_type)],
-                h.count as f64,
-            );
-        }
-
-        family(
-            out,
-            "samvault_token_requests_total",
-            "counter",
-            "Token API requests, by outcome and whether the access token came from the cache.",
-        );
-        for ((outcome, cached), n) in &registry.token_requests {
-            let cached = if *cached { "true" } else { "false" };
-            sample(
-                out,
-                "samvault_token_requests_total",
-                &[("outcome", outcome), ("cached", cached)],
-                *n as f64,
-            );
-        }
-
-        family(
-            out,
-            "samvault_webhook_deliveries_total",
-            "counter",
-            "Webhook delivery attempts, by outcome (delivered, failed, abandoned).",
-        );
-        for (outcome, n) in &registry.webhook_deliveries {
-            sample(
-                out,
-                "samvault_webhook_deliveries_total",
-                &[("outcome", outcome)],
-                *n as f64,
-            );
-        }
-
-        family(
-            out,
-            "samvault_leases_reclaimed_total",
-            "counter",
-            "Partner leases taken back from samvault processes that died holding them.",
-        );
-        sample(
-            out,
-            "samvault_leases_reclaimed_total",
-            &[],
-            registry.leases_reclaimed as f64,
-        );
+impl<C: Collector> Collector for InDeclaredOrder<C> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.inner.desc()
     }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut families = self.inner.collect();
+        for metric in families.iter_mut().flat_map(|f| f.mut_metric().iter_mut()) {
+            metric
+                .mut_label()
+                .sort_by_key(|pair| self.labels.iter().position(|l| *l == pair.name()));
+        }
+        families
+    }
+}
+
+fn register_in_order<C: Collector + 'static>(
+    registry: &Registry,
+    inner: C,
+    labels: &'static [&'static str],
+) {
+    registry
+        .register(Box::new(InDeclaredOrder { inner, labels }))
+        .expect(VALID);
+}
+
+fn encode(registry: &Registry, out: &mut String) {
+    TextEncoder::new()
+        .encode_utf8(&registry.gather(), out)
+        .expect(VALID);
 }
 
 /// Values read from the database at scrape time.
@@ -309,7 +233,7 @@ pub struct Gauges {
     pub app_credentials_alarm: bool,
     /// Undelivered webhook events still being retried.
     pub webhook_outbox_pending: i64,
-    /// Undelivered webhook events given up after [`crate::notify::MAX_ATTEMPTS`].
+    /// Undelivered webhook events given up after [`MAX_ATTEMPTS`].
     pub webhook_outbox_abandoned: i64,
 }
 
@@ -319,250 +243,70 @@ impl Gauges {
             .iter()
             .map(|s| (s.as_str().to_string(), 0))
             .collect();
-        for row in sqlx::query("SELECT status, COUNT(*) AS n FROM partners GROUP BY status")
-            .fetch_all(db.pool())
-            .await?
-        {
-            partners.insert(row.try_get("status")?, row.try_get("n")?);
+        for (status, n) in partners::count_by_status(db).await? {
+            partners.insert(status.as_str().to_string(), n);
         }
-        let oldest: Option<i64> = sqlx::query(
-            "SELECT MIN(last_refresh_at) AS oldest FROM partners WHERE status IN ('active', 'at_risk')",
-        )
-        .fetch_one(db.pool())
-        .await?
-        .try_get("oldest")?;
-        let min_days_to_expiry =
-            oldest.map(|at| (at + INACTIVITY_LIMIT_SECS - now) as f64 / 86_400.0);
-        let alarms: i64 =
-            sqlx::query("SELECT COUNT(*) AS n FROM alarms WHERE name = 'app_credentials'")
-                .fetch_one(db.pool())
-                .await?
-                .try_get("n")?;
-        let outbox = |sql: &'static str| async move {
-            let n: i64 = sqlx::query(sql)
-                .bind(crate::notify::MAX_ATTEMPTS)
-                .fetch_one(db.pool())
-                .await?
-                .try_get("n")?;
-            Ok::<_, StorageError>(n)
-        };
-        let webhook_outbox_pending = outbox(
-            "SELECT COUNT(*) AS n FROM webhook_outbox WHERE delivered_at IS NULL AND attempts < $1",
-        )
-        .await?;
-        let webhook_outbox_abandoned = outbox(
-            "SELECT COUNT(*) AS n FROM webhook_outbox WHERE delivered_at IS NULL AND attempts >= $1",
-        )
-        .await?;
+        let row = stats::gauges(db, MAX_ATTEMPTS).await?;
         Ok(Self {
             partners,
-            min_days_to_expiry,
-            app_credentials_alarm: alarms > 0,
-            webhook_outbox_pending,
-            webhook_outbox_abandoned,
+            min_days_to_expiry: row
+                .oldest_usable_refresh
+                .map(|at| (at + INACTIVITY_LIMIT_SECS - now) as f64 / 86_400.0),
+            app_credentials_alarm: row.app_credentials_alarms > 0,
+            webhook_outbox_pending: row.outbox_pending,
+            webhook_outbox_abandoned: row.outbox_abandoned,
         })
     }
 
-    fn write(&self, out: &mut String) {
-        family(
-            out,
-            "samvault_partners",
-            "gauge",
-            "Partner tenants, by status.",
-        );
+    /// Appends the gauges, registered in a registry of their own for this one scrape.
+    fn encode(&self, out: &mut String) {
+        let registry = Registry::new();
+        let partners = IntGaugeVec::new(
+            Opts::new("samvault_partners", "Partner tenants, by status."),
+            &["status"],
+        )
+        .expect(VALID);
+        registry.register(Box::new(partners.clone())).expect(VALID);
         for (status, n) in &self.partners {
-            sample(out, "samvault_partners", &[("status", status)], *n as f64);
+            partners.with_label_values(&[status]).set(*n);
         }
-        family(
-            out,
-            "samvault_min_days_to_expiry",
-            "gauge",
-            "Days until the nearest 90-day inactivity expiry among active and at-risk partners.",
-        );
+        let gauge = |name: &str, help: &str, value: f64| {
+            let gauge = Gauge::new(name, help).expect(VALID);
+            gauge.set(value);
+            registry.register(Box::new(gauge)).expect(VALID);
+        };
         if let Some(days) = self.min_days_to_expiry {
-            sample(out, "samvault_min_days_to_expiry", &[], days);
+            gauge(
+                "samvault_min_days_to_expiry",
+                "Days until the nearest 90-day inactivity expiry among active and at-risk partners.",
+                days,
+            );
         }
-        family(
-            out,
+        gauge(
             "samvault_app_credentials_alarm",
-            "gauge",
             "1 while the identity provider rejects the CPV app's own credentials.",
-        );
-        sample(
-            out,
-            "samvault_app_credentials_alarm",
-            &[],
             if self.app_credentials_alarm { 1.0 } else { 0.0 },
         );
-        family(
-            out,
+        gauge(
             "samvault_webhook_outbox_pending",
-            "gauge",
             "Webhook events waiting for delivery (still being retried).",
-        );
-        sample(
-            out,
-            "samvault_webhook_outbox_pending",
-            &[],
             self.webhook_outbox_pending as f64,
         );
-        family(
-            out,
+        gauge(
             "samvault_webhook_outbox_abandoned",
-            "gauge",
             "Webhook events given up after the maximum number of attempts.",
-        );
-        sample(
-            out,
-            "samvault_webhook_outbox_abandoned",
-            &[],
             self.webhook_outbox_abandoned as f64,
         );
+        encode(&registry, out);
     }
 }
 
-/// The whole exposition: in-process counters, then the database gauges.
-pub async fn render(db: &Db) -> Result<String, StorageError> {
+/// The whole exposition: `metrics`' counters, then the database gauges.
+pub async fn render(metrics: &Metrics, db: &Db) -> Result<String, StorageError> {
     let gauges = Gauges::load(db, storage::now()).await?;
-    let mut out = metrics().encode();
-    gauges.write(&mut out);
+    let mut out = metrics.encode();
+    gauges.encode(&mut out);
     Ok(out)
-}
-
-/// What `GET /metrics` needs: the database for the gauges, and the token it asks for.
-#[derive(Clone)]
-pub struct MetricsAccess {
-    pub db: Db,
-    /// SHA-256 of `SAMVAULT_METRICS_TOKEN`: compared in constant time, never kept in clear.
-    pub token_digest: Option<[u8; 32]>,
-}
-
-impl MetricsAccess {
-    pub fn new(db: Db, token: Option<&secrecy::SecretString>) -> Self {
-        use secrecy::ExposeSecret;
-        use sha2::Digest;
-        Self {
-            db,
-            token_digest: token.map(|t| sha2::Sha256::digest(t.expose_secret().as_bytes()).into()),
-        }
-    }
-
-    fn allows(&self, headers: &axum::http::HeaderMap) -> bool {
-        use sha2::Digest;
-        use subtle::ConstantTimeEq;
-        let Some(expected) = &self.token_digest else {
-            return true;
-        };
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            // The scheme is case-insensitive (RFC 7235).
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map_or("", |(_, token)| token);
-        let digest: [u8; 32] = sha2::Sha256::digest(presented.as_bytes()).into();
-        !presented.is_empty() && bool::from(digest.ct_eq(expected))
-    }
-}
-
-/// `GET /metrics`.
-pub async fn handler(
-    State(access): State<MetricsAccess>,
-    headers: axum::http::HeaderMap,
-) -> Response {
-    if !access.allows(&headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [
-                (
-                    header::WWW_AUTHENTICATE,
-                    "Bearer realm=\"samvault metrics\"",
-                ),
-                (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
-            ],
-            "metrics need Authorization: Bearer <SAMVAULT_METRICS_TOKEN>\n",
-        )
-            .into_response();
-    }
-    match render(&access.db).await {
-        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics: database unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                "metrics unavailable\n",
-            )
-                .into_response()
-        }
-    }
-}
-
-/// A router serving `GET /metrics`, to merge into the application's.
-pub fn router<S>() -> Router<S>
-where
-    MetricsAccess: FromRef<S>,
-    S: Clone + Send + Sync + 'static,
-{
-    Router::new().route("/metrics", get(handler))
-}
-
-impl FromRef<crate::http::AppState> for MetricsAccess {
-    fn from_ref(state: &crate::http::AppState) -> Self {
-        state.metrics.clone()
-    }
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (label, value)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "{label}=\"{}\"", escape_label(value));
-        }
-        out.push('}');
-    }
-    out.push(' ');
-    out.push_str(&format_value(value));
-    out.push('\n');
-}
-
-/// Label values escape backslash, double quote and line feed.
-fn escape_label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// HELP text escapes backslash and line feed.
-fn escape_help(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-fn format_value(value: f64) -> String {
-    if value.is_nan() {
-        "NaN".to_string()
-    } else if value.is_infinite() {
-        if value > 0.0 { "+Inf" } else { "-Inf" }.to_string()
-    } else {
-        // Rust's shortest round-trip form: `1`, `0.005`, `2.5`; never an exponent.
-        format!("{value}")
-    }
 }
 
 /// A minimal check of the text format, for tests and probes: every line is a comment (`# HELP name text`,
@@ -677,7 +421,7 @@ mod tests {
         m.record_token_request("ok", true);
         m.record_token_request("ok", false);
         m.record_webhook_delivery("delivered");
-        m.lock().leases_reclaimed += 3;
+        m.record_leases_reclaimed(3);
         let text = m.encode();
         validate(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         for line in [
@@ -725,11 +469,32 @@ mod tests {
         }
     }
 
+    /// Whole numbers without a fraction, decimals in their shortest form, the last bucket
+    /// labelled `+Inf`: the formatting the hand-written exposition had.
     #[test]
     fn values_format_like_prometheus() {
-        assert_eq!(format_value(1.0), "1");
-        assert_eq!(format_value(0.005), "0.005");
-        assert_eq!(format_value(f64::INFINITY), "+Inf");
-        assert_eq!(format_value(-2.5), "-2.5");
+        let gauges = Gauges {
+            partners: BTreeMap::from([("active".to_string(), 1)]),
+            min_days_to_expiry: Some(-2.5),
+            app_credentials_alarm: false,
+            webhook_outbox_pending: 0,
+            webhook_outbox_abandoned: 0,
+        };
+        let mut text = String::new();
+        gauges.encode(&mut text);
+        let m = Metrics::new();
+        m.record_idp_call("refresh_token", "success", 0.001);
+        text.push_str(&m.encode());
+        validate(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        for line in [
+            "samvault_partners{status=\"active\"} 1",
+            "samvault_min_days_to_expiry -2.5",
+            "samvault_app_credentials_alarm 0",
+            "samvault_idp_request_duration_seconds_bucket{grant_type=\"refresh_token\",le=\"0.005\"} 1",
+            "samvault_idp_request_duration_seconds_bucket{grant_type=\"refresh_token\",le=\"+Inf\"} 1",
+            "samvault_idp_request_duration_seconds_sum{grant_type=\"refresh_token\"} 0.001",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
     }
 }

@@ -12,18 +12,20 @@
 //! Log lines name the receiver by its origin only (webhook URLs often hold a secret in their
 //! path or query).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sha2::Sha256;
-use sqlx::Row;
 use url::Url;
 
+use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::metrics;
-use crate::storage::{self, Backend, Db, StorageError};
+use crate::metrics::Metrics;
+use crate::storage::outbox::{self, OutboxRow};
+use crate::storage::{self, Db, StorageError};
 
 /// Header carrying `sha256=<lowercase hex HMAC-SHA256(secret, body)>`.
 pub const SIGNATURE_HEADER: &str = "X-Samvault-Signature";
@@ -32,8 +34,7 @@ pub const EVENT_HEADER: &str = "X-Samvault-Event";
 /// Header carrying the event id, the same for every retry of one event.
 pub const DELIVERY_HEADER: &str = "X-Samvault-Delivery";
 
-/// Attempts after which a row is left undelivered (and an error logged).
-pub const MAX_ATTEMPTS: i64 = 20;
+pub use crate::storage::outbox::MAX_ATTEMPTS;
 const DEFAULT_BACKOFF_BASE: Duration = Duration::from_secs(5);
 const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(3600);
 const DEFAULT_POLL: Duration = Duration::from_secs(1);
@@ -170,39 +171,8 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 /// when no webhook is configured; this is for callers that already checked
 /// [`Notifier::is_enabled`].
 pub async fn enqueue(db: &Db, event: &Event) -> Result<(), StorageError> {
-    enqueue_with(db.pool(), event).await
+    outbox::insert(db, &event.to_json(), storage::now()).await
 }
-
-/// [`enqueue`] on any executor, such as the transaction that records the status change, so
-/// the event is committed (or rolled back) with it.
-pub async fn enqueue_with<'e, E>(executor: E, event: &Event) -> Result<(), StorageError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let now = storage::now();
-    sqlx::query(
-        "INSERT INTO webhook_outbox (created_at, body, attempts, next_attempt_at) VALUES ($1, $2, 0, $3)",
-    )
-    .bind(now)
-    .bind(event.to_json())
-    .bind(now)
-    .execute(executor)
-    .await?;
-    Ok(())
-}
-
-/// Claims due rows and leases them in one statement. PostgreSQL skips rows another replica
-/// holds; SQLite serialises writers, which gives the same guarantee.
-const CLAIM_POSTGRES: &str = "UPDATE webhook_outbox SET next_attempt_at = $1 WHERE id IN (\
-     SELECT id FROM webhook_outbox \
-     WHERE delivered_at IS NULL AND next_attempt_at <= $2 AND attempts < $3 \
-     ORDER BY next_attempt_at, id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-     RETURNING id, body, attempts";
-const CLAIM_SQLITE: &str = "UPDATE webhook_outbox SET next_attempt_at = $1 WHERE id IN (\
-     SELECT id FROM webhook_outbox \
-     WHERE delivered_at IS NULL AND next_attempt_at <= $2 AND attempts < $3 \
-     ORDER BY next_attempt_at, id LIMIT $4) \
-     RETURNING id, body, attempts";
 
 struct Target {
     url: Url,
@@ -213,12 +183,13 @@ struct Target {
 #[derive(Clone)]
 pub struct Notifier {
     db: Db,
-    target: Option<std::sync::Arc<Target>>,
+    target: Option<Arc<Target>>,
     http: reqwest::Client,
     backoff_base: Duration,
     backoff_cap: Duration,
     max_attempts: i64,
     poll: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -235,23 +206,25 @@ impl std::fmt::Debug for Notifier {
 impl Notifier {
     /// From the configuration: enabled when `SAMVAULT_WEBHOOK_URL` (and the secret that
     /// configuration requires with it) are set.
-    pub fn new(db: Db, config: &Config) -> Self {
+    /// Delivery outcomes are counted in `metrics`.
+    pub fn new(db: Db, config: &Config, metrics: Arc<Metrics>) -> Self {
         let target = match (&config.webhook_url, &config.webhook_secret) {
             (Some(url), Some(secret)) => Some((url.clone(), secret.clone())),
             _ => None,
         };
-        Self::with_roots(db, target, config.extra_roots.clone())
+        Self::with_roots(db, target, config.extra_roots.clone(), metrics)
     }
 
     /// As [`Notifier::new`] with the receiver (URL, HMAC secret) given directly.
-    pub fn from_parts(db: Db, target: Option<(Url, SecretString)>) -> Self {
-        Self::with_roots(db, target, Vec::new())
+    pub fn from_parts(db: Db, target: Option<(Url, SecretString)>, metrics: Arc<Metrics>) -> Self {
+        Self::with_roots(db, target, Vec::new(), metrics)
     }
 
     fn with_roots(
         db: Db,
         target: Option<(Url, SecretString)>,
         extra_roots: Vec<reqwest::Certificate>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let http = reqwest::Client::builder()
             .tls_certs_merge(extra_roots)
@@ -266,12 +239,13 @@ impl Notifier {
             .expect("webhook HTTP client");
         Self {
             db,
-            target: target.map(|(url, secret)| std::sync::Arc::new(Target { url, secret })),
+            target: target.map(|(url, secret)| Arc::new(Target { url, secret })),
             http,
             backoff_base: DEFAULT_BACKOFF_BASE,
             backoff_cap: DEFAULT_BACKOFF_CAP,
             max_attempts: MAX_ATTEMPTS,
             poll: DEFAULT_POLL,
+            metrics,
         }
     }
 
@@ -309,8 +283,8 @@ impl Notifier {
 
     /// Queues `event` for delivery; does nothing (but log) when no webhook is configured.
     /// Never fails the caller: a status change must not be undone because its notification
-    /// could not be queued, so a database error is logged instead (use [`enqueue`] or
-    /// [`enqueue_with`] to handle it).
+    /// could not be queued, so a database error is logged instead (use [`enqueue`] to
+    /// handle it).
     pub async fn publish(&self, event: &Event) {
         let kind = event.kind.as_str();
         let tenant_id = event.tenant_id.as_deref().unwrap_or("-");
@@ -380,27 +354,8 @@ impl Notifier {
             return Ok(0);
         };
         let now = storage::now();
-        let claim = match self.db.backend() {
-            Backend::Postgres => CLAIM_POSTGRES,
-            Backend::Sqlite => CLAIM_SQLITE,
-        };
-        let rows = sqlx::query(claim)
-            .bind(now + LEASE_SECS)
-            .bind(now)
-            .bind(self.max_attempts)
-            .bind(BATCH)
-            .fetch_all(self.db.pool())
-            .await?;
-        let claimed = rows
-            .iter()
-            .map(|row| {
-                Ok(Claimed {
-                    id: row.try_get("id")?,
-                    body: row.try_get("body")?,
-                    attempts: row.try_get("attempts")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let claimed =
+            outbox::claim_due(&self.db, now, now + LEASE_SECS, self.max_attempts, BATCH).await?;
         let count = claimed.len();
         let mut tasks = tokio::task::JoinSet::new();
         for row in claimed {
@@ -427,24 +382,17 @@ impl Notifier {
     /// Deletes rows delivered before `before` (Unix seconds); undelivered rows stay.
     /// The worker calls it hourly with a [`DELIVERED_RETENTION_SECS`] horizon.
     pub async fn prune_delivered(&self, before: i64) -> Result<u64, StorageError> {
-        let done = sqlx::query(
-            "DELETE FROM webhook_outbox WHERE delivered_at IS NOT NULL AND delivered_at < $1",
-        )
-        .bind(before)
-        .execute(self.db.pool())
-        .await?;
-        Ok(done.rows_affected())
+        outbox::prune_delivered(&self.db, before).await
     }
 
     /// The delay before retrying after `failures` failed attempts (1-based).
     pub fn backoff(&self, failures: i64) -> Duration {
-        let exponent = failures.saturating_sub(1).clamp(0, 31) as u32;
-        self.backoff_base
-            .saturating_mul(1u32 << exponent)
-            .min(self.backoff_cap)
+        Backoff::new(self.backoff_base, 2)
+            .capped_at(self.backoff_cap)
+            .delay(failures)
     }
 
-    async fn deliver(&self, target: &Target, row: Claimed) -> Result<(), StorageError> {
+    async fn deliver(&self, target: &Target, row: OutboxRow) -> Result<(), StorageError> {
         let (kind, event_id) = describe(&row.body);
         let outcome = self
             .http
@@ -470,28 +418,16 @@ impl Notifier {
         let attempts = row.attempts + 1;
         let now = storage::now();
         let Some(error) = error else {
-            sqlx::query("UPDATE webhook_outbox SET delivered_at = $1, attempts = $2 WHERE id = $3")
-                .bind(now)
-                .bind(attempts)
-                .bind(row.id)
-                .execute(self.db.pool())
-                .await?;
-            metrics::record_webhook_delivery("delivered");
+            outbox::mark_delivered(&self.db, row.id, attempts, now).await?;
+            self.metrics.record_webhook_delivery("delivered");
             tracing::info!(event = %kind, event_id = %event_id, attempts, "webhook delivered");
             return Ok(());
         };
         let delay = self.backoff(attempts);
-        sqlx::query(
-            "UPDATE webhook_outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 WHERE id = $4",
-        )
-        .bind(attempts)
-        .bind(now + delay.as_secs() as i64)
-        .bind(&error)
-        .bind(row.id)
-        .execute(self.db.pool())
-        .await?;
+        let retry_at = now + delay.as_secs() as i64;
+        outbox::mark_failed(&self.db, row.id, attempts, retry_at, &error).await?;
         if attempts >= self.max_attempts {
-            metrics::record_webhook_delivery("abandoned");
+            self.metrics.record_webhook_delivery("abandoned");
             tracing::error!(
                 event = %kind,
                 event_id = %event_id,
@@ -501,7 +437,7 @@ impl Notifier {
                 "webhook delivery abandoned; the event stays in webhook_outbox"
             );
         } else {
-            metrics::record_webhook_delivery("failed");
+            self.metrics.record_webhook_delivery("failed");
             tracing::warn!(
                 event = %kind,
                 event_id = %event_id,
@@ -513,12 +449,6 @@ impl Notifier {
         }
         Ok(())
     }
-}
-
-struct Claimed {
-    id: i64,
-    body: String,
-    attempts: i64,
 }
 
 /// The kind and id of a stored body, for the headers.
@@ -618,7 +548,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = SecretString::from(format!("sqlite://{}/t.db?mode=rwc", dir.path().display()));
         let db = Db::connect(&url).await.unwrap();
-        let n = Notifier::from_parts(db, None);
+        let n = Notifier::from_parts(db, None, Arc::default());
         let secs = |f| n.backoff(f).as_secs();
         assert_eq!(
             (1..=6).map(secs).collect::<Vec<_>>(),
@@ -644,6 +574,7 @@ mod tests {
                 Url::parse("https://hooks.example/services/T0K3N?sig=abc").unwrap(),
                 SecretString::from("whsec-value".to_string()),
             )),
+            Arc::default(),
         );
         let debug = format!("{n:?}");
         assert!(debug.contains("https://hooks.example"), "{debug}");

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::Method;
-use samvault::devidp::{DEMO_CLIENT_ID, DevIdpOptions};
 use samvault::idp::certificate::{CertificateInfo, ClientCertificate, rsa_key_from_pem};
 use serde_json::{Value, json};
 use support::Backend;
@@ -207,22 +206,24 @@ on_both_backends!(
     secret_rolls_without_downtime
 );
 
-/// A dev IdP in this process with `cert` registered on the demo app; returns its base URL.
-async fn dev_idp(certs: Vec<PathBuf>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let options = DevIdpOptions {
-        client_certs: certs,
-        ..DevIdpOptions::default()
-    };
-    tokio::spawn(samvault::devidp::serve(listener, options));
+/// A `samvault dev-idp` with `certs` registered on the demo app; returns its base URL and
+/// the process (killed when dropped).
+async fn dev_idp(certs: Vec<PathBuf>) -> (String, Proc) {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_samvault"));
+    command.args(["dev-idp", "--listen", &format!("127.0.0.1:{port}")]);
+    for cert in &certs {
+        command.arg("--client-cert").arg(cert);
+    }
+    let process = Proc(command.stderr(std::process::Stdio::null()).spawn().unwrap());
     let http = reqwest::Client::new();
     wait_ready(
         &http,
         &format!("{base}/common/v2.0/.well-known/openid-configuration"),
     )
     .await;
-    base
+    (base, process)
 }
 
 fn now() -> i64 {
@@ -234,8 +235,7 @@ fn now() -> i64 {
 
 /// A certificate and key made with the library, valid `from..until` (Unix seconds).
 fn certificate(dir: &Path, from: i64, until: i64) -> (PathBuf, ClientCertificate) {
-    let (cert_path, key_path) =
-        samvault::devidp::certificate::write_self_signed(dir, "test", from, until).unwrap();
+    let (cert_path, key_path) = dev_cert_valid(dir, "test", from, until);
     let info = CertificateInfo::from_pem(&std::fs::read_to_string(&cert_path).unwrap()).unwrap();
     let key = rsa_key_from_pem(&std::fs::read_to_string(key_path).unwrap()).unwrap();
     (cert_path, ClientCertificate::new(info, key).unwrap())
@@ -286,7 +286,7 @@ async fn dev_idp_refuses_bad_client_assertions() {
     let (registered_path, registered) = certificate(&dir.path().join("a"), t - 60, t + 86_400);
     let (_, stranger) = certificate(&dir.path().join("b"), t - 60, t + 86_400);
     let (expired_path, expired) = certificate(&dir.path().join("c"), t - 7200, t - 3600);
-    let idp = dev_idp(vec![registered_path, expired_path]).await;
+    let (idp, _idp_process) = dev_idp(vec![registered_path, expired_path]).await;
     let minted = json_of(
         reqwest::Client::new()
             .post(format!("{idp}/_sim/tokens"))
@@ -382,28 +382,10 @@ async fn dev_idp_refuses_bad_client_assertions() {
 async fn startup_checks_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let t = now();
-    let (cert_a, key_a) = samvault::devidp::certificate::write_self_signed(
-        &dir.path().join("a"),
-        "a",
-        t - 60,
-        t + 10 * 86_400,
-    )
-    .unwrap();
-    let (_, key_b) = samvault::devidp::certificate::write_self_signed(
-        &dir.path().join("b"),
-        "b",
-        t - 60,
-        t + 86_400,
-    )
-    .unwrap();
-    let (cert_old, key_old) = samvault::devidp::certificate::write_self_signed(
-        &dir.path().join("c"),
-        "c",
-        t - 7200,
-        t - 3600,
-    )
-    .unwrap();
-    let idp = dev_idp(vec![cert_a.clone()]).await;
+    let (cert_a, key_a) = dev_cert_valid(&dir.path().join("a"), "a", t - 60, t + 10 * 86_400);
+    let (_, key_b) = dev_cert_valid(&dir.path().join("b"), "b", t - 60, t + 86_400);
+    let (cert_old, key_old) = dev_cert_valid(&dir.path().join("c"), "c", t - 7200, t - 3600);
+    let (idp, _idp_process) = dev_idp(vec![cert_a.clone()]).await;
     let serve = |cert: &Path, key: &Path| {
         let port = free_port();
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_samvault"));
@@ -459,4 +441,110 @@ async fn startup_checks_the_certificate() {
         text.contains("SAMVAULT_CLIENT_CERT expires within 30 days"),
         "{text}"
     );
+}
+
+/// The client assertion's format and the start-up checks of a certificate credential (unit
+/// tests of `samvault::idp::certificate`, on certificates made by `samvault dev-cert`).
+mod assertion {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use samvault::idp::certificate::{CertificateInfo, ClientCertificate};
+    use secrecy::{ExposeSecret, SecretString};
+    use serde_json::Value;
+    use sha2::{Digest, Sha256};
+
+    use super::support::stack::dev_cert_valid;
+
+    const CLIENT: &str = "5a7e3c1d-0000-4000-8000-00000000c0de";
+    const AUDIENCE: &str = "https://login.microsoftonline.com/contoso/oauth2/v2.0/token";
+
+    /// A fresh certificate and key (PEM), valid from `from` to `until`.
+    fn generated(from: i64, until: i64) -> (tempfile::TempDir, std::path::PathBuf, SecretString) {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, key) = dev_cert_valid(dir.path(), "test", from, until);
+        let key = std::fs::read_to_string(key).unwrap();
+        (dir, path, SecretString::from(key))
+    }
+
+    fn part(jwt: &str, index: usize) -> Value {
+        let segment = jwt.split('.').nth(index).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(segment).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn assertions_follow_microsofts_certificate_credential_format() {
+        let now = 1_900_000_000;
+        let (_dir, path, key) = generated(now - 60, now + 86_400);
+        let certificate = ClientCertificate::load(&path, &key, now).unwrap();
+        let jwt = certificate.assertion(CLIENT, AUDIENCE, now);
+
+        // x5t#S256 is the SHA-256 of the certificate's DER, computed here from the file.
+        let pem = std::fs::read_to_string(&path).unwrap();
+        let (_, der) = x509_cert::der::pem::decode_vec(pem.as_bytes()).unwrap();
+        let header = part(&jwt, 0);
+        assert_eq!(header["alg"], "RS256");
+        assert_eq!(header["typ"], "JWT");
+        assert_eq!(
+            header["x5t#S256"],
+            URL_SAFE_NO_PAD.encode(Sha256::digest(&der))
+        );
+
+        let claims = part(&jwt, 1);
+        assert_eq!(claims["aud"], AUDIENCE);
+        assert_eq!(claims["iss"], CLIENT);
+        assert_eq!(claims["sub"], CLIENT);
+        assert_eq!(claims["nbf"], now);
+        assert_eq!(claims["iat"], now);
+        let lifetime = claims["exp"].as_i64().unwrap() - now;
+        assert!((300..=600).contains(&lifetime), "{lifetime}");
+        assert!(uuid::Uuid::parse_str(claims["jti"].as_str().unwrap()).is_ok());
+
+        // Signed by the certificate's key.
+        let info = CertificateInfo::from_der(&der).unwrap();
+        let (input, signature) = jwt.rsplit_once('.').unwrap();
+        aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            &info.public_key,
+        )
+        .verify(
+            input.as_bytes(),
+            &URL_SAFE_NO_PAD.decode(signature).unwrap(),
+        )
+        .expect("the signature verifies with the certificate's public key");
+
+        // Every assertion is new.
+        let again = certificate.assertion(CLIENT, AUDIENCE, now);
+        assert_ne!(part(&again, 1)["jti"], claims["jti"]);
+        assert!(!format!("{certificate:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn start_up_refuses_a_foreign_key_and_an_expired_certificate() {
+        let now = 1_900_000_000;
+        let (_a, cert_a, _) = generated(now - 60, now + 86_400);
+        let (_b, _, key_b) = generated(now - 60, now + 86_400);
+        let err = ClientCertificate::load(&cert_a, &key_b, now).unwrap_err().0;
+        assert!(err.starts_with("SAMVAULT_CLIENT_KEY: "), "{err}");
+        let key_text = key_b.expose_secret();
+        let body = key_text.lines().nth(1).unwrap();
+        assert!(!err.contains(body), "the key is quoted: {err}");
+
+        let (_c, cert_c, key_c) = generated(now - 7200, now - 3600);
+        let err = ClientCertificate::load(&cert_c, &key_c, now).unwrap_err().0;
+        assert!(
+            err.starts_with("SAMVAULT_CLIENT_CERT: ") && err.contains("expired on"),
+            "{err}"
+        );
+
+        let err = ClientCertificate::load(&cert_c, &SecretString::from("garbage".to_string()), now)
+            .unwrap_err()
+            .0;
+        assert!(err.starts_with("SAMVAULT_CLIENT_KEY: "), "{err}");
+        let missing = std::path::Path::new("/nonexistent/app.crt");
+        let err = ClientCertificate::load(missing, &key_c, now).unwrap_err().0;
+        assert!(
+            err.starts_with("SAMVAULT_CLIENT_CERT: /nonexistent/app.crt"),
+            "{err}"
+        );
+    }
 }

@@ -11,13 +11,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use samvault::devkv;
 use samvault::vault::azure::{AzureSettings, CredentialChoice};
 use samvault::vault::{AzureKeyVaultProvider, KeyProvider, Vault, VaultError, WrappedKey};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use support::Backend;
 use support::stack::*;
+
+/// The identity `samvault dev-keyvault` accepts (its fixtures, docs/REFERENCE.md).
+const DEV_KEYVAULT_TENANT: &str = "7e57c0de-0000-4000-8000-00000000a2b1";
+const DEV_KEYVAULT_CLIENT_ID: &str = "7e57c0de-0000-4000-8000-0000000c11e7";
+const DEV_KEYVAULT_SECRET: &str = "samvault-dev-keyvault-secret";
 
 const KEY: &str = "samvault-kek";
 
@@ -110,9 +114,9 @@ impl KeyVaultDouble {
                 "SAMVAULT_EXTRA_CA_FILE",
                 self.path("ca.pem").display().to_string(),
             ),
-            ("AZURE_TENANT_ID", devkv::TENANT_ID.into()),
-            ("AZURE_CLIENT_ID", devkv::CLIENT_ID.into()),
-            ("AZURE_CLIENT_SECRET", devkv::CLIENT_SECRET.into()),
+            ("AZURE_TENANT_ID", DEV_KEYVAULT_TENANT.into()),
+            ("AZURE_CLIENT_ID", DEV_KEYVAULT_CLIENT_ID.into()),
+            ("AZURE_CLIENT_SECRET", DEV_KEYVAULT_SECRET.into()),
             ("AZURE_AUTHORITY_HOST", self.base()),
         ]
     }
@@ -126,9 +130,9 @@ impl KeyVaultDouble {
     async fn provider(&self) -> AzureKeyVaultProvider {
         let settings = AzureSettings {
             credential: CredentialChoice::ClientSecret {
-                tenant_id: devkv::TENANT_ID.into(),
-                client_id: devkv::CLIENT_ID.into(),
-                secret: SecretString::from(devkv::CLIENT_SECRET),
+                tenant_id: DEV_KEYVAULT_TENANT.into(),
+                client_id: DEV_KEYVAULT_CLIENT_ID.into(),
+                secret: SecretString::from(DEV_KEYVAULT_SECRET),
             },
             authority_host: Some(self.base()),
             extra_ca_file: Some(self.path("ca.pem")),
@@ -261,18 +265,18 @@ async fn the_double_speaks_key_vaults_challenge_protocol() {
     let challenge = challenged.headers()["www-authenticate"].to_str().unwrap();
     assert!(
         challenge.starts_with("Bearer authorization=\"")
-            && challenge.contains(devkv::TENANT_ID)
+            && challenge.contains(DEV_KEYVAULT_TENANT)
             && challenge.contains("resource=\"https://vault.azure.net\""),
         "{challenge}"
     );
     let body: Value = challenged.json().await.unwrap();
     assert_eq!(body["error"]["code"], "Unauthorized");
 
-    let token_url = format!("{}/{}/oauth2/v2.0/token", kv.base(), devkv::TENANT_ID);
+    let token_url = format!("{}/{}/oauth2/v2.0/token", kv.base(), DEV_KEYVAULT_TENANT);
     let form = |secret: &'static str| {
         [
             ("grant_type", "client_credentials"),
-            ("client_id", devkv::CLIENT_ID),
+            ("client_id", DEV_KEYVAULT_CLIENT_ID),
             ("client_secret", secret),
             ("scope", "https://vault.azure.net/.default"),
         ]
@@ -289,7 +293,7 @@ async fn the_double_speaks_key_vaults_challenge_protocol() {
     assert_eq!(refused["error"], "invalid_client");
     assert_eq!(refused["error_codes"][0], 7000215);
 
-    let issued = json_of(kv.http.post(&token_url).form(&form(devkv::CLIENT_SECRET))).await;
+    let issued = json_of(kv.http.post(&token_url).form(&form(DEV_KEYVAULT_SECRET))).await;
     let bearer = issued["access_token"].as_str().unwrap();
     assert_eq!(jwt_claims(bearer)["aud"], "https://vault.azure.net");
     let bundle = json_of(kv.http.get(&key).bearer_auth(bearer)).await;
@@ -447,7 +451,7 @@ async fn consent_exchange_and_key_rotation(backend: Backend) {
     );
     let data_key_b64url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&data_key);
     for secret in [
-        devkv::CLIENT_SECRET,
+        DEV_KEYVAULT_SECRET,
         &data_key_b64url,
         &hex::encode(&data_key),
     ] {

@@ -16,7 +16,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use hmac::{Hmac, Mac};
 use samvault::config::Config;
-use samvault::metrics::{self, MetricsAccess};
+use samvault::http::metrics::{self as metrics_route, MetricsAccess};
+use samvault::metrics::{self, Metrics};
 use samvault::notify::{Event, Notifier};
 use samvault::storage::{Db, now};
 use secrecy::SecretString;
@@ -137,7 +138,7 @@ fn notifier_for(db: &Db, url: &url::Url) -> Notifier {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let config = Config::from_sources(None, &env).expect("configuration");
-    Notifier::new(db.clone(), &config)
+    Notifier::new(db.clone(), &config, Arc::default())
 }
 
 /// Checks the signature independently of `samvault::notify::signature`.
@@ -381,7 +382,7 @@ async fn without_a_url_nothing_is_stored() {
     let test_db = fresh_database(Backend::Sqlite).await.unwrap();
     let db = open(&test_db.url).await;
     let config = Config::from_sources(None, &BTreeMap::new()).unwrap();
-    let notifier = Notifier::new(db.clone(), &config);
+    let notifier = Notifier::new(db.clone(), &config, Arc::default());
     assert!(!notifier.is_enabled());
     notifier
         .publish(&Event::app_credentials_alarm(None, "detail"))
@@ -419,8 +420,9 @@ fn value(text: &str, series: &str) -> Option<f64> {
 both_backends!(metrics_reflect_the_database, |url| async move {
     let db = open(&url).await;
 
+    let recorded = Metrics::new();
     // Empty database: every status at 0, no expiry gauge, no alarm.
-    let text = metrics::render(&db).await.unwrap();
+    let text = metrics::render(&recorded, &db).await.unwrap();
     metrics::validate(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     for status in ["active", "at_risk", "reconsent_required", "revoked"] {
         assert_eq!(
@@ -447,12 +449,12 @@ both_backends!(metrics_reflect_the_database, |url| async move {
         .await
         .unwrap();
 
-    metrics::record_rotation("notify_test");
-    metrics::record_rotation("notify_test");
-    metrics::record_idp_call("notify_test_grant", "success", 0.2);
-    metrics::record_token_request("notify_test", true);
+    recorded.record_rotation("notify_test");
+    recorded.record_rotation("notify_test");
+    recorded.record_idp_call("notify_test_grant", "success", 0.2);
+    recorded.record_token_request("notify_test", true);
 
-    let text = metrics::render(&db).await.unwrap();
+    let text = metrics::render(&recorded, &db).await.unwrap();
     metrics::validate(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let partners = |s: &str| value(&text, &format!("samvault_partners{{status=\"{s}\"}}"));
     assert_eq!(partners("active"), Some(2.0));
@@ -463,7 +465,7 @@ both_backends!(metrics_reflect_the_database, |url| async move {
     assert!((days - 5.0).abs() < 0.01, "{days}");
     assert_eq!(value(&text, "samvault_app_credentials_alarm"), Some(1.0));
     assert_eq!(value(&text, "samvault_webhook_outbox_pending"), Some(1.0));
-    // Other tests in this binary share the process-wide registry: at least ours.
+    // At least ours (written when every test in this binary shared one registry).
     assert!(value(&text, "samvault_rotations_total{outcome=\"notify_test\"}").unwrap() >= 2.0);
     assert!(
         value(
@@ -496,7 +498,11 @@ both_backends!(metrics_reflect_the_database, |url| async move {
 async fn metrics_route_serves_the_exposition() {
     let test_db = fresh_database(Backend::Sqlite).await.unwrap();
     let db = open(&test_db.url).await;
-    let app: Router = metrics::router::<MetricsAccess>().with_state(MetricsAccess::new(db, None));
+    let app: Router = metrics_route::router::<MetricsAccess>().with_state(MetricsAccess::new(
+        db,
+        Arc::default(),
+        None,
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -525,8 +531,11 @@ async fn metrics_ask_for_the_token_when_one_is_set() {
     let test_db = fresh_database(Backend::Sqlite).await.unwrap();
     let db = open(&test_db.url).await;
     let token = secrecy::SecretString::from("0123456789abcdef-metrics".to_string());
-    let app: Router =
-        metrics::router::<MetricsAccess>().with_state(MetricsAccess::new(db, Some(&token)));
+    let app: Router = metrics_route::router::<MetricsAccess>().with_state(MetricsAccess::new(
+        db,
+        Arc::default(),
+        Some(&token),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -891,6 +891,516 @@ both_backends!(list_is_sorted_by_name, |url| async move {
     );
 });
 
+/// Every page of `query` in `sort` order, `limit` rows at a time, following the cursor.
+async fn all_pages(db: &Db, mut query: partners::PartnerQuery) -> Vec<partners::ListedPartner> {
+    let mut listed = Vec::new();
+    loop {
+        let page = partners::list_page(db, &query).await.unwrap();
+        let Some(last) = page.last() else {
+            return listed;
+        };
+        assert!(page.len() as i64 <= query.limit);
+        query.after = Some(query.sort.position_of(&last.partner));
+        listed.extend(page);
+    }
+}
+
+both_backends!(partner_list_filters_sorts_and_pages, |url| async move {
+    use partners::{PartnerQuery, PartnerSort, Position};
+    let db = open(&url).await;
+    let v = local_vault();
+    // Two Litwares consented at the same time: every order needs its tenant-id tiebreak.
+    let mut tenants = Vec::new();
+    for (name, at) in [
+        ("Wingtip", T0 + 50),
+        ("Litware", T0 + 10),
+        ("Northwind 50%_off", T0 + 30),
+        ("Contoso 500 off", T0 + 20),
+        ("Litware", T0 + 10),
+        ("Adatum", T0 + 40),
+    ] {
+        let tenant = new_tenant();
+        let g = seal_grant(&v.vault, &tenant, 1, "0.A-rt").await;
+        record_consent(&db, &consent_for(&tenant, name, "a@x.com", true), &g, at)
+            .await
+            .unwrap();
+        tenants.push(tenant);
+    }
+    partners::set_status(&db, &tenants[0], PartnerStatus::AtRisk, None, "t", T0 + 60)
+        .await
+        .unwrap();
+    partners::set_status(&db, &tenants[5], PartnerStatus::Revoked, None, "t", T0 + 60)
+        .await
+        .unwrap();
+    let everyone = partners::list(&db).await.unwrap();
+    let query = |sort, search: Option<&str>, status| PartnerQuery {
+        search: search.map(str::to_string),
+        status,
+        sort,
+        after: None,
+        limit: 2,
+    };
+    let ids = |listed: &[partners::ListedPartner]| -> Vec<TenantId> {
+        listed.iter().map(|l| l.partner.tenant_id.clone()).collect()
+    };
+    let expected = |key: &dyn Fn(&partners::Partner, &partners::Partner) -> std::cmp::Ordering| {
+        let mut sorted = everyone.clone();
+        sorted.sort_by(|a, b| key(a, b));
+        sorted.into_iter().map(|p| p.tenant_id).collect::<Vec<_>>()
+    };
+    let by_name = expected(&|a, b| {
+        (&a.display_name, a.tenant_id.as_str()).cmp(&(&b.display_name, b.tenant_id.as_str()))
+    });
+    let by_expiry = expected(&|a, b| {
+        (a.last_refresh_at, a.tenant_id.as_str()).cmp(&(b.last_refresh_at, b.tenant_id.as_str()))
+    });
+    let by_status = expected(&|a, b| {
+        (a.status.as_str(), &a.display_name, a.tenant_id.as_str()).cmp(&(
+            b.status.as_str(),
+            &b.display_name,
+            b.tenant_id.as_str(),
+        ))
+    });
+    let mut by_last_refresh = by_expiry.clone();
+    by_last_refresh.reverse();
+    for (sort, order) in [
+        (PartnerSort::Name, &by_name),
+        (PartnerSort::Expiry, &by_expiry),
+        (PartnerSort::Status, &by_status),
+        (PartnerSort::LastRefresh, &by_last_refresh),
+    ] {
+        let listed = all_pages(&db, query(sort, None, None)).await;
+        assert_eq!(&ids(&listed), order, "{sort:?}");
+    }
+    let listed = all_pages(&db, query(PartnerSort::Name, None, None)).await;
+    let litware = &listed[2];
+    assert_eq!(litware.partner.display_name, "Litware");
+    assert_eq!(litware.rotate_at, T0 + 10 + ROTATE_AFTER);
+
+    // Search: case-insensitive fragments of name, domain or tenant id; wildcards literal.
+    let names = |listed: &[partners::ListedPartner]| -> Vec<String> {
+        listed
+            .iter()
+            .map(|l| l.partner.display_name.clone())
+            .collect()
+    };
+    for (search, found) in [
+        ("wINGt", vec!["Wingtip"]),
+        ("50%_", vec!["Northwind 50%_off"]),
+        ("0%", vec!["Northwind 50%_off"]),
+        ("50_", vec![]),
+        ("\\", vec![]),
+        ("adatum.onmicrosoft", vec!["Adatum"]),
+        ("lit", vec!["Litware", "Litware"]),
+    ] {
+        let listed = all_pages(&db, query(PartnerSort::Name, Some(search), None)).await;
+        assert_eq!(names(&listed), found, "search {search:?}");
+    }
+    let whole_id = tenants[3].as_str().to_string();
+    let listed = all_pages(&db, query(PartnerSort::Status, Some(&whole_id), None)).await;
+    assert_eq!(ids(&listed), [tenants[3].clone()]);
+    let fragment = &tenants[3].as_str()[..8];
+    let listed = all_pages(&db, query(PartnerSort::Name, Some(fragment), None)).await;
+    assert!(ids(&listed).contains(&tenants[3]));
+
+    // Status filters, alone and with a search.
+    let listed = all_pages(
+        &db,
+        query(PartnerSort::Name, None, Some(PartnerStatus::Active)),
+    )
+    .await;
+    assert_eq!(
+        names(&listed),
+        ["Contoso 500 off", "Litware", "Litware", "Northwind 50%_off"]
+    );
+    let at_risk = query(
+        PartnerSort::Expiry,
+        Some("wing"),
+        Some(PartnerStatus::AtRisk),
+    );
+    assert_eq!(ids(&all_pages(&db, at_risk).await), [tenants[0].clone()]);
+    let revoked = query(
+        PartnerSort::Name,
+        Some("wing"),
+        Some(PartnerStatus::Revoked),
+    );
+    assert!(all_pages(&db, revoked).await.is_empty());
+
+    // A cursor from another order is refused, not misread.
+    let mut mixed = query(PartnerSort::Name, None, None);
+    mixed.after = Some(Position::Refresh {
+        at: T0,
+        tenant: tenants[0].clone(),
+    });
+    assert!(matches!(
+        partners::list_page(&db, &mixed).await,
+        Err(StorageError::Corrupt(_))
+    ));
+    assert_eq!(
+        ids(&[partners::get_listed(&db, &tenants[1])
+            .await
+            .unwrap()
+            .unwrap()]),
+        [tenants[1].clone()]
+    );
+    assert!(
+        partners::get_listed(&db, &new_tenant())
+            .await
+            .unwrap()
+            .is_none()
+    );
+});
+
+both_backends!(every_read_maps_its_columns, |url| async move {
+    use samvault::storage::{ops_users, replicas, sealed};
+    let db = open(&url).await;
+    let v = local_vault();
+    let (a, b) = (new_tenant(), new_tenant());
+    for (tenant, name, at) in [(&a, "Adatum", T0), (&b, "Bellows", T0 + 5)] {
+        let g = seal_grant(&v.vault, tenant, 1, "0.A-rt").await;
+        record_consent(&db, &consent_for(tenant, name, "a@x.com", true), &g, at)
+            .await
+            .unwrap();
+    }
+    let g2 = seal_grant(&v.vault, &a, 2, "0.A-rt2").await;
+    record_refresh(&db, &a, &g2, "schedule", T0 + 10)
+        .await
+        .unwrap();
+    partners::set_status(
+        &db,
+        &b,
+        PartnerStatus::AtRisk,
+        Some("503"),
+        "flaky",
+        T0 + 20,
+    )
+    .await
+    .unwrap();
+
+    let counts = partners::count_by_status(&db).await.unwrap();
+    assert_eq!(
+        counts,
+        [(PartnerStatus::Active, 1), (PartnerStatus::AtRisk, 1)]
+    );
+    let mut by_id = [a.clone(), b.clone()];
+    by_id.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+    let first = partners::page(&db, None, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].tenant_id, by_id[0]);
+    let rest = partners::page(&db, Some(&by_id[0]), 10).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|p| &p.tenant_id).collect::<Vec<_>>(),
+        [&by_id[1]]
+    );
+    let pa = partners::get(&db, &a).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            pa.display_name.as_str(),
+            pa.domain.as_deref(),
+            pa.mfa,
+            pa.grant_version
+        ),
+        ("Adatum", Some("adatum.onmicrosoft.com"), true, 2)
+    );
+    assert_eq!(
+        (
+            pa.consented_by.as_str(),
+            pa.consented_at,
+            pa.last_refresh_at
+        ),
+        ("a@x.com", T0, T0 + 10)
+    );
+    let pb = partners::get(&db, &b).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            pb.status,
+            pb.status_code.as_deref(),
+            pb.status_reason.as_deref(),
+            pb.status_changed_at
+        ),
+        (PartnerStatus::AtRisk, Some("503"), Some("flaky"), T0 + 20)
+    );
+
+    let consents = partners::consents(&db, &a, 10).await.unwrap();
+    assert_eq!(consents.len(), 1);
+    let c = &consents[0];
+    assert_eq!(
+        (
+            c.upn.as_str(),
+            c.oid.as_deref(),
+            c.user_name.as_deref(),
+            c.mfa
+        ),
+        (
+            "a@x.com",
+            Some("00000000-0000-0000-0000-00000000a11c"),
+            Some("Alice Admin"),
+            true
+        )
+    );
+    assert_eq!(
+        (c.amr.as_str(), c.invitation, c.consented_at),
+        ("pwd mfa", false, T0)
+    );
+    assert!(
+        c.scopes
+            .starts_with("https://api.partnercenter.microsoft.com/")
+    );
+
+    let versions = partners::grant_versions(&db, &a, 10).await.unwrap();
+    let shape: Vec<_> = versions
+        .iter()
+        .map(|g| {
+            (
+                g.version,
+                g.source.as_str(),
+                g.created_at,
+                g.shredded_at,
+                g.kek_id.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (2, "schedule", T0 + 10, None, true),
+            (1, "consent", T0, None, true)
+        ]
+    );
+
+    let changes = partners::status_changes(&db, &b, 10).await.unwrap();
+    let shape: Vec<_> = changes
+        .iter()
+        .map(|c| {
+            (
+                c.at,
+                c.from.as_deref(),
+                c.to.as_str(),
+                c.code.as_deref(),
+                c.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (T0 + 20, Some("active"), "at_risk", Some("503"), "flaky"),
+            (T0 + 5, None, "active", None, "consent by a@x.com"),
+        ]
+    );
+    let last = partners::last_status_change(&db).await.unwrap();
+    let after = partners::status_changes_after(&db, 0).await.unwrap();
+    assert_eq!(after.len(), 3);
+    assert_eq!(after[2].id, last);
+    assert_eq!(
+        (&after[2].tenant_id, after[2].to_status),
+        (&b, PartnerStatus::AtRisk)
+    );
+    assert_eq!(
+        (&after[0].tenant_id, after[0].to_status),
+        (&a, PartnerStatus::Active)
+    );
+    assert!(
+        partners::status_changes_after(&db, last)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    rotation::record_attempt(&db, &a, T0 + 30, "schedule", "transient", Some("503"), 7)
+        .await
+        .unwrap();
+    let attempts = rotation::attempts(&db, &a, 10).await.unwrap();
+    let shape: Vec<_> = attempts
+        .iter()
+        .map(|r| {
+            (
+                r.at,
+                r.source.as_str(),
+                r.outcome.as_str(),
+                r.code.as_deref(),
+                r.duration_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (T0 + 30, "schedule", "transient", Some("503"), 7),
+            (T0 + 10, "schedule", "success", None, 5),
+        ]
+    );
+
+    // Clients' secrets.
+    let (id, _) = clients::issue(&db, &new_client("reader", None), T0)
+        .await
+        .unwrap();
+    let (second, _) = clients::add_secret(&db, &id, T0 + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        clients::revoke_secret(&db, &id, &second, T0 + 2)
+            .await
+            .unwrap()
+    );
+    let secrets = clients::secrets(&db, &id).await.unwrap();
+    assert_eq!(secrets.len(), 2);
+    assert_eq!((secrets[0].1, secrets[0].2), (T0, None));
+    assert_eq!(secrets[1], (second.clone(), T0 + 1, Some(T0 + 2)));
+    let by_client = clients::secrets_by_client(&db).await.unwrap();
+    let listed: Vec<_> = by_client[&id]
+        .iter()
+        .map(|s| (s.id.clone(), s.created_at, s.revoked_at))
+        .collect();
+    assert_eq!(listed, secrets);
+    assert_eq!(clients::revocation_count(&db).await.unwrap(), 1);
+
+    // Replicas: registration, listing, and the reaping of a dead one's leases.
+    let replica = |instance: &str, started_at| replicas::Replica {
+        instance: instance.to_string(),
+        machine: Some("boot:ns".to_string()),
+        pid: 42,
+        process_start: None,
+        started_at,
+        seen_at: started_at,
+    };
+    replicas::heartbeat(&db, &replica("live", T0))
+        .await
+        .unwrap();
+    replicas::heartbeat(&db, &replica("dead", T0 - 5))
+        .await
+        .unwrap();
+    assert_eq!(
+        replicas::all(&db).await.unwrap(),
+        [replica("dead", T0 - 5), replica("live", T0)]
+    );
+    assert_eq!(
+        replicas::others(&db, "live").await.unwrap(),
+        [replica("dead", T0 - 5)]
+    );
+    assert!(
+        rotation::acquire_lease(&db, &a, "dead:1", T0, 60)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        replicas::reap(&db, "dead", T0).await.unwrap(),
+        [a.as_str().to_string()]
+    );
+    replicas::leave(&db, "live").await.unwrap();
+    assert!(replicas::all(&db).await.unwrap().is_empty());
+
+    // Ops users, their lockout included.
+    let totp = v
+        .vault
+        .seal(b"JBSWY3DPEHPK3PXP", &ops_users::totp_context("ann"))
+        .await
+        .unwrap();
+    assert!(
+        ops_users::create(
+            &db,
+            "ann",
+            ops_users::Role::Operator,
+            "$argon2id$x",
+            &totp,
+            T0
+        )
+        .await
+        .unwrap()
+    );
+    for i in 0..5 {
+        ops_users::record_failure(&db, "ann", T0 + i, 5)
+            .await
+            .unwrap();
+    }
+    let ann = ops_users::get(&db, "ann").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            ann.role,
+            ann.password_hash.as_str(),
+            ann.must_change_password,
+            ann.failed_attempts
+        ),
+        (ops_users::Role::Operator, "$argon2id$x", true, 5)
+    );
+    assert_eq!(
+        (ann.locked_until, ann.created_at, ann.totp_last_step),
+        (Some(T0 + 4 + 60), T0, None)
+    );
+    assert_eq!((ann.last_sign_in_at, ann.disabled_at), (None, None));
+    assert_eq!(ann.totp.record.as_bytes(), totp.record.as_bytes());
+    assert_eq!(ann.totp.wrapped_key.kek_id, totp.wrapped_key.kek_id);
+    assert_eq!(ops_users::list(&db).await.unwrap().len(), 1);
+
+    // Key rotation jobs.
+    assert!(sealed::latest_rotation(&db).await.unwrap().is_none());
+    let job = sealed::start_rotation(&db, "kek-2", T0).await.unwrap();
+    assert_eq!(
+        sealed::unfinished_rotation(&db).await.unwrap(),
+        Some(job.clone())
+    );
+    sealed::update_rotation(&db, &job.id, 3, Some(T0 + 9))
+        .await
+        .unwrap();
+    assert!(sealed::unfinished_rotation(&db).await.unwrap().is_none());
+    let done = sealed::latest_rotation(&db).await.unwrap().unwrap();
+    assert_eq!(
+        (done.id, done.target_kek_id.as_str(), done.started_at),
+        (job.id, "kek-2", T0)
+    );
+    assert_eq!((done.finished_at, done.rewrapped), (Some(T0 + 9), 3));
+    assert_eq!(sealed::shredded_grants(&db).await.unwrap(), 0);
+
+    // One tenant's requests per client and resource, with the log's window.
+    write(
+        &db,
+        &[
+            request(T0 + 1, &id, "issued", true, Some(true)),
+            request(T0 + 2, &id, "issued", false, Some(false)),
+            request(T0 + 3, &id, "reconsent_required", false, None),
+            request(T0 + 4, "gone", "issued", false, Some(true)),
+        ],
+    )
+    .await;
+    let tenant = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01";
+    let (counts, window) = requests::tenant_counts(&db, tenant).await.unwrap();
+    let shape: Vec<_> = counts
+        .iter()
+        .map(|t| {
+            (
+                t.client_id.as_str(),
+                t.client_name.as_deref(),
+                t.resource.as_str(),
+                t.last_at,
+            )
+        })
+        .collect();
+    let pc = "https://api.partnercenter.microsoft.com";
+    assert_eq!(
+        shape,
+        [
+            (id.as_str(), Some("reader"), pc, T0 + 3),
+            ("gone", None, pc, T0 + 4)
+        ]
+    );
+    let expected = RequestCounts {
+        requests: 3,
+        issued: 2,
+        issued_mfa: 1,
+        cached: 1,
+    };
+    assert_eq!(counts[0].counts, expected);
+    assert_eq!((window.rows, window.since), (4, Some(T0 + 1)));
+    assert!(
+        requests::tenant_counts(&db, "nobody")
+            .await
+            .unwrap()
+            .0
+            .is_empty()
+    );
+});
+
 // ---------------------------------------------------------------------------------------
 // Dashboard overview aggregates
 // ---------------------------------------------------------------------------------------

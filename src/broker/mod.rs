@@ -14,14 +14,15 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::backoff::Backoff;
 use crate::domain::{PartnerStatus, Resource, TenantId};
 use crate::idp::errors::describe;
-use crate::idp::{AccessClaims, IdpClient, IdpError, Outcome};
-use crate::metrics;
+use crate::idp::{AccessClaims, IdpClient, IdpError, Outcome, TokenSet};
+use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier};
 use crate::storage::partners::{self, Partner, StoredGrant, grant_context};
 use crate::storage::{Db, StorageError, now, rotation};
-use crate::vault::{Vault, VaultError};
+use crate::vault::{PreparedKey, Vault, VaultError};
 
 /// Cached access tokens are served until this long before they expire.
 const CACHE_MARGIN_SECS: i64 = 300;
@@ -152,6 +153,7 @@ struct Inner {
     idp: IdpClient,
     settings: BrokerSettings,
     notifier: Notifier,
+    metrics: Arc<Metrics>,
     /// Names this process in lease owners, so a lease says which replica holds it.
     instance: String,
     cache: Mutex<HashMap<(TenantId, Resource), IssuedToken>>,
@@ -169,6 +171,7 @@ impl Broker {
         idp: IdpClient,
         settings: BrokerSettings,
         notifier: Notifier,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let instance = format!(
             "{}-{}",
@@ -182,6 +185,7 @@ impl Broker {
                 idp,
                 settings,
                 notifier,
+                metrics,
                 instance,
                 cache: Mutex::default(),
                 alarm_possible: AtomicBool::new(true),
@@ -197,6 +201,11 @@ impl Broker {
 
     pub fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// Where rotations, IdP calls and reclaimed leases are counted.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     fn cached(&self, key: &(TenantId, Resource)) -> Option<IssuedToken> {
@@ -459,29 +468,16 @@ impl Broker {
         owner: &str,
         released: &mut bool,
     ) -> Result<IssuedToken, BrokerError> {
-        let inner = &self.inner;
         let prepared = std::time::Instant::now();
-        let partner = partners::get(&inner.db, tenant)
-            .await?
-            .ok_or(BrokerError::PartnerNotFound)?;
-        if !partner.status.is_usable() {
-            return Err(BrokerError::ReconsentRequired {
-                code: partner.status_code,
-            });
-        }
-        let grant = partners::current_grant(&inner.db, tenant).await?.ok_or(
-            BrokerError::ReconsentRequired {
-                code: partner.status_code.clone(),
-            },
-        )?;
-        let failures_before = partner.failures;
+        let (partner, grant) = self.usable_grant(tenant).await?;
         let refresh_token = self.open(tenant, &grant).await?;
         // The next version's data key is wrapped before Entra rotates the refresh token: a key
         // provider that is down must fail the request here, not after, when the new refresh
         // token could not be stored.
-        let next_key = inner.vault.prepare_key().await.map_err(vault_error)?;
+        let next_key = self.inner.vault.prepare_key().await.map_err(vault_error)?;
         let started = std::time::Instant::now();
-        let result = inner
+        let result = self
+            .inner
             .idp
             .redeem_refresh_token(tenant, &refresh_token, resource)
             .await;
@@ -490,50 +486,28 @@ impl Broker {
         let tokens = match result {
             Ok(tokens) => tokens,
             Err(error) => {
-                metrics::metrics().record_idp_call("refresh_token", "error", elapsed.as_secs_f64());
+                self.inner
+                    .metrics
+                    .record_idp_call("refresh_token", "error", elapsed.as_secs_f64());
                 return Err(self
                     .handle_failure(&partner, resource, source, error, elapsed)
                     .await);
             }
         };
-        metrics::metrics().record_idp_call("refresh_token", "success", elapsed.as_secs_f64());
+        self.inner
+            .metrics
+            .record_idp_call("refresh_token", "success", elapsed.as_secs_f64());
         let prepare_ms = (prepared.elapsed() - elapsed).as_millis() as u64;
         let written = std::time::Instant::now();
         let at = now();
-        if let Some(new_rt) = &tokens.refresh_token {
-            let version = grant.version + 1;
-            let sealed = next_key.seal(
-                new_rt.expose_secret().as_bytes(),
-                &grant_context(tenant, version),
-            );
-            let attempt = partners::Attempt {
-                source: source.as_str(),
-                duration_ms: elapsed.as_millis() as i64,
-                lease_owner: owner,
-            };
-            partners::record_refresh(
-                &inner.db,
-                tenant,
-                &StoredGrant { version, sealed },
-                &attempt,
-                at,
-                self.next_rotation(at),
-            )
+        let attempt = partners::Attempt {
+            source: source.as_str(),
+            duration_ms: elapsed.as_millis() as i64,
+            lease_owner: owner,
+        };
+        *released = self
+            .write_back(tenant, grant.version + 1, next_key, &tokens, &attempt, at)
             .await?;
-            *released = true;
-        } else {
-            // Entra always returns a new refresh token; record the attempt all the same.
-            rotation::record_attempt(
-                &inner.db,
-                tenant,
-                at,
-                source.as_str(),
-                "success",
-                None,
-                elapsed.as_millis() as i64,
-            )
-            .await?;
-        }
         // Where the time of a redemption goes: database and vault before the call, Entra,
         // and the write-back.
         tracing::info!(
@@ -542,6 +516,76 @@ impl Broker {
             "refresh token redeemed"
         );
         // The access token may leave now; bookkeeping failures below must not cost it.
+        let token = self.issue(tenant, resource, tokens, at);
+        if let Err(e) = self.after_success(&partner, source, partner.failures).await {
+            tracing::warn!(tenant.id = %tenant, error = %e, "bookkeeping after a successful redemption failed");
+        }
+        Ok(token)
+    }
+
+    /// The partner and its current sealed grant, if the partner may still be redeemed.
+    async fn usable_grant(&self, tenant: &TenantId) -> Result<(Partner, StoredGrant), BrokerError> {
+        let db = &self.inner.db;
+        let partner = partners::get(db, tenant)
+            .await?
+            .ok_or(BrokerError::PartnerNotFound)?;
+        if !partner.status.is_usable() {
+            return Err(BrokerError::ReconsentRequired {
+                code: partner.status_code,
+            });
+        }
+        let grant =
+            partners::current_grant(db, tenant)
+                .await?
+                .ok_or(BrokerError::ReconsentRequired {
+                    code: partner.status_code.clone(),
+                })?;
+        Ok((partner, grant))
+    }
+
+    /// Stores the new refresh token as grant `version` (releasing the lease in the same
+    /// transaction: returns true), or records the attempt when the IdP sent none.
+    async fn write_back(
+        &self,
+        tenant: &TenantId,
+        version: i64,
+        next_key: PreparedKey,
+        tokens: &TokenSet,
+        attempt: &partners::Attempt<'_>,
+        at: i64,
+    ) -> Result<bool, StorageError> {
+        let db = &self.inner.db;
+        let Some(new_rt) = &tokens.refresh_token else {
+            // Entra always returns a new refresh token; record the attempt all the same.
+            rotation::record_attempt(
+                db,
+                tenant,
+                at,
+                attempt.source,
+                "success",
+                None,
+                attempt.duration_ms,
+            )
+            .await?;
+            return Ok(false);
+        };
+        let sealed = next_key.seal(
+            new_rt.expose_secret().as_bytes(),
+            &grant_context(tenant, version),
+        );
+        let grant = StoredGrant { version, sealed };
+        partners::record_refresh(db, tenant, &grant, attempt, at, self.next_rotation(at)).await?;
+        Ok(true)
+    }
+
+    /// The access token as handed out, and cached for the next request.
+    fn issue(
+        &self,
+        tenant: &TenantId,
+        resource: &Resource,
+        tokens: TokenSet,
+        at: i64,
+    ) -> IssuedToken {
         let claims = AccessClaims::peek(tokens.access_token.expose_secret()).unwrap_or_default();
         let token = IssuedToken {
             expires_at: at + tokens.expires_in.as_secs() as i64,
@@ -554,10 +598,7 @@ impl Broker {
             .lock()
             .expect("cache lock")
             .insert((tenant.clone(), resource.clone()), token.clone());
-        if let Err(e) = self.after_success(&partner, source, failures_before).await {
-            tracing::warn!(tenant.id = %tenant, error = %e, "bookkeeping after a successful redemption failed");
-        }
-        Ok(token)
+        token
     }
 
     async fn after_success(
@@ -569,7 +610,7 @@ impl Broker {
         let db = &self.inner.db;
         let tenant = &partner.tenant_id;
         if source != Source::Token {
-            metrics::metrics().record_rotation("success");
+            self.inner.metrics.record_rotation("success");
         }
         if partner.status == PartnerStatus::AtRisk {
             self.change_status(
@@ -689,7 +730,7 @@ impl Broker {
             Outcome::Unexpected { code } => ("unexpected", *code),
         };
         if source != Source::Token {
-            metrics::metrics().record_rotation(label);
+            self.inner.metrics.record_rotation(label);
         }
         let code_text = code.map(|c| c.to_string());
         match self
@@ -775,9 +816,8 @@ impl Broker {
                     // comes inside the rotation grace of IdPs that have one (30 s and more),
                     // while they still accept the stored token.
                     let delay = match (retry_after, code) {
-                        (Some(d), _) => d.as_secs() as i64,
                         (None, None) if failures == 1 => ANSWER_LOST_RETRY_SECS,
-                        _ => backoff_secs(failures),
+                        _ => whole_secs(GRANT_BACKOFF.after(failures, *retry_after)),
                     };
                     rotation::record_failure(db, tenant, at + delay).await?;
                 }
@@ -812,13 +852,17 @@ impl Broker {
 
 /// How long a grant waits after its n-th consecutive transient failure: 1 min doubling to
 /// 6 h, with ±20 % jitter so failing grants do not retry in lockstep.
+const GRANT_BACKOFF: Backoff = Backoff::new(Duration::from_secs(60), 2)
+    .capped_at(Duration::from_secs(6 * 3600))
+    .with_jitter(0.2);
+
+/// [`GRANT_BACKOFF`]'s wait after `failures` failures, in the database's whole seconds.
 pub fn backoff_secs(failures: i64) -> i64 {
-    use rand::Rng;
-    let base = 60i64
-        .saturating_mul(1 << failures.clamp(1, 20).saturating_sub(1))
-        .min(6 * 3600);
-    let jitter = base / 5;
-    base + rand::rng().random_range(-jitter..=jitter)
+    whole_secs(GRANT_BACKOFF.delay(failures))
+}
+
+fn whole_secs(wait: Duration) -> i64 {
+    wait.as_secs_f64().round() as i64
 }
 
 /// The first retry after a failure that may have been a lost answer: well inside a 30 s
@@ -833,5 +877,35 @@ fn vault_error(e: VaultError) -> BrokerError {
     match e {
         VaultError::ProviderUnavailable(_) => BrokerError::KeyUnavailable,
         other => BrokerError::Vault(other),
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    /// The schedule grants have always had: 1 min doubling to 6 h, each ±20 %.
+    #[test]
+    fn grants_back_off_from_a_minute_doubling_to_six_hours() {
+        let nominal = |failures: i64| match failures {
+            ..=1 => 60,
+            2..=9 => 60 << (failures - 1),
+            _ => 6 * 3600,
+        };
+        assert_eq!(
+            (1..=10).map(nominal).collect::<Vec<i64>>(),
+            [60, 120, 240, 480, 960, 1920, 3840, 7680, 15360, 21600]
+        );
+        for failures in [-1, 0, 1, 2, 5, 9, 10, 11, 20, 21, 64, i64::MAX] {
+            let base = nominal(failures);
+            let waits: Vec<i64> = (0..300).map(|_| backoff_secs(failures)).collect();
+            let (low, high) = (base - base / 5, base + base / 5);
+            assert!(
+                waits.iter().all(|w| (low..=high).contains(w)),
+                "{failures}: {waits:?}"
+            );
+            assert!(waits.iter().any(|w| *w < base), "spread below: {failures}");
+            assert!(waits.iter().any(|w| *w > base), "spread above: {failures}");
+        }
     }
 }

@@ -246,7 +246,7 @@ impl Asked<'_> {
             .as_ref()
             .map_or_else(BrokerError::code, |_| "issued");
         let cached = outcome.as_ref().is_ok_and(|t| t.cached);
-        crate::metrics::record_token_request(outcome_label, cached);
+        state.metrics.record_token_request(outcome_label, cached);
         state.request_log.record(RequestRecord {
             at: now(),
             client_id: self.client.client_id.clone(),

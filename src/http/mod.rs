@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client_auth;
 mod health;
+pub mod metrics;
 pub mod onboard;
 pub mod openapi;
 mod ops;
@@ -59,7 +60,10 @@ pub struct Shared {
     pub auth: Arc<crate::clients::ClientAuth>,
     pub limiter: Arc<crate::clients::RateLimiter>,
     pub request_log: crate::broker::request_log::RequestLog,
-    pub metrics: crate::metrics::MetricsAccess,
+    /// What the handlers record into (the token API counts its requests).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// `GET /metrics`: the same counters, the database and the token it asks for.
+    pub metrics_access: metrics::MetricsAccess,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -91,7 +95,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router())
         .merge(openapi::router())
         .merge(health::router())
-        .merge(crate::metrics::router())
+        .merge(metrics::router())
         .fallback(not_found)
         .with_state(state);
     // One typed stack per `Router::layer`: axum boxes each layer call around every route and

@@ -1,5 +1,5 @@
 //! Partner onboarding (SPEC §3.3): the consent landing page, the redirect to Entra ID and the
-//! callback that turns an authorization code into a sealed refresh token.
+//! callback that turns an authorization code into a sealed refresh token ([`consent`]).
 //!
 //! The pending sign-in (state, nonce, PKCE verifier) lives in the browser's session, so a
 //! `state` is bound to the browser that started it, used once (removed on first callback)
@@ -7,42 +7,39 @@
 //!
 //! The self-service revoke ([`revoke`]) signs the partner admin in through the same pending
 //! sign-in and the same callback (one redirect URI to register), with its purpose recorded.
+//!
+//! Handlers answer with their page or a [`PageError`]: a refusal that says what to do, or an
+//! internal failure that [`log_page_errors`] logs once.
 
+mod consent;
 mod revoke;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::Router;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Form, Router};
-use base64::Engine;
-use rand::RngCore;
-use secrecy::ExposeSecret;
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::get;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower_sessions::Session;
 
 use super::AppState;
-use super::templates::{ConsentDonePage, ErrorPage, OnboardPage};
+use super::templates::{ErrorPage, PageError, PageResult, log_page_errors};
 use crate::domain::TenantId;
 use crate::idp::errors::describe;
 use crate::idp::{AccessClaims, ConsentRequest, IdClaims, IdpError, Outcome, TokenSet};
-use crate::storage::partners::{
-    self, INACTIVITY_LIMIT_SECS, NewConsent, StoredGrant, grant_context,
-};
-use crate::storage::{audit, invitations, now};
+use crate::onboarding::random_token;
+use crate::storage::now;
 
 const CSRF_KEY: &str = "onboard.csrf";
 const PENDING_KEY: &str = "onboard.pending";
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/onboard", get(landing))
-        .route("/onboard/i/{invitation}", get(invited))
-        .route("/onboard/start", post(start))
         .route("/onboard/callback", get(callback_query).post(callback_form))
+        .merge(consent::router())
         .merge(revoke::router())
+        .route_layer(axum::middleware::from_fn(log_page_errors))
 }
 
 /// What a sign-in is for: a consent stores a refresh token; a revoke only proves who the
@@ -86,51 +83,6 @@ struct Pending {
     purpose: Purpose,
 }
 
-pub(crate) fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Invitation ids are the SHA-256 of the URL token: the database never holds a usable link.
-pub fn invitation_id(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// Creates an invitation and returns its URL.
-pub async fn create_invitation(
-    state_db: &crate::storage::Db,
-    public_url: &url::Url,
-    tenant: Option<&TenantId>,
-    lifetime_secs: i64,
-) -> Result<(url::Url, i64), crate::storage::StorageError> {
-    let token = random_token();
-    let created = now();
-    let expires_at = created + lifetime_secs;
-    invitations::create(
-        state_db,
-        &invitation_id(&token),
-        tenant,
-        created,
-        expires_at,
-    )
-    .await?;
-    let url = public_url
-        .join(&format!("onboard/i/{token}"))
-        .expect("token is URL-safe");
-    Ok((url, expires_at))
-}
-
-pub(super) fn error_page(
-    status: StatusCode,
-    title: &str,
-    message: &str,
-    action: &str,
-    code: Option<String>,
-) -> Response {
-    flow_error_page(Purpose::Consent, status, title, message, action, code)
-}
-
 /// An error page whose "Start again" link leads back to the start of `purpose`'s flow.
 fn flow_error_page(
     purpose: Purpose,
@@ -139,7 +91,7 @@ fn flow_error_page(
     message: &str,
     action: &str,
     code: Option<String>,
-) -> Response {
+) -> PageError {
     let page = ErrorPage {
         title: title.into(),
         message: message.into(),
@@ -147,30 +99,40 @@ fn flow_error_page(
         code,
         restart: purpose.page(),
     };
-    (status, page).into_response()
+    PageError::flow(status, page)
 }
 
-fn unavailable() -> Response {
+/// An error page of the consent flow.
+fn error_page(status: StatusCode, title: &str, message: &str, action: &str) -> PageError {
+    flow_error_page(Purpose::Consent, status, title, message, action, None)
+}
+
+/// The page for an internal failure (session store, database, key provider); the cause is
+/// for the log.
+fn unavailable(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> PageError {
     error_page(
         StatusCode::SERVICE_UNAVAILABLE,
         "Temporarily unavailable",
         "samvault could not complete this step right now.",
         "Wait a minute and start again. Nothing was stored or changed.",
-        None,
     )
+    .caused_by(error)
 }
 
-/// A new CSRF token for the forms of the page about to be rendered; `None` if the session
-/// store failed.
-async fn new_csrf(session: &Session) -> Option<String> {
+/// A new CSRF token for the forms of the page about to be rendered.
+async fn new_csrf(session: &Session) -> PageResult<String> {
     let csrf = random_token();
-    session.insert(CSRF_KEY, &csrf).await.ok().map(|()| csrf)
+    session.insert(CSRF_KEY, &csrf).await.map_err(unavailable)?;
+    Ok(csrf)
 }
 
 /// Whether a posted form carries this session's CSRF token (compared in constant time).
-async fn csrf_matches(session: &Session, presented: &str) -> bool {
-    let expected: Option<String> = session.get(CSRF_KEY).await.ok().flatten();
-    expected.is_some_and(|e| bool::from(e.as_bytes().ct_eq(presented.as_bytes())))
+async fn csrf_matches(session: &Session, presented: &str) -> PageResult<bool> {
+    let expected: Option<String> = session.get(CSRF_KEY).await.or_else(|e| match e {
+        tower_sessions::session::Error::SerdeJson(_) => Ok(None),
+        e => Err(unavailable(e)),
+    })?;
+    Ok(expected.is_some_and(|e| bool::from(e.as_bytes().ct_eq(presented.as_bytes()))))
 }
 
 /// Stores the pending sign-in in the session, renews the session id and sends the browser
@@ -181,7 +143,7 @@ async fn begin_sign_in(
     purpose: Purpose,
     invitation_id: Option<String>,
     tenant: Option<TenantId>,
-) -> Response {
+) -> PageResult<Redirect> {
     let pending = Pending {
         state: request.state,
         nonce: request.nonce,
@@ -191,150 +153,13 @@ async fn begin_sign_in(
         started_at: now(),
         purpose,
     };
-    if session.insert(PENDING_KEY, &pending).await.is_err() {
-        return unavailable();
-    }
+    session
+        .insert(PENDING_KEY, &pending)
+        .await
+        .map_err(unavailable)?;
     // A new session id once the sign-in starts: nothing set before it can be replayed.
-    if session.cycle_id().await.is_err() {
-        return unavailable();
-    }
-    Redirect::to(request.url.as_str()).into_response()
-}
-
-fn human_scope(scope: &str) -> (String, &'static str) {
-    let text = match scope {
-        "offline_access" => {
-            "keep access when you are not signed in (a refresh token, encrypted at rest)"
-        }
-        "openid" | "profile" | "email" => "sign you in and read your basic profile",
-        s if s.starts_with("https://api.partnercenter.microsoft.com/") => {
-            "call Partner Center APIs as you (delegated, MFA-checked)"
-        }
-        s if s.starts_with("https://graph.microsoft.com/") => {
-            "call Microsoft Graph as you (delegated)"
-        }
-        s if s.starts_with("https://management.azure.com/") => {
-            "call Azure Resource Manager as you (delegated)"
-        }
-        _ => "delegated permission requested by the app",
-    };
-    (scope.to_string(), text)
-}
-
-async fn render_landing(
-    state: &AppState,
-    session: &Session,
-    invitation: Option<(String, Option<TenantId>)>,
-) -> Response {
-    let Some(csrf) = new_csrf(session).await else {
-        return unavailable();
-    };
-    let (invitation, invited_tenant) = match invitation {
-        Some((token, tenant)) => (Some(token), tenant.map(|t| t.to_string())),
-        None => (None, None),
-    };
-    OnboardPage {
-        app_name: state.config.app_name.clone(),
-        client_id: state.idp.client_id().to_string(),
-        redirect_uri: state.config.redirect_uri().to_string(),
-        scopes: state
-            .config
-            .consent_scopes
-            .iter()
-            .map(|s| human_scope(s))
-            .collect(),
-        csrf,
-        invitation,
-        invited_tenant,
-    }
-    .into_response()
-}
-
-async fn landing(State(state): State<AppState>, session: Session) -> Response {
-    render_landing(&state, &session, None).await
-}
-
-/// Looks an invitation up and refuses unknown, expired or used ones with a clear page.
-async fn live_invitation(
-    state: &AppState,
-    token: &str,
-) -> Result<invitations::Invitation, Response> {
-    let gone = |title: &str, message: &str| {
-        error_page(
-            StatusCode::GONE,
-            title,
-            message,
-            "Ask your CPV contact for a new onboarding link.",
-            None,
-        )
-    };
-    if token.len() > 128 {
-        return Err(gone(
-            "Invitation not found",
-            "This onboarding link is not valid.",
-        ));
-    }
-    match invitations::get(&state.db, &invitation_id(token)).await {
-        Ok(Some(inv)) if inv.used_at.is_some() => Err(gone(
-            "Invitation already used",
-            "This onboarding link was already used to consent.",
-        )),
-        Ok(Some(inv)) if inv.expires_at <= now() => Err(gone(
-            "Invitation expired",
-            "This onboarding link has expired.",
-        )),
-        Ok(Some(inv)) => Ok(inv),
-        Ok(None) => Err(gone(
-            "Invitation not found",
-            "This onboarding link is not valid.",
-        )),
-        Err(e) => {
-            tracing::error!(error = %e, "invitation lookup failed");
-            Err(unavailable())
-        }
-    }
-}
-
-async fn invited(
-    State(state): State<AppState>,
-    session: Session,
-    Path(token): Path<String>,
-) -> Response {
-    match live_invitation(&state, &token).await {
-        Ok(inv) => render_landing(&state, &session, Some((token, inv.tenant_id))).await,
-        Err(page) => page,
-    }
-}
-
-#[derive(Deserialize)]
-struct StartForm {
-    csrf: String,
-    invitation: Option<String>,
-}
-
-async fn start(
-    State(state): State<AppState>,
-    session: Session,
-    Form(form): Form<StartForm>,
-) -> Response {
-    if !csrf_matches(&session, &form.csrf).await {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "This page has expired",
-            "The consent form was not opened in this browser session, or it is too old.",
-            "Open the onboarding page again and press Grant consent.",
-            None,
-        );
-    }
-    let (invitation_id, tenant) = match form.invitation.as_deref().filter(|t| !t.is_empty()) {
-        Some(token) => match live_invitation(&state, token).await {
-            Ok(inv) => (Some(inv.id), inv.tenant_id),
-            Err(page) => return page,
-        },
-        None => (None, None),
-    };
-    let request = state.idp.consent_request(tenant.as_ref());
-    begin_sign_in(&session, request, Purpose::Consent, invitation_id, tenant).await
+    session.cycle_id().await.map_err(unavailable)?;
+    Ok(Redirect::to(request.url.as_str()))
 }
 
 /// The parameters Entra ID sends back (query for response_mode=query, form for form_post).
@@ -356,7 +181,7 @@ async fn callback_query(
     State(state): State<AppState>,
     session: Session,
     RawQuery(query): RawQuery,
-) -> Response {
+) -> PageResult {
     callback(state, session, query.unwrap_or_default().as_bytes()).await
 }
 
@@ -364,66 +189,87 @@ async fn callback_form(
     State(state): State<AppState>,
     session: Session,
     body: axum::body::Bytes,
-) -> Response {
+) -> PageResult {
     callback(state, session, &body).await
 }
 
-fn bad_state(message: &str) -> Response {
+fn bad_state(message: &str) -> PageError {
     error_page(
         StatusCode::BAD_REQUEST,
         "This sign-in cannot be completed",
         message,
         "Open the page you started from again in this browser and press its button. Nothing was stored or changed.",
-        None,
     )
 }
 
-async fn callback(state: AppState, session: Session, raw: &[u8]) -> Response {
-    let Some(params) = CallbackParams::parse(raw) else {
-        return bad_state("The response from Microsoft sign-in is malformed.");
-    };
-    // Single use: the pending sign-in is taken out of the session whatever happens next.
-    let pending: Option<Pending> = match session.remove(PENDING_KEY).await {
-        Ok(p) => p,
-        Err(_) => return bad_state("No sign-in was started in this browser."),
-    };
-    let Some(pending) = pending else {
-        return bad_state(
-            "No sign-in is in progress in this browser, or this response was already used.",
-        );
-    };
-    let state_matches = params
-        .state
-        .as_deref()
-        .is_some_and(|s| bool::from(s.as_bytes().ct_eq(pending.state.as_bytes())));
-    if !state_matches {
-        return bad_state("The response does not belong to the sign-in started in this browser.");
-    }
-    if now() - pending.started_at > state.config.consent_timeout.as_secs() as i64 {
-        return bad_state("The sign-in took too long and has expired.");
-    }
+async fn callback(state: AppState, session: Session, raw: &[u8]) -> PageResult {
+    let params = CallbackParams::parse(raw)
+        .ok_or_else(|| bad_state("The response from Microsoft sign-in is malformed."))?;
+    let pending = take_pending(&state, &session, &params).await?;
     if let Some(error) = params.error.as_deref() {
-        return idp_error_page(pending.purpose, error, params.error_description.as_deref());
+        let description = params.error_description.as_deref();
+        return Err(idp_error_page(pending.purpose, error, description));
     }
     let Some(code) = params
         .code
         .as_deref()
         .filter(|c| !c.is_empty() && c.len() < 8192)
     else {
-        return bad_state("The response from Microsoft sign-in has no authorization code.");
+        return Err(bad_state(
+            "The response from Microsoft sign-in has no authorization code.",
+        ));
     };
-    let outcome = match pending.purpose {
-        Purpose::Consent => complete_consent(&state, &pending, code)
-            .await
-            .map(IntoResponse::into_response),
-        Purpose::Revoke => revoke::signed_in(&state, &session, &pending, code).await,
+    match pending.purpose {
+        Purpose::Consent => Ok(consent::complete(&state, &pending, code)
+            .await?
+            .into_response()),
+        Purpose::Revoke => Ok(revoke::signed_in(&state, &session, &pending, code)
+            .await?
+            .into_response()),
+    }
+}
+
+/// The sign-in this callback answers: taken out of the session whatever happens next (single
+/// use), and refused unless the callback's `state` is its own and it is not too old.
+async fn take_pending(
+    state: &AppState,
+    session: &Session,
+    params: &CallbackParams,
+) -> PageResult<Pending> {
+    let pending: Option<Pending> = session.remove(PENDING_KEY).await.map_err(|e| match e {
+        // Unreadable (a session from another version): as good as none.
+        tower_sessions::session::Error::SerdeJson(_) => {
+            bad_state("No sign-in was started in this browser.")
+        }
+        e => unavailable(e),
+    })?;
+    let Some(pending) = pending else {
+        return Err(bad_state(
+            "No sign-in is in progress in this browser, or this response was already used.",
+        ));
     };
-    outcome.unwrap_or_else(|page| page)
+    let state_matches = params
+        .state
+        .as_deref()
+        .is_some_and(|s| bool::from(s.as_bytes().ct_eq(pending.state.as_bytes())));
+    if !state_matches {
+        return Err(bad_state(
+            "The response does not belong to the sign-in started in this browser.",
+        ));
+    }
+    if now() - pending.started_at > state.config.consent_timeout.as_secs() as i64 {
+        return Err(bad_state("The sign-in took too long and has expired."));
+    }
+    Ok(pending)
 }
 
 /// Shows an error Entra ID sent to the callback. Only the error name and AADSTS code are
 /// shown (the description is attacker-controllable text on a forged callback).
-pub(crate) fn idp_error_page(purpose: Purpose, error: &str, description: Option<&str>) -> Response {
+pub(crate) fn idp_error_page(
+    purpose: Purpose,
+    error: &str,
+    description: Option<&str>,
+) -> PageError {
     let code = description
         .and_then(|d| d.strip_prefix("AADSTS"))
         .map(|d| {
@@ -481,7 +327,7 @@ pub(crate) fn idp_error_page(purpose: Purpose, error: &str, description: Option<
     }
 }
 
-fn idp_failure_page(purpose: Purpose, error: &IdpError) -> Response {
+fn idp_failure_page(purpose: Purpose, error: &IdpError) -> PageError {
     tracing::warn!(error = %error, "sign-in callback: code redemption failed");
     let reference = error.code().map(|c| format!("AADSTS{c}"));
     // An outage or throttling, whatever shape the IdP's answer took: a later try works.
@@ -517,7 +363,7 @@ async fn redeem_and_identify(
     state: &AppState,
     pending: &Pending,
     code: &str,
-) -> Result<(TokenSet, IdClaims), Response> {
+) -> PageResult<(TokenSet, IdClaims)> {
     let tokens = state
         .idp
         .redeem_code(code, &pending.pkce_verifier)
@@ -539,7 +385,7 @@ async fn redeem_and_identify(
 
 /// The refusal of a sign-in without MFA while `SAMVAULT_REQUIRE_MFA` holds. `amr` comes from
 /// the access token: v1 tokens carry it, v2 id_tokens do not.
-fn mfa_refusal(state: &AppState, access: &AccessClaims, purpose: Purpose) -> Option<Response> {
+fn mfa_refusal(state: &AppState, access: &AccessClaims, purpose: Purpose) -> Option<PageError> {
     if !state.config.require_mfa || access.mfa() {
         return None;
     }
@@ -561,131 +407,4 @@ fn mfa_refusal(state: &AppState, access: &AccessClaims, purpose: Purpose) -> Opt
         action,
         None,
     ))
-}
-
-/// Display name for the organisation: the tenant's domain label (`contoso.example` →
-/// `Contoso`). Entra tokens carry no tenant name.
-pub fn organisation_name(upn: &str) -> (String, Option<String>) {
-    let Some((_, domain)) = upn.rsplit_once('@') else {
-        return ("Unknown organisation".into(), None);
-    };
-    let domain = domain.to_ascii_lowercase();
-    let label = domain.split('.').next().unwrap_or(&domain);
-    let mut chars = label.chars();
-    let name = match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars).collect(),
-        None => domain.clone(),
-    };
-    (name, Some(domain))
-}
-
-async fn complete_consent(
-    state: &AppState,
-    pending: &Pending,
-    code: &str,
-) -> Result<ConsentDonePage, Response> {
-    let (tokens, claims) = redeem_and_identify(state, pending, code).await?;
-    let tenant = TenantId::parse(&claims.tid)
-        .map_err(|_| bad_state("The identity token names no valid tenant."))?;
-    if let Some(expected) = &pending.tenant
-        && expected != tenant.as_str()
-    {
-        return Err(error_page(
-            StatusCode::FORBIDDEN,
-            "Wrong organisation",
-            "This invitation is for another partner tenant than the account you signed in with. Nothing was stored.",
-            "Sign in with an account of the invited tenant.",
-            None,
-        ));
-    }
-    let access = AccessClaims::peek(tokens.access_token.expose_secret()).unwrap_or_default();
-    let mfa = access.mfa();
-    let upn = access
-        .upn
-        .clone()
-        .or_else(|| claims.preferred_username.clone())
-        .unwrap_or_else(|| "unknown user".into());
-    if let Some(refusal) = mfa_refusal(state, &access, Purpose::Consent) {
-        tracing::warn!(tenant.id = %tenant, "consent refused: token without MFA");
-        return Err(refusal);
-    }
-    let Some(refresh_token) = tokens.refresh_token.as_ref() else {
-        return Err(bad_state(
-            "Microsoft returned no refresh token (offline_access was not granted).",
-        ));
-    };
-    let (organisation, domain) = organisation_name(&upn);
-    let stored = async {
-        let version = partners::next_version(&state.db, &tenant)
-            .await
-            .map_err(|e| e.to_string())?;
-        let sealed = state
-            .vault
-            .seal(
-                refresh_token.expose_secret().as_bytes(),
-                &grant_context(&tenant, version),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let consent = NewConsent {
-            tenant_id: tenant.clone(),
-            display_name: organisation.clone(),
-            domain,
-            upn: upn.clone(),
-            oid: claims.oid.clone().or(access.oid.clone()),
-            user_name: claims.name.clone(),
-            mfa,
-            amr: access.amr.clone(),
-            scopes: tokens.scope.clone().unwrap_or_default(),
-            invitation_id: pending.invitation_id.clone(),
-        };
-        let at = now();
-        partners::record_consent(
-            &state.db,
-            &consent,
-            &StoredGrant { version, sealed },
-            at,
-            state.broker.next_rotation(at),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        if let Some(id) = &pending.invitation_id {
-            invitations::mark_used(&state.db, id, &upn, at)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        let detail =
-            serde_json::json!({ "upn": upn, "mfa": mfa, "amr": access.amr, "version": version });
-        audit::append(
-            &state.db,
-            &format!("partner:{upn}"),
-            "consent",
-            Some(tenant.as_str()),
-            detail,
-            at,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        Ok::<i64, String>(at)
-    }
-    .await;
-    let at = stored.map_err(|e| {
-        tracing::error!(tenant.id = %tenant, error = %e, "consent could not be stored");
-        unavailable()
-    })?;
-    state.broker.forget(&tenant);
-    tracing::info!(tenant.id = %tenant, mfa, "consent recorded");
-    let expires = time::OffsetDateTime::from_unix_timestamp(at + INACTIVITY_LIMIT_SECS)
-        .map(|t| format!("{}-{:02}-{:02}", t.year(), t.month() as u8, t.day()))
-        .unwrap_or_default();
-    Ok(ConsentDonePage {
-        app_name: state.config.app_name.clone(),
-        organisation,
-        tenant_id: tenant.to_string(),
-        upn,
-        mfa,
-        amr: access.amr.join(", "),
-        scopes: tokens.scope.clone().unwrap_or_default(),
-        expires,
-    })
 }

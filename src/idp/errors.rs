@@ -48,6 +48,17 @@ impl EntraErrorBody {
         })
     }
 
+    /// Whether Entra refused the app's own credential (a wrong, expired or missing secret, a
+    /// certificate it does not know...): the only answers another credential could change.
+    /// Entra also says `invalid_client` for a redirect URI that differs at redemption and for
+    /// a resource the app registration does not list; those blame no credential.
+    pub fn blames_credential(&self) -> bool {
+        self.error == "invalid_client"
+            && !self
+                .code()
+                .is_some_and(|code| REDIRECT_URI_CODES.contains(&code) || code == NOT_REGISTERED)
+    }
+
     /// Parses a body Entra sent; `None` when it is not Entra's JSON shape.
     pub fn parse(body: &[u8]) -> Option<Self> {
         serde_json::from_slice::<Self>(body)
@@ -55,6 +66,12 @@ impl EntraErrorBody {
             .filter(|b| !b.error.is_empty())
     }
 }
+
+/// The redirect URI Entra saw is not the one it expected: at redemption, not the authorize
+/// request's (500112); anywhere, not registered on the app (50011). `SAMVAULT_PUBLIC_URL` sets it.
+pub const REDIRECT_URI_CODES: [u32; 2] = [500112, 50011];
+/// `.default` for a resource the app registration does not list (`invalid_client`).
+const NOT_REGISTERED: u32 = 650057;
 
 /// Why a call to the IdP failed, with what is needed to decide what to do.
 #[derive(Debug, thiserror::Error)]
@@ -111,16 +128,16 @@ impl IdpError {
                         code,
                         retry_after: *retry_after,
                     },
-                    (
-                        "invalid_grant" | "interaction_required" | "consent_required",
-                        Some(65001 | 500011),
-                    ) if !primary => Outcome::ResourceNotConsented { code },
+                    _ if !primary && refuses_resource(body) => {
+                        Outcome::ResourceNotConsented { code }
+                    }
                     ("invalid_grant" | "interaction_required" | "consent_required", _) => {
                         Outcome::ReconsentRequired { code }
                     }
-                    ("invalid_client" | "unauthorized_client", _) => {
+                    ("invalid_client", _) if body.blames_credential() => {
                         Outcome::AppCredentialsInvalid { code }
                     }
+                    ("unauthorized_client", _) => Outcome::AppCredentialsInvalid { code },
                     ("temporarily_unavailable" | "server_error", _) => Outcome::Transient {
                         code,
                         retry_after: *retry_after,
@@ -129,6 +146,8 @@ impl IdpError {
                         code,
                         retry_after: *retry_after,
                     },
+                    // A misconfiguration (a redirect URI, a resource missing from the app
+                    // registration, the primary resource missing): `describe` names the fix.
                     _ => Outcome::Unexpected { code },
                 }
             }
@@ -152,6 +171,21 @@ impl IdpError {
     }
 }
 
+/// Entra refused this resource, not the partner's grant nor the app: the resource does not
+/// exist in the tenant (`invalid_resource` 500011), the scope is not valid for it
+/// (`invalid_scope` 70011), the app registration does not list it (`invalid_client` 650057)
+/// or the partner never consented to it (`invalid_grant` 65001, or 500011 under that name).
+fn refuses_resource(body: &EntraErrorBody) -> bool {
+    match body.error.as_str() {
+        "invalid_resource" | "invalid_scope" => true,
+        "invalid_client" => body.code() == Some(NOT_REGISTERED),
+        "invalid_grant" | "interaction_required" | "consent_required" => {
+            matches!(body.code(), Some(65001 | 500011))
+        }
+        _ => false,
+    }
+}
+
 /// What an AADSTS code means and what a person should do about it.
 pub struct CodeInfo {
     pub meaning: &'static str,
@@ -163,7 +197,18 @@ const RECONSENT: &str =
 
 /// The codes samvault meets, in the words ops need. Unknown codes get a generic entry.
 pub fn describe(code: u32) -> CodeInfo {
-    let (meaning, action) = match code {
+    let (meaning, action) = grant_advice(code)
+        .or_else(|| setup_advice(code))
+        .unwrap_or((
+            "Entra ID refused the request.",
+            "Look the code up in Microsoft's AADSTS reference.",
+        ));
+    CodeInfo { meaning, action }
+}
+
+/// What the partner's grant, sign-in or tenant is missing.
+fn grant_advice(code: u32) -> Option<(&'static str, &'static str)> {
+    Some(match code {
         700082 => (
             "The refresh token expired after 90 days of inactivity.",
             RECONSENT,
@@ -201,13 +246,44 @@ pub fn describe(code: u32) -> CodeInfo {
             "The user or administrator has not consented to the application for this resource.",
             "Have the partner admin consent again, including this resource.",
         ),
-        500011 => (
-            "The resource is not registered in the partner tenant.",
-            "Check the resource URL; have the partner consent to it if it is needed.",
-        ),
         90002 => (
             "The partner tenant no longer exists.",
             "Confirm with the partner; remove them or invite again.",
+        ),
+        54005 => (
+            "The authorization code was already redeemed.",
+            "Start the consent again from the onboarding page.",
+        ),
+        50196 => (
+            "Entra detected a request loop and throttled this user.",
+            "None: samvault retries later.",
+        ),
+        _ => return None,
+    })
+}
+
+/// What samvault's own setup (the CPV app, its registration, samvault's settings) gets wrong.
+fn setup_advice(code: u32) -> Option<(&'static str, &'static str)> {
+    Some(match code {
+        500011 => (
+            "The resource does not exist in the partner tenant (no service principal): a wrong URL, or an API the partner never installed.",
+            "Check the resource URL; have the partner consent to it if it is needed.",
+        ),
+        650057 => (
+            "The CPV app registration does not list this resource among its API permissions.",
+            "Add the resource's delegated permission to the app registration, then have the partner consent again including it.",
+        ),
+        70011 => (
+            "The scope samvault asked for is not valid for this resource.",
+            "Check the resource URL in SAMVAULT_RESOURCES and in the client's allowed resources.",
+        ),
+        500112 => (
+            "Entra ID saw another redirect URI when samvault redeemed the code than when the sign-in started: SAMVAULT_PUBLIC_URL differs between the samvault replica that started the consent and the one that finished it, or it changed in between.",
+            "Operators: set SAMVAULT_PUBLIC_URL to the one public address partners use (the same on every replica, the proxy's https address if there is one) and restart. Partner admins: start the consent again.",
+        ),
+        50011 => (
+            "The redirect URI samvault sent (SAMVAULT_PUBLIC_URL followed by /onboard/callback) is not registered on the CPV app.",
+            "Operators: register SAMVAULT_PUBLIC_URL/onboard/callback as a Web redirect URI of the app registration, or correct SAMVAULT_PUBLIC_URL.",
         ),
         7000215 => (
             "The CPV app's client secret is invalid.",
@@ -225,20 +301,8 @@ pub fn describe(code: u32) -> CodeInfo {
             "The request did not include a client credential.",
             "Configure SAMVAULT_CLIENT_SECRET or a certificate.",
         ),
-        54005 => (
-            "The authorization code was already redeemed.",
-            "Start the consent again from the onboarding page.",
-        ),
-        50196 => (
-            "Entra detected a request loop and throttled this user.",
-            "None: samvault retries later.",
-        ),
-        _ => (
-            "Entra ID refused the request.",
-            "Look the code up in Microsoft's AADSTS reference.",
-        ),
-    };
-    CodeInfo { meaning, action }
+        _ => return None,
+    })
 }
 
 /// `Retry-After` as seconds (the only form Entra uses); dates are ignored.
@@ -327,6 +391,60 @@ mod tests {
             entra(400, "invalid_request", 900144).classify(true),
             Outcome::Unexpected { code: Some(900144) }
         );
+    }
+
+    /// What Entra sends for a resource the partner never granted, held against a non-primary
+    /// and the primary resource (docs/ENTRA_FIDELITY.md).
+    #[test]
+    fn a_resource_never_granted_is_not_consented_whatever_error_entra_names() {
+        for (error, code) in [
+            ("invalid_resource", 500011),
+            ("invalid_scope", 70011),
+            ("invalid_client", 650057),
+            ("invalid_grant", 65001),
+            ("invalid_grant", 500011),
+        ] {
+            assert_eq!(
+                entra(400, error, code).classify(false),
+                Outcome::ResourceNotConsented { code: Some(code) },
+                "{error} {code}"
+            );
+        }
+        for (error, code) in [("invalid_resource", 500011), ("invalid_client", 650057)] {
+            assert_eq!(
+                entra(400, error, code).classify(true),
+                Outcome::Unexpected { code: Some(code) },
+                "{error} {code} on the primary resource is a misconfiguration"
+            );
+        }
+    }
+
+    /// `invalid_client` answers that are not about the app's credential: no alarm, and the
+    /// advice names the setting to fix.
+    #[test]
+    fn invalid_client_about_the_redirect_uri_is_a_configuration_error() {
+        for code in [500112, 50011] {
+            let error = entra(400, "invalid_client", code);
+            assert_eq!(
+                error.classify(true),
+                Outcome::Unexpected { code: Some(code) }
+            );
+            let IdpError::Entra { body, .. } = &error else {
+                unreachable!()
+            };
+            assert!(!body.blames_credential(), "{code}");
+            let info = describe(code);
+            assert!(
+                format!("{} {}", info.meaning, info.action).contains("SAMVAULT_PUBLIC_URL"),
+                "{code}"
+            );
+        }
+        for code in [7000215, 7000222, 7000218, 700027, 700024, 700021] {
+            let IdpError::Entra { body, .. } = entra(401, "invalid_client", code) else {
+                unreachable!()
+            };
+            assert!(body.blames_credential(), "{code}");
+        }
     }
 
     #[test]

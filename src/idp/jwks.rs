@@ -1,5 +1,11 @@
 //! id_token validation against the IdP's published signing keys (JWKS), cached in memory.
+//!
+//! Microsoft's "Signing key rollover": keys roll periodically and, in an emergency, at once;
+//! the JWKS always lists several keys; clients refresh hourly, and on the hot path when a
+//! token names a key they do not know. That last refresh is rate-limited here per key id
+//! and per minute, so a broken or hostile answer cannot make samvault hammer the IdP.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
@@ -9,10 +15,16 @@ use url::Url;
 
 use super::IdpError;
 
-/// Re-fetch the key set at most this often when a token names an unknown key.
-const REFRESH_FLOOR: Duration = Duration::from_secs(60);
-/// Keys are re-read after this long even when every `kid` is known.
-const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Keys are re-read this often even when every `kid` is known (Microsoft: hourly).
+const REFRESH_EVERY: Duration = Duration::from_secs(3600);
+/// When a refresh fails, the last keys read stay in use this long (Microsoft: 24 hours).
+const KEEP_FOR: Duration = Duration::from_secs(24 * 3600);
+/// Refreshes for unknown key ids allowed per minute, whatever the ids.
+const UNKNOWN_KID_REFRESHES_PER_MINUTE: usize = 5;
+/// A key id still unknown after a refresh does not cause another one for this long.
+const MISSING_KID_MEMORY: Duration = Duration::from_secs(300);
+/// Unknown key ids remembered at most (the oldest go first).
+const MISSING_KIDS_KEPT: usize = 1000;
 /// Clock skew tolerated between samvault and the IdP.
 const LEEWAY_SECS: u64 = 120;
 
@@ -37,14 +49,75 @@ pub struct IdClaims {
 
 pub(super) struct JwksCache {
     url: Url,
-    keys: RwLock<Option<(JwkSet, Instant)>>,
+    state: RwLock<CacheState>,
+}
+
+/// The keys last read, when, and what decides whether an unknown `kid` may cause a read.
+#[derive(Default)]
+struct CacheState {
+    keys: Option<(JwkSet, Instant)>,
+    policy: RefreshPolicy,
+}
+
+/// When to read the keys again (kept apart from the I/O so that it can be tested alone).
+#[derive(Debug, Default)]
+struct RefreshPolicy {
+    /// Refreshes caused by unknown key ids in the last minute.
+    forced: VecDeque<Instant>,
+    /// Key ids a refresh did not find, and when.
+    missing: HashMap<String, Instant>,
+}
+
+impl RefreshPolicy {
+    /// Whether to read the keys now, given when they were last read and whether they hold
+    /// `kid`. Counts a refresh caused by an unknown `kid` against the rate limit.
+    fn should_fetch(&mut self, now: Instant, kid: &str, cached: Option<(bool, Instant)>) -> bool {
+        let Some((has_kid, fetched)) = cached else {
+            return true;
+        };
+        if now.duration_since(fetched) >= REFRESH_EVERY {
+            return true;
+        }
+        if has_kid {
+            return false;
+        }
+        self.forced
+            .retain(|at| now.duration_since(*at) < Duration::from_secs(60));
+        let recently_missing = self
+            .missing
+            .get(kid)
+            .is_some_and(|at| now.duration_since(*at) < MISSING_KID_MEMORY);
+        if recently_missing || self.forced.len() >= UNKNOWN_KID_REFRESHES_PER_MINUTE {
+            return false;
+        }
+        self.forced.push_back(now);
+        true
+    }
+
+    /// Remembers a `kid` the keys still lack after a refresh.
+    fn note_missing(&mut self, now: Instant, kid: &str) {
+        self.missing
+            .retain(|_, at| now.duration_since(*at) < MISSING_KID_MEMORY);
+        if self.missing.len() >= MISSING_KIDS_KEPT {
+            let oldest = self.missing.iter().min_by_key(|(_, at)| **at);
+            if let Some(oldest) = oldest.map(|(kid, _)| kid.clone()) {
+                self.missing.remove(&oldest);
+            }
+        }
+        self.missing.insert(kid.to_string(), now);
+    }
+}
+
+fn find(set: &JwkSet, kid: &str) -> Option<DecodingKey> {
+    set.find(kid)
+        .and_then(|jwk| DecodingKey::from_jwk(jwk).ok())
 }
 
 impl JwksCache {
     pub(super) fn new(url: Url) -> Self {
         Self {
             url,
-            keys: RwLock::new(None),
+            state: RwLock::new(CacheState::default()),
         }
     }
 
@@ -67,28 +140,34 @@ impl JwksCache {
     }
 
     async fn key_for(&self, http: &reqwest::Client, kid: &str) -> Result<DecodingKey, IdpError> {
-        let find = |set: &JwkSet| {
-            set.find(kid)
-                .and_then(|jwk| DecodingKey::from_jwk(jwk).ok())
-        };
-        if let Some((set, fetched)) = self.keys.read().await.as_ref()
-            && fetched.elapsed() < MAX_AGE
-            && let Some(key) = find(set)
+        if let Some((set, fetched)) = self.state.read().await.keys.as_ref()
+            && fetched.elapsed() < REFRESH_EVERY
+            && let Some(key) = find(set, kid)
         {
             return Ok(key);
         }
-        let mut guard = self.keys.write().await;
-        let stale = guard.as_ref().is_none_or(|(set, fetched)| {
-            fetched.elapsed() >= MAX_AGE
-                || (find(set).is_none() && fetched.elapsed() >= REFRESH_FLOOR)
-        });
-        if stale {
-            *guard = Some((self.fetch(http).await?, Instant::now()));
-        }
-        guard
+        // One reader at a time past this point: concurrent sign-ins share one refresh.
+        let mut state = self.state.write().await;
+        let now = Instant::now();
+        let cached = state
+            .keys
             .as_ref()
-            .and_then(|(set, _)| find(set))
-            .ok_or_else(|| IdpError::Protocol("id_token signed with an unknown key".into()))
+            .map(|(set, fetched)| (find(set, kid).is_some(), *fetched));
+        if state.policy.should_fetch(now, kid, cached) {
+            match self.fetch(http).await {
+                Ok(set) => state.keys = Some((set, now)),
+                // The last keys read stay good for a while: an IdP hiccup fails no sign-in.
+                Err(e) if cached.is_some_and(|(_, at)| now.duration_since(at) < KEEP_FOR) => {
+                    tracing::warn!(error = %e, "refreshing the IdP's signing keys failed; using the keys read before");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let key = state.keys.as_ref().and_then(|(set, _)| find(set, kid));
+        if key.is_none() {
+            state.policy.note_missing(now, kid);
+        }
+        key.ok_or_else(|| IdpError::Protocol("id_token signed with an unknown key".into()))
     }
 
     pub(super) async fn validate(
@@ -160,4 +239,45 @@ pub(crate) fn check_claims(
         ));
     }
     Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_keys_are_reread_hourly_and_unknown_ones_at_once() {
+        let mut policy = RefreshPolicy::default();
+        let start = Instant::now();
+        assert!(policy.should_fetch(start, "a", None), "nothing read yet");
+        assert!(!policy.should_fetch(start, "a", Some((true, start))));
+        let later = start + REFRESH_EVERY;
+        assert!(policy.should_fetch(later, "a", Some((true, start))));
+        // A key rolled in a second after the keys were read: read them again at once.
+        let soon = start + Duration::from_secs(1);
+        assert!(policy.should_fetch(soon, "b", Some((false, start))));
+    }
+
+    #[test]
+    fn unknown_keys_cause_a_bounded_number_of_reads() {
+        let mut policy = RefreshPolicy::default();
+        let start = Instant::now();
+        let read = Some((false, start));
+        let mut reads = 0;
+        for i in 0..50 {
+            if policy.should_fetch(start, &format!("kid-{i}"), read) {
+                reads += 1;
+            }
+        }
+        assert_eq!(reads, UNKNOWN_KID_REFRESHES_PER_MINUTE, "per minute");
+        let next_minute = start + Duration::from_secs(61);
+        assert!(policy.should_fetch(next_minute, "another", read));
+
+        // A kid still missing after a read does not cause another for a while.
+        let mut policy = RefreshPolicy::default();
+        assert!(policy.should_fetch(start, "ghost", read));
+        policy.note_missing(start, "ghost");
+        assert!(!policy.should_fetch(start + Duration::from_secs(10), "ghost", read));
+        assert!(policy.should_fetch(start + MISSING_KID_MEMORY, "ghost", read));
+    }
 }

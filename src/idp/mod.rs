@@ -282,10 +282,20 @@ impl IdpClient {
                     tokens.fallback = Some(notice);
                     return Ok(tokens);
                 }
+                Err(error) => return Err(self.note_redirect_uri(error)),
                 other => return other,
             }
         }
         unreachable!("the configuration holds at least one credential")
+    }
+
+    /// Tells operators when Entra refused the redirect URI: a configuration error, which
+    /// the partner admin's page also names, and no credential's fault.
+    fn note_redirect_uri(&self, error: IdpError) -> IdpError {
+        if let Some(code) = refuses_redirect_uri(&error) {
+            tracing::error!(code, redirect_uri = %self.inner.redirect_uri, "Entra ID refused the redirect URI: SAMVAULT_PUBLIC_URL must be the public address partners use, the same on every replica");
+        }
+        error
     }
 
     /// The authorize URL for a partner admin's consent: authorization-code flow with
@@ -435,9 +445,18 @@ impl Grant<'_> {
 type ExtraParams = Vec<(&'static str, String)>;
 type OAuthResult = Result<EntraTokenResponse, RequestTokenError<reqwest::Error, EntraErrorBody>>;
 
-/// Entra refused the client itself (its credential), not the grant.
+/// Entra refused the client's credential itself, not the grant: only then may another
+/// credential do better. Its other `invalid_client` answers (a redirect URI, a resource the
+/// registration does not list) would be the same with any credential.
 fn refuses_client(error: &IdpError) -> bool {
-    matches!(error, IdpError::Entra { body, .. } if body.error == "invalid_client")
+    matches!(error, IdpError::Entra { body, .. } if body.blames_credential())
+}
+
+/// Entra saw a redirect URI it did not expect: `SAMVAULT_PUBLIC_URL` is wrong somewhere.
+fn refuses_redirect_uri(error: &IdpError) -> Option<u32> {
+    error
+        .code()
+        .filter(|code| errors::REDIRECT_URI_CODES.contains(code))
 }
 
 fn refusal(setting: &str, error: &IdpError) -> String {

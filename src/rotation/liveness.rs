@@ -161,7 +161,9 @@ impl Heartbeat {
                     tracing::info!(replica = %other.instance, "a stopped samvault process was forgotten");
                 }
                 Ok(partners) => {
-                    crate::metrics::record_leases_reclaimed(partners.len() as u64);
+                    self.broker
+                        .metrics()
+                        .record_leases_reclaimed(partners.len() as u64);
                     tracing::warn!(replica = %other.instance, partners = partners.len(), "{REAPED}");
                 }
                 Err(e) => {

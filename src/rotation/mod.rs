@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::backoff::Backoff;
 use crate::broker::{APP_CREDENTIALS_ALARM, Broker, BrokerError};
 use crate::storage::{now, rotation};
 
@@ -105,7 +106,8 @@ impl Scheduler {
             ),
             Err(e) => tracing::warn!(error = %e, "rotation: cannot adjust schedules"),
         }
-        let mut pause = ALARM_PAUSE_MIN;
+        // Pauses taken since the alarm was raised.
+        let mut paused = 0;
         loop {
             if *stopped.borrow() {
                 return;
@@ -125,6 +127,8 @@ impl Scheduler {
             // While the alarm is up, one grant probes whether the app's credential works again.
             let stats = self.pass(workers, alarm.is_some(), &stopped).await;
             if alarm.is_some() {
+                paused += 1;
+                let pause = alarm_pause(paused);
                 tracing::warn!(
                     pause_s = pause.as_secs(),
                     "rotation paused: the CPV app's credentials are rejected"
@@ -132,10 +136,9 @@ impl Scheduler {
                 if sleep_unless_stopped(pause, &mut stopped).await {
                     return;
                 }
-                pause = (pause * 2).min(ALARM_PAUSE_MAX);
                 continue;
             }
-            pause = ALARM_PAUSE_MIN;
+            paused = 0;
             if stats.total() > 0 {
                 tracing::info!(
                     succeeded = stats.succeeded.load(Ordering::Relaxed),
@@ -205,6 +208,13 @@ impl Scheduler {
     }
 }
 
+/// The `n`-th pause (1-based) while the app-credential alarm is raised: doubling from the
+/// shortest to the longest.
+fn alarm_pause(n: u32) -> Duration {
+    const PAUSE: Backoff = Backoff::new(ALARM_PAUSE_MIN, 2).capped_at(ALARM_PAUSE_MAX);
+    PAUSE.delay(n.into())
+}
+
 /// Sleeps for `duration`; true when the scheduler was stopped meanwhile.
 async fn sleep_unless_stopped(duration: Duration, stopped: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
@@ -216,4 +226,18 @@ async fn sleep_unless_stopped(duration: Duration, stopped: &mut watch::Receiver<
 
 fn log_failure(tenant: &crate::domain::TenantId, error: &BrokerError) {
     tracing::debug!(tenant.id = %tenant, error = %error, "scheduled rotation failed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schedule the alarm pause has always had: 30 s doubling to 15 min, no jitter.
+    #[test]
+    fn the_alarm_pause_doubles_from_30_s_to_15_min() {
+        let schedule: Vec<u64> = (1..=8).map(|n| alarm_pause(n).as_secs()).collect();
+        assert_eq!(schedule, [30, 60, 120, 240, 480, 900, 900, 900]);
+        assert_eq!(alarm_pause(0), ALARM_PAUSE_MIN);
+        assert_eq!(alarm_pause(u32::MAX >> 20), ALARM_PAUSE_MAX);
+    }
 }

@@ -5,10 +5,9 @@
 //! PostgreSQL for replicas) so the chain never forks.
 
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use tokio::sync::Mutex;
 
-use super::{Backend, Db, StorageError};
+use super::{Backend, Db, FromRow, SqlBuilder, StorageError};
 
 static APPEND: Mutex<()> = Mutex::const_new(());
 /// Arbitrary constant naming the audit chain's advisory lock on PostgreSQL.
@@ -68,14 +67,12 @@ pub async fn append(
             .execute(&mut *tx)
             .await?;
     }
-    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *tx)
-        .await?;
+    let last: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
     let (seq, prev) = match last {
-        Some(row) => (
-            row.try_get::<i64, _>("seq")? + 1,
-            row.try_get::<String, _>("hash")?,
-        ),
+        Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS.to_string()),
     };
     let detail = detail.to_string();
@@ -108,7 +105,7 @@ pub async fn verify(db: &Db) -> Result<Result<u64, i64>, StorageError> {
     let mut prev = GENESIS.to_string();
     let mut expected_seq: i64 = 1;
     loop {
-        let rows = sqlx::query(
+        let rows: Vec<ChainRow> = sqlx::query_as(
             "SELECT seq, at, actor, action, tenant_id, detail, prev_hash, hash FROM audit_log \
              WHERE seq >= $1 ORDER BY seq LIMIT $2",
         )
@@ -116,27 +113,32 @@ pub async fn verify(db: &Db) -> Result<Result<u64, i64>, StorageError> {
         .bind(VERIFY_PAGE)
         .fetch_all(db.reader())
         .await?;
-        for row in &rows {
-            let seq: i64 = row.try_get("seq")?;
-            let tenant: Option<String> = row.try_get("tenant_id")?;
-            let stored_prev: String = row.try_get("prev_hash")?;
-            let stored: String = row.try_get("hash")?;
+        let page = rows.len() as i64;
+        for row in rows {
+            let EventRow {
+                seq,
+                at,
+                actor,
+                action,
+                tenant_id,
+                detail,
+            } = &row.event;
             let computed = row_hash(
                 &prev,
-                seq,
-                row.try_get("at")?,
-                &row.try_get::<String, _>("actor")?,
-                &row.try_get::<String, _>("action")?,
-                tenant.as_deref(),
-                &row.try_get::<String, _>("detail")?,
+                *seq,
+                *at,
+                actor,
+                action,
+                tenant_id.as_deref(),
+                detail,
             );
-            if seq != expected_seq || stored_prev != prev || stored != computed {
-                return Ok(Err(seq));
+            if *seq != expected_seq || row.prev_hash != prev || row.hash != computed {
+                return Ok(Err(*seq));
             }
-            prev = stored;
+            prev = row.hash;
             expected_seq += 1;
         }
-        if (rows.len() as i64) < VERIFY_PAGE {
+        if page < VERIFY_PAGE {
             // The end of the log. (Rows cut off its end leave no trace in the chain: the
             // shorter chain verifies, as it always has.)
             return Ok(Ok((expected_seq - 1) as u64));
@@ -144,16 +146,38 @@ pub async fn verify(db: &Db) -> Result<Result<u64, i64>, StorageError> {
     }
 }
 
-fn event_from_row(row: &sqlx::any::AnyRow) -> Result<AuditEvent, StorageError> {
-    let detail: String = row.try_get("detail")?;
-    Ok(AuditEvent {
-        seq: row.try_get("seq")?,
-        at: row.try_get("at")?,
-        actor: row.try_get("actor")?,
-        action: row.try_get("action")?,
-        tenant_id: row.try_get("tenant_id")?,
-        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::String(detail)),
-    })
+/// An `audit_log` row's event, with its detail still JSON text.
+#[derive(FromRow)]
+struct EventRow {
+    seq: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    tenant_id: Option<String>,
+    detail: String,
+}
+
+/// An event with the hashes that chain it to the previous one.
+#[derive(FromRow)]
+struct ChainRow {
+    #[sqlx(flatten)]
+    event: EventRow,
+    prev_hash: String,
+    hash: String,
+}
+
+impl From<EventRow> for AuditEvent {
+    fn from(row: EventRow) -> Self {
+        AuditEvent {
+            seq: row.seq,
+            at: row.at,
+            actor: row.actor,
+            action: row.action,
+            tenant_id: row.tenant_id,
+            detail: serde_json::from_str(&row.detail)
+                .unwrap_or(serde_json::Value::String(row.detail)),
+        }
+    }
 }
 
 /// What the ops audit viewer asks for; every field narrows the result.
@@ -176,48 +200,31 @@ pub async fn search(
     filter: &AuditFilter,
     limit: i64,
 ) -> Result<Vec<AuditEvent>, StorageError> {
-    // Only these fixed fragments reach the SQL text; every value is a bound parameter.
-    let mut conditions: Vec<&str> = Vec::new();
-    let mut text_values: Vec<&str> = Vec::new();
-    let mut number_values: Vec<i64> = Vec::new();
-    for (value, column) in [
-        (&filter.actor, "actor"),
-        (&filter.action, "action"),
-        (&filter.tenant_id, "tenant_id"),
+    let mut sql = SqlBuilder::new(
+        db.backend(),
+        "SELECT seq, at, actor, action, tenant_id, detail FROM audit_log",
+    );
+    for (value, condition) in [
+        (&filter.actor, "actor = "),
+        (&filter.action, "action = "),
+        (&filter.tenant_id, "tenant_id = "),
     ] {
         if let Some(value) = value {
-            conditions.push(column);
-            text_values.push(value);
+            sql.and_where(condition).push_bind(value.as_str());
         }
-    }
-    let mut sql =
-        String::from("SELECT seq, at, actor, action, tenant_id, detail FROM audit_log WHERE 1 = 1");
-    let mut n = 0;
-    for column in &conditions {
-        n += 1;
-        sql.push_str(&format!(" AND {column} = ${n}"));
     }
     for (value, condition) in [
-        (filter.from, "at >="),
-        (filter.until, "at <"),
-        (filter.before_seq, "seq <"),
+        (filter.from, "at >= "),
+        (filter.until, "at < "),
+        (filter.before_seq, "seq < "),
     ] {
         if let Some(value) = value {
-            n += 1;
-            sql.push_str(&format!(" AND {condition} ${n}"));
-            number_values.push(value);
+            sql.and_where(condition).push_bind(value);
         }
     }
-    sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", n + 1));
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for value in text_values {
-        query = query.bind(value);
-    }
-    for value in number_values {
-        query = query.bind(value);
-    }
-    let rows = query.bind(limit).fetch_all(db.reader()).await?;
-    rows.iter().map(event_from_row).collect()
+    sql.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
+    let rows: Vec<EventRow> = sql.build_query_as().fetch_all(db.reader()).await?;
+    Ok(rows.into_iter().map(AuditEvent::from).collect())
 }
 
 pub async fn recent(db: &Db, limit: i64) -> Result<Vec<AuditEvent>, StorageError> {

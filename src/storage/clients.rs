@@ -1,10 +1,9 @@
 //! Integration clients: who may ask for which partner's tokens, for which audiences.
 //! Secrets are 256-bit random values shown once; only their SHA-256 digests are stored.
 
-use sqlx::any::AnyRow;
-use sqlx::{Acquire, Row};
+use sqlx::Acquire;
 
-use super::{Db, StorageError};
+use super::{Db, FromRow, StorageError};
 use crate::domain::{Resource, TenantId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,37 +188,60 @@ impl NewClient {
     }
 }
 
-const COLUMNS: &str = "client_id, name, permissions, resources, partners, rate_limit_per_minute, created_at, last_used_at, revoked_at";
+/// The columns of a [`ClientRow`], for `concat!` into static SQL.
+macro_rules! client_columns {
+    () => {
+        "client_id, name, permissions, resources, partners, rate_limit_per_minute, created_at, last_used_at, revoked_at"
+    };
+}
 
-fn client_from_row(row: &AnyRow) -> Result<Client, StorageError> {
-    let id: String = row.try_get("client_id")?;
-    let corrupt = |what: &str| StorageError::Corrupt(format!("client {id}: {what}"));
-    let permissions: String = row.try_get("permissions")?;
-    let resources: String = row.try_get("resources")?;
-    let partners: Option<String> = row.try_get("partners")?;
-    Ok(Client {
-        permissions: permissions
-            .split_whitespace()
-            .map(|p| Permission::parse(p).ok_or_else(|| corrupt("permission")))
-            .collect::<Result<_, _>>()?,
-        resources: resources
-            .split_whitespace()
-            .map(|r| Resource::parse(r).map_err(|_| corrupt("resource")))
-            .collect::<Result<_, _>>()?,
-        partners: partners
-            .map(|list| {
-                list.split_whitespace()
-                    .map(|t| TenantId::parse(t).map_err(|_| corrupt("partner")))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?,
-        name: row.try_get("name")?,
-        rate_limit_per_minute: row.try_get("rate_limit_per_minute")?,
-        created_at: row.try_get("created_at")?,
-        last_used_at: row.try_get("last_used_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-        client_id: id,
-    })
+/// A `clients` row as stored: its lists are space-separated text.
+#[derive(FromRow)]
+struct ClientRow {
+    client_id: String,
+    name: String,
+    permissions: String,
+    resources: String,
+    partners: Option<String>,
+    rate_limit_per_minute: i64,
+    created_at: i64,
+    last_used_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+impl TryFrom<ClientRow> for Client {
+    type Error = StorageError;
+
+    fn try_from(row: ClientRow) -> Result<Self, StorageError> {
+        let id = &row.client_id;
+        let corrupt = |what: &str| StorageError::Corrupt(format!("client {id}: {what}"));
+        Ok(Client {
+            permissions: row
+                .permissions
+                .split_whitespace()
+                .map(|p| Permission::parse(p).ok_or_else(|| corrupt("permission")))
+                .collect::<Result<_, _>>()?,
+            resources: row
+                .resources
+                .split_whitespace()
+                .map(|r| Resource::parse(r).map_err(|_| corrupt("resource")))
+                .collect::<Result<_, _>>()?,
+            partners: row
+                .partners
+                .map(|list| {
+                    list.split_whitespace()
+                        .map(|t| TenantId::parse(t).map_err(|_| corrupt("partner")))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?,
+            name: row.name,
+            rate_limit_per_minute: row.rate_limit_per_minute,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            revoked_at: row.revoked_at,
+            client_id: row.client_id,
+        })
+    }
 }
 
 fn join<T>(items: &[T], f: impl Fn(&T) -> &str) -> String {
@@ -263,36 +285,36 @@ pub async fn create(
 }
 
 pub async fn get(db: &Db, client_id: &str) -> Result<Option<Client>, StorageError> {
-    let sql = format!("SELECT {COLUMNS} FROM clients WHERE client_id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(client_id)
-        .fetch_optional(db.reader())
-        .await?;
-    row.as_ref().map(client_from_row).transpose()
+    let row: Option<ClientRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        client_columns!(),
+        " FROM clients WHERE client_id = $1"
+    ))
+    .bind(client_id)
+    .fetch_optional(db.reader())
+    .await?;
+    row.map(Client::try_from).transpose()
 }
 
 pub async fn list(db: &Db) -> Result<Vec<Client>, StorageError> {
-    let sql = format!("SELECT {COLUMNS} FROM clients ORDER BY created_at, client_id");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .fetch_all(db.pool())
-        .await?;
-    rows.iter().map(client_from_row).collect()
+    let rows: Vec<ClientRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        client_columns!(),
+        " FROM clients ORDER BY created_at, client_id"
+    ))
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter().map(Client::try_from).collect()
 }
 
 /// Digests of the client's secrets that are not revoked.
 pub async fn active_secret_digests(db: &Db, client_id: &str) -> Result<Vec<Vec<u8>>, StorageError> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_scalar(
         "SELECT digest FROM client_secrets WHERE client_id = $1 AND revoked_at IS NULL",
     )
     .bind(client_id)
     .fetch_all(db.reader())
-    .await?;
-    rows.iter()
-        .map(|r| {
-            r.try_get::<Vec<u8>, _>("digest")
-                .map_err(StorageError::from)
-        })
-        .collect()
+    .await?)
 }
 
 /// Revokes the client and all its secrets. Returns false when no such live client exists.
@@ -395,23 +417,14 @@ pub async fn secrets(
     db: &Db,
     client_id: &str,
 ) -> Result<Vec<(String, i64, Option<i64>)>, StorageError> {
-    let rows = sqlx::query("SELECT id, created_at, revoked_at FROM client_secrets WHERE client_id = $1 ORDER BY created_at, id")
+    Ok(sqlx::query_as("SELECT id, created_at, revoked_at FROM client_secrets WHERE client_id = $1 ORDER BY created_at, id")
         .bind(client_id)
         .fetch_all(db.pool())
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get("id")?,
-                r.try_get("created_at")?,
-                r.try_get("revoked_at")?,
-            ))
-        })
-        .collect()
+        .await?)
 }
 
 /// A client secret as the dashboard lists it: never the secret, which is not stored.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, FromRow)]
 pub struct SecretInfo {
     pub id: String,
     pub created_at: i64,
@@ -422,21 +435,20 @@ pub struct SecretInfo {
 pub async fn secrets_by_client(
     db: &Db,
 ) -> Result<std::collections::BTreeMap<String, Vec<SecretInfo>>, StorageError> {
-    let rows = sqlx::query(
+    #[derive(FromRow)]
+    struct ClientSecret {
+        client_id: String,
+        #[sqlx(flatten)]
+        secret: SecretInfo,
+    }
+    let rows: Vec<ClientSecret> = sqlx::query_as(
         "SELECT client_id, id, created_at, revoked_at FROM client_secrets ORDER BY created_at, id",
     )
     .fetch_all(db.pool())
     .await?;
     let mut by_client = std::collections::BTreeMap::<String, Vec<SecretInfo>>::new();
-    for r in &rows {
-        by_client
-            .entry(r.try_get("client_id")?)
-            .or_default()
-            .push(SecretInfo {
-                id: r.try_get("id")?,
-                created_at: r.try_get("created_at")?,
-                revoked_at: r.try_get("revoked_at")?,
-            });
+    for row in rows {
+        by_client.entry(row.client_id).or_default().push(row.secret);
     }
     Ok(by_client)
 }
@@ -482,10 +494,9 @@ pub async fn authenticate(
 /// How many clients and secrets have ever been revoked: a cheap change detector for the
 /// authentication caches of running services.
 pub async fn revocation_count(db: &Db) -> Result<i64, StorageError> {
-    let row = sqlx::query(
+    Ok(sqlx::query_scalar(
         "SELECT (SELECT COUNT(*) FROM clients WHERE revoked_at IS NOT NULL) + (SELECT COUNT(*) FROM client_secrets WHERE revoked_at IS NOT NULL) AS n",
     )
     .fetch_one(db.reader())
-    .await?;
-    Ok(row.try_get("n")?)
+    .await?)
 }

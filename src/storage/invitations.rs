@@ -1,10 +1,7 @@
 //! Onboarding invitations: a capability URL sent to one partner (or anyone), with an expiry.
 //! Only the SHA-256 of the URL's token is stored, so a database reader cannot forge links.
 
-use sqlx::Row;
-use sqlx::any::AnyRow;
-
-use super::{Db, StorageError};
+use super::{Db, FromRow, StorageError, stored_tenant};
 use crate::domain::TenantId;
 
 #[derive(Clone, Debug)]
@@ -48,23 +45,39 @@ impl Invitation {
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, created_at, expires_at, used_at, used_by";
+/// The columns of an [`InvitationRow`], for `concat!` into static SQL.
+macro_rules! invitation_columns {
+    () => {
+        "id, tenant_id, created_at, expires_at, used_at, used_by"
+    };
+}
 
-fn invitation_from_row(row: &AnyRow) -> Result<Invitation, StorageError> {
-    let tenant: Option<String> = row.try_get("tenant_id")?;
-    Ok(Invitation {
-        id: row.try_get("id")?,
-        tenant_id: tenant
-            .map(|t| {
-                TenantId::parse(&t)
-                    .map_err(|e| StorageError::Corrupt(format!("invitation tenant: {e}")))
-            })
-            .transpose()?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        used_at: row.try_get("used_at")?,
-        used_by: row.try_get("used_by")?,
-    })
+#[derive(FromRow)]
+struct InvitationRow {
+    id: String,
+    tenant_id: Option<String>,
+    created_at: i64,
+    expires_at: i64,
+    used_at: Option<i64>,
+    used_by: Option<String>,
+}
+
+impl TryFrom<InvitationRow> for Invitation {
+    type Error = StorageError;
+
+    fn try_from(row: InvitationRow) -> Result<Self, StorageError> {
+        Ok(Invitation {
+            id: row.id,
+            tenant_id: row
+                .tenant_id
+                .map(|t| stored_tenant(&t, "invitation tenant"))
+                .transpose()?,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            used_at: row.used_at,
+            used_by: row.used_by,
+        })
+    }
 }
 
 pub async fn create(
@@ -87,25 +100,29 @@ pub async fn create(
 }
 
 pub async fn get(db: &Db, id: &str) -> Result<Option<Invitation>, StorageError> {
-    let sql = format!("SELECT {COLUMNS} FROM invitations WHERE id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(db.pool())
-        .await?;
-    row.as_ref().map(invitation_from_row).transpose()
+    let row: Option<InvitationRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        invitation_columns!(),
+        " FROM invitations WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(Invitation::try_from).transpose()
 }
 
 /// Up to `limit` invitations, newest first, after skipping `offset` of them.
 pub async fn list(db: &Db, limit: i64, offset: i64) -> Result<Vec<Invitation>, StorageError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM invitations ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(db.pool())
-        .await?;
-    rows.iter().map(invitation_from_row).collect()
+    let rows: Vec<InvitationRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        invitation_columns!(),
+        " FROM invitations ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"
+    ))
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter().map(Invitation::try_from).collect()
 }
 
 /// Ends an open invitation now (its link is refused from then on). False when there is no

@@ -10,12 +10,14 @@ pub mod audit;
 pub mod clients;
 pub mod invitations;
 pub mod ops_users;
+pub mod outbox;
 pub mod partners;
 pub mod replicas;
 pub mod requests;
 pub mod rotation;
 pub mod sealed;
 pub mod sessions;
+mod sql;
 pub mod stats;
 
 use std::borrow::Cow;
@@ -25,6 +27,12 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::{AnyPool, Executor, SqlSafeStr};
+/// `#[derive(FromRow)]`: every query reads its columns into a row type by name.
+use sqlx_macros::FromRow;
+
+use crate::domain::TenantId;
+use crate::vault::{Sealed, SealedRecord, VaultError, WrappedKey};
+use sql::SqlBuilder;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -201,4 +209,29 @@ pub fn rfc3339(unix: i64) -> String {
 /// Converts a stored 0/1 flag.
 pub(crate) fn flag(value: i64) -> bool {
     value != 0
+}
+
+/// Parses a stored tenant id; `whose` says where it was found.
+fn stored_tenant(id: &str, whose: impl std::fmt::Display) -> Result<TenantId, StorageError> {
+    TenantId::parse(id).map_err(|e| StorageError::Corrupt(format!("{whose}: {e}")))
+}
+
+/// The three columns a vault-sealed record is stored in (selected under these names).
+#[derive(FromRow)]
+struct SealedColumns {
+    kek_id: String,
+    wrapped_key: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+impl SealedColumns {
+    fn into_sealed(self) -> Result<Sealed, VaultError> {
+        Ok(Sealed {
+            wrapped_key: WrappedKey {
+                kek_id: self.kek_id,
+                bytes: self.wrapped_key,
+            },
+            record: SealedRecord::decode(self.sealed)?,
+        })
+    }
 }

@@ -1,9 +1,10 @@
 //! Ops dashboard users: role, argon2id password hash, sealed TOTP secret, lockout state.
 
-use sqlx::Row;
+use std::time::Duration;
 
-use super::{Db, StorageError, flag};
-use crate::vault::{Sealed, SealedRecord, VaultError, WrappedKey};
+use super::{Db, FromRow, SealedColumns, StorageError, flag};
+use crate::backoff::Backoff;
+use crate::vault::{Sealed, VaultError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -63,34 +64,56 @@ pub fn totp_context(username: &str) -> String {
     format!("ops-user:{username}")
 }
 
-const COLUMNS: &str = "username, role, password_hash, must_change_password, totp_kek_id, totp_wrapped_key, \
-     totp_sealed, totp_last_step, failed_attempts, locked_until, created_at, last_sign_in_at, disabled_at";
+/// The columns of an [`OpsUserRow`], for `concat!` into static SQL: the TOTP secret under
+/// the names [`SealedColumns`] reads.
+macro_rules! ops_user_columns {
+    () => {
+        "username, role, password_hash, must_change_password, totp_kek_id AS kek_id, \
+         totp_wrapped_key AS wrapped_key, totp_sealed AS sealed, totp_last_step, failed_attempts, \
+         locked_until, created_at, last_sign_in_at, disabled_at"
+    };
+}
 
-fn from_row(row: &sqlx::any::AnyRow) -> Result<OpsUser, StorageError> {
-    let role: String = row.try_get("role")?;
-    let username: String = row.try_get("username")?;
-    Ok(OpsUser {
-        role: Role::parse(&role)
-            .map_err(|e| StorageError::Corrupt(format!("ops user {username}: {e}")))?,
-        password_hash: row.try_get("password_hash")?,
-        must_change_password: flag(row.try_get("must_change_password")?),
-        totp: Sealed {
-            wrapped_key: WrappedKey {
-                kek_id: row.try_get("totp_kek_id")?,
-                bytes: row.try_get("totp_wrapped_key")?,
-            },
-            record: SealedRecord::decode(row.try_get("totp_sealed")?).map_err(
-                |e: VaultError| StorageError::Corrupt(format!("ops user {username}: {e}")),
-            )?,
-        },
-        totp_last_step: row.try_get("totp_last_step")?,
-        failed_attempts: row.try_get("failed_attempts")?,
-        locked_until: row.try_get("locked_until")?,
-        created_at: row.try_get("created_at")?,
-        last_sign_in_at: row.try_get("last_sign_in_at")?,
-        disabled_at: row.try_get("disabled_at")?,
-        username,
-    })
+#[derive(FromRow)]
+struct OpsUserRow {
+    username: String,
+    role: String,
+    password_hash: String,
+    must_change_password: i64,
+    #[sqlx(flatten)]
+    totp: SealedColumns,
+    totp_last_step: Option<i64>,
+    failed_attempts: i64,
+    locked_until: Option<i64>,
+    created_at: i64,
+    last_sign_in_at: Option<i64>,
+    disabled_at: Option<i64>,
+}
+
+impl TryFrom<OpsUserRow> for OpsUser {
+    type Error = StorageError;
+
+    fn try_from(row: OpsUserRow) -> Result<Self, StorageError> {
+        let username = row.username;
+        let corrupt =
+            |e: &dyn std::fmt::Display| StorageError::Corrupt(format!("ops user {username}: {e}"));
+        Ok(OpsUser {
+            role: Role::parse(&row.role).map_err(|e| corrupt(&e))?,
+            password_hash: row.password_hash,
+            must_change_password: flag(row.must_change_password),
+            totp: row
+                .totp
+                .into_sealed()
+                .map_err(|e: VaultError| corrupt(&e))?,
+            totp_last_step: row.totp_last_step,
+            failed_attempts: row.failed_attempts,
+            locked_until: row.locked_until,
+            created_at: row.created_at,
+            last_sign_in_at: row.last_sign_in_at,
+            disabled_at: row.disabled_at,
+            username,
+        })
+    }
 }
 
 /// Creates a user who must change the given password at first sign-in. `false` if the name
@@ -121,20 +144,26 @@ pub async fn create(
 }
 
 pub async fn get(db: &Db, username: &str) -> Result<Option<OpsUser>, StorageError> {
-    let sql = format!("SELECT {COLUMNS} FROM ops_users WHERE username = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(username)
-        .fetch_optional(db.pool())
-        .await?;
-    row.as_ref().map(from_row).transpose()
+    let row: Option<OpsUserRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        ops_user_columns!(),
+        " FROM ops_users WHERE username = $1"
+    ))
+    .bind(username)
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(OpsUser::try_from).transpose()
 }
 
 pub async fn list(db: &Db) -> Result<Vec<OpsUser>, StorageError> {
-    let sql = format!("SELECT {COLUMNS} FROM ops_users ORDER BY username");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .fetch_all(db.pool())
-        .await?;
-    rows.iter().map(from_row).collect()
+    let rows: Vec<OpsUserRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        ops_user_columns!(),
+        " FROM ops_users ORDER BY username"
+    ))
+    .fetch_all(db.pool())
+    .await?;
+    rows.into_iter().map(OpsUser::try_from).collect()
 }
 
 /// A failed sign-in: counts it and, from `free_attempts` failures on, locks the account for
@@ -147,17 +176,14 @@ pub async fn record_failure(
 ) -> Result<(), StorageError> {
     let mut tx = db.begin_write().await?;
     let failures: Option<i64> =
-        sqlx::query("SELECT failed_attempts FROM ops_users WHERE username = $1")
+        sqlx::query_scalar("SELECT failed_attempts FROM ops_users WHERE username = $1")
             .bind(username)
             .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get("failed_attempts"))
-            .transpose()?;
+            .await?;
     let Some(failures) = failures.map(|n| n + 1) else {
         return Ok(());
     };
-    let locked_until = (failures >= free_attempts)
-        .then(|| at + (60i64 << (failures - free_attempts).min(11)).min(86_400));
+    let locked_until = lockout_secs(failures, free_attempts).map(|secs| at + secs);
     sqlx::query("UPDATE ops_users SET failed_attempts = $2, locked_until = $3 WHERE username = $1")
         .bind(username)
         .bind(failures)
@@ -166,6 +192,15 @@ pub async fn record_failure(
         .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// How long `failures` consecutive failures lock an account: nothing before `free_attempts`,
+/// then 1 min doubling with each further failure, at most a day.
+fn lockout_secs(failures: i64, free_attempts: i64) -> Option<i64> {
+    const LOCKOUT: Backoff =
+        Backoff::new(Duration::from_secs(60), 2).capped_at(Duration::from_secs(86_400));
+    let attempt = failures.saturating_sub(free_attempts).saturating_add(1);
+    (failures >= free_attempts).then(|| LOCKOUT.delay(attempt).as_secs() as i64)
 }
 
 /// A successful sign-in with the code of `totp_step`. `false` (and nothing recorded) when
@@ -216,4 +251,25 @@ pub async fn disable(db: &Db, username: &str, now: i64) -> Result<bool, StorageE
     .execute(db.pool())
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schedule sign-in lockouts have always had.
+    #[test]
+    fn lockouts_double_from_a_minute_to_a_day_after_the_free_attempts() {
+        assert_eq!(lockout_secs(0, 5), None);
+        assert_eq!(lockout_secs(4, 5), None);
+        let schedule: Vec<i64> = (5..=18).filter_map(|f| lockout_secs(f, 5)).collect();
+        assert_eq!(
+            schedule,
+            [
+                60, 120, 240, 480, 960, 1920, 3840, 7680, 15360, 30720, 61440, 86400, 86400, 86400
+            ]
+        );
+        assert_eq!(lockout_secs(1_000_000, 5), Some(86_400));
+        assert_eq!(lockout_secs(1, 1), Some(60));
+    }
 }

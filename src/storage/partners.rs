@@ -1,11 +1,10 @@
 //! Partners, their sealed grants (one row per refresh-token version) and consent history.
 
-use sqlx::any::AnyRow;
-use sqlx::{Acquire, Row};
+use sqlx::Acquire;
 
-use super::{Backend, Db, StorageError, flag};
+use super::{Backend, Db, FromRow, SealedColumns, SqlBuilder, StorageError, flag, stored_tenant};
 use crate::domain::{PartnerStatus, TenantId};
-use crate::vault::{Sealed, SealedRecord, VaultError, WrappedKey};
+use crate::vault::{Sealed, VaultError};
 
 /// Entra refresh tokens die after 90 days of inactivity.
 pub const INACTIVITY_LIMIT_SECS: i64 = 90 * 86_400;
@@ -39,28 +38,58 @@ impl Partner {
     }
 }
 
-const PARTNER_COLUMNS: &str = "tenant_id, display_name, domain, status, status_code, status_reason, status_changed_at, mfa, consented_by, consented_at, last_refresh_at, grant_version, failures";
+/// The columns of a [`PartnerRow`], for `concat!` into static SQL.
+macro_rules! partner_columns {
+    () => {
+        "tenant_id, display_name, domain, status, status_code, status_reason, status_changed_at, mfa, consented_by, consented_at, last_refresh_at, grant_version, failures"
+    };
+}
 
-fn partner_from_row(row: &AnyRow) -> Result<Partner, StorageError> {
-    let tenant: String = row.try_get("tenant_id")?;
-    let status: String = row.try_get("status")?;
-    Ok(Partner {
-        tenant_id: TenantId::parse(&tenant)
-            .map_err(|e| StorageError::Corrupt(format!("partner {tenant}: {e}")))?,
-        display_name: row.try_get("display_name")?,
-        domain: row.try_get("domain")?,
-        status: PartnerStatus::parse(&status)
-            .ok_or_else(|| StorageError::Corrupt(format!("partner {tenant}: status {status}")))?,
-        status_code: row.try_get("status_code")?,
-        status_reason: row.try_get("status_reason")?,
-        status_changed_at: row.try_get("status_changed_at")?,
-        mfa: flag(row.try_get("mfa")?),
-        consented_by: row.try_get("consented_by")?,
-        consented_at: row.try_get("consented_at")?,
-        last_refresh_at: row.try_get("last_refresh_at")?,
-        grant_version: row.try_get("grant_version")?,
-        failures: row.try_get("failures")?,
-    })
+/// A `partners` row as stored; [`Partner`] once its id and status are parsed.
+#[derive(FromRow)]
+struct PartnerRow {
+    tenant_id: String,
+    display_name: String,
+    domain: Option<String>,
+    status: String,
+    status_code: Option<String>,
+    status_reason: Option<String>,
+    status_changed_at: i64,
+    mfa: i64,
+    consented_by: String,
+    consented_at: i64,
+    last_refresh_at: i64,
+    grant_version: i64,
+    failures: i64,
+}
+
+impl TryFrom<PartnerRow> for Partner {
+    type Error = StorageError;
+
+    fn try_from(row: PartnerRow) -> Result<Self, StorageError> {
+        let tenant = &row.tenant_id;
+        Ok(Partner {
+            tenant_id: stored_tenant(tenant, format_args!("partner {tenant}"))?,
+            status: PartnerStatus::parse(&row.status).ok_or_else(|| {
+                StorageError::Corrupt(format!("partner {tenant}: status {}", row.status))
+            })?,
+            display_name: row.display_name,
+            domain: row.domain,
+            status_code: row.status_code,
+            status_reason: row.status_reason,
+            status_changed_at: row.status_changed_at,
+            mfa: flag(row.mfa),
+            consented_by: row.consented_by,
+            consented_at: row.consented_at,
+            last_refresh_at: row.last_refresh_at,
+            grant_version: row.grant_version,
+            failures: row.failures,
+        })
+    }
+}
+
+fn partners(rows: Vec<PartnerRow>) -> Result<Vec<Partner>, StorageError> {
+    rows.into_iter().map(Partner::try_from).collect()
 }
 
 /// The associated data that binds a sealed refresh token to its tenant and version.
@@ -90,29 +119,37 @@ pub struct StoredGrant {
 }
 
 pub async fn get(db: &Db, tenant: &TenantId) -> Result<Option<Partner>, StorageError> {
-    let sql = format!("SELECT {PARTNER_COLUMNS} FROM partners WHERE tenant_id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(tenant.as_str())
-        .fetch_optional(db.reader())
-        .await?;
-    row.as_ref().map(partner_from_row).transpose()
+    let row: Option<PartnerRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        partner_columns!(),
+        " FROM partners WHERE tenant_id = $1"
+    ))
+    .bind(tenant.as_str())
+    .fetch_optional(db.reader())
+    .await?;
+    row.map(Partner::try_from).transpose()
 }
 
 pub async fn list(db: &Db) -> Result<Vec<Partner>, StorageError> {
-    let sql = format!("SELECT {PARTNER_COLUMNS} FROM partners ORDER BY display_name, tenant_id");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .fetch_all(db.pool())
-        .await?;
-    rows.iter().map(partner_from_row).collect()
+    let rows = sqlx::query_as(concat!(
+        "SELECT ",
+        partner_columns!(),
+        " FROM partners ORDER BY display_name, tenant_id"
+    ))
+    .fetch_all(db.pool())
+    .await?;
+    partners(rows)
 }
 
 /// The version the next sealed grant of this tenant will carry.
 pub async fn next_version(db: &Db, tenant: &TenantId) -> Result<i64, StorageError> {
-    let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM grants WHERE tenant_id = $1")
-        .bind(tenant.as_str())
-        .fetch_one(db.pool())
-        .await?;
-    Ok(row.try_get::<i64, _>("v")? + 1)
+    let latest: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(version), 0) AS v FROM grants WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_str())
+    .fetch_one(db.pool())
+    .await?;
+    Ok(latest + 1)
 }
 
 /// Records a completed consent: the partner becomes (or becomes again) active with the
@@ -266,7 +303,13 @@ pub async fn current_grant(
     db: &Db,
     tenant: &TenantId,
 ) -> Result<Option<StoredGrant>, StorageError> {
-    let row = sqlx::query(
+    #[derive(FromRow)]
+    struct GrantRow {
+        version: i64,
+        #[sqlx(flatten)]
+        sealed: SealedColumns,
+    }
+    let row: Option<GrantRow> = sqlx::query_as(
         "SELECT g.version, g.kek_id, g.wrapped_key, g.sealed FROM grants g JOIN partners p
            ON p.tenant_id = g.tenant_id AND p.grant_version = g.version
          WHERE g.tenant_id = $1 AND g.sealed IS NOT NULL",
@@ -275,17 +318,13 @@ pub async fn current_grant(
     .fetch_optional(db.reader())
     .await?;
     let Some(row) = row else { return Ok(None) };
-    let record = SealedRecord::decode(row.try_get("sealed")?)
+    let sealed = row
+        .sealed
+        .into_sealed()
         .map_err(|e: VaultError| StorageError::Corrupt(format!("grant of {tenant}: {e}")))?;
     Ok(Some(StoredGrant {
-        version: row.try_get("version")?,
-        sealed: Sealed {
-            wrapped_key: WrappedKey {
-                kek_id: row.try_get("kek_id")?,
-                bytes: row.try_get("wrapped_key")?,
-            },
-            record,
-        },
+        version: row.version,
+        sealed,
     }))
 }
 
@@ -308,13 +347,13 @@ pub async fn set_status(
         }
         Backend::Sqlite => "SELECT status, status_code FROM partners WHERE tenant_id = $1",
     };
-    let row = sqlx::query(select)
+    let row: Option<(String, Option<String>)> = sqlx::query_as(select)
         .bind(tenant.as_str())
         .fetch_optional(&mut *tx)
         .await?;
-    let Some(row) = row else { return Ok(None) };
-    let previous: String = row.try_get("status")?;
-    let previous_code: Option<String> = row.try_get("status_code")?;
+    let Some((previous, previous_code)) = row else {
+        return Ok(None);
+    };
     if previous == status.as_str() && previous_code.as_deref() == code {
         return Ok(None);
     }
@@ -363,28 +402,29 @@ pub async fn page(
     after: Option<&TenantId>,
     limit: i64,
 ) -> Result<Vec<Partner>, StorageError> {
-    let sql = format!(
-        "SELECT {PARTNER_COLUMNS} FROM partners WHERE tenant_id > $1 ORDER BY tenant_id LIMIT $2"
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(after.map_or("", TenantId::as_str))
-        .bind(limit)
-        .fetch_all(db.pool())
-        .await?;
-    rows.iter().map(partner_from_row).collect()
+    let rows = sqlx::query_as(concat!(
+        "SELECT ",
+        partner_columns!(),
+        " FROM partners WHERE tenant_id > $1 ORDER BY tenant_id LIMIT $2"
+    ))
+    .bind(after.map_or("", TenantId::as_str))
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    partners(rows)
 }
 
 /// How many partners are in each status (the dashboard overview).
 pub async fn count_by_status(db: &Db) -> Result<Vec<(PartnerStatus, i64)>, StorageError> {
-    let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM partners GROUP BY status")
-        .fetch_all(db.reader())
-        .await?;
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, COUNT(*) AS n FROM partners GROUP BY status")
+            .fetch_all(db.reader())
+            .await?;
     let mut counts = Vec::new();
-    for row in rows {
-        let status: String = row.try_get("status")?;
+    for (status, n) in rows {
         let status = PartnerStatus::parse(&status)
             .ok_or_else(|| StorageError::Corrupt(format!("partner status {status:?}")))?;
-        counts.push((status, row.try_get("n")?));
+        counts.push((status, n));
     }
     counts.sort_by_key(|(status, _)| status.as_str());
     Ok(counts)
@@ -483,11 +523,22 @@ pub struct ListedPartner {
     pub rotate_at: i64,
 }
 
-fn listed_from_row(row: &AnyRow) -> Result<ListedPartner, StorageError> {
-    Ok(ListedPartner {
-        partner: partner_from_row(row)?,
-        rotate_at: row.try_get("rotate_at")?,
-    })
+#[derive(FromRow)]
+struct ListedRow {
+    #[sqlx(flatten)]
+    partner: PartnerRow,
+    rotate_at: i64,
+}
+
+impl TryFrom<ListedRow> for ListedPartner {
+    type Error = StorageError;
+
+    fn try_from(row: ListedRow) -> Result<Self, StorageError> {
+        Ok(ListedPartner {
+            partner: row.partner.try_into()?,
+            rotate_at: row.rotate_at,
+        })
+    }
 }
 
 /// Escapes `LIKE` wildcards so a search term matches literally (with `ESCAPE '\'`).
@@ -509,65 +560,83 @@ fn like_fragment(term: &str) -> String {
 /// 0006), so the database walks the index from the cursor and stops after `limit` matching
 /// rows: no OFFSET, no sort of the whole table, whatever the page number.
 pub async fn list_page(db: &Db, query: &PartnerQuery) -> Result<Vec<ListedPartner>, StorageError> {
-    enum Arg {
-        Text(String),
-        Int(i64),
-    }
-    let mut clauses: Vec<String> = Vec::new();
-    let mut args: Vec<Arg> = Vec::new();
-    // `$n` for the next argument.
-    fn push(args: &mut Vec<Arg>, arg: Arg) -> String {
-        args.push(arg);
-        format!("${}", args.len())
-    }
+    let mut sql = SqlBuilder::new(
+        db.backend(),
+        concat!("SELECT ", partner_columns!(), ", rotate_at FROM partners"),
+    );
     if let Some(status) = query.status {
-        let p = push(&mut args, Arg::Text(status.as_str().into()));
-        clauses.push(format!("status = {p}"));
+        sql.and_where("status = ").push_bind(status.as_str());
     }
     if let Some(term) = &query.search {
-        if let Ok(tenant) = TenantId::parse(term) {
-            // A whole tenant id: the primary key, whatever the order.
-            let p = push(&mut args, Arg::Text(tenant.as_str().into()));
-            clauses.push(format!("tenant_id = {p}"));
-        } else {
-            // Case-insensitive: SQLite's LIKE folds ASCII letters, PostgreSQL needs ILIKE
-            // (which folds every letter). Not lower(column): that would hide the column
-            // from the index entries the search filters (see migration 0006).
-            let like = match db.backend() {
-                Backend::Sqlite => "LIKE",
-                Backend::Postgres => "ILIKE",
-            };
-            let p = push(&mut args, Arg::Text(like_fragment(term)));
-            clauses.push(format!(
-                "(display_name {like} {p} ESCAPE '\\' OR tenant_id {like} {p} ESCAPE '\\' OR domain {like} {p} ESCAPE '\\')"
-            ));
-        }
+        push_search(&mut sql, db.backend(), term);
     }
-    let order = match query.sort {
-        PartnerSort::Name => "display_name, tenant_id",
-        PartnerSort::Expiry => "last_refresh_at, tenant_id",
-        PartnerSort::Status => "status, display_name, tenant_id",
-        PartnerSort::LastRefresh => "last_refresh_at DESC, tenant_id DESC",
+    push_cursor(&mut sql, query)?;
+    sql.push(match query.sort {
+        PartnerSort::Name => " ORDER BY display_name, tenant_id",
+        PartnerSort::Expiry => " ORDER BY last_refresh_at, tenant_id",
+        PartnerSort::Status => " ORDER BY status, display_name, tenant_id",
+        PartnerSort::LastRefresh => " ORDER BY last_refresh_at DESC, tenant_id DESC",
+    });
+    sql.push(" LIMIT ").push_bind(query.limit);
+    let rows: Vec<ListedRow> = sql.build_query_as().fetch_all(db.reader()).await?;
+    rows.into_iter().map(ListedPartner::try_from).collect()
+}
+
+/// A whole tenant id finds its partner by primary key, whatever the order; anything else is a
+/// case-insensitive fragment of the name, tenant id or domain.
+fn push_search(sql: &mut SqlBuilder, backend: Backend, term: &str) {
+    if let Ok(tenant) = TenantId::parse(term) {
+        sql.and_where("tenant_id = ").push_bind(tenant.as_str());
+        return;
+    }
+    // Case-insensitive: SQLite's LIKE folds ASCII letters, PostgreSQL needs ILIKE (which
+    // folds every letter). Not lower(column): that would hide the column from the index
+    // entries the search filters (see migration 0006).
+    let like = match backend {
+        Backend::Sqlite => " LIKE ",
+        Backend::Postgres => " ILIKE ",
     };
+    let pattern = like_fragment(term);
+    sql.and_where("(");
+    for (i, column) in ["display_name", "tenant_id", "domain"]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            sql.push(" OR ");
+        }
+        sql.push(column)
+            .push(like)
+            .push_bind(pattern.clone())
+            .push(" ESCAPE '\\'");
+    }
+    sql.push(")");
+}
+
+/// Starts after `query.after`: the row value of the sort key, compared in the sort's direction.
+fn push_cursor(sql: &mut SqlBuilder, query: &PartnerQuery) -> Result<(), StorageError> {
     match (&query.after, query.sort) {
         (None, _) => {}
         (Some(Position::Name { name, tenant }), PartnerSort::Name) => {
-            let n = push(&mut args, Arg::Text(name.clone()));
-            let t = push(&mut args, Arg::Text(tenant.as_str().into()));
-            clauses.push(format!("(display_name, tenant_id) > ({n}, {t})"));
+            sql.and_where("(display_name, tenant_id) > (")
+                .push_bind(name.as_str())
+                .push(", ")
+                .push_bind(tenant.as_str())
+                .push(")");
         }
         (
             Some(Position::Refresh { at, tenant }),
-            PartnerSort::Expiry | PartnerSort::LastRefresh,
+            sort @ (PartnerSort::Expiry | PartnerSort::LastRefresh),
         ) => {
-            let a = push(&mut args, Arg::Int(*at));
-            let t = push(&mut args, Arg::Text(tenant.as_str().into()));
-            let op = if query.sort == PartnerSort::Expiry {
-                ">"
+            sql.and_where(if sort == PartnerSort::Expiry {
+                "(last_refresh_at, tenant_id) > ("
             } else {
-                "<"
-            };
-            clauses.push(format!("(last_refresh_at, tenant_id) {op} ({a}, {t})"));
+                "(last_refresh_at, tenant_id) < ("
+            })
+            .push_bind(*at)
+            .push(", ")
+            .push_bind(tenant.as_str())
+            .push(")");
         }
         (
             Some(Position::Status {
@@ -577,12 +646,13 @@ pub async fn list_page(db: &Db, query: &PartnerQuery) -> Result<Vec<ListedPartne
             }),
             PartnerSort::Status,
         ) => {
-            let s = push(&mut args, Arg::Text(status.as_str().into()));
-            let n = push(&mut args, Arg::Text(name.clone()));
-            let t = push(&mut args, Arg::Text(tenant.as_str().into()));
-            clauses.push(format!(
-                "(status, display_name, tenant_id) > ({s}, {n}, {t})"
-            ));
+            sql.and_where("(status, display_name, tenant_id) > (")
+                .push_bind(status.as_str())
+                .push(", ")
+                .push_bind(name.as_str())
+                .push(", ")
+                .push_bind(tenant.as_str())
+                .push(")");
         }
         (Some(_), _) => {
             return Err(StorageError::Corrupt(
@@ -590,34 +660,20 @@ pub async fn list_page(db: &Db, query: &PartnerQuery) -> Result<Vec<ListedPartne
             ));
         }
     }
-    let filter = if clauses.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", clauses.join(" AND "))
-    };
-    let limit = push(&mut args, Arg::Int(query.limit));
-    let sql = format!(
-        "SELECT {PARTNER_COLUMNS}, rotate_at FROM partners {filter} ORDER BY {order} LIMIT {limit}"
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for arg in args {
-        q = match arg {
-            Arg::Text(text) => q.bind(text),
-            Arg::Int(n) => q.bind(n),
-        };
-    }
-    let rows = q.fetch_all(db.reader()).await?;
-    rows.iter().map(listed_from_row).collect()
+    Ok(())
 }
 
 /// One partner with its rotation schedule (the dashboard's detail page).
 pub async fn get_listed(db: &Db, tenant: &TenantId) -> Result<Option<ListedPartner>, StorageError> {
-    let sql = format!("SELECT {PARTNER_COLUMNS}, rotate_at FROM partners WHERE tenant_id = $1");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(tenant.as_str())
-        .fetch_optional(db.reader())
-        .await?;
-    row.as_ref().map(listed_from_row).transpose()
+    let row: Option<ListedRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        partner_columns!(),
+        ", rotate_at FROM partners WHERE tenant_id = $1"
+    ))
+    .bind(tenant.as_str())
+    .fetch_optional(db.reader())
+    .await?;
+    row.map(ListedPartner::try_from).transpose()
 }
 
 /// A consent as recorded: who, with what strength, for which scopes.
@@ -641,7 +697,18 @@ pub async fn consents(
     tenant: &TenantId,
     limit: i64,
 ) -> Result<Vec<ConsentRecord>, StorageError> {
-    let rows = sqlx::query(
+    #[derive(FromRow)]
+    struct ConsentRow {
+        upn: String,
+        oid: Option<String>,
+        display_name: Option<String>,
+        mfa: i64,
+        amr: String,
+        scopes: String,
+        invitation_id: Option<String>,
+        consented_at: i64,
+    }
+    let rows: Vec<ConsentRow> = sqlx::query_as(
         "SELECT upn, oid, display_name, mfa, amr, scopes, invitation_id, consented_at FROM consents
          WHERE tenant_id = $1 ORDER BY consented_at DESC, id DESC LIMIT $2",
     )
@@ -649,24 +716,23 @@ pub async fn consents(
     .bind(limit)
     .fetch_all(db.reader())
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ConsentRecord {
-                upn: r.try_get("upn")?,
-                oid: r.try_get("oid")?,
-                user_name: r.try_get("display_name")?,
-                mfa: flag(r.try_get("mfa")?),
-                amr: r.try_get("amr")?,
-                scopes: r.try_get("scopes")?,
-                invitation: r.try_get::<Option<String>, _>("invitation_id")?.is_some(),
-                consented_at: r.try_get("consented_at")?,
-            })
+    Ok(rows
+        .into_iter()
+        .map(|r| ConsentRecord {
+            upn: r.upn,
+            oid: r.oid,
+            user_name: r.display_name,
+            mfa: flag(r.mfa),
+            amr: r.amr,
+            scopes: r.scopes,
+            invitation: r.invitation_id.is_some(),
+            consented_at: r.consented_at,
         })
-        .collect()
+        .collect())
 }
 
 /// A grant version's metadata; never its sealed bytes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, FromRow)]
 pub struct GrantVersion {
     pub version: i64,
     pub source: String,
@@ -682,32 +748,23 @@ pub async fn grant_versions(
     tenant: &TenantId,
     limit: i64,
 ) -> Result<Vec<GrantVersion>, StorageError> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT version, source, created_at, shredded_at, kek_id FROM grants
          WHERE tenant_id = $1 ORDER BY version DESC LIMIT $2",
     )
     .bind(tenant.as_str())
     .bind(limit)
     .fetch_all(db.reader())
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(GrantVersion {
-                version: r.try_get("version")?,
-                source: r.try_get("source")?,
-                created_at: r.try_get("created_at")?,
-                shredded_at: r.try_get("shredded_at")?,
-                kek_id: r.try_get("kek_id")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 /// A recorded status change.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, FromRow)]
 pub struct StatusChange {
     pub at: i64,
+    #[sqlx(rename = "from_status")]
     pub from: Option<String>,
+    #[sqlx(rename = "to_status")]
     pub to: String,
     pub code: Option<String>,
     pub reason: String,
@@ -719,25 +776,14 @@ pub async fn status_changes(
     tenant: &TenantId,
     limit: i64,
 ) -> Result<Vec<StatusChange>, StorageError> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT at, from_status, to_status, code, reason FROM status_changes
          WHERE tenant_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
     )
     .bind(tenant.as_str())
     .bind(limit)
     .fetch_all(db.reader())
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(StatusChange {
-                at: r.try_get("at")?,
-                from: r.try_get("from_status")?,
-                to: r.try_get("to_status")?,
-                code: r.try_get("code")?,
-                reason: r.try_get("reason")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 #[cfg(test)]
@@ -761,10 +807,11 @@ pub struct StatusTransition {
 
 /// The id of the newest status change (0 when there is none): where a watch starts.
 pub async fn last_status_change(db: &Db) -> Result<i64, StorageError> {
-    let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM status_changes")
-        .fetch_one(db.reader())
-        .await?;
-    Ok(row.try_get("id")?)
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) AS id FROM status_changes")
+            .fetch_one(db.reader())
+            .await?,
+    )
 }
 
 /// Status changes after `after`, oldest first, at most 1,000 (a primary-key range scan).
@@ -772,23 +819,26 @@ pub async fn status_changes_after(
     db: &Db,
     after: i64,
 ) -> Result<Vec<StatusTransition>, StorageError> {
-    let rows = sqlx::query(
+    #[derive(FromRow)]
+    struct TransitionRow {
+        id: i64,
+        tenant_id: String,
+        to_status: String,
+    }
+    let rows: Vec<TransitionRow> = sqlx::query_as(
         "SELECT id, tenant_id, to_status FROM status_changes WHERE id > $1 ORDER BY id LIMIT 1000",
     )
     .bind(after)
     .fetch_all(db.reader())
     .await?;
-    rows.iter()
+    rows.into_iter()
         .map(|r| {
-            let tenant: String = r.try_get("tenant_id")?;
-            let status: String = r.try_get("to_status")?;
+            let tenant = &r.tenant_id;
             Ok(StatusTransition {
-                id: r.try_get("id")?,
-                tenant_id: TenantId::parse(&tenant).map_err(|e| {
-                    StorageError::Corrupt(format!("status change of {tenant}: {e}"))
-                })?,
-                to_status: PartnerStatus::parse(&status)
-                    .ok_or_else(|| StorageError::Corrupt(format!("status {status}")))?,
+                id: r.id,
+                tenant_id: stored_tenant(tenant, format_args!("status change of {tenant}"))?,
+                to_status: PartnerStatus::parse(&r.to_status)
+                    .ok_or_else(|| StorageError::Corrupt(format!("status {}", r.to_status)))?,
             })
         })
         .collect()

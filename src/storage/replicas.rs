@@ -1,12 +1,10 @@
 //! The `replicas` table: which `samvault serve` processes are running, so that the leases
 //! of one that died can be taken back (see `rotation::liveness`).
 
-use sqlx::Row;
-
-use super::{Db, StorageError};
+use super::{Db, FromRow, StorageError};
 
 /// One serving process as it registered itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct Replica {
     /// Every lease owner this process writes starts with `instance:`.
     pub instance: String,
@@ -48,24 +46,12 @@ pub async fn others(db: &Db, me: &str) -> Result<Vec<Replica>, StorageError> {
 
 /// Every registered process, the longest running first (for the ops overview too).
 pub async fn all(db: &Db) -> Result<Vec<Replica>, StorageError> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT instance, machine, pid, process_start, started_at, seen_at FROM replicas \
          ORDER BY started_at, instance",
     )
     .fetch_all(db.reader())
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Replica {
-                instance: r.try_get("instance")?,
-                machine: r.try_get("machine")?,
-                pid: r.try_get("pid")?,
-                process_start: r.try_get("process_start")?,
-                started_at: r.try_get("started_at")?,
-                seen_at: r.try_get("seen_at")?,
-            })
-        })
-        .collect()
+    .await?)
 }
 
 /// Takes back every lease a dead process held and makes those partners due now: the
@@ -75,7 +61,7 @@ pub async fn all(db: &Db) -> Result<Vec<Replica>, StorageError> {
 pub async fn reap(db: &Db, dead: &str, now: i64) -> Result<Vec<String>, StorageError> {
     let mut tx = db.begin_write().await?;
     // `instance:` prefix, compared as a string (no LIKE: no wildcard to escape).
-    let rows = sqlx::query(
+    let tenants = sqlx::query_scalar(
         "UPDATE partners SET lease_owner = NULL, lease_until = 0,
              rotate_at = CASE WHEN rotate_at > $2 THEN $2 ELSE rotate_at END
          WHERE substr(lease_owner, 1, length(CAST($1 AS TEXT)) + 1) = CAST($1 AS TEXT) || ':'
@@ -90,7 +76,7 @@ pub async fn reap(db: &Db, dead: &str, now: i64) -> Result<Vec<String>, StorageE
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    rows.iter().map(|r| Ok(r.try_get("tenant_id")?)).collect()
+    Ok(tenants)
 }
 
 /// A clean stop: the process holds no lease any more (the scheduler stopped, requests are

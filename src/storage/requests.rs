@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Backend, Db, StorageError};
+use super::{Db, FromRow, SqlBuilder, StorageError, flag};
 
 /// One token request as the security report needs it (no token material).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,12 +29,11 @@ impl RequestRecord {
 /// How many individual requests are kept (the security report's "latest requests" download).
 pub const RECENT: i64 = 10_000;
 
-const COLUMNS: usize = 8;
 /// Rows per INSERT (a few round trips per batch, well under SQLite's parameter limit).
 const ROWS_PER_INSERT: usize = 100;
 
 /// Counts of token requests (one client, or all of them, over a period).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, FromRow)]
 pub struct RequestCounts {
     pub requests: i64,
     /// Requests answered with an access token.
@@ -99,7 +98,7 @@ pub async fn write_batch(db: &Db, batch: &RequestBatch) -> Result<(), StorageErr
     let mut tx = db.begin_write().await?;
     let rows: Vec<&RequestRecord> = batch.rows.iter().collect();
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        insert_rows(db.backend(), chunk).execute(&mut *tx).await?;
+        insert_rows(db, chunk).build().execute(&mut *tx).await?;
         // Building a statement is CPU work on a request worker: let requests through.
         tokio::task::yield_now().await;
     }
@@ -144,70 +143,67 @@ pub async fn write_batch(db: &Db, batch: &RequestBatch) -> Result<(), StorageErr
 /// One multi-row INSERT of `rows`. On SQLite the parameters are anonymous (`?`): sqlx maps
 /// each named `$n` with a linear search, so a statement's binding cost grew with the square
 /// of its parameters and took a third of the token path's CPU.
-fn insert_rows<'a>(
-    backend: Backend,
-    rows: &[&'a RequestRecord],
-) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments> {
-    let mut sql = String::from(
+fn insert_rows(db: &Db, rows: &[&RequestRecord]) -> SqlBuilder {
+    let mut sql = SqlBuilder::new(
+        db.backend(),
         "INSERT INTO token_requests (at, client_id, tenant_id, resource, purpose, outcome, cached, mfa) VALUES ",
     );
-    for i in 0..rows.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let n = i * COLUMNS;
-        sql.push('(');
-        for c in 1..=COLUMNS {
-            if c > 1 {
-                sql.push_str(", ");
-            }
-            match backend {
-                Backend::Sqlite => sql.push('?'),
-                Backend::Postgres => sql.push_str(&format!("${}", n + c)),
-            }
-        }
-        sql.push(')');
+    for (i, r) in rows.iter().enumerate() {
+        sql.push(if i == 0 { "(" } else { ", (" })
+            .push_bind(r.at)
+            .push(", ")
+            .push_bind(r.client_id.as_str())
+            .push(", ")
+            .push_bind(r.tenant_id.as_str())
+            .push(", ")
+            .push_bind(r.resource.as_str())
+            .push(", ")
+            .push_bind(r.purpose.as_str())
+            .push(", ")
+            .push_bind(r.outcome.as_str())
+            .push(", ")
+            .push_bind(i64::from(r.cached))
+            .push(", ")
+            .push_bind(r.mfa.map(i64::from))
+            .push(")");
     }
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for r in rows {
-        query = query
-            .bind(r.at)
-            .bind(&r.client_id)
-            .bind(&r.tenant_id)
-            .bind(&r.resource)
-            .bind(&r.purpose)
-            .bind(&r.outcome)
-            .bind(i64::from(r.cached))
-            .bind(r.mfa.map(i64::from));
-    }
-    query
+    sql
 }
 
 /// The most recent requests, newest first (the security report's download). Like every read
 /// for the report, through the read connections: on SQLite a 10,000-row read on the writer
 /// connection would hold up the request log's writes and the token path's write-backs.
 pub async fn latest(db: &Db, limit: i64) -> Result<Vec<RequestRecord>, StorageError> {
-    use sqlx::Row;
-    let rows = sqlx::query(
+    #[derive(FromRow)]
+    struct RequestRow {
+        at: i64,
+        client_id: String,
+        tenant_id: String,
+        resource: String,
+        purpose: String,
+        outcome: String,
+        cached: i64,
+        mfa: Option<i64>,
+    }
+    let rows: Vec<RequestRow> = sqlx::query_as(
         "SELECT at, client_id, tenant_id, resource, purpose, outcome, cached, mfa FROM token_requests ORDER BY id DESC LIMIT $1",
     )
     .bind(limit)
     .fetch_all(db.reader())
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(RequestRecord {
-                at: r.try_get("at")?,
-                client_id: r.try_get("client_id")?,
-                tenant_id: r.try_get("tenant_id")?,
-                resource: r.try_get("resource")?,
-                purpose: r.try_get("purpose")?,
-                outcome: r.try_get("outcome")?,
-                cached: super::flag(r.try_get("cached")?),
-                mfa: r.try_get::<Option<i64>, _>("mfa")?.map(super::flag),
-            })
+    Ok(rows
+        .into_iter()
+        .map(|r| RequestRecord {
+            at: r.at,
+            client_id: r.client_id,
+            tenant_id: r.tenant_id,
+            resource: r.resource,
+            purpose: r.purpose,
+            outcome: r.outcome,
+            cached: flag(r.cached),
+            mfa: r.mfa.map(flag),
         })
-        .collect()
+        .collect())
 }
 
 /// Request counts per client since `since` (unix seconds; counted by whole hours, so the
@@ -216,8 +212,13 @@ pub async fn counts_by_client(
     db: &Db,
     since: i64,
 ) -> Result<BTreeMap<String, RequestCounts>, StorageError> {
-    use sqlx::Row;
-    let rows = sqlx::query(
+    #[derive(FromRow)]
+    struct ClientCounts {
+        client_id: String,
+        #[sqlx(flatten)]
+        counts: RequestCounts,
+    }
+    let rows: Vec<ClientCounts> = sqlx::query_as(
         "SELECT client_id, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(issued) AS BIGINT) AS issued, \
          CAST(SUM(issued_mfa) AS BIGINT) AS issued_mfa, CAST(SUM(cached) AS BIGINT) AS cached \
          FROM token_request_hours WHERE hour >= $1 GROUP BY client_id",
@@ -225,23 +226,11 @@ pub async fn counts_by_client(
     .bind(since - since.rem_euclid(3600))
     .fetch_all(db.reader())
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get("client_id")?,
-                RequestCounts {
-                    requests: r.try_get("requests")?,
-                    issued: r.try_get("issued")?,
-                    issued_mfa: r.try_get("issued_mfa")?,
-                    cached: r.try_get("cached")?,
-                },
-            ))
-        })
-        .collect()
+    Ok(rows.into_iter().map(|r| (r.client_id, r.counts)).collect())
 }
 
 /// A partner whose current grant came from a consent without MFA.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
 pub struct PartnerWithoutMfa {
     pub tenant_id: String,
     pub display_name: String,
@@ -266,15 +255,14 @@ pub struct ConsentMfa {
 /// MFA of every partner's current consent, revoked partners left out (samvault holds no
 /// grant for them).
 pub async fn consent_mfa(db: &Db, limit: i64) -> Result<ConsentMfa, StorageError> {
-    use sqlx::Row;
-    let counts = sqlx::query(
+    let (with_mfa, without_mfa): (i64, i64) = sqlx::query_as(
         "SELECT CAST(COALESCE(SUM(CASE WHEN mfa = 1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS with_mfa, \
          CAST(COALESCE(SUM(CASE WHEN mfa = 1 THEN 0 ELSE 1 END), 0) AS BIGINT) AS without_mfa \
          FROM partners WHERE status <> 'revoked'",
     )
     .fetch_one(db.reader())
     .await?;
-    let rows = sqlx::query(
+    let partners_without_mfa = sqlx::query_as(
         "SELECT p.tenant_id, p.display_name, p.status, p.consented_by, p.consented_at, \
          (SELECT c.amr FROM consents c WHERE c.tenant_id = p.tenant_id \
           ORDER BY c.consented_at DESC, c.id DESC LIMIT 1) AS amr \
@@ -285,39 +273,30 @@ pub async fn consent_mfa(db: &Db, limit: i64) -> Result<ConsentMfa, StorageError
     .fetch_all(db.reader())
     .await?;
     Ok(ConsentMfa {
-        with_mfa: counts.try_get("with_mfa")?,
-        without_mfa: counts.try_get("without_mfa")?,
-        partners_without_mfa: rows
-            .iter()
-            .map(|r| {
-                Ok(PartnerWithoutMfa {
-                    tenant_id: r.try_get("tenant_id")?,
-                    display_name: r.try_get("display_name")?,
-                    status: r.try_get("status")?,
-                    consented_by: r.try_get("consented_by")?,
-                    consented_at: r.try_get("consented_at")?,
-                    amr: r.try_get("amr")?,
-                })
-            })
-            .collect::<Result<_, StorageError>>()?,
+        with_mfa,
+        without_mfa,
+        partners_without_mfa,
     })
 }
 
 /// One tenant's token requests per client and resource, among the rows the log still keeps
 /// (the latest [`RECENT`] requests of all tenants; the hourly counts have no tenant).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, FromRow)]
 pub struct TenantRequests {
     pub client_id: String,
     /// The client's name, if the client still exists.
+    #[sqlx(rename = "name")]
     pub client_name: Option<String>,
     pub resource: String,
+    #[sqlx(flatten)]
     pub counts: RequestCounts,
     pub last_at: i64,
 }
 
 /// What [`RECENT`] rows of the log cover: their number and the oldest one's time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromRow)]
 pub struct LogWindow {
+    #[sqlx(rename = "n")]
     pub rows: i64,
     pub since: Option<i64>,
 }
@@ -326,10 +305,9 @@ pub async fn tenant_counts(
     db: &Db,
     tenant: &str,
 ) -> Result<(Vec<TenantRequests>, LogWindow), StorageError> {
-    use sqlx::Row;
     // At most RECENT rows to scan (the table is pruned on every write), so no index on
     // tenant_id: one would cost every batch of the token path more than this read saves.
-    let rows = sqlx::query(
+    let counts = sqlx::query_as(
         "SELECT r.client_id, c.name, r.resource, CAST(COUNT(*) AS BIGINT) AS requests, \
          CAST(SUM(CASE WHEN r.outcome = 'issued' THEN 1 ELSE 0 END) AS BIGINT) AS issued, \
          CAST(SUM(CASE WHEN r.outcome = 'issued' AND r.mfa = 1 THEN 1 ELSE 0 END) AS BIGINT) AS issued_mfa, \
@@ -342,32 +320,10 @@ pub async fn tenant_counts(
     .bind(tenant)
     .fetch_all(db.reader())
     .await?;
-    let counts = rows
-        .iter()
-        .map(|r| {
-            Ok(TenantRequests {
-                client_id: r.try_get("client_id")?,
-                client_name: r.try_get("name")?,
-                resource: r.try_get("resource")?,
-                counts: RequestCounts {
-                    requests: r.try_get("requests")?,
-                    issued: r.try_get("issued")?,
-                    issued_mfa: r.try_get("issued_mfa")?,
-                    cached: r.try_get("cached")?,
-                },
-                last_at: r.try_get("last_at")?,
-            })
-        })
-        .collect::<Result<Vec<_>, StorageError>>()?;
-    let window =
-        sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n, MIN(at) AS since FROM token_requests")
-            .fetch_one(db.reader())
-            .await?;
-    Ok((
-        counts,
-        LogWindow {
-            rows: window.try_get("n")?,
-            since: window.try_get("since")?,
-        },
-    ))
+    let window = sqlx::query_as(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS n, MIN(at) AS since FROM token_requests",
+    )
+    .fetch_one(db.reader())
+    .await?;
+    Ok((counts, window))
 }

@@ -5,13 +5,15 @@
 //! conditional `UPDATE` (PostgreSQL adds `FOR UPDATE SKIP LOCKED` when picking due grants, so
 //! replicas never wait on each other's rows) and simply run out if their holder crashes.
 
-use sqlx::Row;
-
-use super::{Backend, Db, StorageError};
+use super::{Backend, Db, FromRow, StorageError, stored_tenant};
 use crate::domain::TenantId;
 
-/// Statuses whose grants are redeemed by the scheduler.
-const USABLE: &str = "status IN ('active', 'at_risk')";
+/// Statuses whose grants are redeemed by the scheduler, for `concat!` into static SQL.
+macro_rules! usable {
+    () => {
+        "status IN ('active', 'at_risk')"
+    };
+}
 
 /// Takes the lease on one partner if nobody holds an unexpired one.
 pub async fn acquire_lease(
@@ -67,26 +69,25 @@ pub async fn claim_due(
              RETURNING tenant_id"
         }
     };
-    let row = sqlx::query(sql)
+    let tenant: Option<String> = sqlx::query_scalar(sql)
         .bind(owner)
         .bind(now)
         .bind(now + lease_secs)
         .fetch_optional(db.pool())
         .await?;
-    row.map(|r| {
-        let t: String = r.try_get("tenant_id")?;
-        TenantId::parse(&t).map_err(|e| StorageError::Corrupt(format!("partner {t}: {e}")))
-    })
-    .transpose()
+    tenant
+        .map(|t| stored_tenant(&t, format_args!("partner {t}")))
+        .transpose()
 }
 
 /// When the next usable grant becomes due (for the scheduler's sleep).
 pub async fn next_due_at(db: &Db) -> Result<Option<i64>, StorageError> {
-    let sql = format!("SELECT MIN(rotate_at) AS next FROM partners WHERE {USABLE}");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .fetch_one(db.pool())
-        .await?;
-    Ok(row.try_get::<Option<i64>, _>("next")?)
+    Ok(sqlx::query_scalar(concat!(
+        "SELECT MIN(rotate_at) AS next FROM partners WHERE ",
+        usable!()
+    ))
+    .fetch_one(db.pool())
+    .await?)
 }
 
 /// Tenants to rotate from the command line: the due ones, or every usable one.
@@ -94,28 +95,30 @@ pub async fn usable_tenants(
     db: &Db,
     due_before: Option<i64>,
 ) -> Result<Vec<TenantId>, StorageError> {
-    let rows = match due_before {
+    let tenants: Vec<String> = match due_before {
         Some(now) => {
-            let sql = format!(
-                "SELECT tenant_id FROM partners WHERE {USABLE} AND rotate_at <= $1 ORDER BY rotate_at"
-            );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(now)
-                .fetch_all(db.pool())
-                .await?
+            sqlx::query_scalar(concat!(
+                "SELECT tenant_id FROM partners WHERE ",
+                usable!(),
+                " AND rotate_at <= $1 ORDER BY rotate_at"
+            ))
+            .bind(now)
+            .fetch_all(db.pool())
+            .await?
         }
         None => {
-            let sql = format!("SELECT tenant_id FROM partners WHERE {USABLE} ORDER BY rotate_at");
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .fetch_all(db.pool())
-                .await?
+            sqlx::query_scalar(concat!(
+                "SELECT tenant_id FROM partners WHERE ",
+                usable!(),
+                " ORDER BY rotate_at"
+            ))
+            .fetch_all(db.pool())
+            .await?
         }
     };
-    rows.iter()
-        .map(|r| {
-            let t: String = r.try_get("tenant_id")?;
-            TenantId::parse(&t).map_err(|e| StorageError::Corrupt(format!("partner {t}: {e}")))
-        })
+    tenants
+        .iter()
+        .map(|t| stored_tenant(t, format_args!("partner {t}")))
         .collect()
 }
 
@@ -125,15 +128,12 @@ pub async fn record_failure(
     tenant: &TenantId,
     retry_at: i64,
 ) -> Result<i64, StorageError> {
-    let row = sqlx::query("UPDATE partners SET failures = failures + 1, rotate_at = $2 WHERE tenant_id = $1 RETURNING failures")
+    let failures: Option<i64> = sqlx::query_scalar("UPDATE partners SET failures = failures + 1, rotate_at = $2 WHERE tenant_id = $1 RETURNING failures")
         .bind(tenant.as_str())
         .bind(retry_at)
         .fetch_optional(db.pool())
         .await?;
-    Ok(row
-        .map(|r| r.try_get::<i64, _>("failures"))
-        .transpose()?
-        .unwrap_or(0))
+    Ok(failures.unwrap_or(0))
 }
 
 /// Pushes a grant's next attempt without counting a failure (the app-credential pause).
@@ -148,14 +148,12 @@ pub async fn postpone(db: &Db, tenant: &TenantId, retry_at: i64) -> Result<(), S
 
 /// Consecutive failures so far (read before a success resets them).
 pub async fn failures(db: &Db, tenant: &TenantId) -> Result<i64, StorageError> {
-    let row = sqlx::query("SELECT failures FROM partners WHERE tenant_id = $1")
-        .bind(tenant.as_str())
-        .fetch_optional(db.pool())
-        .await?;
-    Ok(row
-        .map(|r| r.try_get::<i64, _>("failures"))
-        .transpose()?
-        .unwrap_or(0))
+    let failures: Option<i64> =
+        sqlx::query_scalar("SELECT failures FROM partners WHERE tenant_id = $1")
+            .bind(tenant.as_str())
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(failures.unwrap_or(0))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -245,7 +243,7 @@ pub async fn clear_alarm(db: &Db, name: &str) -> Result<bool, StorageError> {
     Ok(done.rows_affected() == 1)
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, FromRow)]
 pub struct Alarm {
     pub name: String,
     pub code: Option<String>,
@@ -254,19 +252,12 @@ pub struct Alarm {
 }
 
 pub async fn alarm(db: &Db, name: &str) -> Result<Option<Alarm>, StorageError> {
-    let row = sqlx::query("SELECT name, code, detail, since FROM alarms WHERE name = $1")
-        .bind(name)
-        .fetch_optional(db.pool())
-        .await?;
-    row.map(|r| {
-        Ok(Alarm {
-            name: r.try_get("name")?,
-            code: r.try_get("code")?,
-            detail: r.try_get("detail")?,
-            since: r.try_get("since")?,
-        })
-    })
-    .transpose()
+    Ok(
+        sqlx::query_as("SELECT name, code, detail, since FROM alarms WHERE name = $1")
+            .bind(name)
+            .fetch_optional(db.pool())
+            .await?,
+    )
 }
 
 /// Brings every schedule within `rotate_after` of its last refresh (after the setting was
@@ -280,7 +271,7 @@ pub async fn clamp_schedule(db: &Db, rotate_after_secs: i64) -> Result<u64, Stor
 }
 
 /// A recorded redemption attempt.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, FromRow)]
 pub struct AttemptRecord {
     pub at: i64,
     pub source: String,
@@ -296,23 +287,12 @@ pub async fn attempts(
     tenant: &TenantId,
     limit: i64,
 ) -> Result<Vec<AttemptRecord>, StorageError> {
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT at, source, outcome, code, duration_ms FROM rotation_attempts
          WHERE tenant_id = $1 ORDER BY at DESC, id DESC LIMIT $2",
     )
     .bind(tenant.as_str())
     .bind(limit)
     .fetch_all(db.reader())
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(AttemptRecord {
-                at: r.try_get("at")?,
-                source: r.try_get("source")?,
-                outcome: r.try_get("outcome")?,
-                code: r.try_get("code")?,
-                duration_ms: r.try_get("duration_ms")?,
-            })
-        })
-        .collect()
+    .await?)
 }

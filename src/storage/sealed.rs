@@ -5,9 +5,7 @@
 //! Every table that stores vault-sealed data is listed in [`SEALED_TABLES`]; a new one must
 //! be added there and to [`SealedTable`], or the keys page and a rotation would not see it.
 
-use sqlx::Row;
-
-use super::{Db, StorageError};
+use super::{Db, FromRow, StorageError};
 use crate::vault::WrappedKey;
 
 /// What is sealed, and the query that counts its records per KEK id. Crypto-shredded grant
@@ -39,13 +37,13 @@ pub struct SealedCount {
 pub async fn count_by_kek(db: &Db) -> Result<Vec<SealedCount>, StorageError> {
     let mut counts = Vec::new();
     for (what, sql) in SEALED_TABLES {
-        for row in sqlx::query(sql).fetch_all(db.pool()).await? {
-            let kek_id: Option<String> = row.try_get("kek_id")?;
+        let rows: Vec<(Option<String>, i64)> = sqlx::query_as(sql).fetch_all(db.pool()).await?;
+        for (kek_id, records) in rows {
             counts.push(SealedCount {
                 what,
                 // A sealed grant without a KEK id cannot be opened; show it rather than hide it.
                 kek_id: kek_id.unwrap_or_else(|| "(none)".to_string()),
-                records: row.try_get("n")?,
+                records,
             });
         }
     }
@@ -54,10 +52,11 @@ pub async fn count_by_kek(db: &Db) -> Result<Vec<SealedCount>, StorageError> {
 
 /// Grant versions whose sealed payload was destroyed (rotated out or purged).
 pub async fn shredded_grants(db: &Db) -> Result<i64, StorageError> {
-    let row = sqlx::query("SELECT COUNT(*) AS n FROM grants WHERE shredded_at IS NOT NULL")
-        .fetch_one(db.pool())
-        .await?;
-    Ok(row.try_get("n")?)
+    Ok(
+        sqlx::query_scalar("SELECT COUNT(*) AS n FROM grants WHERE shredded_at IS NOT NULL")
+            .fetch_one(db.pool())
+            .await?,
+    )
 }
 
 /// The tables whose rows carry a wrapped data key, for re-wrapping during a key rotation.
@@ -135,36 +134,37 @@ pub async fn not_under(
     after: &RowKey,
     limit: i64,
 ) -> Result<Vec<WrappedRow>, StorageError> {
-    let query = sqlx::query(table.select_sql())
+    /// Only grants have a version (`n`); the other tables' rows are keyed by `k` alone.
+    #[derive(FromRow)]
+    struct KeyedRow {
+        k: String,
+        #[sqlx(default)]
+        n: i64,
+        kek_id: Option<String>,
+        wrapped_key: Option<Vec<u8>>,
+    }
+    let query = sqlx::query_as(table.select_sql())
         .bind(kek_id)
         .bind(&after.key);
     let query = match table {
         SealedTable::Grants => query.bind(after.version).bind(limit),
         SealedTable::Sessions | SealedTable::OpsTotp => query.bind(limit),
     };
-    let rows = query.fetch_all(db.pool()).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(WrappedRow {
-                table,
-                at: RowKey {
-                    key: row.try_get("k")?,
-                    version: match table {
-                        SealedTable::Grants => row.try_get("n")?,
-                        _ => 0,
-                    },
-                },
-                wrapped: WrappedKey {
-                    kek_id: row
-                        .try_get::<Option<String>, _>("kek_id")?
-                        .unwrap_or_default(),
-                    bytes: row
-                        .try_get::<Option<Vec<u8>>, _>("wrapped_key")?
-                        .unwrap_or_default(),
-                },
-            })
+    let rows: Vec<KeyedRow> = query.fetch_all(db.pool()).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| WrappedRow {
+            table,
+            at: RowKey {
+                key: row.k,
+                version: row.n,
+            },
+            wrapped: WrappedKey {
+                kek_id: row.kek_id.unwrap_or_default(),
+                bytes: row.wrapped_key.unwrap_or_default(),
+            },
         })
-        .collect()
+        .collect())
 }
 
 /// Replaces the row's wrapped key with `new` if it still holds the one read; returns whether it
@@ -198,7 +198,7 @@ pub async fn count_not_under(db: &Db, kek_id: &str) -> Result<i64, StorageError>
 }
 
 /// A `samvault keys rotate` job: which KEK it moves records onto, and how far it got.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
 pub struct KeyRotation {
     pub id: String,
     pub target_kek_id: String,
@@ -207,37 +207,30 @@ pub struct KeyRotation {
     pub rewrapped: i64,
 }
 
+/// The latest rotation that meets a condition, as static SQL.
+macro_rules! latest_rotation {
+    ($condition:literal) => {
+        concat!(
+            "SELECT id, target_kek_id, started_at, finished_at, rewrapped FROM key_rotations
+             WHERE ",
+            $condition,
+            " ORDER BY started_at DESC, id LIMIT 1"
+        )
+    };
+}
+
 /// The rotation left unfinished by a crash or an interrupt, if any (the latest one).
 pub async fn unfinished_rotation(db: &Db) -> Result<Option<KeyRotation>, StorageError> {
-    latest_rotation_where(db, "finished_at IS NULL").await
+    Ok(sqlx::query_as(latest_rotation!("finished_at IS NULL"))
+        .fetch_optional(db.pool())
+        .await?)
 }
 
 /// The latest rotation, finished or not (the keys page).
 pub async fn latest_rotation(db: &Db) -> Result<Option<KeyRotation>, StorageError> {
-    latest_rotation_where(db, "TRUE").await
-}
-
-async fn latest_rotation_where(
-    db: &Db,
-    condition: &'static str,
-) -> Result<Option<KeyRotation>, StorageError> {
-    let sql = format!(
-        "SELECT id, target_kek_id, started_at, finished_at, rewrapped FROM key_rotations
-         WHERE {condition} ORDER BY started_at DESC, id LIMIT 1"
-    );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    Ok(sqlx::query_as(latest_rotation!("TRUE"))
         .fetch_optional(db.pool())
-        .await?;
-    row.map(|row| {
-        Ok(KeyRotation {
-            id: row.try_get("id")?,
-            target_kek_id: row.try_get("target_kek_id")?,
-            started_at: row.try_get("started_at")?,
-            finished_at: row.try_get("finished_at")?,
-            rewrapped: row.try_get("rewrapped")?,
-        })
-    })
-    .transpose()
+        .await?)
 }
 
 pub async fn start_rotation(

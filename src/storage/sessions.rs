@@ -6,12 +6,11 @@
 
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
-use sqlx::Row;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{Error, Result, SessionStore};
 
-use super::Db;
-use crate::vault::{Sealed, SealedRecord, Vault, WrappedKey};
+use super::{Db, SealedColumns};
+use crate::vault::{Sealed, Vault};
 
 #[derive(Clone)]
 pub struct SealedSessionStore {
@@ -107,7 +106,7 @@ impl SessionStore for SealedSessionStore {
     }
 
     async fn load(&self, id: &Id) -> Result<Option<Record>> {
-        let row = sqlx::query(
+        let row: Option<SealedColumns> = sqlx::query_as(
             "SELECT kek_id, wrapped_key, sealed FROM sessions WHERE id = $1 AND expires_at > $2",
         )
         .bind(row_key(id))
@@ -116,14 +115,7 @@ impl SessionStore for SealedSessionStore {
         .await
         .map_err(backend)?;
         let Some(row) = row else { return Ok(None) };
-        let sealed = Sealed {
-            wrapped_key: WrappedKey {
-                kek_id: row.try_get("kek_id").map_err(backend)?,
-                bytes: row.try_get("wrapped_key").map_err(backend)?,
-            },
-            record: SealedRecord::decode(row.try_get("sealed").map_err(backend)?)
-                .map_err(backend)?,
-        };
+        let sealed = row.into_sealed().map_err(backend)?;
         // A row that no longer opens (key rotated away, tampered) is treated as no session.
         let Ok(plain) = self.vault.open(&sealed, &context(id)).await else {
             return Ok(None);

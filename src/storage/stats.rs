@@ -1,11 +1,12 @@
 //! Aggregates for the dashboard overview: how close the grants are to Entra's 90-day
-//! inactivity limit, what rotation did over the last days, what is due next. Each is one
-//! indexed or single-scan query on the read connections, so the overview stays fast with
-//! 100,000 partners.
+//! inactivity limit, what rotation did over the last days, what is due next; and the
+//! shared-state gauges `/metrics` reads at scrape time. Each is one indexed or single-scan
+//! query on the read connections, so the overview stays fast with 100,000 partners.
 
 use sqlx::Row;
+use sqlx::any::AnyRow;
 
-use super::{Db, StorageError};
+use super::{Db, FromRow, SqlBuilder, StorageError};
 use crate::domain::PartnerStatus;
 
 /// Entra revokes a refresh token unused for this long (AADSTS700082).
@@ -36,34 +37,24 @@ pub async fn statuses_and_horizon(
         .iter()
         .map(|&(_, last)| now - INACTIVITY_LIMIT_SECS + (last + 1) * DAY)
         .collect();
-    let columns: Vec<String> = (0..edges.len())
-        .map(|i| {
-            format!(
-                "COUNT(CASE WHEN last_refresh_at < ${} THEN 1 END) AS b{i}",
-                i + 1
-            )
-        })
-        .collect();
-    let sql = format!(
-        "SELECT status, COUNT(*) AS n, {} FROM partners GROUP BY status",
-        columns.join(", ")
-    );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut sql = SqlBuilder::new(db.backend(), "SELECT status, COUNT(*) AS n");
     for edge in &edges {
-        query = query.bind(*edge);
+        sql.push(", COUNT(CASE WHEN last_refresh_at < ")
+            .push_bind(*edge)
+            .push(" THEN 1 END)");
     }
-    let rows = query.fetch_all(db.reader()).await?;
+    sql.push(" FROM partners GROUP BY status");
+    let rows: Vec<StatusHorizon> = sql.build_query_as().fetch_all(db.reader()).await?;
     let mut statuses = Vec::with_capacity(rows.len());
     // Cumulative per edge ("at most d days left"), usable grants only.
     let mut cumulative = vec![0i64; edges.len()];
     for row in rows {
-        let name: String = row.try_get("status")?;
-        let status = PartnerStatus::parse(&name)
-            .ok_or_else(|| StorageError::Corrupt(format!("partner status {name}")))?;
-        statuses.push((status, row.try_get("n")?));
+        let status = PartnerStatus::parse(&row.status)
+            .ok_or_else(|| StorageError::Corrupt(format!("partner status {}", row.status)))?;
+        statuses.push((status, row.partners));
         if status.is_usable() {
-            for (i, total) in cumulative.iter_mut().enumerate() {
-                *total += row.try_get::<i64, _>(i + 2)?;
+            for (total, within) in cumulative.iter_mut().zip(row.within) {
+                *total += within;
             }
         }
     }
@@ -77,6 +68,26 @@ pub async fn statuses_and_horizon(
         })
         .collect();
     Ok((statuses, buckets))
+}
+
+/// One status's partners, then how many of them were last refreshed before each bucket edge
+/// (one column per edge, however many [`HORIZON_BUCKETS`] there are: hence no derive).
+struct StatusHorizon {
+    status: String,
+    partners: i64,
+    within: Vec<i64>,
+}
+
+impl<'r> sqlx::FromRow<'r, AnyRow> for StatusHorizon {
+    fn from_row(row: &'r AnyRow) -> sqlx::Result<Self> {
+        Ok(Self {
+            status: row.try_get("status")?,
+            partners: row.try_get("n")?,
+            within: (2..row.len())
+                .map(|i| row.try_get(i))
+                .collect::<sqlx::Result<_>>()?,
+        })
+    }
 }
 
 /// Redemption attempts of one UTC day.
@@ -97,7 +108,13 @@ pub async fn attempts_by_day(
 ) -> Result<Vec<DayAttempts>, StorageError> {
     let today = now - now.rem_euclid(DAY);
     let first = today - (days - 1) * DAY;
-    let rows = sqlx::query(
+    #[derive(FromRow)]
+    struct DayRow {
+        day: i64,
+        successes: i64,
+        failures: i64,
+    }
+    let rows: Vec<DayRow> = sqlx::query_as(
         "SELECT day, successes, failures FROM rotation_days WHERE day >= $1 ORDER BY day",
     )
     .bind(first / DAY)
@@ -110,18 +127,17 @@ pub async fn attempts_by_day(
         })
         .collect();
     for row in rows {
-        let day: i64 = row.try_get("day")?;
-        let index = (day * DAY - first) / DAY;
+        let index = (row.day * DAY - first) / DAY;
         if let Some(slot) = usize::try_from(index).ok().and_then(|i| out.get_mut(i)) {
-            slot.successes = row.try_get("successes")?;
-            slot.failures = row.try_get("failures")?;
+            slot.successes = row.successes;
+            slot.failures = row.failures;
         }
     }
     Ok(out)
 }
 
 /// A usable grant and when the scheduler will redeem it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, FromRow)]
 pub struct DueGrant {
     pub tenant_id: String,
     pub display_name: String,
@@ -136,7 +152,7 @@ pub async fn next_due(db: &Db, limit: i64) -> Result<Vec<DueGrant>, StorageError
     // The always-true range on rotate_at makes SQLite's planner walk the rotate_at index and
     // stop after `limit` rows; without table statistics it otherwise picks the status index
     // and sorts every usable partner (77 ms instead of < 1 ms at 100,000 partners).
-    let rows = sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT tenant_id, display_name, status, rotate_at, last_refresh_at, failures
          FROM partners WHERE status IN ('active', 'at_risk') AND rotate_at >= $1
          ORDER BY rotate_at LIMIT $2",
@@ -144,17 +160,46 @@ pub async fn next_due(db: &Db, limit: i64) -> Result<Vec<DueGrant>, StorageError
     .bind(i64::MIN)
     .bind(limit)
     .fetch_all(db.reader())
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(DueGrant {
-                tenant_id: r.try_get("tenant_id")?,
-                display_name: r.try_get("display_name")?,
-                status: r.try_get("status")?,
-                rotate_at: r.try_get("rotate_at")?,
-                last_refresh_at: r.try_get("last_refresh_at")?,
-                failures: r.try_get("failures")?,
-            })
+    .await?)
+}
+
+/// What `/metrics` reports about shared state, besides the partners per status
+/// ([`super::partners::count_by_status`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GaugeRow {
+    /// The oldest successful redemption among usable (active, at-risk) partners, if any.
+    pub oldest_usable_refresh: Option<i64>,
+    /// Raised app-credentials alarms (0 or 1).
+    pub app_credentials_alarms: i64,
+    /// Undelivered webhook events with attempts left.
+    pub outbox_pending: i64,
+    /// Undelivered webhook events given up.
+    pub outbox_abandoned: i64,
+}
+
+impl sqlx::FromRow<'_, AnyRow> for GaugeRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            oldest_usable_refresh: row.try_get("oldest_usable_refresh")?,
+            app_credentials_alarms: row.try_get("app_credentials_alarms")?,
+            outbox_pending: row.try_get("outbox_pending")?,
+            outbox_abandoned: row.try_get("outbox_abandoned")?,
         })
-        .collect()
+    }
+}
+
+/// The [`GaugeRow`] in one round trip; outbox rows count as given up from `max_attempts`
+/// attempts on.
+pub async fn gauges(db: &Db, max_attempts: i64) -> Result<GaugeRow, StorageError> {
+    Ok(sqlx::query_as(
+        "SELECT \
+         (SELECT MIN(last_refresh_at) FROM partners WHERE status IN ('active', 'at_risk')) AS oldest_usable_refresh, \
+         (SELECT COUNT(*) FROM alarms WHERE name = 'app_credentials') AS app_credentials_alarms, \
+         (SELECT COUNT(*) FROM webhook_outbox WHERE delivered_at IS NULL AND attempts < $1) AS outbox_pending, \
+         (SELECT COUNT(*) FROM webhook_outbox WHERE delivered_at IS NULL AND attempts >= $2) AS outbox_abandoned",
+    )
+    .bind(max_attempts)
+    .bind(max_attempts)
+    .fetch_one(db.reader())
+    .await?)
 }

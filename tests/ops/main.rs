@@ -6,6 +6,7 @@
 mod support;
 
 mod audit;
+mod errors;
 mod guard;
 mod hostile;
 mod integrations;

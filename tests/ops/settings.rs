@@ -92,7 +92,7 @@ async fn operators_create_and_expire_invitations(backend: Backend) {
     );
 
     // Expired on the page: the link is refused from then on.
-    let id = samvault::http::onboard::invitation_id(&token);
+    let id = samvault::onboarding::invitation_id(&token);
     let expire = format!("/ops/invitations/{id}/expire");
     assert!(list.contains(&format!("action=\"{expire}\"")), "{list}");
     let (status, _, location) = otto.post(&expire, &[("csrf", &csrf)]).await;
@@ -144,7 +144,7 @@ async fn viewers_cannot_create_or_expire_invitations(backend: Backend) {
     let out = stack.cli(&["invite", "create", "--json"]);
     let url: serde_json::Value = serde_json::from_str(&out).unwrap();
     let url = url["url"].as_str().unwrap().to_string();
-    let id = samvault::http::onboard::invitation_id(url.rsplit('/').next().unwrap());
+    let id = samvault::onboarding::invitation_id(url.rsplit('/').next().unwrap());
     let expire = format!("/ops/invitations/{id}/expire");
 
     let mut vera = Operator::signed_in(&stack, "vera", "viewer").await;

@@ -13,6 +13,9 @@ pub const CONTOSO: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01";
 pub const WINGTIP: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a02";
 pub const FABRIKAM: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a03";
 pub const PARTNER_CENTER: &str = "https://api.partnercenter.microsoft.com";
+/// The CPV app registered in the dev IdP's demo directory, and its secret (fixtures).
+pub const DEMO_CLIENT_ID: &str = "5a7e3c1d-0000-4000-8000-00000000c0de";
+pub const DEMO_CLIENT_SECRET: &str = "samvault-demo-secret";
 
 /// Tenant k of the dev IdP's generated directory (`--tenants N`).
 pub fn generated_tenant(k: u32) -> String {
@@ -123,22 +126,37 @@ impl StackOptions {
 }
 
 /// A CA and a certificate for 127.0.0.1 it signed, as `ca.pem`, `server.pem` and
-/// `server.key` in `dir`.
+/// `server.key` in `dir` (`samvault dev-cert --test-ca`).
 pub fn write_test_ca(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, "samvault test CA");
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
+    samvault_command(&["dev-cert", "--test-ca", "--out", &dir.display().to_string()]);
+}
+
+/// A self-signed CPV app certificate valid `from..until` (Unix seconds), written by
+/// `samvault dev-cert` into `dir`: `(certificate path, key path)`.
+pub fn dev_cert_valid(dir: &Path, name: &str, from: i64, until: i64) -> (PathBuf, PathBuf) {
+    samvault_command(&[
+        "dev-cert",
+        "--out",
+        &dir.display().to_string(),
+        "--name",
+        name,
+        &format!("--not-before={from}"),
+        &format!("--not-after={until}"),
+    ]);
+    (dir.join("cpv-app.crt"), dir.join("cpv-app.key"))
+}
+
+/// Runs `samvault ARGS` to completion; panics with its output if it fails.
+fn samvault_command(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_samvault"))
+        .args(args)
+        .output()
         .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+    assert!(
+        out.status.success(),
+        "samvault {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub struct Replica {
@@ -218,8 +236,8 @@ impl Stack {
         let mut env: Vec<(String, String)> = [
             ("DATABASE_URL", db_url),
             ("SAMVAULT_AUTHORITY", &idp),
-            ("SAMVAULT_CLIENT_ID", "5a7e3c1d-0000-4000-8000-00000000c0de"),
-            ("SAMVAULT_CLIENT_SECRET", "samvault-demo-secret"),
+            ("SAMVAULT_CLIENT_ID", DEMO_CLIENT_ID),
+            ("SAMVAULT_CLIENT_SECRET", DEMO_CLIENT_SECRET),
             (
                 "SAMVAULT_KEY_PROVIDER",
                 &format!("local:{}", dir.path().join("samvault.key").display()),
@@ -724,15 +742,7 @@ impl<'a> Browser<'a> {
 
 /// `samvault dev-cert --out DIR`: the demo's way to get a certificate, no openssl needed.
 pub fn dev_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let out = Command::new(env!("CARGO_BIN_EXE_samvault"))
-        .args(["dev-cert", "--out", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    samvault_command(&["dev-cert", "--out", dir.to_str().unwrap()]);
     (dir.join("cpv-app.crt"), dir.join("cpv-app.key"))
 }
 

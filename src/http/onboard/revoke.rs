@@ -14,22 +14,22 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Redirect;
 use axum::routing::{get, post};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tower_sessions::Session;
 
 use super::{
-    AppState, Pending, Purpose, bad_state, begin_sign_in, csrf_matches, flow_error_page,
-    mfa_refusal, new_csrf, redeem_and_identify, unavailable,
+    AppState, PageError, PageResult, Pending, Purpose, bad_state, begin_sign_in, csrf_matches,
+    flow_error_page, mfa_refusal, new_csrf, redeem_and_identify, unavailable,
 };
 use crate::broker::BrokerError;
 use crate::domain::TenantId;
 use crate::http::ops::when;
 use crate::idp::AccessClaims;
 use crate::storage::partners::{self, GrantVersion, Partner};
-use crate::storage::{StorageError, audit, now};
+use crate::storage::{audit, now};
 
 pub(super) const PAGE: &str = "/onboard/revoke";
 const REVOKER_KEY: &str = "onboard.revoker";
@@ -78,7 +78,7 @@ struct Revoker {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "onboard_revoke.html")]
-struct RevokePage {
+pub(super) struct RevokePage {
     app_name: String,
     csrf: String,
 }
@@ -93,7 +93,7 @@ struct VersionRow {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "onboard_revoke_confirm.html")]
-struct ConfirmPage {
+pub(super) struct ConfirmPage {
     app_name: String,
     upn: String,
     because: String,
@@ -113,7 +113,7 @@ struct ConfirmPage {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "onboard_revoked.html")]
-struct RevokedPage {
+pub(super) struct RevokedPage {
     app_name: String,
     client_id: String,
     organisation: String,
@@ -123,11 +123,11 @@ struct RevokedPage {
     at: String,
 }
 
-fn refusal(status: StatusCode, title: &str, message: &str, action: &str) -> Response {
+fn refusal(status: StatusCode, title: &str, message: &str, action: &str) -> PageError {
     flow_error_page(Purpose::Revoke, status, title, message, action, None)
 }
 
-fn expired_form() -> Response {
+fn expired_form() -> PageError {
     refusal(
         StatusCode::BAD_REQUEST,
         "This page has expired",
@@ -136,9 +136,9 @@ fn expired_form() -> Response {
     )
 }
 
-fn storage_failure(error: &StorageError) -> Response {
-    tracing::error!(error = %error, "revoke: storage failed");
-    unavailable()
+/// A storage failure while looking at `tenant`'s grant.
+fn storage_failure(tenant: &TenantId) -> impl FnOnce(crate::storage::StorageError) -> PageError {
+    move |error| unavailable(error).for_tenant(tenant)
 }
 
 #[derive(Deserialize)]
@@ -155,28 +155,27 @@ struct ConfirmForm {
     tenant: String,
 }
 
-async fn page(State(state): State<AppState>, session: Session) -> Response {
-    let Some(csrf) = new_csrf(&session).await else {
-        return unavailable();
-    };
-    RevokePage {
+async fn page(State(state): State<AppState>, session: Session) -> PageResult<RevokePage> {
+    Ok(RevokePage {
         app_name: state.config.app_name.clone(),
-        csrf,
-    }
-    .into_response()
+        csrf: new_csrf(&session).await?,
+    })
 }
 
-async fn start(State(state): State<AppState>, session: Session, body: Bytes) -> Response {
-    let Ok(form) = serde_urlencoded::from_bytes::<StartForm>(&body) else {
-        return expired_form();
-    };
-    if !csrf_matches(&session, &form.csrf).await {
-        return expired_form();
+async fn start(
+    State(state): State<AppState>,
+    session: Session,
+    body: Bytes,
+) -> PageResult<Redirect> {
+    let form = serde_urlencoded::from_bytes::<StartForm>(&body).map_err(|_| expired_form())?;
+    if !csrf_matches(&session, &form.csrf).await? {
+        return Err(expired_form());
     }
     // An earlier sign-in's confirmation must not outlive a new attempt.
-    if session.remove_value(REVOKER_KEY).await.is_err() {
-        return unavailable();
-    }
+    session
+        .remove_value(REVOKER_KEY)
+        .await
+        .map_err(unavailable)?;
     let request = state.idp.sign_in_request();
     begin_sign_in(&session, request, Purpose::Revoke, None, None).await
 }
@@ -188,7 +187,7 @@ pub(super) async fn signed_in(
     session: &Session,
     pending: &Pending,
     code: &str,
-) -> Result<Response, Response> {
+) -> PageResult<ConfirmPage> {
     let (tokens, claims) = redeem_and_identify(state, pending, code).await?;
     let access = AccessClaims::peek(tokens.access_token.expose_secret()).unwrap_or_default();
     drop(tokens);
@@ -213,18 +212,17 @@ pub(super) async fn signed_in(
         signed_in_at: now(),
     };
     let (partner, versions, because) = entitled(state, &tenant, &revoker).await?;
-    let Some(csrf) = new_csrf(session).await else {
-        return Err(unavailable());
-    };
-    if session.insert(REVOKER_KEY, &revoker).await.is_err() {
-        return Err(unavailable());
-    }
+    let csrf = new_csrf(session).await?;
+    session
+        .insert(REVOKER_KEY, &revoker)
+        .await
+        .map_err(unavailable)?;
     // Signed in: a new session id, as at every change of privilege.
-    if session.cycle_id().await.is_err() {
-        return Err(unavailable());
-    }
+    session.cycle_id().await.map_err(unavailable)?;
     tracing::info!(tenant.id = %tenant, "revoke: partner admin signed in");
-    Ok(confirm_page(state, &revoker, partner, versions, because, csrf).into_response())
+    Ok(confirm_page(
+        state, &revoker, partner, versions, because, csrf,
+    ))
 }
 
 /// What samvault holds for `tenant`, and why `revoker` may purge it; or the page that says
@@ -233,10 +231,10 @@ async fn entitled(
     state: &AppState,
     tenant: &TenantId,
     revoker: &Revoker,
-) -> Result<(Partner, Vec<GrantVersion>, String), Response> {
+) -> PageResult<(Partner, Vec<GrantVersion>, String)> {
     let partner = partners::get(&state.db, tenant)
         .await
-        .map_err(|e| storage_failure(&e))?;
+        .map_err(storage_failure(tenant))?;
     let Some(partner) = partner else {
         return Err(refusal(
             StatusCode::NOT_FOUND,
@@ -247,7 +245,7 @@ async fn entitled(
     };
     let versions = partners::grant_versions(&state.db, tenant, VERSIONS_SHOWN)
         .await
-        .map_err(|e| storage_failure(&e))?;
+        .map_err(storage_failure(tenant))?;
     if versions.iter().all(|v| v.shredded_at.is_some()) {
         return Err(refusal(
             StatusCode::NOT_FOUND,
@@ -263,7 +261,7 @@ async fn entitled(
     }
     let consenter = partners::consents(&state.db, tenant, 1)
         .await
-        .map_err(|e| storage_failure(&e))?
+        .map_err(storage_failure(tenant))?
         .into_iter()
         .next()
         .and_then(|c| c.oid);
@@ -328,90 +326,32 @@ fn confirm_page(
     }
 }
 
-async fn confirm(State(state): State<AppState>, session: Session, body: Bytes) -> Response {
-    let Ok(form) = serde_urlencoded::from_bytes::<ConfirmForm>(&body) else {
-        return expired_form();
-    };
-    if !csrf_matches(&session, &form.csrf).await {
-        return expired_form();
+async fn confirm(
+    State(state): State<AppState>,
+    session: Session,
+    body: Bytes,
+) -> PageResult<RevokedPage> {
+    let form = serde_urlencoded::from_bytes::<ConfirmForm>(&body).map_err(|_| expired_form())?;
+    if !csrf_matches(&session, &form.csrf).await? {
+        return Err(expired_form());
     }
-    // Single use: whatever happens next, confirming again needs a new sign-in.
-    let revoker: Option<Revoker> = match session.remove(REVOKER_KEY).await {
-        Ok(revoker) => revoker,
-        Err(_) => return unavailable(),
-    };
-    let Some(revoker) = revoker else {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "Sign in first",
-            "No revocation sign-in is in progress in this browser, or it was already used. Nothing was revoked.",
-            "Open the revoke page again and sign in.",
-        );
-    };
-    if now() - revoker.signed_in_at > state.config.consent_timeout.as_secs() as i64 {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "This page has expired",
-            "The sign-in is too old to confirm a revocation. Nothing was revoked.",
-            "Open the revoke page again and sign in.",
-        );
-    }
-    let Ok(tenant) = TenantId::parse(&revoker.tenant) else {
-        return unavailable();
-    };
+    let revoker = take_revoker(&state, &session).await?;
+    let tenant = TenantId::parse(&revoker.tenant)
+        .map_err(|_| unavailable("the revoke sign-in in the session names no valid tenant"))?;
     if TenantId::parse(form.tenant.trim()).ok().as_ref() != Some(&tenant) {
         tracing::warn!(tenant.id = %tenant, "revoke refused: the form names another tenant");
-        return refusal(
+        return Err(refusal(
             StatusCode::FORBIDDEN,
             "Wrong organisation",
             "This confirmation names another tenant than the one you signed in to. Nothing was revoked.",
             "Open the revoke page again and sign in with an account of the organisation whose grant you want to revoke.",
-        );
+        ));
     }
     // Checked again: a new consent since the sign-in may have changed who may revoke.
-    let (partner, _, because) = match entitled(&state, &tenant, &revoker).await {
-        Ok(entitled) => entitled,
-        Err(page) => return page,
-    };
-    let reason = format!(
-        "Revoked by partner admin {} at {PAGE}. The partner must consent again.",
-        revoker.upn
-    );
-    let shredded = match state.broker.revoke(&tenant, &reason).await {
-        Ok(shredded) => shredded,
-        Err(BrokerError::PartnerNotFound) => {
-            return refusal(
-                StatusCode::NOT_FOUND,
-                "Nothing to revoke",
-                "samvault no longer holds a grant for your organisation.",
-                "There is nothing to do here.",
-            );
-        }
-        Err(e) => {
-            tracing::error!(tenant.id = %tenant, error = %e, "revoke: purge failed");
-            return unavailable();
-        }
-    };
-    let at = now();
-    let detail = serde_json::json!({
-        "upn": revoker.upn, "oid": revoker.oid, "because": because, "shredded": shredded,
-    });
-    let actor = format!("partner:{}", revoker.upn);
-    let recorded = audit::append(
-        &state.db,
-        &actor,
-        "partner.revoke",
-        Some(tenant.as_str()),
-        detail,
-        at,
-    )
-    .await;
-    if let Err(e) = recorded {
-        tracing::error!(tenant.id = %tenant, error = %e, "revoke: audit entry not written");
-        return unavailable();
-    }
+    let (partner, _, because) = entitled(&state, &tenant, &revoker).await?;
+    let (shredded, at) = purge(&state, &tenant, &revoker, because).await?;
     tracing::warn!(tenant.id = %tenant, shredded, "partner revoked by its own admin");
-    RevokedPage {
+    Ok(RevokedPage {
         app_name: state.config.app_name.clone(),
         client_id: state.idp.client_id().to_string(),
         organisation: partner.display_name,
@@ -419,8 +359,72 @@ async fn confirm(State(state): State<AppState>, session: Session, body: Bytes) -
         upn: revoker.upn,
         shredded,
         at: when(Some(at)),
+    })
+}
+
+/// The revoke sign-in of this browser, taken out of the session whatever happens next (so
+/// confirming again needs a new sign-in), and refused when it is too old.
+async fn take_revoker(state: &AppState, session: &Session) -> PageResult<Revoker> {
+    let revoker: Option<Revoker> = session.remove(REVOKER_KEY).await.map_err(unavailable)?;
+    let Some(revoker) = revoker else {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "Sign in first",
+            "No revocation sign-in is in progress in this browser, or it was already used. Nothing was revoked.",
+            "Open the revoke page again and sign in.",
+        ));
+    };
+    if now() - revoker.signed_in_at > state.config.consent_timeout.as_secs() as i64 {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "This page has expired",
+            "The sign-in is too old to confirm a revocation. Nothing was revoked.",
+            "Open the revoke page again and sign in.",
+        ));
     }
-    .into_response()
+    Ok(revoker)
+}
+
+/// Purges `tenant` through the broker, as an ops revoke does, and audits who did it and why;
+/// returns how many grant versions were shredded, and when.
+async fn purge(
+    state: &AppState,
+    tenant: &TenantId,
+    revoker: &Revoker,
+    because: String,
+) -> PageResult<(u64, i64)> {
+    let reason = format!(
+        "Revoked by partner admin {} at {PAGE}. The partner must consent again.",
+        revoker.upn
+    );
+    let shredded = match state.broker.revoke(tenant, &reason).await {
+        Ok(shredded) => shredded,
+        Err(BrokerError::PartnerNotFound) => {
+            return Err(refusal(
+                StatusCode::NOT_FOUND,
+                "Nothing to revoke",
+                "samvault no longer holds a grant for your organisation.",
+                "There is nothing to do here.",
+            ));
+        }
+        Err(e) => return Err(unavailable(format!("purge failed: {e}")).for_tenant(tenant)),
+    };
+    let at = now();
+    let detail = serde_json::json!({
+        "upn": revoker.upn, "oid": revoker.oid, "because": because, "shredded": shredded,
+    });
+    let actor = format!("partner:{}", revoker.upn);
+    audit::append(
+        &state.db,
+        &actor,
+        "partner.revoke",
+        Some(tenant.as_str()),
+        detail,
+        at,
+    )
+    .await
+    .map_err(|e| unavailable(format!("audit entry not written: {e}")).for_tenant(tenant))?;
+    Ok((shredded, at))
 }
 
 #[cfg(test)]

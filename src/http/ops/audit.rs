@@ -9,17 +9,17 @@ use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::sync::Mutex;
-use tower_sessions::Session;
 
-use super::{Chrome, Section, action, audit_action, bad_request, message, page, unavailable, when};
+use super::{
+    Action, Chrome, PageResult, Section, SignedIn, Viewer, audit_action, bad_request, message,
+    unavailable, when,
+};
 use crate::domain::TenantId;
 use crate::http::AppState;
 use crate::storage::audit::{self, AuditFilter};
-use crate::storage::ops_users::Role;
 
 /// Entries per page: enough to scan, small enough to render at once.
 const PAGE_SIZE: i64 = 50;
@@ -203,7 +203,7 @@ struct EntryRow {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "ops/audit.html")]
-struct AuditPage {
+pub(super) struct AuditPage {
     chrome: Chrome,
     filters: FilterValues,
     filtered: bool,
@@ -216,24 +216,19 @@ struct AuditPage {
 
 async fn log(
     State(state): State<AppState>,
-    session: Session,
     query: Result<Query<AuditQuery>, QueryRejection>,
-) -> Response {
-    let (_, chrome) = match page(&state, &session, Role::Viewer, Section::Audit).await {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
+    signed_in: SignedIn<Viewer>,
+) -> PageResult<AuditPage> {
     let Ok(Query(query)) = query else {
-        return bad_request("The filters could not be read. Open the audit log again.");
+        return Err(bad_request(
+            "The filters could not be read. Open the audit log again.",
+        ));
     };
-    let (filter, filters) = match parse_filter(query) {
-        Ok(parsed) => parsed,
-        Err(reason) => return bad_request(reason),
-    };
+    let (filter, filters) = parse_filter(query).map_err(bad_request)?;
     // One more than a page tells whether an older page exists.
-    let Ok(mut events) = audit::search(&state.db, &filter, PAGE_SIZE + 1).await else {
-        return unavailable();
-    };
+    let mut events = audit::search(&state.db, &filter, PAGE_SIZE + 1)
+        .await
+        .map_err(unavailable)?;
     let has_older = events.len() as i64 > PAGE_SIZE;
     events.truncate(PAGE_SIZE as usize);
     let older = match events.last() {
@@ -241,8 +236,8 @@ async fn log(
         _ => None,
     };
     let newest = filter.before_seq.map(|_| log_address(filters.query(None)));
-    AuditPage {
-        chrome,
+    Ok(AuditPage {
+        chrome: signed_in.chrome(Section::Audit),
         filtered: !filters.is_empty(),
         entries: events
             .into_iter()
@@ -258,51 +253,39 @@ async fn log(
         filters,
         older,
         newest,
-    }
-    .into_response()
+    })
 }
 
 #[derive(Template, WebTemplate)]
 #[template(path = "ops/audit_verify.html")]
-struct VerifyPage {
+pub(super) struct VerifyPage {
     chrome: Chrome,
     /// `Ok(entries)` or `Err(first bad seq)`, as `storage::audit::verify` answers.
     outcome: Result<u64, i64>,
 }
 
-async fn verify(
-    State(state): State<AppState>,
-    session: Session,
-    body: axum::body::Bytes,
-) -> Response {
-    // An unreadable form carries no CSRF token: refused like a missing one.
-    let form = super::FormFields::parse(&body);
-    let (user, chrome) =
-        match action(&state, &session, Role::Viewer, Section::Audit, form.csrf()).await {
-            Ok(signed_in) => signed_in,
-            Err(response) => return response,
-        };
+/// Read-only, so any role may verify; it is still a form, so it carries the CSRF token.
+async fn verify(State(state): State<AppState>, action: Action<Viewer>) -> PageResult<VerifyPage> {
     let Ok(_running) = VERIFYING.try_lock() else {
-        return message(
+        return Err(message(
             StatusCode::CONFLICT,
             "A verification is already running",
             "Someone is verifying the audit chain right now. Try again in a moment.",
-        );
+        ));
     };
-    let Ok(outcome) = audit::verify(&state.db).await else {
-        return unavailable();
-    };
+    let outcome = audit::verify(&state.db).await.map_err(unavailable)?;
     let detail = match outcome {
         Ok(entries) => serde_json::json!({ "intact": true, "entries": entries }),
         Err(seq) => serde_json::json!({ "intact": false, "broken_at": seq }),
     };
-    if let Err(response) = audit_action(&state, &user, "ops.audit.verify", None, detail).await {
-        return response;
-    }
+    audit_action(&state, &action.user, "ops.audit.verify", None, detail).await?;
     if let Err(seq) = outcome {
-        tracing::warn!(seq, user = %user.username, "audit chain broken");
+        tracing::warn!(seq, user = %action.user.username, "audit chain broken");
     }
-    VerifyPage { chrome, outcome }.into_response()
+    Ok(VerifyPage {
+        chrome: action.chrome(Section::Audit),
+        outcome,
+    })
 }
 
 #[cfg(test)]

@@ -6,17 +6,18 @@ use askama_web::WebTemplate;
 use axum::Router;
 use axum::extract::{Form, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tower_sessions::Session;
 
-use super::{CSRF_KEY, SINCE_KEY, USER_KEY, check_csrf, csrf_token, signed_in, unavailable};
+use super::guard::{CSRF_KEY, PasswordChange, SINCE_KEY, USER_KEY, check_csrf, csrf_token};
+use super::{PageResult, SignedIn, unavailable};
 use crate::http::AppState;
-use crate::http::onboard::random_token;
+use crate::onboarding::random_token;
 use crate::ops::{password, totp};
-use crate::storage::ops_users::{self, Role};
+use crate::storage::ops_users::{self, OpsUser};
 use crate::storage::{audit, now};
 
 /// Failed sign-ins allowed before the account locks (then 1 min, doubling, capped at a day).
@@ -45,16 +46,12 @@ struct PasswordPage {
     error: Option<String>,
 }
 
-async fn signin_form(session: Session) -> Response {
-    match csrf_token(&session).await {
-        Ok(csrf) => SigninPage {
-            csrf,
-            username: String::new(),
-            error: None,
-        }
-        .into_response(),
-        Err(response) => response,
-    }
+async fn signin_form(session: Session) -> PageResult<SigninPage> {
+    Ok(SigninPage {
+        csrf: csrf_token(&session).await?,
+        username: String::new(),
+        error: None,
+    })
 }
 
 #[derive(Deserialize)]
@@ -70,101 +67,47 @@ async fn signin(
     State(state): State<AppState>,
     session: Session,
     Form(form): Form<SigninForm>,
-) -> Response {
-    if let Err(response) = check_csrf(&session, &form.csrf).await {
-        return response;
-    }
-    let csrf = match csrf_token(&session).await {
-        Ok(csrf) => csrf,
-        Err(response) => return response,
-    };
+) -> PageResult {
+    check_csrf(&session, &form.csrf).await?;
+    let csrf = csrf_token(&session).await?;
     let at = now();
-    let user = match ops_users::get(&state.db, &form.username).await {
-        Ok(user) => user,
-        Err(_) => return unavailable(),
-    };
-    let refuse = |error: &str| {
-        (
-            StatusCode::UNAUTHORIZED,
-            SigninPage {
-                csrf: csrf.clone(),
-                username: form.username.chars().take(64).collect(),
-                error: Some(error.to_string()),
-            },
-        )
+    let user = ops_users::get(&state.db, &form.username)
+        .await
+        .map_err(unavailable)?;
+    let refuse = |error: String| {
+        let username = form.username.chars().take(64).collect();
+        let page = SigninPage {
+            csrf: csrf.clone(),
+            username,
+            error: Some(error),
+        };
+        Ok((StatusCode::UNAUTHORIZED, page).into_response())
     };
     if let Some(until) = user.as_ref().and_then(|u| u.locked_until)
         && until > at
     {
-        return refuse(&format!(
+        return refuse(format!(
             "Too many failed sign-ins: this account is locked for {} more minute(s).",
             (until - at + 59) / 60
-        ))
-        .into_response();
+        ));
     }
-    // argon2id costs tens of milliseconds of CPU and 19 MiB: on its own bounded threads.
-    let stored = user.as_ref().map(|u| u.password_hash.clone());
-    let presented = zeroize::Zeroizing::new(form.password.expose_secret().to_string());
-    let password_ok = password::run(move || password::verify(&presented, stored.as_deref())).await;
-    let mut step = None;
-    if let Some(user) = user
-        .as_ref()
-        .filter(|u| password_ok && u.disabled_at.is_none())
-    {
-        let secret = match state
-            .vault
-            .open(&user.totp, &ops_users::totp_context(&user.username))
-            .await
-        {
-            Ok(secret) => secret,
-            Err(_) => return unavailable(),
-        };
-        step = totp::verify(
-            secret.expose_secret(),
-            form.code.expose_secret(),
-            at,
-            user.totp_last_step,
-        );
-    }
-    let accepted = match (user.as_ref(), step) {
-        (Some(user), Some(step)) => {
-            match ops_users::record_sign_in(&state.db, &user.username, step, at).await {
-                Ok(accepted) => accepted,
-                Err(_) => return unavailable(),
-            }
+    let accepted = match &user {
+        Some(user) => credentials_accepted(&state, user, &form, at).await?,
+        None => {
+            // As slow as a wrong password for a real user: the name's existence stays hidden.
+            let presented = zeroize::Zeroizing::new(form.password.expose_secret().to_string());
+            password::run(move || password::verify(&presented, None)).await;
+            false
         }
-        _ => false,
     };
-    let Some(user) = user.clone().filter(|_| accepted) else {
-        if let Some(user) = &user
-            && ops_users::record_failure(&state.db, &user.username, at, FREE_ATTEMPTS)
-                .await
-                .is_err()
-        {
-            return unavailable();
+    let user = match user {
+        Some(user) if accepted => user,
+        user => {
+            record_failure(&state, user.as_ref(), at).await?;
+            return refuse("Wrong user name, password or code.".into());
         }
-        // A name that is no user is not recorded as typed: people type their password into
-        // the user-name field, and the audit log keeps for good whatever it is given.
-        let name = user.as_ref().map_or("(unknown)", |u| u.username.as_str());
-        let _ = audit::append(
-            &state.db,
-            &format!("ops:{name}"),
-            "ops.sign_in_failed",
-            None,
-            serde_json::json!({}),
-            at,
-        )
-        .await;
-        return refuse("Wrong user name, password or code.").into_response();
     };
-    // A new session id and a new CSRF token at sign-in: nothing from before carries over.
-    if session.cycle_id().await.is_err()
-        || session.insert(USER_KEY, &user.username).await.is_err()
-        || session.insert(SINCE_KEY, at).await.is_err()
-        || session.insert(CSRF_KEY, random_token()).await.is_err()
-    {
-        return unavailable();
-    }
+    start_session(&session, &user.username, at).await?;
     let _ = audit::append(
         &state.db,
         &format!("ops:{}", user.username),
@@ -175,21 +118,88 @@ async fn signin(
     )
     .await;
     if user.must_change_password {
-        Redirect::to("/ops/password").into_response()
+        Ok(Redirect::to("/ops/password").into_response())
     } else {
-        Redirect::to("/ops").into_response()
+        Ok(Redirect::to("/ops").into_response())
     }
 }
 
-async fn password_form(State(state): State<AppState>, session: Session) -> Response {
-    match signed_in(&state, &session, Role::Viewer, true).await {
-        Ok((user, csrf)) => PasswordPage {
-            csrf,
-            forced: user.must_change_password,
-            error: None,
-        }
-        .into_response(),
-        Err(response) => response,
+/// Whether `form` holds `user`'s password and a code not used before (then recorded as
+/// used). A disabled user is never accepted, though the password is checked all the same.
+async fn credentials_accepted(
+    state: &AppState,
+    user: &OpsUser,
+    form: &SigninForm,
+    at: i64,
+) -> PageResult<bool> {
+    // argon2id costs tens of milliseconds of CPU and 19 MiB: on its own bounded threads.
+    let stored = user.password_hash.clone();
+    let presented = zeroize::Zeroizing::new(form.password.expose_secret().to_string());
+    let password_ok =
+        password::run(move || password::verify(&presented, Some(stored.as_str()))).await;
+    if !password_ok || user.disabled_at.is_some() {
+        return Ok(false);
+    }
+    let secret = state
+        .vault
+        .open(&user.totp, &ops_users::totp_context(&user.username))
+        .await
+        .map_err(unavailable)?;
+    let step = totp::verify(
+        secret.expose_secret(),
+        form.code.expose_secret(),
+        at,
+        user.totp_last_step,
+    );
+    let Some(step) = step else {
+        return Ok(false);
+    };
+    ops_users::record_sign_in(&state.db, &user.username, step, at)
+        .await
+        .map_err(unavailable)
+}
+
+/// Counts a failed sign-in against a real user (towards the lockout) and audits it.
+async fn record_failure(state: &AppState, user: Option<&OpsUser>, at: i64) -> PageResult<()> {
+    if let Some(user) = user {
+        ops_users::record_failure(&state.db, &user.username, at, FREE_ATTEMPTS)
+            .await
+            .map_err(unavailable)?;
+    }
+    // A name that is no user is not recorded as typed: people type their password into
+    // the user-name field, and the audit log keeps for good whatever it is given.
+    let name = user.map_or("(unknown)", |u| u.username.as_str());
+    let _ = audit::append(
+        &state.db,
+        &format!("ops:{name}"),
+        "ops.sign_in_failed",
+        None,
+        serde_json::json!({}),
+        at,
+    )
+    .await;
+    Ok(())
+}
+
+/// A new session id and a new CSRF token at sign-in: nothing from before carries over.
+async fn start_session(session: &Session, username: &str, at: i64) -> PageResult<()> {
+    session.cycle_id().await.map_err(unavailable)?;
+    session
+        .insert(USER_KEY, username)
+        .await
+        .map_err(unavailable)?;
+    session.insert(SINCE_KEY, at).await.map_err(unavailable)?;
+    session
+        .insert(CSRF_KEY, random_token())
+        .await
+        .map_err(unavailable)
+}
+
+async fn password_form(signed_in: SignedIn<PasswordChange>) -> PasswordPage {
+    PasswordPage {
+        forced: signed_in.user.must_change_password,
+        csrf: signed_in.csrf,
+        error: None,
     }
 }
 
@@ -204,26 +214,23 @@ struct PasswordForm {
 
 async fn change_password(
     State(state): State<AppState>,
-    session: Session,
+    signed_in: SignedIn<PasswordChange>,
     Form(form): Form<PasswordForm>,
-) -> Response {
-    let (user, csrf) = match signed_in(&state, &session, Role::Viewer, true).await {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
-    if let Err(response) = check_csrf(&session, &form.csrf).await {
-        return response;
-    }
+) -> PageResult {
+    let SignedIn {
+        user,
+        session,
+        csrf,
+        ..
+    } = signed_in;
+    check_csrf(&session, &form.csrf).await?;
     let refuse = |error: &str| {
-        (
-            StatusCode::BAD_REQUEST,
-            PasswordPage {
-                csrf: csrf.clone(),
-                forced: user.must_change_password,
-                error: Some(error.to_string()),
-            },
-        )
-            .into_response()
+        let page = PasswordPage {
+            csrf: csrf.clone(),
+            forced: user.must_change_password,
+            error: Some(error.to_string()),
+        };
+        Ok((StatusCode::BAD_REQUEST, page).into_response())
     };
     let (new, confirm) = (form.new.expose_secret(), form.confirm.expose_secret());
     if new != confirm {
@@ -245,12 +252,9 @@ async fn change_password(
     let Some(hashed) = hashed else {
         return refuse("The current password is wrong.");
     };
-    if ops_users::set_password(&state.db, &user.username, &hashed, false)
+    ops_users::set_password(&state.db, &user.username, &hashed, false)
         .await
-        .is_err()
-    {
-        return unavailable();
-    }
+        .map_err(unavailable)?;
     let _ = audit::append(
         &state.db,
         &format!("ops:{}", user.username),
@@ -260,10 +264,8 @@ async fn change_password(
         now(),
     )
     .await;
-    if session.cycle_id().await.is_err() {
-        return unavailable();
-    }
-    Redirect::to("/ops").into_response()
+    session.cycle_id().await.map_err(unavailable)?;
+    Ok(Redirect::to("/ops").into_response())
 }
 
 #[derive(Deserialize)]
@@ -272,10 +274,8 @@ struct CsrfForm {
     csrf: String,
 }
 
-async fn signout(session: Session, Form(form): Form<CsrfForm>) -> Response {
-    if let Err(response) = check_csrf(&session, &form.csrf).await {
-        return response;
-    }
+async fn signout(session: Session, Form(form): Form<CsrfForm>) -> PageResult<Redirect> {
+    check_csrf(&session, &form.csrf).await?;
     let _ = session.flush().await;
-    Redirect::to("/ops/signin").into_response()
+    Ok(Redirect::to("/ops/signin"))
 }

@@ -6,21 +6,18 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Redirect;
 use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
-use tower_sessions::Session;
 
 use super::{
-    Chrome, FormFields, Section, action, audit_action, bad_request, not_found, page, unavailable,
-    when,
+    Action, Admin, Chrome, FormFields, PageResult, Section, SignedIn, Viewer, audit_action,
+    bad_request, not_found, unavailable, when,
 };
 use crate::http::AppState;
 use crate::http::client_auth::wait_for_services_to_notice;
 use crate::storage::clients::{self, Client, InvalidClient, NewClient, Permission, SecretInfo};
-use crate::storage::ops_users::Role;
 use crate::storage::{now, requests};
 
 /// Request counts on the page cover this many days (the security report's window).
@@ -123,7 +120,7 @@ const PERMISSIONS: [Choice; 2] = [
 
 #[derive(Template, WebTemplate)]
 #[template(path = "ops/integrations.html")]
-struct IntegrationsPage {
+pub(super) struct IntegrationsPage {
     chrome: Chrome,
     clients: Vec<ClientRow>,
     usage_days: i64,
@@ -134,19 +131,18 @@ struct IntegrationsPage {
     max_name_chars: usize,
 }
 
-async fn list(State(state): State<AppState>, session: Session) -> Response {
-    let (_, chrome) = match page(&state, &session, Role::Viewer, Section::Integrations).await {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
+async fn list(
+    State(state): State<AppState>,
+    signed_in: SignedIn<Viewer>,
+) -> PageResult<IntegrationsPage> {
     let since = now() - USAGE_DAYS * 86_400;
-    let (Ok(all), Ok(mut secrets), Ok(counts)) = (
-        clients::list(&state.db).await,
-        clients::secrets_by_client(&state.db).await,
-        requests::counts_by_client(&state.db, since).await,
-    ) else {
-        return unavailable();
-    };
+    let all = clients::list(&state.db).await.map_err(unavailable)?;
+    let mut secrets = clients::secrets_by_client(&state.db)
+        .await
+        .map_err(unavailable)?;
+    let counts = requests::counts_by_client(&state.db, since)
+        .await
+        .map_err(unavailable)?;
     let clients = all
         .into_iter()
         .map(|client| {
@@ -155,8 +151,8 @@ async fn list(State(state): State<AppState>, session: Session) -> Response {
             ClientRow::new(client, secrets, counts)
         })
         .collect();
-    IntegrationsPage {
-        chrome,
+    Ok(IntegrationsPage {
+        chrome: signed_in.chrome(Section::Integrations),
         clients,
         usage_days: USAGE_DAYS,
         permissions: &PERMISSIONS,
@@ -169,14 +165,13 @@ async fn list(State(state): State<AppState>, session: Session) -> Response {
         default_rate_limit: DEFAULT_RATE_LIMIT,
         max_rate_limit: clients::MAX_RATE_LIMIT_PER_MINUTE,
         max_name_chars: clients::MAX_NAME_CHARS,
-    }
-    .into_response()
+    })
 }
 
 /// The answer to creating a client or adding a secret: the only page that ever shows it.
 #[derive(Template, WebTemplate)]
 #[template(path = "ops/client_secret.html")]
-struct SecretOncePage {
+pub(super) struct SecretOncePage {
     chrome: Chrome,
     /// True for a new client, false for a secret added to an existing one.
     new_client: bool,
@@ -211,27 +206,14 @@ fn new_client_from(form: &FormFields, state: &AppState) -> Result<NewClient, Inv
     )
 }
 
-async fn create(State(state): State<AppState>, session: Session, body: Bytes) -> Response {
-    let form = FormFields::parse(&body);
-    let (user, chrome) = match action(
-        &state,
-        &session,
-        Role::Admin,
-        Section::Integrations,
-        form.csrf(),
-    )
-    .await
-    {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
-    let new = match new_client_from(&form, &state) {
-        Ok(new) => new,
-        Err(invalid) => return bad_request(invalid.message()),
-    };
-    let Ok((client_id, secret)) = clients::issue(&state.db, &new, now()).await else {
-        return unavailable();
-    };
+async fn create(
+    State(state): State<AppState>,
+    action: Action<Admin>,
+) -> PageResult<SecretOncePage> {
+    let new = new_client_from(&action.form, &state).map_err(|e| bad_request(e.message()))?;
+    let (client_id, secret) = clients::issue(&state.db, &new, now())
+        .await
+        .map_err(unavailable)?;
     let detail = serde_json::json!({
         "client_id": client_id,
         "name": new.name,
@@ -240,18 +222,15 @@ async fn create(State(state): State<AppState>, session: Session, body: Bytes) ->
         "partners": new.partners.as_ref().map(|list| list.iter().map(|t| t.as_str()).collect::<Vec<_>>()),
         "rate_limit_per_minute": new.rate_limit_per_minute,
     });
-    if let Err(response) = audit_action(&state, &user, "ops.client.create", None, detail).await {
-        return response;
-    }
-    SecretOncePage {
-        chrome,
+    audit_action(&state, &action.user, "ops.client.create", None, detail).await?;
+    Ok(SecretOncePage {
+        chrome: action.chrome(Section::Integrations),
         new_client: true,
         client_id,
         secret_id: None,
         name: new.name,
         secret,
-    }
-    .into_response()
+    })
 }
 
 /// Ids that cannot be ours (UUIDs) are refused before any query: PostgreSQL would answer a
@@ -264,133 +243,89 @@ fn plausible_id(id: &str) -> bool {
 
 async fn add_secret(
     State(state): State<AppState>,
-    session: Session,
     Path(client_id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let form = FormFields::parse(&body);
-    let (user, chrome) = match action(
-        &state,
-        &session,
-        Role::Admin,
-        Section::Integrations,
-        form.csrf(),
-    )
-    .await
-    {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
+    action: Action<Admin>,
+) -> PageResult<SecretOncePage> {
     if !plausible_id(&client_id) {
-        return not_found();
+        return Err(not_found());
     }
-    let (secret_id, secret) = match clients::add_secret(&state.db, &client_id, now()).await {
-        Ok(Some(added)) => added,
-        // No such client, or it is revoked: a revoked client never gets a secret again.
-        Ok(None) => return not_found(),
-        Err(_) => return unavailable(),
-    };
+    // None: no such client, or it is revoked (a revoked client never gets a secret again).
+    let (secret_id, secret) = clients::add_secret(&state.db, &client_id, now())
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(not_found)?;
     let detail = serde_json::json!({ "client_id": client_id, "secret_id": secret_id });
-    if let Err(response) = audit_action(&state, &user, "ops.client.secret.add", None, detail).await
-    {
-        return response;
-    }
+    audit_action(&state, &action.user, "ops.client.secret.add", None, detail).await?;
     let name = match clients::get(&state.db, &client_id).await {
         Ok(Some(client)) => client.name,
         _ => String::new(),
     };
-    SecretOncePage {
-        chrome,
+    Ok(SecretOncePage {
+        chrome: action.chrome(Section::Integrations),
         new_client: false,
         client_id,
         secret_id: Some(secret_id),
         name,
         secret,
-    }
-    .into_response()
+    })
 }
 
 /// After a revocation: this process forgets the client at once, and the answer waits until
 /// every other replica must have noticed too (as `samvault client revoke` does), so "done"
 /// on the page means the credential is refused everywhere.
-async fn revocation_done(state: &AppState, client_id: &str) -> Response {
+async fn revocation_done(state: &AppState, client_id: &str) -> Redirect {
     state.auth.forget(client_id);
     wait_for_services_to_notice().await;
-    Redirect::to("/ops/integrations").into_response()
+    Redirect::to("/ops/integrations")
 }
 
 async fn revoke_secret(
     State(state): State<AppState>,
-    session: Session,
     Path((client_id, secret_id)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    let form = FormFields::parse(&body);
-    let (user, _) = match action(
-        &state,
-        &session,
-        Role::Admin,
-        Section::Integrations,
-        form.csrf(),
-    )
-    .await
-    {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
+    action: Action<Admin>,
+) -> PageResult<Redirect> {
     if !plausible_id(&client_id) || !plausible_id(&secret_id) {
-        return not_found();
+        return Err(not_found());
     }
-    match clients::revoke_secret(&state.db, &client_id, &secret_id, now()).await {
-        Ok(true) => {}
-        Ok(false) => return not_found(),
-        Err(_) => return unavailable(),
+    let revoked = clients::revoke_secret(&state.db, &client_id, &secret_id, now())
+        .await
+        .map_err(unavailable)?;
+    if !revoked {
+        return Err(not_found());
     }
     let detail = serde_json::json!({ "client_id": client_id, "secret_id": secret_id });
-    if let Err(response) =
-        audit_action(&state, &user, "ops.client.secret.revoke", None, detail).await
-    {
-        return response;
-    }
-    revocation_done(&state, &client_id).await
+    audit_action(
+        &state,
+        &action.user,
+        "ops.client.secret.revoke",
+        None,
+        detail,
+    )
+    .await?;
+    Ok(revocation_done(&state, &client_id).await)
 }
 
 async fn revoke_client(
     State(state): State<AppState>,
-    session: Session,
     Path(client_id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let form = FormFields::parse(&body);
-    let (user, _) = match action(
-        &state,
-        &session,
-        Role::Admin,
-        Section::Integrations,
-        form.csrf(),
-    )
-    .await
-    {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
+    action: Action<Admin>,
+) -> PageResult<Redirect> {
     if !plausible_id(&client_id) {
-        return not_found();
+        return Err(not_found());
     }
     // Typing the id is the confirmation: revoking breaks an integration at once.
-    if form.one("confirm").map(str::trim) != Some(client_id.as_str()) {
-        return bad_request(
+    if action.form.one("confirm").map(str::trim) != Some(client_id.as_str()) {
+        return Err(bad_request(
             "To revoke a client, type its client id exactly in the confirmation field.",
-        );
+        ));
     }
-    match clients::revoke(&state.db, &client_id, now()).await {
-        Ok(true) => {}
-        Ok(false) => return not_found(),
-        Err(_) => return unavailable(),
+    let revoked = clients::revoke(&state.db, &client_id, now())
+        .await
+        .map_err(unavailable)?;
+    if !revoked {
+        return Err(not_found());
     }
     let detail = serde_json::json!({ "client_id": client_id });
-    if let Err(response) = audit_action(&state, &user, "ops.client.revoke", None, detail).await {
-        return response;
-    }
-    revocation_done(&state, &client_id).await
+    audit_action(&state, &action.user, "ops.client.revoke", None, detail).await?;
+    Ok(revocation_done(&state, &client_id).await)
 }

@@ -1,37 +1,26 @@
-//! The ops dashboard (SPEC §1, §3.3). One module per page group; every page and action goes
-//! through [`signed_in`], which enforces the session, the role, the forced password change and
-//! the absolute session lifetime, and every form carries the session's CSRF token
-//! ([`check_csrf`]). Pages extend `templates/ops/layout.html` and get their header from
-//! [`Chrome`].
+//! The ops dashboard (SPEC §1, §3.3). One module per page group. Every page and action is
+//! guarded by an extractor of [`guard`] ([`SignedIn`] for pages, [`Action`] for forms that
+//! change something), and answers with its page or a [`PageError`]. Pages extend
+//! `templates/ops/layout.html` and get their header from [`Chrome`].
 
 mod audit;
 mod auth;
 mod chart;
+mod guard;
 mod integrations;
 mod overview;
 mod partners;
 mod report;
 mod settings;
 
-use askama::Template;
-use askama_web::WebTemplate;
 use axum::Router;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
-use subtle::ConstantTimeEq;
-use tower_sessions::Session;
 
 use super::AppState;
-use super::onboard::random_token;
+use super::templates::{PageError, PageResult, log_page_errors};
 use crate::storage::now;
-use crate::storage::ops_users::{self, OpsUser, Role};
-
-const USER_KEY: &str = "ops.user";
-const SINCE_KEY: &str = "ops.since";
-const CSRF_KEY: &str = "ops.csrf";
-/// A session ends this long after sign-in however active it is (the idle timeout is the
-/// session layer's).
-const ABSOLUTE_LIFETIME_SECS: i64 = 12 * 3600;
+use crate::storage::ops_users::{OpsUser, Role};
+pub use guard::{Action, Admin, Operator, SignedIn, Viewer};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -42,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .merge(report::routes())
         .merge(audit::routes())
         .merge(settings::routes())
+        .route_layer(axum::middleware::from_fn(log_page_errors))
 }
 
 /// The dashboard sections, in the order of the navigation bar.
@@ -99,13 +89,6 @@ impl Chrome {
     }
 }
 
-#[derive(Template, WebTemplate)]
-#[template(path = "ops/message.html")]
-struct MessagePage {
-    title: &'static str,
-    message: &'static str,
-}
-
 /// A submitted HTML form as name/value pairs. axum's `Form` cannot read a name that repeats
 /// (a group of checkboxes), so the dashboard's forms are read with this; a field that must
 /// appear once and appears twice is refused rather than guessed.
@@ -141,27 +124,23 @@ impl FormFields {
     }
 }
 
-/// A plain page with a title and a sentence, for refusals and outages.
-pub fn message(status: StatusCode, title: &'static str, text: &'static str) -> Response {
-    (
-        status,
-        MessagePage {
-            title,
-            message: text,
-        },
-    )
-        .into_response()
+/// A plain page with a title and a sentence, for refusals.
+pub fn message(status: StatusCode, title: &'static str, text: &'static str) -> PageError {
+    PageError::message(status, title, text)
 }
 
-pub fn unavailable() -> Response {
+/// The page for an internal failure: the person learns it is not their doing; the log learns
+/// what it was.
+pub fn unavailable(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> PageError {
     message(
         StatusCode::SERVICE_UNAVAILABLE,
         "samvault is unavailable",
         "The database or the key provider did not answer. Try again in a moment.",
     )
+    .caused_by(error)
 }
 
-pub fn not_found() -> Response {
+pub fn not_found() -> PageError {
     message(
         StatusCode::NOT_FOUND,
         "Not found",
@@ -169,107 +148,8 @@ pub fn not_found() -> Response {
     )
 }
 
-pub fn bad_request(text: &'static str) -> Response {
+pub fn bad_request(text: &'static str) -> PageError {
     message(StatusCode::BAD_REQUEST, "This request cannot be used", text)
-}
-
-fn to_signin() -> Response {
-    Redirect::to("/ops/signin").into_response()
-}
-
-/// The session's CSRF token, created on first use.
-async fn csrf_token(session: &Session) -> Result<String, Response> {
-    match session.get::<String>(CSRF_KEY).await {
-        Ok(Some(token)) => Ok(token),
-        Ok(None) => {
-            let token = random_token();
-            session
-                .insert(CSRF_KEY, &token)
-                .await
-                .map_err(|_| unavailable())?;
-            Ok(token)
-        }
-        Err(_) => Err(unavailable()),
-    }
-}
-
-/// Refuses a form whose `csrf` field is not this session's token.
-pub async fn check_csrf(session: &Session, presented: &str) -> Result<(), Response> {
-    let expected: Option<String> = session.get(CSRF_KEY).await.map_err(|_| unavailable())?;
-    match expected {
-        Some(expected) if bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) => Ok(()),
-        _ => Err(message(
-            StatusCode::FORBIDDEN,
-            "This form has expired",
-            "The form was not opened in this session, or the session ended. Open the page again.",
-        )),
-    }
-}
-
-/// A signed-in user with at least `role`, and the session's CSRF token. Anyone else is sent
-/// to sign in (no session, expired, disabled) or refused (403, role too low); a user who must
-/// change their password is sent to do so first unless `password_page` is true.
-pub async fn signed_in(
-    state: &AppState,
-    session: &Session,
-    role: Role,
-    password_page: bool,
-) -> Result<(OpsUser, String), Response> {
-    let username: Option<String> = session.get(USER_KEY).await.map_err(|_| unavailable())?;
-    let since: Option<i64> = session.get(SINCE_KEY).await.map_err(|_| unavailable())?;
-    let (Some(username), Some(since)) = (username, since) else {
-        return Err(to_signin());
-    };
-    if now() - since > ABSOLUTE_LIFETIME_SECS {
-        let _ = session.flush().await;
-        return Err(to_signin());
-    }
-    let user = match ops_users::get(&state.db, &username).await {
-        Ok(Some(user)) if user.disabled_at.is_none() => user,
-        Ok(_) => {
-            let _ = session.flush().await;
-            return Err(to_signin());
-        }
-        Err(_) => return Err(unavailable()),
-    };
-    if user.must_change_password && !password_page {
-        return Err(Redirect::to("/ops/password").into_response());
-    }
-    if user.role < role {
-        return Err(message(
-            StatusCode::FORBIDDEN,
-            "Not allowed",
-            "Your role does not allow this. Ask an admin if you need it.",
-        ));
-    }
-    let csrf = csrf_token(session).await?;
-    Ok((user, csrf))
-}
-
-/// A page for a user with at least `role`: the guard of [`signed_in`] plus the page chrome.
-pub async fn page(
-    state: &AppState,
-    session: &Session,
-    role: Role,
-    section: Section,
-) -> Result<(OpsUser, Chrome), Response> {
-    let (user, csrf) = signed_in(state, session, role, false).await?;
-    let chrome = Chrome::new(&user, csrf, section);
-    Ok((user, chrome))
-}
-
-/// An action (a POST) for a user with at least `role`: signed in, then the form's CSRF token.
-/// The role is checked before the token so a viewer learns nothing from a forged form.
-pub async fn action(
-    state: &AppState,
-    session: &Session,
-    role: Role,
-    section: Section,
-    csrf: &str,
-) -> Result<(OpsUser, Chrome), Response> {
-    let (user, chrome) = page(state, session, role, section).await?;
-    check_csrf(session, csrf).await?;
-    Ok((user, chrome))
 }
 
 /// Records an ops user's action in the audit log, as `ops:NAME`.
@@ -279,7 +159,7 @@ pub async fn audit_action(
     action: &str,
     tenant: Option<&str>,
     detail: serde_json::Value,
-) -> Result<(), Response> {
+) -> PageResult<()> {
     crate::storage::audit::append(
         &state.db,
         &format!("ops:{}", user.username),
@@ -290,7 +170,7 @@ pub async fn audit_action(
     )
     .await
     .map(|_| ())
-    .map_err(|_| unavailable())
+    .map_err(unavailable)
 }
 
 /// Formats Unix seconds as `2026-11-23 14:05 UTC` for pages ("never" for `None`).

@@ -6,16 +6,14 @@ use askama::Template;
 use askama_web::WebTemplate;
 use axum::Router;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tower_sessions::Session;
 
 use super::chart::{AMBER, Bar, BarChart, GREEN, RED, Segment};
-use super::{Chrome, Section, page, unavailable, when};
+use super::{Chrome, PageResult, Section, SignedIn, Viewer, unavailable, when};
 use crate::domain::PartnerStatus;
 use crate::http::AppState;
-use crate::storage::ops_users::Role;
-use crate::storage::stats::{self, HORIZON_BUCKETS, INACTIVITY_LIMIT_SECS};
+use crate::storage::replicas::Replica;
+use crate::storage::stats::{self, DayAttempts, DueGrant, HORIZON_BUCKETS, INACTIVITY_LIMIT_SECS};
 use crate::storage::{now, rotation};
 
 /// Days of rotation history the overview shows.
@@ -98,32 +96,56 @@ fn bucket_fill(last: i64) -> &'static str {
     }
 }
 
-async fn overview(State(state): State<AppState>, session: Session) -> Response {
-    let (_, chrome) = match page(&state, &session, Role::Viewer, Section::Overview).await {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
+async fn overview(
+    State(state): State<AppState>,
+    signed_in: SignedIn<Viewer>,
+) -> PageResult<OverviewPage> {
     let at = now();
     let db = &state.db;
-    let ((counts, buckets), alarm, fallback, days, due, processes) = match tokio::try_join!(
+    let ((counts, buckets), alarm, fallback, days, due, processes) = tokio::try_join!(
         stats::statuses_and_horizon(db, at),
         rotation::alarm(db, crate::broker::APP_CREDENTIALS_ALARM),
         rotation::alarm(db, crate::broker::APP_CREDENTIAL_FALLBACK_ALARM),
         stats::attempts_by_day(db, at, HISTORY_DAYS),
         stats::next_due(db, NEXT_DUE),
         crate::storage::replicas::all(db),
-    ) {
-        Ok(results) => results,
-        Err(_) => return unavailable(),
-    };
-
-    let count_of = |status: PartnerStatus| {
-        counts
+    )
+    .map_err(unavailable)?;
+    let horizon_bars = horizon_bars(&buckets);
+    let history_bars = history_bars(&days);
+    Ok(OverviewPage {
+        chrome: signed_in.chrome(Section::Overview),
+        processes: processes.into_iter().map(|r| process_row(r, at)).collect(),
+        total: counts.iter().map(|(_, n)| n).sum(),
+        statuses: status_counts(&counts),
+        alarm: alarm.map(|a| a.detail),
+        fallback: fallback.map(|a| a.detail),
+        horizon: BarChart::new(
+            "Usable grants by days left before Entra's 90-day inactivity limit",
+            &horizon_bars,
+        ),
+        horizon_rows: horizon_bars
             .iter()
-            .find(|(s, _)| *s == status)
-            .map_or(0, |(_, n)| *n)
-    };
-    let statuses = [
+            .map(|b| (b.label.clone(), b.segments[0].value))
+            .collect(),
+        urgent: urgent(&buckets),
+        history: BarChart::new(
+            "Redemptions per day over the last 7 days: successes and failures",
+            &history_bars,
+        ),
+        history_rows: days
+            .iter()
+            .map(|d| (day_label(d.day), d.successes, d.failures))
+            .collect(),
+        rotations: days.iter().map(|d| d.successes).sum(),
+        failures: days.iter().map(|d| d.failures).sum(),
+        next_due: due.into_iter().map(|g| due_row(g, at)).collect(),
+    })
+}
+
+/// Every status with its count of partners, in the order the page lists them.
+fn status_counts(counts: &[(PartnerStatus, i64)]) -> Vec<StatusCount> {
+    [
         PartnerStatus::Active,
         PartnerStatus::AtRisk,
         PartnerStatus::ReconsentRequired,
@@ -133,13 +155,18 @@ async fn overview(State(state): State<AppState>, session: Session) -> Response {
     .map(|status| StatusCount {
         status: status.as_str(),
         label: status_label(status),
-        count: count_of(status),
+        count: counts
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n),
     })
-    .collect();
+    .collect()
+}
 
-    let horizon_bars: Vec<Bar> = HORIZON_BUCKETS
+fn horizon_bars(buckets: &[i64]) -> Vec<Bar> {
+    HORIZON_BUCKETS
         .iter()
-        .zip(&buckets)
+        .zip(buckets)
         .map(|(&(first, last), &count)| Bar {
             label: bucket_label(first, last),
             segments: vec![Segment {
@@ -147,16 +174,21 @@ async fn overview(State(state): State<AppState>, session: Session) -> Response {
                 fill: bucket_fill(last),
             }],
         })
-        .collect();
-    let urgent = HORIZON_BUCKETS
+        .collect()
+}
+
+/// Usable grants with at most 14 days left.
+fn urgent(buckets: &[i64]) -> i64 {
+    HORIZON_BUCKETS
         .iter()
-        .zip(&buckets)
+        .zip(buckets)
         .filter(|((_, last), _)| *last <= 14)
         .map(|(_, n)| n)
-        .sum();
+        .sum()
+}
 
-    let history_bars: Vec<Bar> = days
-        .iter()
+fn history_bars(days: &[DayAttempts]) -> Vec<Bar> {
+    days.iter()
         .map(|d| Bar {
             label: day_label(d.day),
             segments: vec![
@@ -170,62 +202,33 @@ async fn overview(State(state): State<AppState>, session: Session) -> Response {
                 },
             ],
         })
-        .collect();
+        .collect()
+}
 
+fn process_row(replica: Replica, at: i64) -> ProcessRow {
     let silent_after = crate::rotation::liveness::SILENT_FOR.as_secs() as i64;
-    let processes = processes
-        .into_iter()
-        .map(|r| ProcessRow {
-            seen_secs_ago: (at - r.seen_at).max(0),
-            silent: at - r.seen_at > silent_after,
-            started: when(Some(r.started_at)),
-            instance: r.instance,
-            pid: r.pid,
-        })
-        .collect();
-    OverviewPage {
-        chrome,
-        processes,
-        total: counts.iter().map(|(_, n)| n).sum(),
-        statuses,
-        alarm: alarm.map(|a| a.detail),
-        fallback: fallback.map(|a| a.detail),
-        horizon: BarChart::new(
-            "Usable grants by days left before Entra's 90-day inactivity limit",
-            &horizon_bars,
-        ),
-        horizon_rows: horizon_bars
-            .iter()
-            .map(|b| (b.label.clone(), b.segments[0].value))
-            .collect(),
-        urgent,
-        history: BarChart::new(
-            "Redemptions per day over the last 7 days: successes and failures",
-            &history_bars,
-        ),
-        history_rows: days
-            .iter()
-            .map(|d| (day_label(d.day), d.successes, d.failures))
-            .collect(),
-        rotations: days.iter().map(|d| d.successes).sum(),
-        failures: days.iter().map(|d| d.failures).sum(),
-        next_due: due
-            .into_iter()
-            .map(|g| DueRow {
-                due: if g.rotate_at <= at {
-                    "now".to_string()
-                } else {
-                    when(Some(g.rotate_at))
-                },
-                days_left: (g.last_refresh_at + INACTIVITY_LIMIT_SECS - at).div_euclid(86_400),
-                tenant_id: g.tenant_id,
-                display_name: g.display_name,
-                status: g.status,
-                failures: g.failures,
-            })
-            .collect(),
+    ProcessRow {
+        seen_secs_ago: (at - replica.seen_at).max(0),
+        silent: at - replica.seen_at > silent_after,
+        started: when(Some(replica.started_at)),
+        instance: replica.instance,
+        pid: replica.pid,
     }
-    .into_response()
+}
+
+fn due_row(grant: DueGrant, at: i64) -> DueRow {
+    DueRow {
+        due: if grant.rotate_at <= at {
+            "now".to_string()
+        } else {
+            when(Some(grant.rotate_at))
+        },
+        days_left: (grant.last_refresh_at + INACTIVITY_LIMIT_SECS - at).div_euclid(86_400),
+        tenant_id: grant.tenant_id,
+        display_name: grant.display_name,
+        status: grant.status,
+        failures: grant.failures,
+    }
 }
 
 /// `Mon 23 Nov` for a day's midnight.

@@ -17,12 +17,10 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tower_sessions::Session;
 
 use self::csv::CsvWriter;
-use super::{Chrome, Section, page, unavailable, when};
+use super::{Chrome, PageResult, Section, SignedIn, Viewer, unavailable, when};
 use crate::http::AppState;
-use crate::storage::ops_users::Role;
 use crate::storage::requests::{self, ConsentMfa, RECENT, RequestCounts, RequestRecord};
 use crate::storage::{clients, now, rfc3339};
 
@@ -146,14 +144,14 @@ struct Summary {
     overall: RequestCounts,
 }
 
-async fn summary(state: &AppState) -> Result<Summary, Response> {
+async fn summary(state: &AppState) -> PageResult<Summary> {
     let window = Window::ending(now());
     let counts = requests::counts_by_client(&state.db, window.start)
         .await
-        .map_err(|_| unavailable())?;
+        .map_err(unavailable)?;
     let names: std::collections::HashMap<String, String> = clients::list(&state.db)
         .await
-        .map_err(|_| unavailable())?
+        .map_err(unavailable)?
         .into_iter()
         .map(|c| (c.client_id, c.name))
         .collect();
@@ -200,7 +198,7 @@ struct PartnerRow {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "ops/security.html")]
-struct SecurityPage {
+pub(super) struct SecurityPage {
     chrome: Chrome,
     window_start: String,
     window_end: String,
@@ -215,25 +213,20 @@ struct SecurityPage {
     partners_truncated: bool,
 }
 
-async fn report(State(state): State<AppState>, session: Session) -> Response {
-    let (_, chrome) = match page(&state, &session, Role::Viewer, Section::Security).await {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
-    let summary = match summary(&state).await {
-        Ok(summary) => summary,
-        Err(response) => return response,
-    };
-    let Ok(ConsentMfa {
+async fn report(
+    State(state): State<AppState>,
+    signed_in: SignedIn<Viewer>,
+) -> PageResult<SecurityPage> {
+    let summary = summary(&state).await?;
+    let ConsentMfa {
         with_mfa,
         without_mfa,
         partners_without_mfa,
-    }) = requests::consent_mfa(&state.db, PARTNERS_LISTED).await
-    else {
-        return unavailable();
-    };
-    SecurityPage {
-        chrome,
+    } = requests::consent_mfa(&state.db, PARTNERS_LISTED)
+        .await
+        .map_err(unavailable)?;
+    Ok(SecurityPage {
+        chrome: signed_in.chrome(Section::Security),
         partners_truncated: (partners_without_mfa.len() as i64) < without_mfa,
         window_start: when(Some(summary.window.start)),
         window_end: when(Some(summary.window.end)),
@@ -254,8 +247,7 @@ async fn report(State(state): State<AppState>, session: Session) -> Response {
                 amr: p.amr.unwrap_or_default(),
             })
             .collect(),
-    }
-    .into_response()
+    })
 }
 
 /// A CSV download: `name-YYYY-MM-DD.csv`, never cached (the service's default).
@@ -280,14 +272,8 @@ fn csv_response(name: &str, body: String) -> Response {
 }
 
 /// Partner Center's "API requests summary": one row per client over the window.
-async fn clients_csv(State(state): State<AppState>, session: Session) -> Response {
-    if let Err(response) = page(&state, &session, Role::Viewer, Section::Security).await {
-        return response;
-    }
-    let summary = match summary(&state).await {
-        Ok(summary) => summary,
-        Err(response) => return response,
-    };
+async fn clients_csv(State(state): State<AppState>, _: SignedIn<Viewer>) -> PageResult {
+    let summary = summary(&state).await?;
     let (start, end) = (rfc3339(summary.window.start), rfc3339(summary.window.end));
     let mut csv = CsvWriter::new();
     csv.row([
@@ -316,7 +302,7 @@ async fn clients_csv(State(state): State<AppState>, session: Session) -> Respons
             &end,
         ]);
     }
-    csv_response("security-clients", csv.finish())
+    Ok(csv_response("security-clients", csv.finish()))
 }
 
 fn yes_no(flag: bool) -> &'static str {
@@ -324,13 +310,10 @@ fn yes_no(flag: bool) -> &'static str {
 }
 
 /// Partner Center's "all API requests": the latest 10,000 token requests, newest first.
-async fn requests_csv(State(state): State<AppState>, session: Session) -> Response {
-    if let Err(response) = page(&state, &session, Role::Viewer, Section::Security).await {
-        return response;
-    }
-    let Ok(rows) = requests::latest(&state.db, RECENT).await else {
-        return unavailable();
-    };
+async fn requests_csv(State(state): State<AppState>, _: SignedIn<Viewer>) -> PageResult {
+    let rows = requests::latest(&state.db, RECENT)
+        .await
+        .map_err(unavailable)?;
     let mut csv = CsvWriter::new();
     csv.row([
         "time",
@@ -364,7 +347,7 @@ async fn requests_csv(State(state): State<AppState>, session: Session) -> Respon
             mfa.map(yes_no).unwrap_or(""),
         ]);
     }
-    csv_response("security-requests", csv.finish())
+    Ok(csv_response("security-requests", csv.finish()))
 }
 
 #[cfg(test)]

@@ -5,21 +5,18 @@
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Redirect;
 use axum::routing::{get, post};
-use tower_sessions::Session;
 
 use super::{
-    Chrome, FormFields, Section, action, audit_action, bad_request, not_found, page, unavailable,
-    when,
+    Action, Chrome, FormFields, Operator, PageResult, Section, SignedIn, Viewer, audit_action,
+    bad_request, not_found, unavailable, when,
 };
 use crate::domain::TenantId;
 use crate::http::AppState;
-use crate::http::onboard::create_invitation;
+use crate::onboarding::{create_invitation, invitation_id};
 use crate::storage::invitations::{self, Invitation};
-use crate::storage::ops_users::Role;
 use crate::storage::{now, sealed};
 
 /// Invitations per page of the list.
@@ -77,31 +74,33 @@ struct InvitationsPage {
     max_days: i64,
 }
 
-async fn list(State(state): State<AppState>, session: Session, query: RawQuery) -> Response {
-    let (_, chrome) = match page(&state, &session, Role::Viewer, Section::Invitations).await {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
+async fn list(
+    State(state): State<AppState>,
+    query: RawQuery,
+    signed_in: SignedIn<Viewer>,
+) -> PageResult<InvitationsPage> {
     let query = FormFields::parse(query.0.unwrap_or_default().as_bytes());
     let page_number = match query.one("page") {
         Some("") => 1,
         Some(n) => match n.parse::<i64>() {
             Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => return bad_request("The page number must be a whole number from 1 to 1000."),
+            _ => {
+                return Err(bad_request(
+                    "The page number must be a whole number from 1 to 1000.",
+                ));
+            }
         },
-        None => return bad_request("Give the page number once."),
+        None => return Err(bad_request("Give the page number once.")),
     };
     // One more row than shown tells whether a next page exists.
-    let Ok(mut rows) =
-        invitations::list(&state.db, PAGE_SIZE + 1, (page_number - 1) * PAGE_SIZE).await
-    else {
-        return unavailable();
-    };
+    let mut rows = invitations::list(&state.db, PAGE_SIZE + 1, (page_number - 1) * PAGE_SIZE)
+        .await
+        .map_err(unavailable)?;
     let has_next = rows.len() as i64 > PAGE_SIZE;
     rows.truncate(PAGE_SIZE as usize);
     let at = now();
-    InvitationsPage {
-        chrome,
+    Ok(InvitationsPage {
+        chrome: signed_in.chrome(Section::Invitations),
         invitations: rows
             .into_iter()
             .map(|inv| InvitationRow::new(inv, at))
@@ -111,8 +110,7 @@ async fn list(State(state): State<AppState>, session: Session, query: RawQuery) 
         next: (has_next && page_number < MAX_PAGE).then(|| page_number + 1),
         default_days: DEFAULT_VALID_DAYS,
         max_days: MAX_VALID_DAYS,
-    }
-    .into_response()
+    })
 }
 
 /// The answer to creating an invitation: the only page that shows its URL.
@@ -125,74 +123,63 @@ struct InvitationCreatedPage {
     tenant: Option<String>,
 }
 
-async fn create(State(state): State<AppState>, session: Session, body: Bytes) -> Response {
-    let form = FormFields::parse(&body);
-    let (user, chrome) = match action(
-        &state,
-        &session,
-        Role::Operator,
-        Section::Invitations,
-        form.csrf(),
-    )
-    .await
-    {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
+/// The create form's tenant (empty: any partner) and validity in days.
+fn invitation_form(form: &FormFields) -> PageResult<(Option<TenantId>, i64)> {
     let tenant = match form.one("tenant").map(str::trim) {
         Some("") => None,
-        Some(t) => match TenantId::parse(t) {
-            Ok(t) => Some(t),
-            Err(_) => {
-                return bad_request(
-                    "The tenant id must be a GUID such as 6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01, or empty for any partner.",
-                );
-            }
-        },
-        None => return bad_request("Give the tenant id once."),
+        Some(t) => Some(TenantId::parse(t).map_err(|_| {
+            bad_request(
+                "The tenant id must be a GUID such as 6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01, or empty for any partner.",
+            )
+        })?),
+        None => return Err(bad_request("Give the tenant id once.")),
     };
-    let days = match form.one("days").map(|d| d.trim().parse::<i64>()) {
-        Some(Ok(d)) if (1..=MAX_VALID_DAYS).contains(&d) => d,
-        _ => return bad_request("The validity must be a whole number of days from 1 to 30."),
-    };
-    let Ok((url, expires_at)) = create_invitation(
+    match form.one("days").map(|d| d.trim().parse::<i64>()) {
+        Some(Ok(days)) if (1..=MAX_VALID_DAYS).contains(&days) => Ok((tenant, days)),
+        _ => Err(bad_request(
+            "The validity must be a whole number of days from 1 to 30.",
+        )),
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    action: Action<Operator>,
+) -> PageResult<InvitationCreatedPage> {
+    let (tenant, days) = invitation_form(&action.form)?;
+    let (url, expires_at) = create_invitation(
         &state.db,
         &state.config.public_url,
         tenant.as_ref(),
         days * 86_400,
     )
     .await
-    else {
-        return unavailable();
-    };
+    .map_err(unavailable)?;
     // The audit names the invitation by its stored id (the token's digest), never the URL.
     let token = url
         .path_segments()
         .and_then(|mut s| s.next_back())
         .unwrap_or("");
     let detail = serde_json::json!({
-        "invitation_id": crate::http::onboard::invitation_id(token),
+        "invitation_id": invitation_id(token),
         "expires_at": expires_at,
     });
     let tenant = tenant.map(|t| t.as_str().to_string());
-    if let Err(response) = audit_action(
+    let user = &action.user;
+    audit_action(
         &state,
-        &user,
+        user,
         "ops.invitation.create",
         tenant.as_deref(),
         detail,
     )
-    .await
-    {
-        return response;
-    }
-    InvitationCreatedPage {
-        chrome,
+    .await?;
+    Ok(InvitationCreatedPage {
+        chrome: action.chrome(Section::Invitations),
         url: url.to_string(),
         expires: when(Some(expires_at)),
         tenant,
-    }
-    .into_response()
+    })
 }
 
 /// Invitation ids are hex SHA-256 digests.
@@ -202,50 +189,35 @@ fn plausible_invitation_id(id: &str) -> bool {
 
 async fn expire(
     State(state): State<AppState>,
-    session: Session,
     Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
-    let form = FormFields::parse(&body);
-    let (user, _) = match action(
-        &state,
-        &session,
-        Role::Operator,
-        Section::Invitations,
-        form.csrf(),
-    )
-    .await
-    {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
+    action: Action<Operator>,
+) -> PageResult<Redirect> {
     if !plausible_invitation_id(&id) {
-        return not_found();
+        return Err(not_found());
     }
-    let tenant = match invitations::get(&state.db, &id).await {
-        Ok(Some(inv)) => inv.tenant_id,
-        Ok(None) => return not_found(),
-        Err(_) => return unavailable(),
-    };
-    match invitations::expire(&state.db, &id, now()).await {
-        Ok(true) => {}
-        // Used or already expired: nothing left to end.
-        Ok(false) => return not_found(),
-        Err(_) => return unavailable(),
+    let tenant = invitations::get(&state.db, &id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(not_found)?
+        .tenant_id;
+    // Not expired: used or already expired, nothing left to end.
+    let expired = invitations::expire(&state.db, &id, now())
+        .await
+        .map_err(unavailable)?;
+    if !expired {
+        return Err(not_found());
     }
     let detail = serde_json::json!({ "invitation_id": id });
-    if let Err(response) = audit_action(
+    let tenant = tenant.as_ref().map(TenantId::as_str);
+    audit_action(
         &state,
-        &user,
+        &action.user,
         "ops.invitation.expire",
-        tenant.as_ref().map(TenantId::as_str),
+        tenant,
         detail,
     )
-    .await
-    {
-        return response;
-    }
-    Redirect::to("/ops/invitations").into_response()
+    .await?;
+    Ok(Redirect::to("/ops/invitations"))
 }
 
 struct KeyRow {
@@ -278,18 +250,14 @@ struct RotationView {
     rewrapped: i64,
 }
 
-async fn keys(State(state): State<AppState>, session: Session) -> Response {
-    let (_, chrome) = match page(&state, &session, Role::Viewer, Section::Keys).await {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
-    let (Ok(counts), Ok(shredded_grants), Ok(last_rotation)) = (
-        sealed::count_by_kek(&state.db).await,
-        sealed::shredded_grants(&state.db).await,
-        sealed::latest_rotation(&state.db).await,
-    ) else {
-        return unavailable();
-    };
+async fn keys(State(state): State<AppState>, signed_in: SignedIn<Viewer>) -> PageResult<KeysPage> {
+    let counts = sealed::count_by_kek(&state.db).await.map_err(unavailable)?;
+    let shredded_grants = sealed::shredded_grants(&state.db)
+        .await
+        .map_err(unavailable)?;
+    let last_rotation = sealed::latest_rotation(&state.db)
+        .await
+        .map_err(unavailable)?;
     let provider = state.vault.provider();
     let current_kek_id = provider.current_kek_id().to_string();
     let rows: Vec<KeyRow> = counts
@@ -301,8 +269,8 @@ async fn keys(State(state): State<AppState>, session: Session) -> Response {
             records: c.records,
         })
         .collect();
-    KeysPage {
-        chrome,
+    Ok(KeysPage {
+        chrome: signed_in.chrome(Section::Keys),
         provider_kind: provider.kind(),
         under_other_keys: rows.iter().filter(|r| !r.current).map(|r| r.records).sum(),
         current_kek_id,
@@ -314,6 +282,5 @@ async fn keys(State(state): State<AppState>, session: Session) -> Response {
             finished: r.finished_at.map(|at| when(Some(at))),
             rewrapped: r.rewrapped,
         }),
-    }
-    .into_response()
+    })
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::{HeaderName, Headers};
 
+use crate::backoff::Backoff;
+
 /// How long one Key Vault operation may take in all.
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {
@@ -123,11 +125,7 @@ impl Failure {
 }
 
 /// 50 ms, then 150 ms, … with ±20 % jitter, so replicas do not retry in step.
-fn backoff(attempt: u32) -> Duration {
-    use rand::Rng;
-    let base = 50.0 * 3f64.powi(attempt.saturating_sub(1) as i32);
-    Duration::from_millis((base * rand::rng().random_range(0.8..1.2)) as u64)
-}
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), 3).with_jitter(0.2);
 
 /// Runs `operation` until it succeeds, fails for good, or the budget is spent.
 pub async fn call<T, F, Fut>(budget: Budget, mut operation: F) -> Result<T, Failure>
@@ -146,7 +144,7 @@ where
             if !failure.transient || attempt >= budget.attempts {
                 return Err(failure);
             }
-            let wait = failure.retry_after.unwrap_or_else(|| backoff(attempt));
+            let wait = BACKOFF.after(attempt.into(), failure.retry_after);
             if waited + wait > budget.total_wait {
                 return Err(failure);
             }
@@ -180,6 +178,30 @@ mod tests {
             },
             "throttled",
         )
+    }
+
+    /// The schedule this call site has always had: 50 ms, 150 ms, 450 ms, each ±20 %.
+    #[test]
+    fn backoff_triples_from_50_ms_with_a_fifth_of_jitter() {
+        let backoff = |attempt| BACKOFF.delay(attempt);
+        for (attempt, nominal) in [(1, 50.0), (2, 150.0), (3, 450.0)] {
+            let waits: Vec<f64> = (0..500)
+                .map(|_| backoff(attempt).as_secs_f64() * 1000.0)
+                .collect();
+            let (low, high) = (nominal * 0.8 - 1.0, nominal * 1.2);
+            assert!(
+                waits.iter().all(|w| (low..=high).contains(w)),
+                "{attempt}: {waits:?}"
+            );
+            assert!(
+                waits.iter().any(|w| *w < nominal * 0.9),
+                "spread below: {attempt}"
+            );
+            assert!(
+                waits.iter().any(|w| *w > nominal * 1.1),
+                "spread above: {attempt}"
+            );
+        }
     }
 
     #[test]

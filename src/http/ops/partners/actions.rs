@@ -1,23 +1,7 @@
 //! What ops can do to a partner: rotate now, access check, revoke and purge, onboarding link.
 
 use super::*;
-
-/// The signed-in user with `role`, the form's CSRF token checked, and the existing partner;
-/// or the page to answer instead. The role comes before the token (see [`action`]); a body
-/// that is not a form, or repeats a field, counts as a form without it.
-async fn act(
-    state: &AppState,
-    session: &Session,
-    role: Role,
-    raw_tenant: &str,
-    body: &Bytes,
-) -> Result<(OpsUser, Chrome, FormFields, ListedPartner), Response> {
-    let form = FormFields::parse(body);
-    let (user, chrome) = action(state, session, role, Section::Partners, form.csrf()).await?;
-    let tenant = TenantId::parse(raw_tenant).map_err(|_| malformed_tenant())?;
-    let listed = existing(state, &tenant).await?;
-    Ok((user, chrome, form, listed))
-}
+use crate::onboarding;
 
 /// What a failed redemption means, in words for the person who asked for it.
 fn explain(error: &BrokerError) -> String {
@@ -68,28 +52,20 @@ fn log_internal(tenant: &TenantId, error: &BrokerError) {
 }
 
 /// Back to the partner's page, with a one-time message.
-async fn back_with(session: &Session, tenant: &TenantId, ok: bool, text: String) -> Response {
-    if session
+async fn back_with(session: &Session, tenant: &TenantId, ok: bool, text: String) -> PageResult {
+    session
         .insert(NOTICE_KEY, Notice { ok, text })
         .await
-        .is_err()
-    {
-        return unavailable();
-    }
-    Redirect::to(&format!("/ops/partners/{tenant}")).into_response()
+        .map_err(unavailable)?;
+    Ok(Redirect::to(&format!("/ops/partners/{tenant}")).into_response())
 }
 
 pub(super) async fn rotate(
     State(state): State<AppState>,
-    session: Session,
     Path(raw): Path<String>,
-    body: Bytes,
-) -> Response {
-    let (user, _, _, listed) = match act(&state, &session, Role::Operator, &raw, &body).await {
-        Ok(acting) => acting,
-        Err(response) => return response,
-    };
-    let tenant = listed.partner.tenant_id;
+    action: Action<Operator>,
+) -> PageResult {
+    let tenant = existing(&state, &raw).await?.partner.tenant_id;
     let result = state
         .broker
         .rotate(&tenant, crate::broker::Source::Manual)
@@ -97,38 +73,26 @@ pub(super) async fn rotate(
     let outcome = result
         .as_ref()
         .map_or_else(BrokerError::code, |_| "success");
-    if let Err(response) = audit_action(
+    let detail = serde_json::json!({ "outcome": outcome });
+    audit_action(
         &state,
-        &user,
+        &action.user,
         "ops.partner.rotate",
         Some(tenant.as_str()),
-        serde_json::json!({ "outcome": outcome }),
+        detail,
     )
-    .await
-    {
-        return response;
-    }
-    match result {
-        Ok(_) => {
-            back_with(
-                &session,
-                &tenant,
-                true,
-                "Rotated: the refresh token was redeemed and the new one stored.".into(),
-            )
-            .await
-        }
+    .await?;
+    let (ok, text) = match result {
+        Ok(_) => (
+            true,
+            "Rotated: the refresh token was redeemed and the new one stored.".into(),
+        ),
         Err(e) => {
             log_internal(&tenant, &e);
-            back_with(
-                &session,
-                &tenant,
-                false,
-                format!("Rotation failed. {}", explain(&e)),
-            )
-            .await
+            (false, format!("Rotation failed. {}", explain(&e)))
         }
-    }
+    };
+    back_with(&action.session, &tenant, ok, text).await
 }
 
 /// One resource's line of an access check.
@@ -146,7 +110,7 @@ struct CheckRow {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "ops/partner_check.html")]
-struct CheckPage {
+pub(super) struct CheckPage {
     chrome: Chrome,
     tenant_id: String,
     name: String,
@@ -168,17 +132,12 @@ fn outcome_label(error: &BrokerError) -> &'static str {
 
 pub(super) async fn check(
     State(state): State<AppState>,
-    session: Session,
     Path(raw): Path<String>,
-    body: Bytes,
-) -> Response {
-    let (user, chrome, _, listed) = match act(&state, &session, Role::Operator, &raw, &body).await {
-        Ok(acting) => acting,
-        Err(response) => return response,
-    };
+    action: Action<Operator>,
+) -> PageResult<CheckPage> {
+    let listed = existing(&state, &raw).await?;
     let tenant = listed.partner.tenant_id;
     let mut rows = Vec::new();
-    let mut audited = Vec::new();
     // One after the other: each redemption writes back the refresh token the next one uses.
     for resource in &state.config.resources {
         let row = match state.broker.probe(&tenant, resource).await {
@@ -195,66 +154,70 @@ pub(super) async fn check(
             },
             Err(e) => {
                 log_internal(&tenant, &e);
-                CheckRow {
-                    resource: resource.to_string(),
-                    outcome: outcome_label(&e),
-                    class: if matches!(e, BrokerError::ResourceNotConsented { .. }) {
-                        "warn"
-                    } else {
-                        "bad"
-                    },
-                    mfa: None,
-                    amr: String::new(),
-                    scopes: String::new(),
-                    expires: String::new(),
-                    upn: String::new(),
-                    detail: explain(&e),
-                }
+                CheckRow::failed(resource.to_string(), &e)
             }
         };
-        audited.push(serde_json::json!({
-            "resource": row.resource, "outcome": row.outcome, "mfa": row.mfa,
-        }));
         rows.push(row);
     }
-    if let Err(response) = audit_action(
+    let audited: Vec<_> = rows
+        .iter()
+        .map(|row| {
+            serde_json::json!({
+                "resource": row.resource, "outcome": row.outcome, "mfa": row.mfa,
+            })
+        })
+        .collect();
+    let detail = serde_json::json!({ "resources": audited });
+    audit_action(
         &state,
-        &user,
+        &action.user,
         "ops.partner.check",
         Some(tenant.as_str()),
-        serde_json::json!({ "resources": audited }),
+        detail,
     )
-    .await
-    {
-        return response;
-    }
-    CheckPage {
-        chrome,
+    .await?;
+    Ok(CheckPage {
+        chrome: action.chrome(Section::Partners),
         tenant_id: tenant.to_string(),
         name: listed.partner.display_name,
         rows,
+    })
+}
+
+impl CheckRow {
+    fn failed(resource: String, error: &BrokerError) -> Self {
+        CheckRow {
+            resource,
+            outcome: outcome_label(error),
+            class: if matches!(error, BrokerError::ResourceNotConsented { .. }) {
+                "warn"
+            } else {
+                "bad"
+            },
+            mfa: None,
+            amr: String::new(),
+            scopes: String::new(),
+            expires: String::new(),
+            upn: String::new(),
+            detail: explain(error),
+        }
     }
-    .into_response()
 }
 
 pub(super) async fn revoke(
     State(state): State<AppState>,
-    session: Session,
     Path(raw): Path<String>,
-    body: Bytes,
-) -> Response {
-    let (user, _, form, listed) = match act(&state, &session, Role::Admin, &raw, &body).await {
-        Ok(acting) => acting,
-        Err(response) => return response,
-    };
-    let tenant = listed.partner.tenant_id;
+    action: Action<Admin>,
+) -> PageResult {
+    let tenant = existing(&state, &raw).await?.partner.tenant_id;
     // The admin types the tenant id: a click alone cannot purge a partner.
-    let confirm = form.one("confirm").unwrap_or("");
+    let confirm = action.form.one("confirm").unwrap_or("");
     if TenantId::parse(confirm.trim()).ok().as_ref() != Some(&tenant) {
-        return bad_request(
+        return Err(bad_request(
             "The tenant id you typed does not match this partner's. Nothing was changed.",
-        );
+        ));
     }
+    let user = &action.user;
     let reason = format!(
         "Revoked and purged by ops user {}. The partner must consent again.",
         user.username
@@ -264,44 +227,38 @@ pub(super) async fn revoke(
         Ok(shredded) => serde_json::json!({ "outcome": "revoked", "shredded": shredded }),
         Err(e) => serde_json::json!({ "outcome": e.code() }),
     };
-    if let Err(response) = audit_action(
+    audit_action(
         &state,
-        &user,
+        user,
         "ops.partner.revoke",
         Some(tenant.as_str()),
         detail,
     )
-    .await
-    {
-        return response;
-    }
-    match result {
+    .await?;
+    let (ok, text) = match result {
         Ok(shredded) => {
             tracing::warn!(tenant.id = %tenant, by = %user.username, shredded, "partner revoked from the dashboard");
-            back_with(
-                &session,
-                &tenant,
+            (
                 true,
-                format!("Revoked: {shredded} sealed grant version(s) crypto-shredded; the token API refuses this partner until it consents again."),
+                format!(
+                    "Revoked: {shredded} sealed grant version(s) crypto-shredded; the token API refuses this partner until it consents again."
+                ),
             )
-            .await
         }
         Err(e) => {
             log_internal(&tenant, &e);
-            back_with(
-                &session,
-                &tenant,
+            (
                 false,
                 format!("Revocation did not complete. {}", explain(&e)),
             )
-            .await
         }
-    }
+    };
+    back_with(&action.session, &tenant, ok, text).await
 }
 
 #[derive(Template, WebTemplate)]
 #[template(path = "ops/partner_invite.html")]
-struct InvitePage {
+pub(super) struct InvitePage {
     chrome: Chrome,
     tenant_id: String,
     name: String,
@@ -311,46 +268,33 @@ struct InvitePage {
 
 pub(super) async fn invite(
     State(state): State<AppState>,
-    session: Session,
     Path(raw): Path<String>,
-    body: Bytes,
-) -> Response {
-    let (user, chrome, _, listed) = match act(&state, &session, Role::Operator, &raw, &body).await {
-        Ok(acting) => acting,
-        Err(response) => return response,
-    };
+    action: Action<Operator>,
+) -> PageResult<InvitePage> {
+    let listed = existing(&state, &raw).await?;
     let tenant = listed.partner.tenant_id;
-    let (url, expires_at) = match crate::http::onboard::create_invitation(
+    let (url, expires_at) = onboarding::create_invitation(
         &state.db,
         &state.config.public_url,
         Some(&tenant),
         INVITATION_LIFETIME_SECS,
     )
     .await
-    {
-        Ok(created) => created,
-        Err(e) => return storage_failure(&e),
-    };
-    if let Err(response) = audit_action(
+    .map_err(|e| unavailable(e).for_tenant(&tenant))?;
+    let detail = serde_json::json!({ "expires_at": expires_at });
+    audit_action(
         &state,
-        &user,
+        &action.user,
         "ops.partner.invite",
         Some(tenant.as_str()),
-        serde_json::json!({ "expires_at": expires_at }),
+        detail,
     )
-    .await
-    {
-        return response;
-    }
-    (
-        StatusCode::OK,
-        InvitePage {
-            chrome,
-            tenant_id: tenant.to_string(),
-            name: listed.partner.display_name,
-            url: url.to_string(),
-            expires: when(Some(expires_at)),
-        },
-    )
-        .into_response()
+    .await?;
+    Ok(InvitePage {
+        chrome: action.chrome(Section::Partners),
+        tenant_id: tenant.to_string(),
+        name: listed.partner.display_name,
+        url: url.to_string(),
+        expires: when(Some(expires_at)),
+    })
 }

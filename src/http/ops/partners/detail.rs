@@ -52,7 +52,7 @@ struct RequestRow {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "ops/partner.html")]
-struct DetailPage {
+pub(super) struct DetailPage {
     chrome: Chrome,
     notice: Option<Notice>,
     tenant_id: String,
@@ -76,13 +76,7 @@ struct DetailPage {
     failures: i64,
     grant_version: i64,
     resources: Vec<String>,
-    consents: Vec<ConsentRow>,
-    grants: Vec<GrantRow>,
-    changes: Vec<ChangeRow>,
-    attempts: Vec<AttemptRow>,
-    requests: Vec<RequestRow>,
-    log_rows: i64,
-    log_since: String,
+    history: History,
 }
 
 /// What an attempt's outcome means when Entra gave no code.
@@ -131,119 +125,150 @@ fn attempt_row(a: rotation::AttemptRecord) -> AttemptRow {
 
 pub(super) async fn detail(
     State(state): State<AppState>,
-    session: Session,
     Path(raw): Path<String>,
-) -> Response {
-    let (_, chrome) = match page(&state, &session, Role::Viewer, Section::Partners).await {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
-    let Ok(tenant) = TenantId::parse(&raw) else {
-        return malformed_tenant();
-    };
-    let listed = match existing(&state, &tenant).await {
-        Ok(listed) => listed,
-        Err(response) => return response,
-    };
-    let db = &state.db;
-    let histories = async {
-        Ok::<_, StorageError>((
-            partners::consents(db, &tenant, HISTORY_ROWS).await?,
-            partners::grant_versions(db, &tenant, HISTORY_ROWS).await?,
-            partners::status_changes(db, &tenant, HISTORY_ROWS).await?,
-            rotation::attempts(db, &tenant, HISTORY_ROWS).await?,
-            requests::tenant_counts(db, tenant.as_str()).await?,
-        ))
+    signed_in: SignedIn<Viewer>,
+) -> PageResult<DetailPage> {
+    let listed = existing(&state, &raw).await?;
+    let tenant = &listed.partner.tenant_id;
+    let history = History::of(&state.db, tenant)
+        .await
+        .map_err(|e| unavailable(e).for_tenant(tenant))?;
+    let notice: Option<Notice> = signed_in.session.remove(NOTICE_KEY).await.ok().flatten();
+    let chrome = signed_in.chrome(Section::Partners);
+    Ok(DetailPage::new(&state, chrome, notice, &listed, history))
+}
+
+/// The latest rows of each history the page shows.
+struct History {
+    consents: Vec<ConsentRow>,
+    grants: Vec<GrantRow>,
+    changes: Vec<ChangeRow>,
+    attempts: Vec<AttemptRow>,
+    requests: Vec<RequestRow>,
+    log_rows: i64,
+    log_since: String,
+}
+
+impl History {
+    async fn of(db: &crate::storage::Db, tenant: &TenantId) -> Result<History, StorageError> {
+        let (request_counts, window) = requests::tenant_counts(db, tenant.as_str()).await?;
+        Ok(History {
+            consents: rows_of(
+                partners::consents(db, tenant, HISTORY_ROWS).await?,
+                consent_row,
+            ),
+            grants: rows_of(
+                partners::grant_versions(db, tenant, HISTORY_ROWS).await?,
+                grant_row,
+            ),
+            changes: rows_of(
+                partners::status_changes(db, tenant, HISTORY_ROWS).await?,
+                change_row,
+            ),
+            attempts: rows_of(
+                rotation::attempts(db, tenant, HISTORY_ROWS).await?,
+                attempt_row,
+            ),
+            requests: rows_of(request_counts, request_row),
+            log_rows: window.rows,
+            log_since: when(window.since),
+        })
     }
-    .await;
-    let (consents, grants, changes, attempts, (request_counts, window)) = match histories {
-        Ok(histories) => histories,
-        Err(e) => return storage_failure(&e),
-    };
-    let notice: Option<Notice> = session.remove(NOTICE_KEY).await.ok().flatten();
-    let p = &listed.partner;
-    let status_code: Option<u32> = p.status_code.as_deref().and_then(|c| c.parse().ok());
-    let warn = state.broker.settings().expiry_warn.as_secs() as i64;
-    DetailPage {
-        chrome,
-        notice,
-        tenant_id: p.tenant_id.to_string(),
-        name: p.display_name.clone(),
-        domain: p.domain.clone().unwrap_or_default(),
-        status: p.status.as_str(),
-        usable: p.status.is_usable(),
-        revoked: p.status == PartnerStatus::Revoked,
-        status_code: status_code
-            .map(|c| format!("AADSTS{c}"))
-            .unwrap_or_default(),
-        status_meaning: status_code
-            .map(|c| describe(c).meaning.to_string())
-            .unwrap_or_default(),
-        status_reason: p.status_reason.clone().unwrap_or_default(),
-        status_changed: when(Some(p.status_changed_at)),
-        consented_by: p.consented_by.clone(),
-        consented_at: when(Some(p.consented_at)),
-        mfa: p.mfa,
-        last_refresh: when(Some(p.last_refresh_at)),
-        horizon: when(Some(p.horizon())),
-        expiry: Expiry::of(p, warn, now()),
-        next_rotation: next_rotation(&listed),
-        failures: p.failures,
-        grant_version: p.grant_version,
-        resources: state
-            .config
-            .resources
-            .iter()
-            .map(|r| r.to_string())
-            .collect(),
-        consents: consents
-            .into_iter()
-            .map(|c| ConsentRow {
-                upn: c.upn,
-                user_name: c.user_name.unwrap_or_default(),
-                when: when(Some(c.consented_at)),
-                mfa: c.mfa,
-                amr: c.amr,
-                scopes: c.scopes,
-                invitation: c.invitation,
-            })
-            .collect(),
-        grants: grants
-            .into_iter()
-            .map(|g| GrantRow {
-                version: g.version,
-                source: g.source,
-                created: when(Some(g.created_at)),
-                shredded: g.shredded_at.map_or_else(String::new, |at| when(Some(at))),
-                kek_id: g.kek_id.unwrap_or_default(),
-            })
-            .collect(),
-        changes: changes
-            .into_iter()
-            .map(|c| ChangeRow {
-                when: when(Some(c.at)),
-                from: c.from.unwrap_or_default(),
-                to: c.to,
-                code: c.code.map(|c| format!("AADSTS{c}")).unwrap_or_default(),
-                reason: c.reason,
-            })
-            .collect(),
-        attempts: attempts.into_iter().map(attempt_row).collect(),
-        requests: request_counts
-            .into_iter()
-            .map(|r| RequestRow {
-                client: r.client_name.unwrap_or_else(|| "(deleted client)".into()),
-                client_id: r.client_id,
-                resource: r.resource,
-                requests: r.counts.requests,
-                issued: r.counts.issued,
-                issued_mfa: r.counts.issued_mfa,
-                cached: r.counts.cached,
-                last: when(Some(r.last_at)),
-            })
-            .collect(),
-        log_rows: window.rows,
-        log_since: when(window.since),
+}
+
+fn rows_of<T, R>(records: Vec<T>, row: fn(T) -> R) -> Vec<R> {
+    records.into_iter().map(row).collect()
+}
+
+impl DetailPage {
+    fn new(
+        state: &AppState,
+        chrome: Chrome,
+        notice: Option<Notice>,
+        listed: &ListedPartner,
+        history: History,
+    ) -> Self {
+        let p = &listed.partner;
+        let status_code: Option<u32> = p.status_code.as_deref().and_then(|c| c.parse().ok());
+        let warn = state.broker.settings().expiry_warn.as_secs() as i64;
+        DetailPage {
+            chrome,
+            notice,
+            tenant_id: p.tenant_id.to_string(),
+            name: p.display_name.clone(),
+            domain: p.domain.clone().unwrap_or_default(),
+            status: p.status.as_str(),
+            usable: p.status.is_usable(),
+            revoked: p.status == PartnerStatus::Revoked,
+            status_code: status_code
+                .map(|c| format!("AADSTS{c}"))
+                .unwrap_or_default(),
+            status_meaning: status_code
+                .map(|c| describe(c).meaning.to_string())
+                .unwrap_or_default(),
+            status_reason: p.status_reason.clone().unwrap_or_default(),
+            status_changed: when(Some(p.status_changed_at)),
+            consented_by: p.consented_by.clone(),
+            consented_at: when(Some(p.consented_at)),
+            mfa: p.mfa,
+            last_refresh: when(Some(p.last_refresh_at)),
+            horizon: when(Some(p.horizon())),
+            expiry: Expiry::of(p, warn, now()),
+            next_rotation: next_rotation(listed),
+            failures: p.failures,
+            grant_version: p.grant_version,
+            resources: state
+                .config
+                .resources
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
+            history,
+        }
     }
-    .into_response()
+}
+
+fn consent_row(c: partners::ConsentRecord) -> ConsentRow {
+    ConsentRow {
+        upn: c.upn,
+        user_name: c.user_name.unwrap_or_default(),
+        when: when(Some(c.consented_at)),
+        mfa: c.mfa,
+        amr: c.amr,
+        scopes: c.scopes,
+        invitation: c.invitation,
+    }
+}
+
+fn grant_row(g: partners::GrantVersion) -> GrantRow {
+    GrantRow {
+        version: g.version,
+        source: g.source,
+        created: when(Some(g.created_at)),
+        shredded: g.shredded_at.map_or_else(String::new, |at| when(Some(at))),
+        kek_id: g.kek_id.unwrap_or_default(),
+    }
+}
+
+fn change_row(c: partners::StatusChange) -> ChangeRow {
+    ChangeRow {
+        when: when(Some(c.at)),
+        from: c.from.unwrap_or_default(),
+        to: c.to,
+        code: c.code.map(|c| format!("AADSTS{c}")).unwrap_or_default(),
+        reason: c.reason,
+    }
+}
+
+fn request_row(r: requests::TenantRequests) -> RequestRow {
+    RequestRow {
+        client: r.client_name.unwrap_or_else(|| "(deleted client)".into()),
+        client_id: r.client_id,
+        resource: r.resource,
+        requests: r.counts.requests,
+        issued: r.counts.issued,
+        issued_mfa: r.counts.issued_mfa,
+        cached: r.counts.cached,
+        last: when(Some(r.last_at)),
+    }
 }

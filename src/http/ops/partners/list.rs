@@ -184,7 +184,7 @@ impl Choice {
 
 #[derive(Template, WebTemplate)]
 #[template(path = "ops/partners.html")]
-struct ListPage {
+pub(super) struct ListPage {
     chrome: Chrome,
     q: String,
     statuses: Vec<Choice>,
@@ -196,17 +196,10 @@ struct ListPage {
 
 pub(super) async fn list(
     State(state): State<AppState>,
-    session: Session,
     RawQuery(raw): RawQuery,
-) -> Response {
-    let (_, chrome) = match page(&state, &session, Role::Viewer, Section::Partners).await {
-        Ok(signed_in) => signed_in,
-        Err(response) => return response,
-    };
-    let request = match ListRequest::parse(raw.as_deref()) {
-        Ok(request) => request,
-        Err(why) => return bad_request(why),
-    };
+    signed_in: SignedIn<Viewer>,
+) -> PageResult<ListPage> {
+    let request = ListRequest::parse(raw.as_deref()).map_err(bad_request)?;
     let query = PartnerQuery {
         search: request.search.clone(),
         status: request.status,
@@ -214,10 +207,9 @@ pub(super) async fn list(
         after: request.after.clone(),
         limit: PAGE_SIZE as i64 + 1,
     };
-    let mut found = match partners::list_page(&state.db, &query).await {
-        Ok(found) => found,
-        Err(e) => return storage_failure(&e),
-    };
+    let mut found = partners::list_page(&state.db, &query)
+        .await
+        .map_err(unavailable)?;
     let next_page = (found.len() > PAGE_SIZE).then(|| {
         found.truncate(PAGE_SIZE);
         let last = &found[PAGE_SIZE - 1].partner;
@@ -225,8 +217,8 @@ pub(super) async fn list(
     });
     let warn = state.broker.settings().expiry_warn.as_secs() as i64;
     let at = now();
-    ListPage {
-        chrome,
+    Ok(ListPage {
+        chrome: signed_in.chrome(Section::Partners),
         q: request.search.clone().unwrap_or_default(),
         statuses: Choice::list(
             &[
@@ -253,8 +245,7 @@ pub(super) async fn list(
             .collect(),
         first_page: request.after.is_some().then(|| request.href(None)),
         next_page,
-    }
-    .into_response()
+    })
 }
 
 #[cfg(test)]

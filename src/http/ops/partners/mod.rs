@@ -13,24 +13,21 @@ mod list;
 use askama::Template;
 use askama_web::WebTemplate;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect};
 use axum::routing::{get, post};
 use base64::Engine;
 use serde::Deserialize;
 use tower_sessions::Session;
 
 use super::{
-    Chrome, FormFields, Section, action, audit_action, bad_request, not_found, page, unavailable,
-    when,
+    Action, Admin, Chrome, Operator, PageResult, Section, SignedIn, Viewer, audit_action,
+    bad_request, not_found, unavailable, when,
 };
 use crate::broker::BrokerError;
 use crate::domain::{PartnerStatus, TenantId};
 use crate::http::AppState;
 use crate::idp::errors::describe;
-use crate::storage::ops_users::{OpsUser, Role};
 use crate::storage::partners::{self, ListedPartner, PartnerQuery, PartnerSort, Position};
 use crate::storage::{StorageError, now, requests, rotation};
 
@@ -95,22 +92,15 @@ fn next_rotation(listed: &ListedPartner) -> String {
     }
 }
 
-fn storage_failure(e: &StorageError) -> Response {
-    tracing::error!(error = %e, "ops partners: storage failed");
-    unavailable()
-}
-
-/// The answer to a path whose tenant id is not a GUID.
-fn malformed_tenant() -> Response {
-    bad_request("A tenant id is a GUID like 6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01.")
-}
-
-async fn existing(state: &AppState, tenant: &TenantId) -> Result<ListedPartner, Response> {
-    match partners::get_listed(&state.db, tenant).await {
-        Ok(Some(listed)) => Ok(listed),
-        Ok(None) => Err(not_found()),
-        Err(e) => Err(storage_failure(&e)),
-    }
+/// The partner named by a path: a tenant id that is not a GUID is a 400, an unknown one a 404.
+async fn existing(state: &AppState, raw_tenant: &str) -> PageResult<ListedPartner> {
+    let tenant = TenantId::parse(raw_tenant).map_err(|_| {
+        bad_request("A tenant id is a GUID like 6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01.")
+    })?;
+    partners::get_listed(&state.db, &tenant)
+        .await
+        .map_err(|e| unavailable(e).for_tenant(&tenant))?
+        .ok_or_else(not_found)
 }
 
 /// A one-time message for the next view of a partner's page.

@@ -20,7 +20,6 @@ use time::OffsetDateTime;
 use super::directory::{App, Directory};
 use super::errors::{self, EntraError};
 use super::{DevIdp, Params};
-use crate::idp::certificate::{CertificateInfo, JWT_BEARER};
 
 /// Clock skew tolerated on `nbf` and `exp`, as Entra tolerates five minutes.
 const SKEW_SECS: i64 = 300;
@@ -39,16 +38,36 @@ impl RegisteredCertificate {
     pub fn from_pem_file(path: &Path) -> anyhow::Result<Self> {
         let pem = std::fs::read_to_string(path)
             .with_context(|| format!("--client-cert: cannot read {}", path.display()))?;
-        let info = CertificateInfo::from_pem(&pem)
-            .map_err(|why| anyhow::anyhow!("--client-cert: {} {why}", path.display()))?;
+        Self::from_pem(&pem).with_context(|| {
+            format!(
+                "--client-cert: {} is not a PEM RSA certificate",
+                path.display()
+            )
+        })
+    }
+
+    /// Read as Entra reads an uploaded certificate: its thumbprints, key and expiry.
+    fn from_pem(pem: &str) -> anyhow::Result<Self> {
+        use sha1::Digest as _;
+        use x509_cert::der::{DecodePem, Encode};
+        let cert = x509_cert::Certificate::from_pem(pem.trim().as_bytes())?;
+        let der = cert.to_der()?;
+        let tbs = &cert.tbs_certificate;
         Ok(Self {
-            thumbprint_s256: info.thumbprint_s256(),
-            thumbprint_sha1: info.thumbprint_sha1(),
-            public_key: info.public_key,
-            not_after: info.not_after,
+            thumbprint_s256: URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(&der)),
+            thumbprint_sha1: URL_SAFE_NO_PAD.encode(sha1::Sha1::digest(&der)),
+            public_key: tbs
+                .subject_public_key_info
+                .subject_public_key
+                .raw_bytes()
+                .to_vec(),
+            not_after: tbs.validity.not_after.to_unix_duration().as_secs() as i64,
         })
     }
 }
+
+/// `client_assertion_type` of a certificate credential (RFC 7523).
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// What a token request presents to prove the client's identity.
 #[derive(Debug)]

@@ -82,7 +82,8 @@ pub struct CodeGrant {
     pub upn: String,
     pub client_id: String,
     pub redirect_uri: String,
-    pub code_challenge: Option<String>,
+    /// The PKCE challenge and whether its method is `plain`.
+    pub code_challenge: Option<(String, bool)>,
     pub nonce: Option<String>,
     pub scopes: Scopes,
     pub amr: Vec<String>,
@@ -614,7 +615,7 @@ impl SimState {
         let grant = match self.codes.get(req.code) {
             Some(g) => g.clone(),
             None if req.code.starts_with("1.A") => return Err(errors::invalid_code()),
-            None => return Err(errors::malformed_request()),
+            None => return Err(errors::malformed_grant()),
         };
         if now - grant.issued_at > CODE_LIFETIME {
             return Err(errors::code_expired());
@@ -636,14 +637,30 @@ impl SimState {
         let redirect_uri = req
             .redirect_uri
             .ok_or_else(|| errors::missing_parameter("redirect_uri"))?;
-        if redirect_uri != grant.redirect_uri {
-            return Err(errors::reply_address_mismatch());
+        // A redirect URI the app registration does not have, then one that differs from the
+        // authorize request's: both `invalid_client` at Entra, neither about the credential.
+        if !super::authorize::loopback_redirect(redirect_uri) {
+            return Err(errors::redirect_uri_mismatch(
+                redirect_uri,
+                &req.app.client_id,
+            ));
         }
-        if let Some(challenge) = &grant.code_challenge {
+        if redirect_uri != grant.redirect_uri {
+            return Err(errors::reply_address_mismatch(
+                redirect_uri,
+                &grant.redirect_uri,
+            ));
+        }
+        if let Some((challenge, plain)) = &grant.code_challenge {
             let verifier = req
                 .code_verifier
                 .ok_or_else(|| errors::missing_parameter("code_verifier"))?;
-            if &super::tokens::pkce_s256(verifier) != challenge {
+            let derived = if *plain {
+                verifier.to_string()
+            } else {
+                super::tokens::pkce_s256(verifier)
+            };
+            if &derived != challenge {
                 return Err(errors::pkce_mismatch());
             }
         }
@@ -678,11 +695,9 @@ impl SimState {
         let (resource, permissions) = match target {
             Some((resource, perms)) => {
                 if self.mfa_enforced(dir, &grant.tenant_id) && !has_mfa(&grant.amr) {
-                    return Err(errors::mfa_required(&resource));
+                    return Err(errors::mfa_required(&resource_label(dir, &resource)));
                 }
-                let granted = self
-                    .consented(&grant.tenant_id, &app.client_id, &resource, &perms)
-                    .ok_or_else(|| errors::consent_required(&app.client_id, &app.name))?;
+                let granted = self.grant_for(dir, app, &grant.tenant_id, &resource, &perms)?;
                 (resource, granted)
             }
             None => oidc_only_target(&grant.scopes),
@@ -745,7 +760,10 @@ impl SimState {
                 .resources
                 .first()
                 .map_or(app.client_id.as_str(), |(r, _)| r.as_str());
-            return Err(MintError::Entra(errors::mfa_required(target)));
+            let target = resource_label(dir, target);
+            return Err(MintError::Entra(
+                errors::mfa_required(&target).at_authorize(),
+            ));
         }
         Ok(SignIn { user, tenant, amr })
     }
@@ -796,7 +814,7 @@ impl SimState {
             None if req.refresh_token.starts_with("0.A") => {
                 return Err(errors::invalid_refresh_token());
             }
-            None => return Err(errors::malformed_request()),
+            None => return Err(errors::malformed_grant()),
         };
         let rt = self.rts[idx].clone();
         if rt.client_id != req.app.client_id {
@@ -810,8 +828,10 @@ impl SimState {
             ));
         }
         // Resource resolution first: a malformed scope is a request error, not a grant one.
+        // A scope naming several resources gets a token for the first one (Entra's refresh
+        // documentation), unlike a code redemption, which refuses it (28000).
         let target = match (&req.scope, &req.resource) {
-            (Some(s), _) if !s.resources.is_empty() => Some(single_target(s, req.scope_raw())?),
+            (Some(s), _) if !s.resources.is_empty() => Some(s.resources[0].clone()),
             (_, Some(r)) => Some((normalize_resource(r), vec![".default".to_string()])),
             (Some(_), None) if !req.v1 => None,
             _ => rt
@@ -823,9 +843,7 @@ impl SimState {
         self.check_rt_alive(dir, &rt, now, resource_label)?;
         let (resource, permissions) = match target {
             Some((resource, perms)) => {
-                let granted = self
-                    .consented(&rt.tenant_id, &rt.client_id, &resource, &perms)
-                    .ok_or_else(|| errors::consent_required(&req.app.client_id, &req.app.name))?;
+                let granted = self.grant_for(dir, req.app, &rt.tenant_id, &resource, &perms)?;
                 (resource, granted)
             }
             None => oidc_only_target(req.scope.as_ref().unwrap_or(&Scopes::default())),
@@ -911,9 +929,50 @@ impl SimState {
             return Err(errors::refresh_token_reused(rt.issued_at));
         }
         if self.mfa_enforced(dir, &rt.tenant_id) && !has_mfa(&rt.amr) {
-            return Err(errors::mfa_required(resource));
+            return Err(errors::mfa_required(&resource_label(dir, resource)));
         }
         Ok(())
+    }
+
+    /// The permissions a token for `resource` carries, after Entra's checks in its order: a
+    /// valid scope (70011), a resource that exists in the tenant (500011), consent (65001),
+    /// except that `.default` for a resource the app registration does not list is
+    /// `invalid_client` 650057. An app registration listing nothing is not checked.
+    fn grant_for(
+        &self,
+        dir: &Directory,
+        app: &App,
+        tid: &str,
+        resource: &str,
+        perms: &[String],
+    ) -> Result<Vec<String>, EntraError> {
+        if perms.len() > 1 && perms.iter().any(|p| p == ".default") {
+            let scope: Vec<String> = perms.iter().map(|p| format!("{resource}/{p}")).collect();
+            return Err(errors::invalid_scope(&scope.join(" ")));
+        }
+        let Some(resource_app_id) = dir.resource_app_id(resource) else {
+            let tenant = dir.tenant(tid).map_or(tid, |t| t.name.as_str());
+            return Err(errors::resource_not_found(resource, tenant));
+        };
+        if let Some(granted) = self.consented(tid, &app.client_id, resource, perms) {
+            return Ok(granted);
+        }
+        let registered = app.registered_resources();
+        let asks_default = perms.is_empty() || perms.iter().any(|p| p == ".default");
+        if asks_default && !registered.is_empty() && !registered.iter().any(|r| r == resource) {
+            let listed: Vec<String> = registered
+                .iter()
+                .map(|r| dir.resource_app_id(r).unwrap_or_else(|| r.clone()))
+                .collect();
+            return Err(errors::resource_not_registered(
+                &app.client_id,
+                &app.name,
+                resource,
+                &resource_app_id,
+                &listed,
+            ));
+        }
+        Err(errors::consent_required(&app.client_id, &app.name))
     }
 
     /// The permissions granted for `resource`, or None when consent is missing.
@@ -985,12 +1044,6 @@ impl CodeRedemption<'_> {
     }
 }
 
-impl RefreshRedemption<'_> {
-    fn scope_raw(&self) -> String {
-        scope_text(self.scope.as_ref())
-    }
-}
-
 fn scope_text(s: Option<&Scopes>) -> String {
     let Some(s) = s else { return String::new() };
     let mut parts: Vec<String> = s
@@ -1008,6 +1061,12 @@ fn single_target(s: &Scopes, raw: String) -> Result<(String, Vec<String>), Entra
         [one] => Ok(one.clone()),
         _ => Err(errors::more_than_one_resource(&raw)),
     }
+}
+
+/// How Entra names a resource in messages such as 50076's: by its app id when it has one.
+fn resource_label(dir: &Directory, resource: &str) -> String {
+    dir.resource_app_id(resource)
+        .unwrap_or_else(|| resource.to_string())
 }
 
 /// A request with only OIDC scopes gets a Graph token for the OIDC scopes, as Entra does.

@@ -13,7 +13,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
-use super::directory::{App, MfaPolicy};
+use super::directory::{App, MfaPolicy, Tenant, User};
 use super::errors::{self, EntraError, RequestIds};
 use super::grants::{CodeGrant, Scopes, has_mfa, sign_in_amr};
 use super::tokens::new_code;
@@ -113,42 +113,87 @@ fn submit(
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    let notice = |text: &str| {
+        let notice = Some(Notice::Plain(text.to_string()));
+        page(
+            st,
+            tenant,
+            &req,
+            &params,
+            v,
+            notice,
+            StatusCode::BAD_REQUEST,
+        )
+    };
     let consent = params.get("consent");
     let Some(upn) = params.get("upn").map(str::trim) else {
         if consent == Some("deny") {
             return error_redirect(st, &req, errors::user_declined(), &ids);
         }
-        return page(
-            st,
-            tenant,
-            &req,
-            &params,
-            v,
-            Some(Notice::Plain(
-                "Enter your account's user principal name (for example jane@contoso.example)."
-                    .into(),
-            )),
-            StatusCode::BAD_REQUEST,
+        return notice(
+            "Enter your account's user principal name (for example jane@contoso.example).",
         );
     };
     if !matches!(consent, Some("accept" | "deny")) {
-        return page(
-            st,
-            tenant,
-            &req,
-            &params,
-            v,
-            Some(Notice::Plain("Choose Accept or Cancel.".into())),
-            StatusCode::BAD_REQUEST,
-        );
+        return notice("Choose Accept or Cancel.");
     }
+    let (user, home) = match signing_in(st, tenant, &req, &params, v, upn) {
+        Ok(found) => found,
+        Err(page) => return page,
+    };
+    let scopes = requested_scopes(&params, v);
+    // Users of a tenant without an MFA policy have no second factor registered (John of
+    // Fabrikam): ticking the box cannot produce an `mfa` claim for them.
+    let amr = sign_in_amr(home.mfa, params.get("mfa") == Some("on"));
+    let dir = st.idp.directory();
+    if st.idp.lock().mfa_enforced(dir, &home.id) && !has_mfa(&amr) {
+        let target = scopes
+            .resources
+            .first()
+            .map_or(req.app.client_id.clone(), |(r, _)| r.clone());
+        let target = dir.resource_app_id(&target).unwrap_or(target);
+        return error_redirect(st, &req, errors::mfa_required(&target), &ids);
+    }
+    if consent == Some("deny") {
+        return error_redirect(st, &req, errors::user_declined(), &ids);
+    }
+    let now = st.idp.now();
+    let grant = CodeGrant {
+        tenant_id: home.id.clone(),
+        upn: user.upn.clone(),
+        client_id: req.app.client_id.clone(),
+        redirect_uri: req.redirect_uri.clone(),
+        code_challenge: params.get("code_challenge").map(|challenge| {
+            let plain = params.get("code_challenge_method") != Some("S256");
+            (challenge.to_string(), plain)
+        }),
+        nonce: params.get("nonce").map(str::to_string),
+        scopes,
+        amr,
+        auth_time: now,
+        issued_at: now,
+        redeemed: false,
+    };
+    issue_code(st, &req, grant)
+}
+
+/// The account signing in, and its home tenant; a page with 50034 or 50020 when it cannot
+/// sign in here.
+fn signing_in<'d>(
+    st: &'d AppState,
+    tenant: &str,
+    req: &AuthRequest<'_>,
+    params: &Params,
+    v: Version,
+    upn: &str,
+) -> Result<(&'d User, &'d Tenant), Response> {
     let dir = st.idp.directory();
     let user = dir
         .user(upn)
         .filter(|u| !st.idp.lock().tenant_deleted(&u.tenant_id));
     let Some(user) = user else {
         let e = errors::user_not_found(upn, req.tenant.label());
-        return page_error(st, tenant, &req, &params, v, e);
+        return Err(page_error(st, tenant, req, params, v, e));
     };
     let home = dir
         .tenant(&user.tenant_id)
@@ -163,44 +208,19 @@ fn submit(
             &req.app.client_id,
             &req.app.name,
         );
-        return page_error(st, tenant, &req, &params, v, e);
+        return Err(page_error(st, tenant, req, params, v, e));
     }
-    let scopes = requested_scopes(&params, v);
-    // Users of a tenant without an MFA policy have no second factor registered (John of
-    // Fabrikam): ticking the box cannot produce an `mfa` claim for them.
-    let amr = sign_in_amr(home.mfa, params.get("mfa") == Some("on"));
-    if st.idp.lock().mfa_enforced(dir, &home.id) && !has_mfa(&amr) {
-        let target = scopes
-            .resources
-            .first()
-            .map_or(req.app.client_id.clone(), |(r, _)| r.clone());
-        return error_redirect(st, &req, errors::mfa_required(&target), &ids);
-    }
-    if consent == Some("deny") {
-        return error_redirect(st, &req, errors::user_declined(), &ids);
-    }
-    let now = st.idp.now();
+    Ok((user, home))
+}
+
+/// Records the consent, keeps the code and sends it back to the app.
+fn issue_code(st: &AppState, req: &AuthRequest<'_>, grant: CodeGrant) -> Response {
     let code = new_code();
     {
         let mut state = st.idp.lock();
-        state.record_consent(&home.id, req.app, &scopes);
-        state.insert_code(
-            code.clone(),
-            CodeGrant {
-                tenant_id: home.id.clone(),
-                upn: user.upn.clone(),
-                client_id: req.app.client_id.clone(),
-                redirect_uri: req.redirect_uri.clone(),
-                code_challenge: params.get("code_challenge").map(str::to_string),
-                nonce: params.get("nonce").map(str::to_string),
-                scopes,
-                amr,
-                auth_time: now,
-                issued_at: now,
-                redeemed: false,
-            },
-            now,
-        );
+        state.record_consent(&grant.tenant_id, req.app, &grant.scopes);
+        let now = grant.issued_at;
+        state.insert_code(code.clone(), grant, now);
     }
     let mut out = vec![("code", code)];
     if let Some(s) = &req.state {
@@ -286,12 +306,17 @@ fn validate<'a>(
     if v == Version::V2 && params.get("scope").is_none() {
         return fail(errors::missing_parameter("scope"));
     }
-    // PKCE is optional for confidential clients (as in Entra), but when used it must be S256.
+    // PKCE is optional for confidential clients (as in Entra). Entra takes `S256` and
+    // `plain`, and a challenge without a method is plain (v2-oauth2-auth-code-flow).
     if let Some(challenge) = params.get("code_challenge") {
-        if params.get("code_challenge_method") != Some("S256") {
+        if !matches!(
+            params.get("code_challenge_method"),
+            None | Some("S256" | "plain")
+        ) {
             return fail(errors::invalid_challenge_method());
         }
-        if challenge.len() != 43 {
+        // RFC 7636: 43 to 128 characters (an S256 challenge is always 43).
+        if !(43..=128).contains(&challenge.len()) {
             return fail(errors::invalid_challenge_size());
         }
     }
@@ -299,7 +324,7 @@ fn validate<'a>(
 }
 
 /// The demo app accepts any loopback redirect URI, per SPEC 5.1.
-fn loopback_redirect(uri: &str) -> bool {
+pub(crate) fn loopback_redirect(uri: &str) -> bool {
     let Ok(url) = url::Url::parse(uri) else {
         return false;
     };
@@ -343,6 +368,7 @@ fn error_redirect(
     ids: &RequestIds,
 ) -> Response {
     count(st, &e);
+    let e = e.at_authorize();
     let mut out = vec![
         ("error", e.error.to_string()),
         ("error_description", e.description(ids, st.idp.now())),
@@ -455,28 +481,7 @@ fn page(
             )
         })
         .collect();
-    let scopes = requested_scopes(params, v);
-    let mut perms: Vec<String> = Vec::new();
-    for (resource, ps) in &scopes.resources {
-        for p in ps {
-            perms.push(describe(resource, p));
-        }
-    }
-    for s in &scopes.oidc {
-        perms.push(
-            match s.as_str() {
-                "openid" => "Sign you in (openid)",
-                "profile" => "View your basic profile (profile)",
-                "email" => "View your email address (email)",
-                _ => "Maintain access to data you have given it access to (offline_access)",
-            }
-            .to_string(),
-        );
-    }
-    let perms: String = perms
-        .iter()
-        .map(|p| format!("<li>{}</li>", escape(p)))
-        .collect();
+    let perms = permission_list(&requested_scopes(params, v));
     let notice = match notice {
         None => String::new(),
         Some(Notice::Plain(m)) => format!("<p class=\"error\" role=\"alert\">{}</p>", escape(&m)),
@@ -491,28 +496,7 @@ fn page(
         .get("upn")
         .or_else(|| params.get("login_hint"))
         .unwrap_or("");
-    let dir = st.idp.directory();
-    let accounts: String = dir
-        .users()
-        .iter()
-        .filter(|u| req.tenant.id().is_none_or(|t| t == u.tenant_id))
-        .take(6)
-        .map(|u| {
-            let t = dir.tenant(&u.tenant_id);
-            let mfa = t.map_or("", |t| match t.mfa {
-                MfaPolicy::Enforced => "MFA enforced",
-                MfaPolicy::Federated => "federated MFA enforced",
-                MfaPolicy::NotEnforced => "MFA not enforced",
-            });
-            format!(
-                "<li><code>{}</code> — {}, {} ({})</li>",
-                escape(&u.upn),
-                escape(&u.role),
-                escape(t.map_or("", |t| t.name.as_str())),
-                mfa
-            )
-        })
-        .collect();
+    let accounts = account_list(st, req);
     let body = format!(
         "{head}<main>\
          <h1>Sign in</h1>\
@@ -538,6 +522,56 @@ fn page(
         foot = FOOTER,
     );
     with_page_headers((status, Html(body)).into_response())
+}
+
+/// What the app asks for, as the consent page lists it.
+fn permission_list(scopes: &Scopes) -> String {
+    let mut perms: Vec<String> = Vec::new();
+    for (resource, ps) in &scopes.resources {
+        for p in ps {
+            perms.push(describe(resource, p));
+        }
+    }
+    for s in &scopes.oidc {
+        perms.push(
+            match s.as_str() {
+                "openid" => "Sign you in (openid)",
+                "profile" => "View your basic profile (profile)",
+                "email" => "View your email address (email)",
+                _ => "Maintain access to data you have given it access to (offline_access)",
+            }
+            .to_string(),
+        );
+    }
+    perms
+        .iter()
+        .map(|p| format!("<li>{}</li>", escape(p)))
+        .collect()
+}
+
+/// A few accounts of the simulated directory, as a hint for people trying the demo.
+fn account_list(st: &AppState, req: &AuthRequest<'_>) -> String {
+    let dir = st.idp.directory();
+    dir.users()
+        .iter()
+        .filter(|u| req.tenant.id().is_none_or(|t| t == u.tenant_id))
+        .take(6)
+        .map(|u| {
+            let t = dir.tenant(&u.tenant_id);
+            let mfa = t.map_or("", |t| match t.mfa {
+                MfaPolicy::Enforced => "MFA enforced",
+                MfaPolicy::Federated => "federated MFA enforced",
+                MfaPolicy::NotEnforced => "MFA not enforced",
+            });
+            format!(
+                "<li><code>{}</code> — {}, {} ({})</li>",
+                escape(&u.upn),
+                escape(&u.role),
+                escape(t.map_or("", |t| t.name.as_str())),
+                mfa
+            )
+        })
+        .collect()
 }
 
 fn describe(resource: &str, perm: &str) -> String {

@@ -2,6 +2,8 @@
 //!
 //! For `common`/`organizations` the issuer keeps Entra's literal `{tenantid}`
 //! placeholder: clients must substitute the token's `tid`, as they must in production.
+//! Like Entra's, the v2 document does not advertise `code_challenge_methods_supported`
+//! although PKCE is supported.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -60,7 +62,6 @@ pub async fn openid_configuration_v2(
             "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat", "auth_time", "acr",
             "nonce", "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email"],
         "kerberos_endpoint": format!("{base}/{seg}/kerberos"),
-        "code_challenge_methods_supported": ["S256"],
         "tenant_region_scope": if tid == "{tenantid}" { serde_json::Value::Null } else { json!("NA") },
         "cloud_instance_name": "microsoftonline.com",
         "cloud_graph_host_name": "graph.windows.net",
@@ -83,13 +84,15 @@ pub async fn openid_configuration_v1(
     Json(json!({
         "token_endpoint": format!("{base}/{seg}/oauth2/token"),
         "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
-        "jwks_uri": format!("{base}/{seg}/discovery/keys"),
+        // Entra's v1 documents point every tenant at the common keys.
+        "jwks_uri": format!("{base}/common/discovery/keys"),
         "response_modes_supported": ["query", "fragment", "form_post"],
         "subject_types_supported": ["pairwise"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
         "scopes_supported": ["openid"],
         "issuer": format!("{base}/{tid}/"),
+        "microsoft_multi_refresh_token": true,
         "authorization_endpoint": format!("{base}/{seg}/oauth2/authorize"),
         "end_session_endpoint": format!("{base}/{seg}/oauth2/logout"),
         "http_logout_supported": true,
@@ -110,7 +113,7 @@ pub async fn keys_v2(
     match tenant_or_error(&st, &tenant, &headers) {
         Ok((_, tid)) => {
             let issuer = format!("{}/{tid}/v2.0", st.base);
-            Json(st.idp.inner.key.jwks(&issuer)).into_response()
+            Json(st.idp.key_ring().jwks(Some(&issuer))).into_response()
         }
         Err(r) => r,
     }
@@ -122,15 +125,8 @@ pub async fn keys_v1(
     headers: HeaderMap,
 ) -> Response {
     match tenant_or_error(&st, &tenant, &headers) {
-        Ok((_, tid)) => {
-            let issuer = format!("{}/{tid}/", st.base);
-            let mut jwks = st.idp.inner.key.jwks(&issuer);
-            // v1 keys carry no issuer in Entra's document.
-            if let Some(k) = jwks["keys"][0].as_object_mut() {
-                k.remove("issuer");
-            }
-            Json(jwks).into_response()
-        }
+        // v1 keys carry no issuer in Entra's document.
+        Ok(_) => Json(st.idp.key_ring().jwks(None)).into_response(),
         Err(r) => r,
     }
 }

@@ -1,14 +1,9 @@
-//! Token material: the RS256 signing key and its JWKS, JWT claims in Entra's
-//! v1 (access token) and v2 (id_token) shapes, and opaque codes and refresh tokens.
+//! Token material: JWT claims in Entra's v1 (access token) and v2 (id_token) shapes, and
+//! opaque codes and refresh tokens. The keys that sign them are in `keys`.
 
-use std::sync::OnceLock;
-
-use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
-use rsa::pkcs1::EncodeRsaPrivateKey;
-use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -17,101 +12,6 @@ use super::directory::User;
 
 /// Lifetime of access and id tokens; Entra's `expires_in` is 3599 for a one-hour token.
 pub const TOKEN_LIFETIME_SECS: i64 = 3599;
-
-pub struct SigningKey {
-    pub kid: String,
-    /// Parsed once, and signed with aws-lc (already linked for TLS): its
-    /// assembly RSA is several times faster than the pure-Rust `rsa` crate, and
-    /// signing is nearly all of a token call's CPU when benchmarks send thousands.
-    signer: aws_lc_rs::signature::RsaKeyPair,
-    n_b64: String,
-    e_b64: String,
-}
-
-impl std::fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
-    }
-}
-
-/// (PKCS#1 DER, n, e): 2048-bit generation costs up to a second, and a test
-/// binary builds dozens of simulators, so one key per process is shared.
-static PROCESS_KEY: OnceLock<(Vec<u8>, Vec<u8>, Vec<u8>)> = OnceLock::new();
-
-impl SigningKey {
-    pub fn generate() -> anyhow::Result<SigningKey> {
-        let (der, n, e) = match PROCESS_KEY.get() {
-            Some(k) => k.clone(),
-            None => {
-                let key = rsa::RsaPrivateKey::new(&mut rand08::rngs::OsRng, 2048)
-                    .context("generating the dev IdP's RSA key")?;
-                let der = key
-                    .to_pkcs1_der()
-                    .context("encoding the dev IdP's RSA key")?
-                    .as_bytes()
-                    .to_vec();
-                let generated = (der, key.n().to_bytes_be(), key.e().to_bytes_be());
-                PROCESS_KEY.get_or_init(|| generated).clone()
-            }
-        };
-        // Entra's kid equals the certificate's x5t (27 base64url chars); a digest of the
-        // public key gives the same shape and changes whenever the key does.
-        let mut hasher = Sha256::new();
-        hasher.update(&n);
-        hasher.update(&e);
-        let kid = URL_SAFE_NO_PAD.encode(&hasher.finalize()[..20]);
-        let signer = aws_lc_rs::signature::RsaKeyPair::from_der(&der)
-            .map_err(|e| anyhow::anyhow!("decoding the dev IdP's RSA key: {e}"))?;
-        Ok(SigningKey {
-            kid,
-            signer,
-            n_b64: URL_SAFE_NO_PAD.encode(&n),
-            e_b64: URL_SAFE_NO_PAD.encode(&e),
-        })
-    }
-
-    /// Entra's JWKS entries carry no `alg`; clients must not rely on it.
-    pub fn jwks(&self, issuer: &str) -> Value {
-        json!({
-            "keys": [{
-                "kty": "RSA",
-                "use": "sig",
-                "kid": self.kid,
-                "x5t": self.kid,
-                "n": self.n_b64,
-                "e": self.e_b64,
-                "issuer": issuer,
-            }]
-        })
-    }
-
-    /// An RS256 JWS (RFC 7515 compact form) with Entra's header fields.
-    ///
-    /// PKCS#1 v1.5 signing is deterministic. It runs without RSA blinding,
-    /// which only guards against timing attacks on the private key (here a
-    /// test fixture); with the key parsed once that makes signing about a
-    /// third faster, which matters when `/_sim/tokens` seeds thousands.
-    pub fn sign(&self, claims: &Value) -> anyhow::Result<String> {
-        let header = json!({ "typ": "JWT", "alg": "RS256", "kid": self.kid, "x5t": self.kid });
-        let mut jws = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header)?);
-        jws.push('.');
-        jws.push_str(&URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims)?));
-        let mut signature = vec![0u8; self.signer.public_modulus_len()];
-        self.signer
-            .sign(
-                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-                &aws_lc_rs::rand::SystemRandom::new(),
-                jws.as_bytes(),
-                &mut signature,
-            )
-            .map_err(|e| anyhow::anyhow!("signing a dev IdP token: {e}"))?;
-        jws.push('.');
-        jws.push_str(&URL_SAFE_NO_PAD.encode(&signature));
-        Ok(jws)
-    }
-}
 
 fn random_b64(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];

@@ -20,7 +20,6 @@
 #![allow(clippy::result_large_err)]
 
 mod store;
-pub(crate) mod tls;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -64,9 +63,11 @@ pub struct DevKeyVaultArgs {
     pub keys: Vec<String>,
 }
 
-/// Runs the double until Ctrl-C or SIGTERM.
-pub async fn run(args: DevKeyVaultArgs) -> anyhow::Result<()> {
-    crate::app::init_tracing(crate::config::LogFormat::Text);
+/// Runs the double until `shutdown` completes.
+pub async fn run(
+    args: DevKeyVaultArgs,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen: cannot listen on {}: {e}", args.listen))?;
@@ -76,7 +77,7 @@ pub async fn run(args: DevKeyVaultArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         result = serve(listener, args) => result,
-        _ = crate::app::shutdown_signal() => Ok(()),
+        _ = shutdown => Ok(()),
     }
 }
 
@@ -117,7 +118,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let base = format!("https://{addr}");
-    let config = tls::server_config(&options.tls_cert, &options.tls_key)?;
+    let config = samvault_devtls::server_config(&options.tls_cert, &options.tls_key)?;
     let (state, keys) = (options.state.clone(), options.keys.clone());
     let store = tokio::task::spawn_blocking(move || Store::open(&state, &keys)).await??;
     for name in &options.keys {
@@ -129,7 +130,11 @@ pub async fn serve(
         faults: Mutex::default(),
         counters: Mutex::default(),
     }));
-    axum::serve(tls::TlsListener::new(listener, config)?, router(double)).await?;
+    axum::serve(
+        samvault_devtls::TlsListener::new(listener, config)?,
+        router(double),
+    )
+    .await?;
     Ok(())
 }
 

@@ -18,6 +18,7 @@ use time::Duration;
 use super::clock::rfc3339;
 use super::errors::{EntraError, RequestIds};
 use super::grants::{Fault, FaultBody, Issued, MintError, Scopes, SimState};
+use super::keys::SigningKey;
 use super::token::{json_ok, signing_failed, token_body};
 use super::tokens::new_refresh_token;
 use super::{AppState, DEMO_CLIENT_ID};
@@ -54,6 +55,8 @@ pub fn router() -> Router<AppState> {
         .route("/app/secret/rotate", post(rotate_secret))
         .route("/app/secrets", post(add_secret))
         .route("/directory", get(directory))
+        .route("/keys", get(keys))
+        .route("/keys/rotate", post(rotate_keys))
         .route("/reset", post(reset))
 }
 
@@ -595,11 +598,53 @@ fn change_secrets(
     }
 }
 
-/// Everything back to start-up state (same key and directory).
+/// Everything back to start-up state (same keys and directory).
 async fn reset(State(st): State<AppState>) -> Json<Value> {
     *st.idp.lock() = SimState::new(st.idp.directory());
+    let initial = st.idp.inner.initial_keys.clone();
+    st.idp.set_key_ring(|ring| *ring = initial);
     st.idp.inner.clock.reset();
     Json(json!({ "reset": true }))
+}
+
+/// Which key signs and every key the JWKS lists (`previous`, `signing`, `next`).
+async fn keys(State(st): State<AppState>) -> Json<Value> {
+    Json(st.idp.key_ring().view())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// A key nobody has seen signs at once and the old one is withdrawn; default false: the
+    /// published successor signs and a new successor is published (Entra's regular roll).
+    emergency: Option<bool>,
+}
+
+/// Rolls the signing key the way Entra does (see `keys`).
+async fn rotate_keys(State(st): State<AppState>, body: Bytes) -> Response {
+    let b: RotateBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // RSA key generation is CPU work: off the async workers.
+    let fresh = match tokio::task::spawn_blocking(SigningKey::generate).await {
+        Ok(Ok(key)) => key,
+        _ => {
+            return signing_failed().to_response(
+                &st.base,
+                &RequestIds::new(&HeaderMap::new()),
+                st.idp.now(),
+            );
+        }
+    };
+    let ring = st.idp.set_key_ring(|ring| {
+        if b.emergency.unwrap_or(false) {
+            ring.emergency_roll(fresh);
+        } else {
+            ring.roll(fresh);
+        }
+    });
+    Json(ring.view()).into_response()
 }
 
 /// The directory with live overrides, for the demo and for test fixtures.

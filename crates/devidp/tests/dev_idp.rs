@@ -8,11 +8,14 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use reqwest::StatusCode;
-use samvault::devidp::{
-    self, CONTOSO, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DevIdpOptions, FABRIKAM, WINGTIP,
+use samvault_devidp::{
+    self as devidp, CONTOSO, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, DevIdpOptions, FABRIKAM, WINGTIP,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+#[path = "dev_idp/fidelity.rs"]
+mod fidelity;
 
 const REDIRECT: &str = "http://127.0.0.1:8080/onboard/callback";
 const PC: &str = "https://api.partnercenter.microsoft.com";
@@ -751,15 +754,32 @@ async fn one_resource_per_request_and_consent_per_resource() {
     let tokens = sim.consent(CONTOSO, "jane@contoso.example", true).await;
     let rt = tokens["refresh_token"].as_str().unwrap();
 
+    // A code redemption whose scope names two resources is refused (28000)...
+    let (code, verifier) = sim.code_for(CONTOSO, "jane@contoso.example", true).await;
+    let two =
+        "https://api.partnercenter.microsoft.com/.default https://graph.microsoft.com/.default";
     let (status, body) = sim
-        .refresh(
+        .token(
             CONTOSO,
-            rt,
-            "https://api.partnercenter.microsoft.com/.default https://graph.microsoft.com/.default",
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", DEMO_CLIENT_ID),
+                ("client_secret", DEMO_CLIENT_SECRET),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", &verifier),
+                ("scope", two),
+            ],
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(aadsts(&body), 28000);
+
+    // ...while a refresh gets a token for the first resource, as Entra documents
+    // (v2-oauth2-auth-code-flow, "Refresh the access token").
+    let (status, body) = sim.refresh(CONTOSO, rt, two).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["scope"], format!("{PC}/user_impersonation"));
 
     // Graph was never consented in this grant.
     let (status, body) = sim
@@ -976,9 +996,9 @@ async fn authorize_errors_are_pages_or_redirects_as_in_entra() {
         .await;
     assert!(resp.text().await.unwrap().contains("AADSTS50020"));
 
-    // Plain PKCE is refused, back to the app.
+    // An unknown PKCE method is refused, back to the app (Entra takes S256 and plain).
     let mut q = authorize_query(CONSENT_SCOPES, &challenge);
-    q[8].1 = "plain".into();
+    q[8].1 = "S512".into();
     let resp = sim.http.get(with_query(&authz, &q)).send().await.unwrap();
     assert_eq!(location(&resp)["error"], "invalid_request");
 
@@ -1056,7 +1076,10 @@ async fn require_mfa_is_50076_for_tokens_without_mfa() {
         .await;
     let (status, body) = sim.refresh(FABRIKAM, &rt, &scope).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(body["error"], "interaction_required");
+    // The token endpoint says `invalid_grant` with suberror `basic_action` (Entra's answer
+    // to a refresh, docs/ENTRA_FIDELITY.md); the authorize endpoint `interaction_required`.
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(body["suberror"], "basic_action");
     assert_eq!(aadsts(&body), 50076);
     // Sign-ins without MFA are now refused too.
     let (_, challenge) = pkce();

@@ -26,6 +26,35 @@ const DEMO_PERMISSIONS: &[(&str, &str)] = &[
     ("https://management.azure.com", "user_impersonation"),
 ];
 
+/// First-party APIs whose service principal exists in every tenant, by identifier URI, with
+/// their app ids (Entra names a resource by app id in some messages, e.g. 50076, 650057).
+const FIRST_PARTY_RESOURCES: &[(&str, &str)] = &[
+    (
+        "https://api.partnercenter.microsoft.com",
+        "fa3d9a0c-3fb0-42cc-9193-47c7ecd2edbd",
+    ),
+    (
+        "https://graph.microsoft.com",
+        "00000003-0000-0000-c000-000000000000",
+    ),
+    (
+        "https://graph.windows.net",
+        "00000002-0000-0000-c000-000000000000",
+    ),
+    (
+        "https://management.azure.com",
+        "797f4846-ba00-4fd7-ba43-dac1f8f63013",
+    ),
+    (
+        "https://management.core.windows.net",
+        "797f4846-ba00-4fd7-ba43-dac1f8f63013",
+    ),
+    (
+        "https://outlook.office365.com",
+        "00000002-0000-0ff1-ce00-000000000000",
+    ),
+];
+
 /// How a tenant's conditional access treats MFA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -99,6 +128,13 @@ pub struct App {
 }
 
 impl App {
+    /// The resources the app registration lists (its "required resource access").
+    pub fn registered_resources(&self) -> Vec<String> {
+        let mut resources: Vec<String> = self.permissions.iter().map(|(r, _)| r.clone()).collect();
+        resources.dedup();
+        resources
+    }
+
     pub fn static_permissions(&self, resource: &str) -> Vec<String> {
         self.permissions
             .iter()
@@ -353,6 +389,17 @@ impl Directory {
 
     pub fn app(&self, client_id: &str) -> Option<&App> {
         self.apps.get(&client_id.to_ascii_lowercase())
+    }
+
+    /// The app id of `resource` (normalized) when it exists in every tenant: a first-party API,
+    /// or an app of this directory named by its client id or `api://` URI. `None`: Entra
+    /// would find no service principal for it (AADSTS500011).
+    pub fn resource_app_id(&self, resource: &str) -> Option<String> {
+        if let Some((_, id)) = FIRST_PARTY_RESOURCES.iter().find(|(r, _)| *r == resource) {
+            return Some(id.to_string());
+        }
+        let id = resource.strip_prefix("api://").unwrap_or(resource);
+        self.app(id).map(|app| app.client_id.clone())
     }
 
     pub fn apps(&self) -> impl Iterator<Item = &App> {

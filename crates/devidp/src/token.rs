@@ -218,7 +218,7 @@ pub fn token_body(
     jwts: bool,
     now: time::OffsetDateTime,
 ) -> Result<Value, EntraError> {
-    let key = &st.idp.inner.key;
+    let key = st.idp.signing_key();
     let sign_failed = |_| signing_failed();
     let scp = issued.permissions.join(" ");
     let access_token = if jwts {

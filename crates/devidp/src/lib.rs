@@ -7,10 +7,10 @@
 //!
 //! - `directory`: seeded tenants, users and the CPV app; TOML loading; `--tenants N`.
 //! - `grants`: codes, refresh tokens, consents, `/_sim` overrides, counters, faults.
-//! - `tokens`: the RS256 key and JWKS, JWT claims, opaque codes and refresh tokens.
+//! - `tokens`: JWT claims, opaque codes and refresh tokens.
+//! - `keys`: the RS256 signing keys, their JWKS and their rollover (`/_sim/keys`).
 //! - `errors`: Entra's error bodies and the AADSTS catalogue.
 //! - `client_auth`: client secrets and certificate client assertions at the token endpoint.
-//! - `certificate`: self-signed certificates for the CPV app (`samvault dev-cert`).
 //! - `clock`: the simulated clock every expiry is judged on.
 //! - `discovery`, `authorize`, `token`, `sim`: the HTTP surface.
 //!
@@ -39,18 +39,18 @@
 #![allow(clippy::result_large_err)]
 
 mod authorize;
-pub mod certificate;
 mod client_auth;
 mod clock;
 mod directory;
 mod discovery;
 mod errors;
 mod grants;
+mod keys;
 mod sim;
 mod token;
 pub(crate) mod tokens;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -61,7 +61,7 @@ pub use directory::{MfaPolicy, generated_tenant_id};
 use directory::{Directory, Tenant};
 use errors::EntraError;
 use grants::SimState;
-use tokens::SigningKey;
+use keys::{KeyRing, SigningKey};
 
 /// Client id of the CPV app registered in the demo directory (a simulator fixture).
 pub const DEMO_CLIENT_ID: &str = "5a7e3c1d-0000-4000-8000-00000000c0de";
@@ -115,7 +115,10 @@ impl std::fmt::Debug for DevIdp {
 struct Inner {
     opts: DevIdpOptions,
     directory: Directory,
-    key: SigningKey,
+    /// The keys the JWKS lists and the one that signs; `/_sim/keys/rotate` rolls them.
+    keys: RwLock<KeyRing>,
+    /// What `/_sim/reset` goes back to.
+    initial_keys: KeyRing,
     clock: clock::SimClock,
     state: Mutex<SimState>,
 }
@@ -134,9 +137,11 @@ impl DevIdp {
             directory.register_certificate(DEMO_CLIENT_ID, certificate)?;
         }
         let state = Mutex::new(SimState::new(&directory));
+        let keys = KeyRing::initial()?;
         Ok(DevIdp {
             inner: Arc::new(Inner {
-                key: SigningKey::generate()?,
+                keys: RwLock::new(keys.clone()),
+                initial_keys: keys,
                 opts,
                 directory,
                 clock: clock::SimClock::default(),
@@ -190,6 +195,31 @@ impl DevIdp {
         self.inner.clock.now()
     }
 
+    /// The key that signs tokens now.
+    fn signing_key(&self) -> Arc<SigningKey> {
+        self.inner
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .signing()
+    }
+
+    /// A snapshot of the key ring (cheap: keys are shared).
+    fn key_ring(&self) -> KeyRing {
+        self.inner
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the key ring (a roll, or a reset).
+    fn set_key_ring(&self, change: impl FnOnce(&mut KeyRing)) -> KeyRing {
+        let mut ring = self.inner.keys.write().unwrap_or_else(|e| e.into_inner());
+        change(&mut ring);
+        ring.clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, SimState> {
         // A panic while holding the lock leaves plain data behind; keep serving.
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -200,7 +230,8 @@ impl DevIdp {
     }
 
     /// Resolves `{tenant}` of a path: a tenant id or domain, or `common` /
-    /// `organizations` (any tenant). Unknown or deleted tenants are AADSTS90002.
+    /// `organizations` (any tenant). Unknown or deleted tenants are AADSTS90002, and a
+    /// segment that is neither a GUID nor a domain AADSTS900023.
     fn path_tenant(&self, raw: &str) -> Result<PathTenant<'_>, EntraError> {
         let lower = raw.to_ascii_lowercase();
         if lower == "common" || lower == "organizations" {
@@ -212,9 +243,19 @@ impl DevIdp {
         }
         match self.directory().tenant(raw) {
             Some(t) if !self.lock().tenant_deleted(&t.id) => Ok(PathTenant::Tenant(t)),
+            _ if !tenant_shaped(raw) => Err(errors::tenant_identifier_invalid(raw)),
             _ => Err(errors::tenant_not_found(raw)),
         }
     }
+}
+
+/// A tenant id (GUID) or a domain name: what Entra looks up before answering 90002.
+fn tenant_shaped(raw: &str) -> bool {
+    uuid::Uuid::parse_str(raw).is_ok()
+        || (raw.contains('.')
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
 }
 
 /// Small request/response exchanges must not wait for Nagle's algorithm.
@@ -235,7 +276,7 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: DevIdpOptions) -> an
     let tls = opts
         .tls
         .as_ref()
-        .map(|(cert, key)| crate::devkv::tls::server_config(cert, key))
+        .map(|(cert, key)| samvault_devtls::server_config(cert, key))
         .transpose()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let base = format!("{scheme}://{host}:{}", addr.port());
@@ -243,7 +284,7 @@ pub async fn serve(listener: tokio::net::TcpListener, opts: DevIdpOptions) -> an
     tracing::info!(%base, "dev IdP listening");
     match tls {
         Some(config) => {
-            let listener = crate::devkv::tls::TlsListener::new(listener, config)?;
+            let listener = samvault_devtls::TlsListener::new(listener, config)?;
             axum::serve(listener, idp.router(&base)).await?;
         }
         None => axum::serve(listener.tap_io(no_delay), idp.router(&base)).await?,

@@ -3,7 +3,8 @@
 //! Clients (samvault included) branch on the OAuth `error` field and read the
 //! AADSTS code from `error_codes`; people read `error_description`. Messages
 //! below follow Microsoft's published texts so that logs from the simulator
-//! look like logs from production.
+//! look like logs from production. Every answer, with the source it follows, is in
+//! `docs/ENTRA_FIDELITY.md`; `tests/fidelity.rs` holds the simulator to that table.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,16 +23,28 @@ pub struct EntraError {
 }
 
 impl EntraError {
-    /// An error whose OAuth `error` and HTTP status follow from its AADSTS code.
+    /// An error whose OAuth `error`, HTTP status and `suberror` follow from its AADSTS code,
+    /// as the token endpoint answers it.
     pub fn new(code: u32, message: impl Into<String>) -> Self {
-        let (error, status) = classify(code);
+        let (error, status, suberror) = classify(code);
         EntraError {
             status,
             error,
-            suberror: None,
+            suberror,
             code,
             message: message.into(),
         }
+    }
+
+    /// The same refusal sent back to the app from the authorize endpoint. Entra's
+    /// authorize errors use OIDC's `interaction_required` where the token endpoint says
+    /// `invalid_grant` (MFA), and carry no `suberror`.
+    pub fn at_authorize(mut self) -> Self {
+        if matches!(self.code, 50076 | 50079) {
+            self.error = "interaction_required";
+        }
+        self.suberror = None;
+        self
     }
 
     pub fn with_error(mut self, error: &'static str) -> Self {
@@ -126,27 +139,48 @@ pub fn json_string(v: &serde_json::Value) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
 }
 
-/// OAuth `error` value and HTTP status per AADSTS code (Entra's own pairing).
-fn classify(code: u32) -> (&'static str, StatusCode) {
-    match code {
+/// OAuth `error` value, HTTP status and `suberror` per AADSTS code, as the token endpoint
+/// answers (sources per code in docs/ENTRA_FIDELITY.md).
+fn classify(code: u32) -> (&'static str, StatusCode, Option<&'static str>) {
+    let (error, status) = match code {
+        // The app's own credential: 401, as Entra answers a failed client authentication.
         7000215 | 7000222 | 7000218 | 700027 | 700024 | 700023 | 700021 | 50013 => {
             ("invalid_client", StatusCode::UNAUTHORIZED)
         }
-        50027 => ("invalid_request", StatusCode::BAD_REQUEST),
+        // `invalid_client` that is not about the credential: the redirect URI at redemption
+        // (500112, 50011) or a resource missing from the app registration (650057). No
+        // source quotes their HTTP status; 400 is RFC 6749 §5.2's default.
+        500112 | 50011 | 650057 => ("invalid_client", StatusCode::BAD_REQUEST),
+        500011 => ("invalid_resource", StatusCode::BAD_REQUEST),
+        70011 => ("invalid_scope", StatusCode::BAD_REQUEST),
         700016 => ("unauthorized_client", StatusCode::BAD_REQUEST),
-        50076 | 50079 => ("interaction_required", StatusCode::BAD_REQUEST),
         50058 => ("login_required", StatusCode::BAD_REQUEST),
         65004 => ("access_denied", StatusCode::BAD_REQUEST),
         70003 => ("unsupported_grant_type", StatusCode::BAD_REQUEST),
         700054 => ("unsupported_response_type", StatusCode::BAD_REQUEST),
-        70011 => ("invalid_scope", StatusCode::BAD_REQUEST),
-        90002 | 900144 | 9002313 | 900561 | 28000 | 50149 | 501491 | 50011 | 90023 => {
+        50027 | 90002 | 900023 | 900144 | 900561 | 28000 | 50149 | 501491 | 90023 => {
             ("invalid_request", StatusCode::BAD_REQUEST)
         }
         90006 => ("temporarily_unavailable", StatusCode::SERVICE_UNAVAILABLE),
         90055 => ("temporarily_unavailable", StatusCode::TOO_MANY_REQUESTS),
         50000 => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
+        // 9002313 (an unreadable code or refresh token), 50076 (MFA) and every grant
+        // failure: `invalid_grant`.
         _ => ("invalid_grant", StatusCode::BAD_REQUEST),
+    };
+    (error, status, suberror(code))
+}
+
+/// Entra's `suberror` refinements (the values MSAL's InteractionRequiredAuthError lists).
+fn suberror(code: u32) -> Option<&'static str> {
+    match code {
+        65001 => Some("consent_required"),
+        50076 | 50078 => Some("basic_action"),
+        70043 => Some("token_expired"),
+        // Entra added `bad_token` to 700082 answers: bodies reported in 2020-2022 have none,
+        // later ones do; the current behaviour is simulated.
+        700082 => Some("bad_token"),
+        _ => None,
     }
 }
 
@@ -170,14 +204,33 @@ pub fn missing_parameter(name: &str) -> EntraError {
     )
 }
 
+const MALFORMED: &str = "Invalid request. Request is malformed or invalid.";
+
+/// A request Entra cannot read (a broken Basic header, two credentials at once).
 pub fn malformed_request() -> EntraError {
-    EntraError::new(9002313, "Invalid request. Request is malformed or invalid.")
+    EntraError::new(9002313, MALFORMED).with_error("invalid_request")
+}
+
+/// A code or refresh token Entra cannot parse: the same code, answered `invalid_grant`.
+pub fn malformed_grant() -> EntraError {
+    EntraError::new(9002313, MALFORMED)
 }
 
 pub fn post_only(method: &str) -> EntraError {
     EntraError::new(
         900561,
         format!("The endpoint only accepts POST, OPTIONS requests. Received a {method} request."),
+    )
+}
+
+/// A `{tenant}` path segment that is neither a GUID nor a domain name.
+pub fn tenant_identifier_invalid(tenant: &str) -> EntraError {
+    EntraError::new(
+        900023,
+        format!(
+            "Specified tenant identifier '{tenant}' is neither a valid DNS name, nor a valid \
+             external domain."
+        ),
     )
 }
 
@@ -378,11 +431,17 @@ pub fn code_wrong_tenant() -> EntraError {
     )
 }
 
-pub fn reply_address_mismatch() -> EntraError {
+/// The redirect URI at redemption differs from the authorize request's. Entra answers
+/// `invalid_client` (its older v1 form was `AADSTS70002: Error validating credentials.
+/// AADSTS50011: The reply address '…' does not match the reply address '…' provided when
+/// requesting Authorization code.`).
+pub fn reply_address_mismatch(sent: &str, original: &str) -> EntraError {
     EntraError::new(
         500112,
-        "The reply address does not match the reply address provided when requesting \
-         Authorization code.",
+        format!(
+            "The reply address '{sent}' does not match the reply address '{original}' provided \
+             when requesting Authorization code."
+        ),
     )
 }
 
@@ -399,8 +458,9 @@ pub fn refresh_token_inactive(issued: OffsetDateTime) -> EntraError {
         700082,
         format!(
             "The refresh token has expired due to inactivity. The token was issued on {} and was \
-             inactive for 90.00:00:00.",
-            iso_o(issued)
+             inactive for {}.",
+            iso_o(issued),
+            timespan(90 * 86_400)
         ),
     )
 }
@@ -419,6 +479,8 @@ pub fn grant_revoked(auth_time: OffsetDateTime, valid_from: OffsetDateTime) -> E
     )
 }
 
+/// Entra states the lifetime in whole seconds ("... for this request is 86400."), unlike
+/// 700082's TimeSpan.
 pub fn sign_in_frequency(issued: OffsetDateTime, max_lifetime_secs: i64) -> EntraError {
     EntraError::new(
         70043,
@@ -427,11 +489,12 @@ pub fn sign_in_frequency(issued: OffsetDateTime, max_lifetime_secs: i64) -> Entr
              conditional access. The token was issued on {} and the maximum allowed lifetime for \
              this request is {}.",
             iso_o(issued),
-            timespan(max_lifetime_secs)
+            max_lifetime_secs.max(0)
         ),
     )
 }
 
+/// `resource` as Entra names it here: the resource's app id when it has one.
 pub fn mfa_required(resource: &str) -> EntraError {
     EntraError::new(
         50076,
@@ -453,6 +516,52 @@ pub fn consent_required(client_id: &str, app_name: &str) -> EntraError {
     );
     e.suberror = Some("consent_required");
     e
+}
+
+/// The resource has no service principal in the tenant (a typo, or an API never installed).
+pub fn resource_not_found(resource: &str, tenant_name: &str) -> EntraError {
+    EntraError::new(
+        500011,
+        format!(
+            "The resource principal named {resource} was not found in the tenant named \
+             {tenant_name}. This can happen if the application has not been installed by the \
+             administrator of the tenant or consented to by any user in the tenant. You might \
+             have sent your authentication request to the wrong tenant."
+        ),
+    )
+}
+
+/// `.default` for a resource the app registration does not list: Entra answers
+/// `invalid_client`, though the app's credential is fine.
+pub fn resource_not_registered(
+    client_id: &str,
+    app_name: &str,
+    resource: &str,
+    resource_app_id: &str,
+    registered: &[String],
+) -> EntraError {
+    EntraError::new(
+        650057,
+        format!(
+            "Invalid resource. The client has requested access to a resource which is not listed \
+             in the requested permissions in the client's application registration. Client app \
+             ID: {client_id}({app_name}). Resource value from request: {resource}. Resource app \
+             ID: {resource_app_id}. List of valid resources from app registration: {}.",
+            registered.join(", ")
+        ),
+    )
+}
+
+/// A scope Entra cannot accept (here: `.default` next to a named permission of the same
+/// resource).
+pub fn invalid_scope(scope: &str) -> EntraError {
+    EntraError::new(
+        70011,
+        format!(
+            "The provided value for the input parameter 'scope' is not valid. The scope {scope} \
+             is not valid. .default scope can't be combined with resource-specific scopes."
+        ),
+    )
 }
 
 pub fn more_than_one_resource(scope: &str) -> EntraError {
@@ -524,10 +633,11 @@ pub fn unsupported_response_type(rt: &str) -> EntraError {
     )
 }
 
+/// Entra accepts `S256` and `plain`; anything else is refused.
 pub fn invalid_challenge_method() -> EntraError {
     EntraError::new(
         50149,
-        "Invalid Code_Challenge_method parameter. Only S256 is accepted by this app.",
+        "Invalid Code_Challenge_method parameter. Only S256 and plain are accepted.",
     )
 }
 
@@ -599,6 +709,11 @@ pub fn known_meaning(code: u32) -> Option<&'static str> {
         50034 => "UserAccountNotFound: the account doesn't exist in the directory.",
         50020 => "UserUnauthorized: the user is not a member of the tenant.",
         50011 => "InvalidReplyTo: the redirect URI doesn't match the app registration.",
+        500112 => "The reply address at redemption doesn't match the authorize request's.",
+        500011 => "InvalidResourceServicePrincipalNotFound: the resource isn't in the tenant.",
+        650057 => "Invalid resource: the app registration doesn't list this resource.",
+        70011 => "InvalidScope: the scope requested by the app is invalid.",
+        900023 => "The tenant identifier is neither a valid DNS name nor a valid external domain.",
         28000 => "The scope parameter contains more than one resource.",
         900144 => "InvalidRequest: a required parameter is missing.",
         9002313 => "InvalidRequest: the request is malformed or invalid.",
@@ -623,7 +738,13 @@ mod tests {
             refresh_token_inactive(OffsetDateTime::UNIX_EPOCH).error,
             "invalid_grant"
         );
-        assert_eq!(mfa_required("r").error, "interaction_required");
+        assert_eq!(
+            mfa_required("r").at_authorize().error,
+            "interaction_required"
+        );
+        assert_eq!(mfa_required("r").error, "invalid_grant");
+        assert_eq!(mfa_required("r").suberror, Some("basic_action"));
         assert_eq!(tenant_not_found("t").error, "invalid_request");
+        assert_eq!(reply_address_mismatch("a", "b").error, "invalid_client");
     }
 }

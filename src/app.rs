@@ -7,8 +7,8 @@ use tokio::net::TcpListener;
 
 use crate::broker::request_log::RequestLog;
 use crate::broker::{Broker, BrokerSettings};
+use crate::clients::ClientAuth;
 use crate::config::{Config, KeyProviderConfig, LogFormat};
-use crate::http::client_auth::ClientAuth;
 use crate::http::{self, AppState};
 use crate::idp::IdpClient;
 use crate::metrics::Metrics;
@@ -232,6 +232,7 @@ impl App {
 
     /// Serves (with the rotation scheduler and webhook delivery) until Ctrl-C / SIGTERM.
     pub async fn run(self) -> anyhow::Result<()> {
+        let _log = LogsOffRequestPath::start();
         let router = http::router(self.state.clone());
         let config = &self.services.config;
         tracing::info!(listen = %self.local_addr(), public_url = %config.public_url, "samvault serving");
@@ -286,17 +287,75 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
 }
 
-/// Logs go to stderr, as text or JSON. Token strings never reach a log line: secrets are
-/// `SecretString`s and spans skip arguments (see docs/LOGGING.md).
+/// Logs go to stderr, as text or JSON; colours only on a terminal. Token strings never reach
+/// a log line: secrets are `SecretString`s and spans skip arguments (see docs/LOGGING.md).
 pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_sessions=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(LogWriter);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// While `serve` runs, the writer thread that takes its log lines (see [`LogWriter`]).
+static OFF_REQUEST_PATH: std::sync::RwLock<Option<tracing_appender::non_blocking::NonBlocking>> =
+    std::sync::RwLock::new(None);
+
+/// Log lines go to stderr from the thread that logs them, except while `serve` runs: then a
+/// thread of their own writes them, so no request waits on a write to a slow disk or pipe.
+struct LogWriter;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = tracing_subscriber::fmt::writer::EitherWriter<
+        tracing_appender::non_blocking::NonBlocking,
+        std::io::Stderr,
+    >;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        use tracing_subscriber::fmt::writer::EitherWriter;
+        let off_path = OFF_REQUEST_PATH
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*off_path {
+            Some(writer) => EitherWriter::A(writer.clone()),
+            None => EitherWriter::B(std::io::stderr()),
+        }
+    }
+}
+
+/// Held while `serve` runs: log lines are written by their own thread. Dropping it writes
+/// every line still queued (the process may end right after) and goes back to stderr.
+#[must_use]
+struct LogsOffRequestPath(Option<tracing_appender::non_blocking::WorkerGuard>);
+
+impl LogsOffRequestPath {
+    fn start() -> Self {
+        // Never lossy: under a burst a request rather waits for the writer than a line is lost.
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("samvault-log")
+            .finish(std::io::stderr());
+        *OFF_REQUEST_PATH
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(writer);
+        Self(Some(guard))
+    }
+}
+
+impl Drop for LogsOffRequestPath {
+    fn drop(&mut self) {
+        OFF_REQUEST_PATH
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        // Waits (up to a second) until the writer thread has written what it holds.
+        drop(self.0.take());
+    }
 }

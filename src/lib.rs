@@ -9,6 +9,7 @@
 pub mod app;
 pub mod backoff;
 pub mod broker;
+pub mod clients;
 pub mod config;
 pub mod domain;
 #[doc(hidden)]

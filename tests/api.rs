@@ -357,6 +357,176 @@ async fn rate_limits_and_hostile_bodies(backend: Backend) {
     assert_eq!(response.status(), 400);
 }
 
+/// Whether `id` is what samvault accepts as a request id: short, visible ASCII.
+fn plausible_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The `x-request-id` of a response, asserted to be there and plausible.
+fn request_id_of(response: &reqwest::Response) -> String {
+    let id = response
+        .headers()
+        .get("x-request-id")
+        .expect("every response carries x-request-id")
+        .to_str()
+        .expect("a visible ASCII request id")
+        .to_string();
+    assert!(plausible_request_id(&id), "{id:?}");
+    id
+}
+
+/// A request id given by the caller is echoed in the response header, in the problem body
+/// and in the log; a hostile one is replaced; without one, one is made up.
+async fn request_ids_are_echoed_validated_or_made(stack: &Stack) {
+    let token_url = format!("{}/api/v1/partners/{CONTOSO}/token", stack.sv());
+    let refused = |id: Option<reqwest::header::HeaderValue>| {
+        let mut request = stack
+            .http
+            .post(&token_url)
+            .basic_auth("no-such-client", Some("wrong"))
+            .json(&token_body());
+        if let Some(id) = id {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
+    };
+
+    let given = "trace-4f2a:9b/1+x";
+    let response = refused(Some(given.parse().unwrap())).await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(request_id_of(&response), given, "the given id is echoed");
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["request_id"], given, "{problem}");
+    assert_eq!(problem["code"], "invalid_client");
+    eventually(
+        Duration::from_secs(5),
+        "the request id in the log",
+        || async { stack.log(0).contains(given) },
+    )
+    .await;
+
+    let too_long = "a".repeat(65);
+    for hostile in [
+        reqwest::header::HeaderValue::from_str(&too_long).unwrap(),
+        reqwest::header::HeaderValue::from_static("two words"),
+        reqwest::header::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        reqwest::header::HeaderValue::from_bytes(b"tab\there").unwrap(),
+        reqwest::header::HeaderValue::from_static(""),
+    ] {
+        let response = refused(Some(hostile.clone())).await.unwrap();
+        let id = request_id_of(&response);
+        assert_ne!(
+            id.as_bytes(),
+            hostile.as_bytes(),
+            "a hostile id is replaced"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["request_id"], id.as_str(), "{problem}");
+    }
+
+    let first = refused(None).await.unwrap();
+    let second = refused(None).await.unwrap();
+    let made = request_id_of(&first);
+    assert_ne!(made, request_id_of(&second), "each request gets its own id");
+    let problem: Value = first.json().await.unwrap();
+    assert_eq!(problem["request_id"], made.as_str());
+    let health = stack
+        .http
+        .get(format!("{}/healthz", stack.sv()))
+        .send()
+        .await
+        .unwrap();
+    request_id_of(&health);
+    let missing = stack
+        .http
+        .get(format!("{}/api/v1/nowhere", stack.sv()))
+        .header("x-request-id", "lost-and-found")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let problem: Value = missing.json().await.unwrap();
+    assert_eq!(problem["request_id"], "lost-and-found", "{problem}");
+}
+
+/// Every answer of the integrations API, success or refusal, says `Cache-Control: no-store`.
+async fn every_api_response_is_no_store(stack: &Stack) {
+    let all = create(
+        stack,
+        &["--resource", PARTNER_CENTER, "--rate-limit", "1000"],
+    );
+    let tokens_only = create(
+        stack,
+        &["--resource", PARTNER_CENTER, "--permission", "tokens:issue"],
+    );
+    let limited = create(stack, &["--resource", PARTNER_CENTER, "--rate-limit", "1"]);
+    let sv = stack.sv();
+    let token = format!("{sv}/api/v1/partners/{CONTOSO}/token");
+    let http = &stack.http;
+    let post = |url: String, creds: &(String, String), body: Vec<u8>| {
+        http.post(url)
+            .basic_auth(&creds.0, Some(&creds.1))
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let get = |path: &str, creds: &(String, String)| {
+        http.get(format!("{sv}{path}"))
+            .basic_auth(&creds.0, Some(&creds.1))
+    };
+    let body = serde_json::to_vec(&token_body()).unwrap();
+    let cases = [
+        (200, post(token.clone(), &all, body.clone())),
+        (200, get("/api/v1/partners", &all)),
+        (200, get(&format!("/api/v1/partners/{CONTOSO}"), &all)),
+        (400, post(token.clone(), &all, b"{".to_vec())),
+        (
+            401,
+            post(token.clone(), &("x".into(), "y".into()), body.clone()),
+        ),
+        (403, get("/api/v1/partners", &tokens_only)),
+        (404, get(&format!("/api/v1/partners/{WINGTIP}"), &all)),
+        (404, get("/api/v1/nowhere", &all)),
+        (405, get(&format!("/api/v1/partners/{CONTOSO}/token"), &all)),
+        (200, post(token.clone(), &limited, body.clone())),
+        (429, post(token.clone(), &limited, body.clone())),
+    ];
+    for (expected, request) in cases {
+        let response = request.send().await.unwrap();
+        let url = response.url().clone();
+        assert_eq!(response.status().as_u16(), expected, "{url}");
+        assert_eq!(
+            response
+                .headers()
+                .get("cache-control")
+                .map(|v| v.to_str().unwrap()),
+            Some("no-store"),
+            "{expected} from {url}"
+        );
+    }
+    let oversized = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+        .post(&token)
+        .basic_auth(&all.0, Some(&all.1))
+        .header("content-type", "application/json")
+        .body(vec![b'a'; 17 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 413);
+    assert_eq!(oversized.headers()["cache-control"], "no-store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_and_no_store() {
+    let db = support::fresh_database(Backend::Sqlite).await.unwrap();
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.consent("jane@contoso.example").await;
+    every_api_response_is_no_store(&stack).await;
+    request_ids_are_echoed_validated_or_made(&stack).await;
+}
+
 on_both_backends!(
     least_privilege_and_revocation,
     cold_burst_makes_one_refresh_and_is_logged,

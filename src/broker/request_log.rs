@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::storage::Db;
 use crate::storage::requests::{self, RequestBatch, RequestRecord};
@@ -22,10 +22,16 @@ const LINGER: Duration = Duration::from_millis(1000);
 /// Records taken from the channel at a time (then the writer lets requests run).
 const TAKE: usize = 1024;
 
+/// Cheap to clone (one reference count): every request holds one through the app state.
 #[derive(Clone)]
-pub struct RequestLog {
+pub struct RequestLog(Arc<Handles>);
+
+struct Handles {
     tx: mpsc::Sender<RequestRecord>,
-    dropped: Arc<AtomicU64>,
+    dropped: AtomicU64,
+    /// Dropped with the last `RequestLog`: tells the writer, asleep while a batch gathers,
+    /// to write it now rather than at the end of the linger.
+    _open: oneshot::Sender<()>,
 }
 
 impl RequestLog {
@@ -33,20 +39,20 @@ impl RequestLog {
     /// clone is dropped.
     pub fn spawn(db: Db) -> (RequestLog, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CAPACITY);
-        let handle = tokio::spawn(write_batches(db, rx));
-        (
-            RequestLog {
-                tx,
-                dropped: Arc::default(),
-            },
-            handle,
-        )
+        let (open, closed) = oneshot::channel();
+        let handle = tokio::spawn(write_batches(db, rx, closed));
+        let handles = Handles {
+            tx,
+            dropped: AtomicU64::default(),
+            _open: open,
+        };
+        (RequestLog(Arc::new(handles)), handle)
     }
 
     /// Never waits: a full buffer drops the record (and counts it).
     pub fn record(&self, record: RequestRecord) {
-        if self.tx.try_send(record).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.0.tx.try_send(record).is_err() {
+            let n = self.0.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(dropped = n, "token request log is behind; records dropped");
             }
@@ -54,44 +60,95 @@ impl RequestLog {
     }
 
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.0.dropped.load(Ordering::Relaxed)
     }
 }
 
-async fn write_batches(db: Db, mut rx: mpsc::Receiver<RequestRecord>) {
+/// One wake-up per batch, not per request: the writer waits on the channel only for a
+/// batch's first record, then sleeps while the batch gathers. Nobody waits on the channel
+/// then, so a handler's `record` wakes no task and no thread.
+async fn write_batches(
+    db: Db,
+    mut rx: mpsc::Receiver<RequestRecord>,
+    mut closed: oneshot::Receiver<()>,
+) {
     let mut taken = Vec::with_capacity(TAKE);
     loop {
         if rx.recv_many(&mut taken, TAKE).await == 0 {
             return;
         }
+        let closing = tokio::select! {
+            _ = tokio::time::sleep(LINGER) => false,
+            _ = &mut closed => true,
+        };
         let mut batch = RequestBatch::default();
-        let mut open = true;
-        let deadline = tokio::time::Instant::now() + LINGER;
         loop {
             for record in taken.drain(..) {
                 batch.push(record);
             }
-            match tokio::time::timeout_at(deadline, rx.recv_many(&mut taken, TAKE)).await {
-                Ok(0) => {
-                    open = false;
-                    break;
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        let mut attempt = 0;
-        while let Err(e) = requests::write_batch(&db, &batch).await {
-            attempt += 1;
-            if attempt >= 5 {
-                tracing::error!(error = %e, requests = batch.requests(), "token request log batch lost");
+            if rx.is_empty() {
                 break;
             }
-            tracing::warn!(error = %e, "token request log write failed; retrying");
-            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            // Returns at once (records are waiting), yielding now and then to requests.
+            rx.recv_many(&mut taken, TAKE).await;
         }
-        if !open {
+        write(&db, &batch).await;
+        if closing {
             return;
         }
+    }
+}
+
+/// Writes a batch, retrying a few times before giving it up (and saying so).
+async fn write(db: &Db, batch: &RequestBatch) {
+    let mut attempt = 0;
+    while let Err(e) = requests::write_batch(db, batch).await {
+        attempt += 1;
+        if attempt >= 5 {
+            tracing::error!(error = %e, requests = batch.requests(), "token request log batch lost");
+            return;
+        }
+        tracing::warn!(error = %e, "token request log write failed; retrying");
+        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: i64) -> RequestRecord {
+        RequestRecord {
+            at: 1_700_000_000 + n,
+            client_id: "c".into(),
+            tenant_id: "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01".into(),
+            resource: "https://graph.microsoft.com".into(),
+            purpose: "p".into(),
+            outcome: "issued".into(),
+            cached: true,
+            mfa: Some(true),
+        }
+    }
+
+    /// Dropping the last handle writes what was recorded at once, not after the linger.
+    #[tokio::test]
+    async fn the_last_handle_gone_flushes_without_waiting_for_the_linger() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+        let db = Db::connect(&secrecy::SecretString::from(url))
+            .await
+            .unwrap();
+        db.migrate().await.unwrap();
+        let (log, writer) = RequestLog::spawn(db.clone());
+        for n in 0..3 {
+            log.clone().record(record(n));
+        }
+        drop(log);
+        tokio::time::timeout(LINGER / 2, writer)
+            .await
+            .expect("written before the linger ends")
+            .unwrap();
+        let recent = requests::latest(&db, 10).await.unwrap();
+        assert_eq!(recent.len(), 3);
     }
 }

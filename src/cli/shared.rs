@@ -9,4 +9,4 @@ pub use samvault::onboarding::organisation_name;
 
 /// Waits until running services have dropped a revoked client or secret from their
 /// authentication cache (`client revoke`, `client secret revoke`).
-pub use samvault::http::client_auth::wait_for_services_to_notice;
+pub use samvault::clients::wait_for_services_to_notice;

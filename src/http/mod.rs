@@ -9,6 +9,7 @@ pub mod onboard;
 pub mod openapi;
 mod ops;
 pub mod problem;
+pub mod request_id;
 mod templates;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
 use axum::routing::get;
+use tower::ServiceBuilder;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_sessions::cookie::SameSite;
 use tower_sessions::{Expiry, SessionManagerLayer};
@@ -29,7 +31,7 @@ use crate::storage::sessions::SealedSessionStore;
 use crate::vault::Vault;
 
 /// Largest request body accepted anywhere (the token API's JSON is a few hundred bytes).
-const BODY_LIMIT: usize = 16 * 1024;
+pub(crate) const BODY_LIMIT: usize = 16 * 1024;
 
 /// What every handler shares, behind one `Arc`: axum clones the state for each request, and
 /// one reference count is cheaper than one per field on the token path.
@@ -57,8 +59,8 @@ pub struct Shared {
     pub broker: Broker,
     /// Events that do not come from the broker (a partner's grant changing hands).
     pub notifier: crate::notify::Notifier,
-    pub auth: Arc<client_auth::ClientAuth>,
-    pub limiter: Arc<client_auth::RateLimiter>,
+    pub auth: Arc<crate::clients::ClientAuth>,
+    pub limiter: Arc<crate::clients::RateLimiter>,
     pub request_log: crate::broker::request_log::RequestLog,
     /// What the handlers record into (the token API counts its requests).
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -90,39 +92,41 @@ pub fn router(state: AppState) -> Router {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         ));
-    let router = Router::new()
+    let routes = Router::new()
         .merge(pages)
         .merge(api::router())
         .merge(openapi::router())
         .merge(health::router())
         .merge(metrics::router())
         .fallback(not_found)
-        .with_state(state)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn(api_body_too_large))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ));
-    // Served as https (behind a TLS terminator): browsers must never come back over http,
-    // where a session cookie or a consent redirect could be intercepted. Subdomains are not
-    // ours to bind.
-    if secure_cookies {
-        router.layer(SetResponseHeaderLayer::if_not_present(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=31536000"),
-        ))
-    } else {
-        router
-    }
+        .with_state(state);
+    // One typed stack per `Router::layer`: axum boxes each layer call around every route and
+    // clones the boxes on every request.
+    let hsts = secure_cookies.then(|| HeaderValue::from_static("max-age=31536000"));
+    let routes = routes.layer(
+        ServiceBuilder::new()
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ))
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::X_FRAME_OPTIONS,
+                HeaderValue::from_static("DENY"),
+            ))
+            // Served as https (behind a TLS terminator): browsers must never come back over
+            // http, where a session cookie or a consent redirect could be intercepted.
+            // Subdomains are not ours to bind.
+            .layer(SetResponseHeaderLayer::if_not_present(
+                header::STRICT_TRANSPORT_SECURITY,
+                move |_: &axum::response::Response| hsts.clone(),
+            )),
+    );
+    request_id::layer(routes)
 }
 
 /// No script at all, styles from samvault only, no framing. `form-action` must also allow
@@ -133,23 +137,6 @@ fn content_security_policy(config: &Config) -> HeaderValue {
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' {idp}; frame-ancestors 'none'; base-uri 'none'"
     ))
     .expect("an origin is a valid header value")
-}
-
-/// axum answers an over-long body with a plain-text 413; the API answers with a problem.
-async fn api_body_too_large(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let api = request.uri().path().starts_with("/api/");
-    let response = next.run(request).await;
-    if api && response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return axum::response::IntoResponse::into_response(problem::Problem::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than {} KiB", BODY_LIMIT / 1024),
-        ));
-    }
-    response
 }
 
 async fn not_found() -> problem::Problem {

@@ -1,4 +1,6 @@
-//! `application/problem+json` (RFC 9457) errors with the stable codes of SPEC §3.2.
+//! `application/problem+json` (RFC 9457) errors with the stable codes of the integrations API.
+//! Every problem names its request (`request_id`, the response's `x-request-id`), so a caller
+//! quoting it leads operators to the request's log lines.
 
 use std::time::Duration;
 
@@ -8,13 +10,14 @@ use axum::response::{IntoResponse, Response};
 use crate::broker::BrokerError;
 
 /// An error (RFC 9457 problem details). `code` is stable: branch on it, not on `detail`.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 #[schema(example = json!({
     "type": "https://samvault.dev/problems/invalid_request",
     "title": "Bad Request",
     "status": 400,
     "code": "invalid_request",
-    "detail": "purpose is required"
+    "detail": "purpose is required",
+    "request_id": "8f2c1e64-2d3b-4c5a-9e7f-0a1b2c3d4e5f"
 }))]
 pub struct Problem {
     /// `https://samvault.dev/problems/{code}`.
@@ -35,6 +38,11 @@ pub struct Problem {
     pub code: &'static str,
     /// What went wrong, for people. Never holds a secret or a token.
     pub detail: String,
+    /// The request's id, as in its `x-request-id` response header: quote it when reporting
+    /// the problem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, min_length = 1, max_length = 64)]
+    pub request_id: Option<Box<str>>,
     #[serde(skip)]
     pub retry_after: Option<Duration>,
 }
@@ -48,6 +56,7 @@ impl Problem {
             status_code: status.as_u16(),
             code,
             detail: detail.into(),
+            request_id: None,
             retry_after: None,
         }
     }
@@ -79,6 +88,8 @@ impl Problem {
 }
 
 impl IntoResponse for Problem {
+    /// The body names no request: the problem travels in the response's extensions until
+    /// [`super::finish_problems`], which knows the request id, writes it in.
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(&self)).into_response();
         let headers = response.headers_mut();
@@ -99,7 +110,21 @@ impl IntoResponse for Problem {
                 HeaderValue::from(after.as_secs().max(1)),
             );
         }
+        response.extensions_mut().insert(self);
         response
+    }
+}
+
+impl Problem {
+    /// The body of `response` (a problem's) rewritten to name `request_id`.
+    pub fn name_request(response: &mut Response, request_id: &str) {
+        let Some(mut problem) = response.extensions_mut().remove::<Problem>() else {
+            return;
+        };
+        problem.request_id = Some(request_id.into());
+        if let Ok(body) = serde_json::to_vec(&problem) {
+            *response.body_mut() = axum::body::Body::from(body);
+        }
     }
 }
 

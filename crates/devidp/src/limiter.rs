@@ -6,9 +6,12 @@
 //! than 50 in any second is never refused, whatever the phase of its second. Refused requests
 //! do not count, so a client that waits `Retry-After` gets in.
 //!
-//! The window is shortened by [`JITTER`]: a request handled a few milliseconds late (the
-//! simulator's scheduling, under load) must not push a client pacing exactly 50/s over the
-//! limit. The limit stays within 2% of Microsoft's.
+//! Requests are judged at their arrival (the first thing a call does), and the window is
+//! shortened by [`JITTER`], one pacing interval: a client that sends no sooner than 20 ms
+//! after its previous request by its own clock is then never refused, even when each answer
+//! is slow (request i was stamped before its answer left, so request i + 50, sent at least
+//! 49 intervals after that answer, arrives at least 980 ms after it). The limit stays within
+//! 2% of Microsoft's.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -27,23 +30,25 @@ pub struct SlidingWindow {
 }
 
 impl SlidingWindow {
-    /// Admits a request of `app` arriving at `now`, or tells how long until one would be
-    /// admitted.
-    pub fn admit(&mut self, app: &str, now: Instant) -> Result<(), Duration> {
+    /// Admits a request of `app` that arrived at `at`, or tells how long until one would be
+    /// admitted. Concurrent calls may be judged a little out of arrival order; the log stays
+    /// sorted so the oldest requests leave it first.
+    pub fn admit(&mut self, app: &str, at: Instant) -> Result<(), Duration> {
         let span = WINDOW - JITTER;
         let log = self.admitted.entry(app.to_ascii_lowercase()).or_default();
         while log
             .front()
-            .is_some_and(|&at| now.saturating_duration_since(at) >= span)
+            .is_some_and(|&t| at.saturating_duration_since(t) >= span)
         {
             log.pop_front();
         }
         if log.len() < LIMIT {
-            log.push_back(now);
+            let place = log.partition_point(|&t| t <= at);
+            log.insert(place, at);
             return Ok(());
         }
-        let oldest = log.front().copied().unwrap_or(now);
-        Err(span.saturating_sub(now.saturating_duration_since(oldest)))
+        let oldest = log.front().copied().unwrap_or(at);
+        Err(span.saturating_sub(at.saturating_duration_since(oldest)))
     }
 }
 
@@ -97,6 +102,20 @@ mod tests {
                 "request {i}"
             );
         }
+    }
+
+    #[test]
+    fn requests_judged_out_of_order_keep_the_log_sorted() {
+        let mut limiter = SlidingWindow::default();
+        let start = Instant::now();
+        limiter.admit("app", start + ms(10)).unwrap();
+        limiter.admit("app", start).unwrap();
+        for i in 2..50 {
+            limiter.admit("app", start + ms(10 + i)).unwrap();
+        }
+        assert!(limiter.admit("app", start + ms(970)).is_err());
+        // The one that arrived first leaves first.
+        assert!(limiter.admit("app", start + WINDOW - JITTER).is_ok());
     }
 
     #[test]

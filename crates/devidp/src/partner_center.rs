@@ -334,8 +334,13 @@ struct TokenClaims {
 /// The checks every call passes, in Partner Center's order: the fault of the moment (the
 /// service is down before anything is read), the bearer token (401), the 50/s limit of its
 /// application id (429), MFA (401), the user's role (403).
-async fn admit(st: &AppState, op: Operation, headers: &HeaderMap) -> Result<Caller, Refusal> {
-    let fault = st.idp.partner_center().take_fault(Instant::now());
+async fn admit(
+    st: &AppState,
+    op: Operation,
+    headers: &HeaderMap,
+    arrived: Instant,
+) -> Result<Caller, Refusal> {
+    let fault = st.idp.partner_center().take_fault(arrived);
     let latency =
         st.idp.inner.opts.partner_center_latency_ms + fault.as_ref().map_or(0, |f| f.latency_ms);
     if latency > 0 {
@@ -345,11 +350,12 @@ async fn admit(st: &AppState, op: Operation, headers: &HeaderMap) -> Result<Call
         return Err(Refusal::Fault(fault));
     }
     let claims = verify_bearer(st, headers)?;
+    // Judged at arrival: neither the latency above nor a busy simulator counts against it.
     let admitted = st
         .idp
         .partner_center()
         .limiter
-        .admit(&claims.appid, Instant::now());
+        .admit(&claims.appid, arrived);
     if let Err(wait) = admitted {
         return Err(Refusal::Throttled(retry_after_secs(wait)));
     }
@@ -451,6 +457,7 @@ async fn serve(
     headers: &HeaderMap,
     operation: impl FnOnce(&Caller) -> Result<Answer, PcError>,
 ) -> Response {
+    let arrived = Instant::now();
     let ids = PcIds::new(headers);
     {
         let mut state = st.idp.lock();
@@ -461,7 +468,7 @@ async fn serve(
             .entry(op.name().into())
             .or_default() += 1;
     }
-    let outcome = match admit(st, op, headers).await {
+    let outcome = match admit(st, op, headers, arrived).await {
         Ok(caller) => operation(&caller).map_err(Refusal::from),
         Err(refusal) => Err(refusal),
     };

@@ -9,9 +9,11 @@ use reqwest::header::HeaderMap;
 
 use super::*;
 
+/// Sent as `MS-CorrelationId` on every Partner Center call; answers echo it.
+pub(super) const CORRELATION: &str = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0";
 pub(super) const GRAPH: &str = "https://graph.microsoft.com";
 pub(super) const GRAPH_APP: &str = "00000003-0000-0000-c000-000000000000";
-const JANE: &str = "jane@contoso.example";
+pub(super) const JANE: &str = "jane@contoso.example";
 
 /// A Partner Center answer as a client sees it.
 pub(super) struct PcAnswer {
@@ -43,6 +45,7 @@ impl Pc<'_> {
             .http
             .request(method, self.sim.url(path))
             .header("accept", "application/json")
+            .header("ms-correlationid", CORRELATION)
             .bearer_auth(&self.token);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -127,7 +130,7 @@ fn ids(page: &Value) -> Vec<String> {
         .collect()
 }
 
-fn graph_default() -> String {
+pub(super) fn graph_default() -> String {
     format!("{GRAPH}/.default")
 }
 
@@ -328,7 +331,7 @@ async fn the_mfa_refusal_has_partner_centers_status_line() {
 // ---------- 50 requests per second per application id ----------
 
 /// `n` list calls sent together, each on its own task, with `token`.
-async fn burst(sim: &Sim, token: &str, n: usize) -> Vec<(StatusCode, HeaderMap, Value)> {
+pub(super) async fn burst(sim: &Sim, token: &str, n: usize) -> Vec<(StatusCode, HeaderMap, Value)> {
     let calls: Vec<_> = (0..n)
         .map(|_| {
             let req = sim
@@ -501,7 +504,7 @@ async fn consent_requests_are_checked() {
 
 /// Jane's refresh token and Contoso's Partner Center client, with the app consented for Graph
 /// into Adatum and Tailspin.
-async fn consented(sim: &Sim) -> String {
+pub(super) async fn consented(sim: &Sim) -> String {
     let (rt, token) = partner_tokens(sim, JANE, true).await;
     let pc = Pc { sim, token };
     for customer in [ADATUM, TAILSPIN] {

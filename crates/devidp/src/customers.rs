@@ -115,8 +115,8 @@ pub struct Customers {
 }
 
 impl Customers {
-    /// The directory's customers as a fresh simulator has them. Seeds whose id repeats one
-    /// before them are skipped (a TOML file may list one twice).
+    /// The directory's customers as a fresh simulator has them (the directory refuses
+    /// repeated ids and domains).
     pub fn from_directory(dir: &Directory) -> Customers {
         let mut customers = Customers::default();
         for seed in dir.customer_seeds() {

@@ -169,6 +169,8 @@ pub struct Directory {
     user_by_upn: HashMap<String, usize>,
     apps: HashMap<String, App>,
     customers: Vec<CustomerSeed>,
+    /// Ids and domains of `customers`, which must be unique.
+    customer_keys: std::collections::HashSet<String>,
 }
 
 /// The TOML shape of a directory file (see `DirectoryFile` in the module docs of `mod.rs`).
@@ -415,8 +417,8 @@ impl Directory {
         Ok(())
     }
 
-    /// A customer must belong to a partner of the directory and be no partner itself; ids are
-    /// checked for uniqueness when the live set is built (`customers::Customers`).
+    /// A customer must belong to a partner of the directory, be no partner itself, and have
+    /// an id and a domain of its own.
     fn add_customer(&mut self, customer: CustomerSeed) -> anyhow::Result<()> {
         if !self.tenant_by_id.contains_key(&customer.partner_tenant_id) {
             bail!(
@@ -425,11 +427,18 @@ impl Directory {
                 customer.partner_tenant_id
             );
         }
-        if self.tenant_by_id.contains_key(&customer.id) {
+        if self.tenant_by_id.contains_key(&customer.id)
+            || self.tenant_by_domain.contains_key(&customer.domain)
+        {
             bail!(
                 "customer {} is a partner tenant of the directory",
                 customer.id
             );
+        }
+        for key in [&customer.id, &customer.domain] {
+            if !self.customer_keys.insert(key.clone()) {
+                bail!("customer {key} is listed twice");
+            }
         }
         self.customers.push(customer);
         Ok(())
@@ -639,5 +648,56 @@ mod tests {
         assert_eq!(t.mfa, MfaPolicy::NotEnforced);
         assert!(dir.user("nina@northwind.example").is_some());
         assert!(dir.app(DEMO_CLIENT_ID).is_some());
+    }
+
+    const PARTNER: &str = r#"
+        [[tenants]]
+        id = "11111111-2222-4333-8444-555555555555"
+        name = "Partner"
+        domain = "partner.example"
+    "#;
+
+    #[test]
+    fn toml_customers_belong_to_a_partner_of_the_file() {
+        let customer = |partner: &str, relationship: &str| {
+            format!(
+                "{PARTNER}\n[[customers]]\nid = \"21111111-2222-4333-8444-555555555555\"\n\
+                 name = \"Client\"\ndomain = \"Client.example\"\npartner = \"{partner}\"\n\
+                 relationship = \"{relationship}\"\n"
+            )
+        };
+        let dir =
+            Directory::from_toml_str(&customer("11111111-2222-4333-8444-555555555555", "ended"))
+                .unwrap();
+        let seeds = dir.customer_seeds();
+        assert_eq!(seeds.len(), 1);
+        assert_eq!(seeds[0].domain, "client.example");
+        assert!(!seeds[0].relationship_active);
+        assert!(
+            Directory::from_toml_str(&customer(CONTOSO, "active")).is_err(),
+            "not in the file"
+        );
+        let partner = "11111111-2222-4333-8444-555555555555";
+        assert!(Directory::from_toml_str(&customer(partner, "paused")).is_err());
+        let once = customer(partner, "active");
+        let twice = format!("{once}{}", &once[PARTNER.len()..]);
+        assert!(Directory::from_toml_str(&twice).is_err(), "listed twice");
+    }
+
+    #[test]
+    fn demo_and_generated_customers_follow_the_spec() {
+        let mut dir = Directory::demo();
+        dir.add_generated(2).unwrap();
+        dir.add_generated_customers(2, 3).unwrap();
+        let seeds = dir.customer_seeds();
+        assert_eq!(seeds.len(), 4 + 6);
+        assert_eq!(seeds[2].id, TAILSPIN);
+        assert!(!seeds[2].relationship_active);
+        assert_eq!(seeds[3].partner_tenant_id, WINGTIP);
+        let last = &seeds[9];
+        assert_eq!(last.id, "00000000-0000-4000-9000-000000200003");
+        assert_eq!(last.name, "Customer 2-3");
+        assert_eq!(last.partner_tenant_id, generated_tenant_id(2));
+        assert!(dir.add_generated_customers(1, 100_000).is_err());
     }
 }

@@ -25,6 +25,9 @@ pub struct DemoArgs {
     /// Generated partner tenants to add to the dev IdP's directory.
     #[arg(long, default_value_t = 0)]
     tenants: u32,
+    /// Customer tenants each generated partner tenant gets (below 100000).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(..100_000))]
+    customers: u32,
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8081")]
@@ -44,6 +47,10 @@ pub struct DevIdpArgs {
     /// Generated partner tenants to add to the directory.
     #[arg(long, default_value_t = 0)]
     tenants: u32,
+    /// Customer tenants each generated partner tenant gets (below 100000): customer j of
+    /// tenant k has id 00000000-0000-4000-9000-(k*100000+j, 12 digits).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(..100_000))]
+    customers: u32,
     /// A refresh token dies at first use (IdPs with reuse detection).
     #[arg(long)]
     strict_rotation: bool,
@@ -62,6 +69,9 @@ pub struct DevIdpArgs {
     /// Latency added to every token call, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Latency added to every Partner Center call (the stand-in under /v1/), in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pc_latency_ms: u64,
     /// A PEM certificate registered on the demo CPV app: client assertions signed by its key
     /// are accepted. Repeatable.
     #[arg(long, value_name = "PATH")]
@@ -132,6 +142,8 @@ pub async fn dev_idp(args: DevIdpArgs) -> anyhow::Result<ExitCode> {
     );
     let options = DevIdpOptions {
         generated_tenants: args.tenants,
+        generated_customers: args.customers,
+        partner_center_latency_ms: args.pc_latency_ms,
         strict_rotation: args.strict_rotation,
         rotation_grace_secs: args.rotation_grace,
         directory_file: args.directory,
@@ -214,6 +226,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let options = DevIdpOptions {
         generated_tenants: args.tenants,
+        generated_customers: args.customers,
         client_certs: certificate.iter().map(|(cert, _)| cert.clone()).collect(),
         ..DevIdpOptions::default()
     };

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::client_auth::RegisteredCertificate;
-use super::{CONTOSO, DEMO_APP_NAME, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FABRIKAM, WINGTIP};
+use super::{
+    ADATUM, CONTOSO, DEMO_APP_NAME, DEMO_CLIENT_ID, DEMO_CLIENT_SECRET, FABRIKAM, LITWARE,
+    NORTHWIND, TAILSPIN, WINGTIP,
+};
 
 /// Resources the demo CPV app declares as required permissions; `.default` at
 /// the authorize endpoint expands to these, as Entra does with an app's static
@@ -144,6 +147,19 @@ impl App {
     }
 }
 
+/// A customer tenant as the directory starts with it: a tenant of its own, with a
+/// delegated-admin relationship to its partner (SPEC §6). Customers change at run time
+/// (`/_sim/`), so the live ones are in `customers::Customers`; these are what a reset restores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerSeed {
+    pub id: String,
+    pub name: String,
+    pub domain: String,
+    pub partner_tenant_id: String,
+    /// Whether the partner still holds delegated admin rights there (else AADSTS50020).
+    pub relationship_active: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Directory {
     tenants: Vec<Tenant>,
@@ -152,6 +168,9 @@ pub struct Directory {
     users: Vec<User>,
     user_by_upn: HashMap<String, usize>,
     apps: HashMap<String, App>,
+    customers: Vec<CustomerSeed>,
+    /// Ids and domains of `customers`, which must be unique.
+    customer_keys: std::collections::HashSet<String>,
 }
 
 /// The TOML shape of a directory file (see `DirectoryFile` in the module docs of `mod.rs`).
@@ -162,6 +181,21 @@ struct DirectoryFile {
     apps: Vec<AppFile>,
     #[serde(default)]
     tenants: Vec<TenantFile>,
+    #[serde(default)]
+    customers: Vec<CustomerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomerFile {
+    id: String,
+    name: String,
+    domain: String,
+    /// The partner tenant's id.
+    partner: String,
+    /// `active` (default) or `ended`.
+    #[serde(default)]
+    relationship: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -247,6 +281,22 @@ impl Directory {
                     .expect("demo users are unique");
             }
         }
+        let customers = [
+            (ADATUM, "Adatum", "adatum.example", CONTOSO, true),
+            (NORTHWIND, "Northwind", "northwind.example", CONTOSO, true),
+            (TAILSPIN, "Tailspin", "tailspin.example", CONTOSO, false),
+            (LITWARE, "Litware", "litware.example", WINGTIP, true),
+        ];
+        for (id, name, domain, partner, active) in customers {
+            dir.add_customer(CustomerSeed {
+                id: id.into(),
+                name: name.into(),
+                domain: domain.into(),
+                partner_tenant_id: partner.into(),
+                relationship_active: active,
+            })
+            .expect("demo customers are unique");
+        }
         dir
     }
 
@@ -293,6 +343,23 @@ impl Directory {
                 dir.add_user(&id, &u.upn, &u.name, &u.role, u.oid)?;
             }
         }
+        for c in file.customers {
+            let relationship_active = match c.relationship.as_deref() {
+                None | Some("active") => true,
+                Some("ended") => false,
+                Some(other) => bail!(
+                    "customer {}: relationship {other:?} (active or ended)",
+                    c.id
+                ),
+            };
+            dir.add_customer(CustomerSeed {
+                id: parse_tenant_id(&c.id)?,
+                name: c.name,
+                domain: c.domain.to_ascii_lowercase(),
+                partner_tenant_id: parse_tenant_id(&c.partner)?,
+                relationship_active,
+            })?;
+        }
         Ok(dir)
     }
 
@@ -314,6 +381,28 @@ impl Directory {
         Ok(())
     }
 
+    /// Adds `--customers M`: generated tenant k gets customers j = 1..=M (SPEC §6), each with
+    /// an active relationship. Call after `add_generated(tenants)`.
+    pub fn add_generated_customers(&mut self, tenants: u32, per_tenant: u32) -> anyhow::Result<()> {
+        if per_tenant >= 100_000 {
+            bail!("--customers must be below 100000 (customer ids number them k * 100000 + j)");
+        }
+        self.customers
+            .reserve(tenants as usize * per_tenant as usize);
+        for k in 1..=tenants {
+            for j in 1..=per_tenant {
+                self.add_customer(CustomerSeed {
+                    id: generated_customer_id(k, j),
+                    name: format!("Customer {k}-{j}"),
+                    domain: format!("customer-{k}-{j}.example"),
+                    partner_tenant_id: generated_tenant_id(k),
+                    relationship_active: true,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Registers a certificate on an app, as uploading it in the app registration does.
     pub fn register_certificate(
         &mut self,
@@ -325,6 +414,33 @@ impl Directory {
             .get_mut(&client_id.to_ascii_lowercase())
             .with_context(|| format!("no app {client_id} to register a certificate on"))?;
         app.certificates.push(certificate);
+        Ok(())
+    }
+
+    /// A customer must belong to a partner of the directory, be no partner itself, and have
+    /// an id and a domain of its own.
+    fn add_customer(&mut self, customer: CustomerSeed) -> anyhow::Result<()> {
+        if !self.tenant_by_id.contains_key(&customer.partner_tenant_id) {
+            bail!(
+                "customer {}: no partner tenant {}",
+                customer.id,
+                customer.partner_tenant_id
+            );
+        }
+        if self.tenant_by_id.contains_key(&customer.id)
+            || self.tenant_by_domain.contains_key(&customer.domain)
+        {
+            bail!(
+                "customer {} is a partner tenant of the directory",
+                customer.id
+            );
+        }
+        for key in [&customer.id, &customer.domain] {
+            if !self.customer_keys.insert(key.clone()) {
+                bail!("customer {key} is listed twice");
+            }
+        }
+        self.customers.push(customer);
         Ok(())
     }
 
@@ -402,6 +518,16 @@ impl Directory {
         self.app(id).map(|app| app.client_id.clone())
     }
 
+    /// Whether `app_id` names a resource that has a service principal in every tenant (a
+    /// first-party API or an app of this directory): what Partner Center accepts as an
+    /// `enterpriseApplicationId`.
+    pub fn is_resource_app_id(&self, app_id: &str) -> bool {
+        FIRST_PARTY_RESOURCES
+            .iter()
+            .any(|(_, id)| id.eq_ignore_ascii_case(app_id))
+            || self.app(app_id).is_some()
+    }
+
     pub fn apps(&self) -> impl Iterator<Item = &App> {
         self.apps.values()
     }
@@ -412,6 +538,11 @@ impl Directory {
 
     pub fn users(&self) -> &[User] {
         &self.users
+    }
+
+    /// The customers the simulator starts with (and `/_sim/reset` restores).
+    pub fn customer_seeds(&self) -> &[CustomerSeed] {
+        &self.customers
     }
 }
 
@@ -431,6 +562,15 @@ fn demo_app() -> App {
 /// Tenant number `k` of `--tenants N`: `00000000-0000-4000-8000-` + k as 12 digits.
 pub fn generated_tenant_id(k: u32) -> String {
     format!("00000000-0000-4000-8000-{k:012}")
+}
+
+/// Customer j of generated tenant k (`--customers M`): `00000000-0000-4000-9000-` followed
+/// by k × 100000 + j as 12 digits.
+pub fn generated_customer_id(k: u32, j: u32) -> String {
+    format!(
+        "00000000-0000-4000-9000-{:012}",
+        u64::from(k) * 100_000 + u64::from(j)
+    )
 }
 
 fn parse_tenant_id(raw: &str) -> anyhow::Result<String> {
@@ -508,5 +648,56 @@ mod tests {
         assert_eq!(t.mfa, MfaPolicy::NotEnforced);
         assert!(dir.user("nina@northwind.example").is_some());
         assert!(dir.app(DEMO_CLIENT_ID).is_some());
+    }
+
+    const PARTNER: &str = r#"
+        [[tenants]]
+        id = "11111111-2222-4333-8444-555555555555"
+        name = "Partner"
+        domain = "partner.example"
+    "#;
+
+    #[test]
+    fn toml_customers_belong_to_a_partner_of_the_file() {
+        let customer = |partner: &str, relationship: &str| {
+            format!(
+                "{PARTNER}\n[[customers]]\nid = \"21111111-2222-4333-8444-555555555555\"\n\
+                 name = \"Client\"\ndomain = \"Client.example\"\npartner = \"{partner}\"\n\
+                 relationship = \"{relationship}\"\n"
+            )
+        };
+        let dir =
+            Directory::from_toml_str(&customer("11111111-2222-4333-8444-555555555555", "ended"))
+                .unwrap();
+        let seeds = dir.customer_seeds();
+        assert_eq!(seeds.len(), 1);
+        assert_eq!(seeds[0].domain, "client.example");
+        assert!(!seeds[0].relationship_active);
+        assert!(
+            Directory::from_toml_str(&customer(CONTOSO, "active")).is_err(),
+            "not in the file"
+        );
+        let partner = "11111111-2222-4333-8444-555555555555";
+        assert!(Directory::from_toml_str(&customer(partner, "paused")).is_err());
+        let once = customer(partner, "active");
+        let twice = format!("{once}{}", &once[PARTNER.len()..]);
+        assert!(Directory::from_toml_str(&twice).is_err(), "listed twice");
+    }
+
+    #[test]
+    fn demo_and_generated_customers_follow_the_spec() {
+        let mut dir = Directory::demo();
+        dir.add_generated(2).unwrap();
+        dir.add_generated_customers(2, 3).unwrap();
+        let seeds = dir.customer_seeds();
+        assert_eq!(seeds.len(), 4 + 6);
+        assert_eq!(seeds[2].id, TAILSPIN);
+        assert!(!seeds[2].relationship_active);
+        assert_eq!(seeds[3].partner_tenant_id, WINGTIP);
+        let last = &seeds[9];
+        assert_eq!(last.id, "00000000-0000-4000-9000-000000200003");
+        assert_eq!(last.name, "Customer 2-3");
+        assert_eq!(last.partner_tenant_id, generated_tenant_id(2));
+        assert!(dir.add_generated_customers(1, 100_000).is_err());
     }
 }

@@ -22,7 +22,10 @@ fn tenant_or_error(
 ) -> Result<(String, String), Response> {
     match st.idp.path_tenant(raw) {
         Ok(PathTenant::Any(label)) => Ok((label.to_string(), "{tenantid}".to_string())),
-        Ok(PathTenant::Tenant(t)) => Ok((t.id.clone(), t.id.clone())),
+        Ok(tenant) => {
+            let id = tenant.id().unwrap_or_default().to_string();
+            Ok((id.clone(), id))
+        }
         Err(e) => Err(e.with_error("invalid_tenant").to_response(
             &st.base,
             &RequestIds::new(headers),

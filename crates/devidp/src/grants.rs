@@ -13,6 +13,7 @@ use serde::Serialize;
 use time::{Duration, OffsetDateTime};
 
 use super::clock::rfc3339;
+use super::customers::Customers;
 use super::directory::{App, Directory, MfaPolicy, Tenant, User, normalize_resource};
 use super::errors::{self, EntraError};
 use super::tokens::Subject;
@@ -177,6 +178,20 @@ pub struct Counters {
     pub errors: BTreeMap<String, u64>,
     pub faults_served: u64,
     pub sim_tokens: u64,
+    pub partner_center: PartnerCenterCounters,
+}
+
+/// `/_sim/counters` → `partner_center`: every call the stand-in received, by operation
+/// (`list`, `consent_create`, `consent_get`, `consent_delete`; faulted and refused calls
+/// included, as `token_calls` counts them), the ones answered 2xx, the ones refused by the
+/// 50/s limit, the injected faults served, and the refusals by HTTP status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PartnerCenterCounters {
+    pub calls: BTreeMap<String, u64>,
+    pub succeeded: BTreeMap<String, u64>,
+    pub throttled: u64,
+    pub faulted: u64,
+    pub refused: BTreeMap<String, u64>,
 }
 
 /// `/_sim/issued`: the codes the authorize endpoint issued (kept as long as reuse is
@@ -260,6 +275,8 @@ pub struct SimState {
     /// `{client id}/{jti}` → `exp` of every client assertion accepted and not yet expired.
     seen_jtis: HashMap<String, i64>,
     pub counters: Counters,
+    /// Customer tenants of the partners (SPEC §6).
+    pub customers: Customers,
     fault: Option<Fault>,
     /// Tenant id → fault for that tenant's refresh-token calls (`/_sim/tenants/{id}/faults`).
     tenant_faults: HashMap<String, Fault>,
@@ -308,6 +325,7 @@ impl SimState {
                 .collect(),
             seen_jtis: HashMap::new(),
             counters: Counters::default(),
+            customers: Customers::from_directory(dir),
             fault: None,
             tenant_faults: HashMap::new(),
             signed_access_tokens: VecDeque::new(),
@@ -349,9 +367,16 @@ impl SimState {
         if grant_type != "refresh_token" || self.tenant_faults.is_empty() {
             return None;
         }
-        let tid = match refresh_token.and_then(|rt| self.rt_index.get(rt)) {
-            Some(&i) => self.rts[i].tenant_id.clone(),
-            None => dir.tenant(path_tenant)?.id.clone(),
+        // A customer authority's own fault goes first; else the RT's (partner) tenant's.
+        let customer = self
+            .customers
+            .get(path_tenant)
+            .map(|c| c.id.clone())
+            .filter(|id| self.tenant_faults.contains_key(id));
+        let tid = match (customer, refresh_token.and_then(|rt| self.rt_index.get(rt))) {
+            (Some(id), _) => id,
+            (None, Some(&i)) => self.rts[i].tenant_id.clone(),
+            (None, None) => dir.tenant(path_tenant)?.id.clone(),
         };
         let fault = self.tenant_faults.get_mut(&tid)?;
         let (taken, used_up) = fault.take();
@@ -430,10 +455,11 @@ impl SimState {
         self.mfa_required.insert(tid.to_string());
     }
 
+    /// Every app's consent in the tenant is gone (a customer tenant's too).
     pub fn revoke_consent(&mut self, tid: &str) -> usize {
         let before = self.consents.len();
         self.consents.retain(|(t, _), _| t != tid);
-        before - self.consents.len()
+        before - self.consents.len() + self.customers.remove_consents(tid)
     }
 
     pub fn reset_password(&mut self, upn: &str, now: OffsetDateTime) {
@@ -802,6 +828,10 @@ impl SimState {
 
     // ---- token: refresh_token ----
 
+    /// Redeems a refresh token at its own tenant's authority, `common`, or the authority of a
+    /// customer tenant its partner administers: there the tokens carry the customer's `tid`
+    /// (and the partner user's identity) while the relationship lasts and the app is
+    /// consented there (else 50020, 65001). Either way the new RT is of the same grant.
     pub fn redeem_refresh(
         &mut self,
         dir: &Directory,
@@ -809,41 +839,24 @@ impl SimState {
         new_rt: String,
         now: OffsetDateTime,
     ) -> Result<Issued, EntraError> {
-        let idx = match self.rt_index.get(req.refresh_token) {
-            Some(&i) => i,
-            None if req.refresh_token.starts_with("0.A") => {
-                return Err(errors::invalid_refresh_token());
-            }
-            None => return Err(errors::malformed_grant()),
-        };
+        let idx = self.refresh_index(req.refresh_token)?;
         let rt = self.rts[idx].clone();
         if rt.client_id != req.app.client_id {
             return Err(errors::invalid_grant(
                 "The refresh token was issued to a different client.",
             ));
         }
-        if req.path_tenant.is_some_and(|t| t != rt.tenant_id) {
-            return Err(errors::invalid_grant(
-                "The refresh token was issued for a different tenant.",
-            ));
-        }
-        // Resource resolution first: a malformed scope is a request error, not a grant one.
-        // A scope naming several resources gets a token for the first one (Entra's refresh
-        // documentation), unlike a code redemption, which refuses it (28000).
-        let target = match (&req.scope, &req.resource) {
-            (Some(s), _) if !s.resources.is_empty() => Some(s.resources[0].clone()),
-            (_, Some(r)) => Some((normalize_resource(r), vec![".default".to_string()])),
-            (Some(_), None) if !req.v1 => None,
-            _ => rt
-                .primary_resource
-                .clone()
-                .map(|r| (r, vec![".default".to_string()])),
-        };
+        let customer = self.customer_authority(req.path_tenant, &rt)?;
+        let target = refresh_target(&req, &rt);
         let resource_label = target.as_ref().map_or(GRAPH, |(r, _)| r.as_str());
         self.check_rt_alive(dir, &rt, now, resource_label)?;
+        if let Some(customer) = customer {
+            self.check_delegated_access(dir, customer, &rt, req.app, resource_label)?;
+        }
+        let issued_in = customer.unwrap_or(&rt.tenant_id);
         let (resource, permissions) = match target {
             Some((resource, perms)) => {
-                let granted = self.grant_for(dir, req.app, &rt.tenant_id, &resource, &perms)?;
+                let granted = self.grant_for(dir, req.app, issued_in, &resource, &perms)?;
                 (resource, granted)
             }
             None => oidc_only_target(req.scope.as_ref().unwrap_or(&Scopes::default())),
@@ -852,26 +865,9 @@ impl SimState {
             .user(&rt.upn)
             .ok_or_else(|| errors::invalid_grant("The user no longer exists."))?
             .clone();
-        {
-            let old = &mut self.rts[idx];
-            old.last_used_at = Some(now);
-            if req.strict_rotation {
-                // A second use inside the grace keeps the first use's deadline.
-                old.dead_from.get_or_insert(now + req.rotation_grace);
-            }
-        }
-        if let Some(parent) = rt.parent {
-            self.rts[parent].successor_used = true;
-        }
-        let refresh_token = self.push_rt(RefreshGrant {
-            token: new_rt,
-            issued_at: now,
-            last_used_at: None,
-            dead_from: None,
-            parent: Some(idx),
-            successor_used: false,
-            ..rt.clone()
-        });
+        let mut subject = subject(user, &rt.client_id, &rt.amr);
+        subject.issued_in = customer.map(str::to_string);
+        let refresh_token = self.rotate(idx, &rt, &req, new_rt, now);
         let id_token = req
             .scope
             .as_ref()
@@ -881,11 +877,97 @@ impl SimState {
                 email: s.has("email"),
             });
         Ok(Issued {
-            subject: subject(user, &rt.client_id, &rt.amr),
+            subject,
             resource,
             permissions,
             refresh_token: Some(refresh_token),
             id_token,
+        })
+    }
+
+    fn refresh_index(&self, token: &str) -> Result<usize, EntraError> {
+        match self.rt_index.get(token) {
+            Some(&i) => Ok(i),
+            None if token.starts_with("0.A") => Err(errors::invalid_refresh_token()),
+            None => Err(errors::malformed_grant()),
+        }
+    }
+
+    /// The customer tenant whose authority the RT is redeemed at, when the path names one
+    /// other than the RT's own tenant. Another partner tenant is refused as before.
+    fn customer_authority<'s>(
+        &'s self,
+        path_tenant: Option<&str>,
+        rt: &RefreshGrant,
+    ) -> Result<Option<&'s str>, EntraError> {
+        match path_tenant {
+            Some(t) if t != rt.tenant_id => match self.customers.get(t) {
+                Some(customer) => Ok(Some(customer.id.as_str())),
+                None => Err(errors::invalid_grant(
+                    "The refresh token was issued for a different tenant.",
+                )),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// The partner user may act in the customer tenant: it belongs to the user's partner,
+    /// the delegated-admin relationship lasts (else 50020), and the customer's own MFA
+    /// requirement (`/_sim/tenants/{id}/require-mfa`) is met (else 50076).
+    fn check_delegated_access(
+        &self,
+        dir: &Directory,
+        customer_id: &str,
+        rt: &RefreshGrant,
+        app: &App,
+        resource: &str,
+    ) -> Result<(), EntraError> {
+        let customer = self
+            .customers
+            .get(customer_id)
+            .ok_or_else(|| errors::tenant_not_found(customer_id))?;
+        if customer.partner_tenant_id != rt.tenant_id || !customer.relationship_active {
+            return Err(errors::user_not_in_tenant(
+                &rt.upn,
+                &rt.tenant_id,
+                &customer.name,
+                &app.client_id,
+                &app.name,
+            ));
+        }
+        if self.mfa_required.contains(&customer.id) && !has_mfa(&rt.amr) {
+            return Err(errors::mfa_required(&resource_label(dir, resource)));
+        }
+        Ok(())
+    }
+
+    /// Spends `rt` (at once under strict rotation, else it stays valid) and issues its
+    /// successor in the same grant.
+    fn rotate(
+        &mut self,
+        idx: usize,
+        rt: &RefreshGrant,
+        req: &RefreshRedemption<'_>,
+        new_rt: String,
+        now: OffsetDateTime,
+    ) -> String {
+        let old = &mut self.rts[idx];
+        old.last_used_at = Some(now);
+        if req.strict_rotation {
+            // A second use inside the grace keeps the first use's deadline.
+            old.dead_from.get_or_insert(now + req.rotation_grace);
+        }
+        if let Some(parent) = rt.parent {
+            self.rts[parent].successor_used = true;
+        }
+        self.push_rt(RefreshGrant {
+            token: new_rt,
+            issued_at: now,
+            last_used_at: None,
+            dead_from: None,
+            parent: Some(idx),
+            successor_used: false,
+            ..rt.clone()
         })
     }
 
@@ -954,7 +1036,11 @@ impl SimState {
             let tenant = dir.tenant(tid).map_or(tid, |t| t.name.as_str());
             return Err(errors::resource_not_found(resource, tenant));
         };
-        if let Some(granted) = self.consented(tid, &app.client_id, resource, perms) {
+        let granted = match self.customers.get(tid) {
+            Some(customer) => customer.consented(&app.client_id, &resource_app_id, perms),
+            None => self.consented(tid, &app.client_id, resource, perms),
+        };
+        if let Some(granted) = granted {
             return Ok(granted);
         }
         let registered = app.registered_resources();
@@ -1055,6 +1141,22 @@ fn scope_text(s: Option<&Scopes>) -> String {
     parts.join(" ")
 }
 
+/// The resource and permissions a refresh asks for. Resource resolution comes first: a
+/// malformed scope is a request error, not a grant one. A scope naming several resources
+/// gets a token for the first one (Entra's refresh documentation), unlike a code
+/// redemption, which refuses it (28000). None: OIDC scopes only.
+fn refresh_target(req: &RefreshRedemption<'_>, rt: &RefreshGrant) -> Option<(String, Vec<String>)> {
+    match (&req.scope, &req.resource) {
+        (Some(s), _) if !s.resources.is_empty() => Some(s.resources[0].clone()),
+        (_, Some(r)) => Some((normalize_resource(r), vec![".default".to_string()])),
+        (Some(_), None) if !req.v1 => None,
+        _ => rt
+            .primary_resource
+            .clone()
+            .map(|r| (r, vec![".default".to_string()])),
+    }
+}
+
 /// One resource per token request, as Entra enforces (AADSTS28000).
 fn single_target(s: &Scopes, raw: String) -> Result<(String, Vec<String>), EntraError> {
     match s.resources.as_slice() {
@@ -1117,6 +1219,7 @@ fn subject(user: User, client_id: &str, amr: &[String]) -> Subject {
         user,
         client_id: client_id.to_string(),
         amr: amr.to_vec(),
+        issued_in: None,
     }
 }
 

@@ -115,6 +115,18 @@ impl SigningKey {
         jws.push_str(&URL_SAFE_NO_PAD.encode(&signature));
         Ok(jws)
     }
+
+    /// Whether `signature` is this key's RS256 signature of `message` (the JWS signing
+    /// input): how the Partner Center stand-in knows a bearer token is one this IdP minted.
+    pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
+        use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+        UnparsedPublicKey::new(
+            &RSA_PKCS1_2048_8192_SHA256,
+            self.signer.public_key().as_ref(),
+        )
+        .verify(message, signature)
+        .is_ok()
+    }
 }
 
 /// The two keys every simulator starts with (the signing one and its published successor).
@@ -156,6 +168,11 @@ impl KeyRing {
 
     pub fn signing(&self) -> Arc<SigningKey> {
         self.keys[self.signing].clone()
+    }
+
+    /// A key the JWKS lists now, by `kid`.
+    pub fn find(&self, kid: &str) -> Option<Arc<SigningKey>> {
+        self.keys.iter().find(|k| k.kid == kid).cloned()
     }
 
     /// The keys document: v2 entries name `issuer`, v1 entries (`None`) do not.
@@ -241,6 +258,20 @@ mod tests {
         assert_ne!(ring.signing().kid, old);
         assert!(!kids(&ring).contains(&old));
         assert_eq!(ring.keys.len(), 2);
+    }
+
+    #[test]
+    fn a_signature_verifies_with_its_key_only() {
+        let ring = KeyRing::initial().unwrap();
+        let jws = ring.signing().sign(&json!({ "a": 1 })).unwrap();
+        let (input, signature) = jws.rsplit_once('.').unwrap();
+        let signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        let key = ring.find(&ring.signing().kid).unwrap();
+        assert!(key.verifies(input.as_bytes(), &signature));
+        assert!(!key.verifies(b"other", &signature));
+        let other = ring.keys.iter().find(|k| k.kid != key.kid).unwrap();
+        assert!(!other.verifies(input.as_bytes(), &signature));
+        assert!(ring.find("unknown").is_none());
     }
 
     #[test]

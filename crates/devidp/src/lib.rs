@@ -5,14 +5,18 @@
 //! the same HTTP paths, parameters, JSON shapes and AADSTS codes samvault meets
 //! in production: pointing `SAMVAULT_AUTHORITY` at it is the only change.
 //!
-//! - `directory`: seeded tenants, users and the CPV app; TOML loading; `--tenants N`.
+//! - `directory`: seeded tenants, users, customers and the CPV app; TOML loading;
+//!   `--tenants N`, `--customers M`.
 //! - `grants`: codes, refresh tokens, consents, `/_sim` overrides, counters, faults.
+//! - `customers`: customer tenants, their delegated-admin relationship and CPV consents.
+//! - `partner_center`: the Partner Center stand-in (`/v1/customers...`, SPEC §6), with
+//!   `limiter` (50 requests/s per application id).
 //! - `tokens`: JWT claims, opaque codes and refresh tokens.
 //! - `keys`: the RS256 signing keys, their JWKS and their rollover (`/_sim/keys`).
 //! - `errors`: Entra's error bodies and the AADSTS catalogue.
 //! - `client_auth`: client secrets and certificate client assertions at the token endpoint.
 //! - `clock`: the simulated clock every expiry is judged on.
-//! - `discovery`, `authorize`, `token`, `sim`: the HTTP surface.
+//! - `discovery`, `authorize`, `token`, `sim`, `sim_customers`: the HTTP surface.
 //!
 //! A directory file (`directory_file`) looks like:
 //!
@@ -32,6 +36,13 @@
 //! upn = "jane@contoso.example"
 //! name = "Jane Doe"
 //! role = "Admin Agent"           # "Sales Agent", "Global Admin", ...
+//!
+//! [[customers]]                  # a customer tenant of a partner above
+//! id = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c001"
+//! name = "Adatum"
+//! domain = "adatum.example"
+//! partner = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01"
+//! relationship = "active"        # or "ended" (AADSTS50020)
 //! ```
 
 // Handlers return early with a finished `Response` as the error value; boxing
@@ -41,12 +52,16 @@
 mod authorize;
 mod client_auth;
 mod clock;
+mod customers;
 mod directory;
 mod discovery;
 mod errors;
 mod grants;
 mod keys;
+mod limiter;
+mod partner_center;
 mod sim;
+mod sim_customers;
 mod token;
 pub(crate) mod tokens;
 
@@ -56,7 +71,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 
-pub use directory::{MfaPolicy, generated_tenant_id};
+pub use directory::{MfaPolicy, generated_customer_id, generated_tenant_id};
 
 use directory::{Directory, Tenant};
 use errors::EntraError;
@@ -75,11 +90,25 @@ pub const CONTOSO: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01";
 pub const WINGTIP: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a02";
 /// Fabrikam: MFA not enforced.
 pub const FABRIKAM: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a03";
+/// Contoso's customer Adatum (adatum.example).
+pub const ADATUM: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c001";
+/// Contoso's customer Northwind (northwind.example).
+pub const NORTHWIND: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c002";
+/// Contoso's customer Tailspin (tailspin.example): the delegated-admin relationship ended.
+pub const TAILSPIN: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c003";
+/// Wingtip's customer Litware (litware.example).
+pub const LITWARE: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c004";
+/// The Partner Center API's resource (audience of the tokens its stand-in accepts).
+pub const PARTNER_CENTER: &str = "https://api.partnercenter.microsoft.com";
 
 #[derive(Debug, Clone, Default)]
 pub struct DevIdpOptions {
     /// `--tenants N`: adds N generated tenants (SPEC 5.1) to the directory.
     pub generated_tenants: u32,
+    /// `--customers M`: each generated tenant gets M customers (SPEC §6).
+    pub generated_customers: u32,
+    /// `--pc-latency-ms`: added to every Partner Center call, for benchmarks.
+    pub partner_center_latency_ms: u64,
     /// `--strict-rotation`: a refresh token dies at its first use.
     pub strict_rotation: bool,
     /// `--rotation-grace SECS` (with strict rotation): a spent refresh token may be redeemed
@@ -121,6 +150,9 @@ struct Inner {
     initial_keys: KeyRing,
     clock: clock::SimClock,
     state: Mutex<SimState>,
+    /// The Partner Center stand-in's rate limit and injected faults: their own lock, so a
+    /// throttled burst never waits on token calls.
+    partner_center: Mutex<partner_center::PartnerCenterState>,
 }
 
 impl DevIdp {
@@ -132,6 +164,7 @@ impl DevIdp {
             None => Directory::demo(),
         };
         directory.add_generated(opts.generated_tenants)?;
+        directory.add_generated_customers(opts.generated_tenants, opts.generated_customers)?;
         for path in &opts.client_certs {
             let certificate = client_auth::RegisteredCertificate::from_pem_file(path)?;
             directory.register_certificate(DEMO_CLIENT_ID, certificate)?;
@@ -146,6 +179,7 @@ impl DevIdp {
                 directory,
                 clock: clock::SimClock::default(),
                 state,
+                partner_center: Mutex::default(),
             }),
         })
     }
@@ -186,7 +220,8 @@ impl DevIdp {
             .route("/{tenant}/oauth2/v2.0/logout", get(authorize::logout))
             .route("/{tenant}/oauth2/logout", get(authorize::logout))
             .route("/error", get(discovery::error_page))
-            .nest("/_sim", sim::router())
+            .nest("/v1", partner_center::router())
+            .nest("/_sim", sim::router().merge(sim_customers::router()))
             .with_state(st)
     }
 
@@ -225,13 +260,20 @@ impl DevIdp {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn partner_center(&self) -> MutexGuard<'_, partner_center::PartnerCenterState> {
+        self.inner
+            .partner_center
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn directory(&self) -> &Directory {
         &self.inner.directory
     }
 
-    /// Resolves `{tenant}` of a path: a tenant id or domain, or `common` /
-    /// `organizations` (any tenant). Unknown or deleted tenants are AADSTS90002, and a
-    /// segment that is neither a GUID nor a domain AADSTS900023.
+    /// Resolves `{tenant}` of a path: a tenant id or domain (a partner's or a customer's),
+    /// or `common` / `organizations` (any tenant). Unknown or deleted tenants are
+    /// AADSTS90002, and a segment that is neither a GUID nor a domain AADSTS900023.
     fn path_tenant(&self, raw: &str) -> Result<PathTenant<'_>, EntraError> {
         let lower = raw.to_ascii_lowercase();
         if lower == "common" || lower == "organizations" {
@@ -241,8 +283,18 @@ impl DevIdp {
                 "organizations"
             }));
         }
-        match self.directory().tenant(raw) {
-            Some(t) if !self.lock().tenant_deleted(&t.id) => Ok(PathTenant::Tenant(t)),
+        let state = self.lock();
+        let found = match self.directory().tenant(raw) {
+            Some(t) => Some(PathTenant::Tenant(t)),
+            None => state.customers.get(raw).map(|c| {
+                PathTenant::Customer(CustomerTenant {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                })
+            }),
+        };
+        match found {
+            Some(t) if !state.tenant_deleted(t.id().unwrap_or_default()) => Ok(t),
             _ if !tenant_shaped(raw) => Err(errors::tenant_identifier_invalid(raw)),
             _ => Err(errors::tenant_not_found(raw)),
         }
@@ -298,10 +350,18 @@ struct AppState {
     base: Arc<str>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum PathTenant<'a> {
     Any(&'static str),
     Tenant(&'a Tenant),
+    /// A customer tenant of a partner (they change at run time, so this is a copy).
+    Customer(CustomerTenant),
+}
+
+#[derive(Debug, Clone)]
+struct CustomerTenant {
+    id: String,
+    name: String,
 }
 
 impl PathTenant<'_> {
@@ -310,6 +370,7 @@ impl PathTenant<'_> {
         match self {
             PathTenant::Any(_) => None,
             PathTenant::Tenant(t) => Some(&t.id),
+            PathTenant::Customer(c) => Some(&c.id),
         }
     }
 
@@ -318,6 +379,7 @@ impl PathTenant<'_> {
         match self {
             PathTenant::Any(s) => s,
             PathTenant::Tenant(t) => &t.name,
+            PathTenant::Customer(c) => &c.name,
         }
     }
 }

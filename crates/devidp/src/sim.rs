@@ -60,7 +60,7 @@ pub fn router() -> Router<AppState> {
         .route("/reset", post(reset))
 }
 
-fn bad_request(msg: impl Into<String>) -> Response {
+pub(crate) fn bad_request(msg: impl Into<String>) -> Response {
     (
         StatusCode::BAD_REQUEST,
         Json(json!({ "error": msg.into() })),
@@ -68,12 +68,14 @@ fn bad_request(msg: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn not_found(msg: impl Into<String>) -> Response {
+pub(crate) fn not_found(msg: impl Into<String>) -> Response {
     (StatusCode::NOT_FOUND, Json(json!({ "error": msg.into() }))).into_response()
 }
 
 /// Bodies are optional on most calls: empty means "all defaults".
-fn parse_body<T: for<'de> Deserialize<'de> + Default>(body: &Bytes) -> Result<T, Response> {
+pub(crate) fn parse_body<T: for<'de> Deserialize<'de> + Default>(
+    body: &Bytes,
+) -> Result<T, Response> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -252,11 +254,16 @@ async fn clear_faults(State(st): State<AppState>) -> Json<Value> {
     Json(json!({ "pending": 0 }))
 }
 
+/// A partner tenant or a customer tenant, by id or domain.
 fn known_tenant(st: &AppState, raw: &str) -> Result<String, Response> {
+    if let Some(t) = st.idp.directory().tenant(raw) {
+        return Ok(t.id.clone());
+    }
     st.idp
-        .directory()
-        .tenant(raw)
-        .map(|t| t.id.clone())
+        .lock()
+        .customers
+        .get(raw)
+        .map(|c| c.id.clone())
         .ok_or_else(|| not_found(format!("unknown tenant {raw}")))
 }
 
@@ -459,7 +466,8 @@ fn sign_all(
     })
 }
 
-/// The app's grant in that tenant is gone: refreshes answer 65001.
+/// The app's grant in that tenant is gone (every app's, in a customer tenant): refreshes
+/// answer 65001.
 async fn revoke_consent(State(st): State<AppState>, Path(tenant): Path<String>) -> Response {
     match known_tenant(&st, &tenant) {
         Ok(tid) => {
@@ -598,9 +606,10 @@ fn change_secrets(
     }
 }
 
-/// Everything back to start-up state (same keys and directory).
+/// Everything back to start-up state (same keys, directory and customers).
 async fn reset(State(st): State<AppState>) -> Json<Value> {
     *st.idp.lock() = SimState::new(st.idp.directory());
+    *st.idp.partner_center() = Default::default();
     let initial = st.idp.inner.initial_keys.clone();
     st.idp.set_key_ring(|ring| *ring = initial);
     st.idp.inner.clock.reset();

@@ -42,6 +42,24 @@ pub struct Subject {
     pub client_id: String,
     pub amr: Vec<String>,
     pub global_admin: bool,
+    /// The tenant the token is issued in when it is not the user's own: a customer tenant
+    /// the user's partner administers (the partner's RT redeemed at the customer authority).
+    pub issued_in: Option<String>,
+}
+
+impl Subject {
+    /// `tid` of the tokens: where they were issued.
+    fn tenant(&self) -> &str {
+        self.issued_in.as_deref().unwrap_or(&self.user.tenant_id)
+    }
+
+    /// A user of another tenant is named by its identity provider, the home tenant's
+    /// issuer, as Entra's `idp` claim does for guests and partner users.
+    fn add_foreign_idp(&self, claims: &mut Value) {
+        if self.issued_in.is_some() {
+            claims["idp"] = json!(format!("https://sts.windows.net/{}/", self.user.tenant_id));
+        }
+    }
 }
 
 /// A v1-format access token, like Partner Center's (see seed 002): `amr` and
@@ -61,7 +79,7 @@ pub fn access_token_claims(
     };
     let mut claims = json!({
         "aud": resource,
-        "iss": format!("{base}/{}/", user.tenant_id),
+        "iss": format!("{base}/{}/", subject.tenant()),
         "iat": iat,
         "nbf": iat,
         "exp": iat + TOKEN_LIFETIME_SECS,
@@ -76,12 +94,13 @@ pub fn access_token_claims(
         "oid": user.oid,
         "scp": scp,
         "sub": pairwise_sub(&user.oid, &subject.client_id),
-        "tid": user.tenant_id,
+        "tid": subject.tenant(),
         "unique_name": user.upn,
         "upn": user.upn,
         "uti": random_b64(16),
         "ver": "1.0",
     });
+    subject.add_foreign_idp(&mut claims);
     add_directory_roles(&mut claims, subject);
     claims
 }
@@ -111,7 +130,7 @@ pub fn id_token_claims(
     let user = &subject.user;
     let mut claims = json!({
         "aud": subject.client_id,
-        "iss": format!("{base}/{}/v2.0", user.tenant_id),
+        "iss": format!("{base}/{}/v2.0", subject.tenant()),
         "iat": iat,
         "nbf": iat,
         "exp": iat + TOKEN_LIFETIME_SECS + 1,
@@ -119,7 +138,7 @@ pub fn id_token_claims(
         "oid": user.oid,
         "preferred_username": user.upn,
         "sub": pairwise_sub(&user.oid, &subject.client_id),
-        "tid": user.tenant_id,
+        "tid": subject.tenant(),
         "uti": random_b64(16),
         "ver": "2.0",
     });
@@ -129,6 +148,7 @@ pub fn id_token_claims(
     if with_email {
         claims["email"] = json!(user.upn);
     }
+    subject.add_foreign_idp(&mut claims);
     add_directory_roles(&mut claims, subject);
     claims
 }
@@ -144,7 +164,7 @@ pub fn id_token_v1_claims(
     let user = &subject.user;
     let mut claims = json!({
         "aud": subject.client_id,
-        "iss": format!("{base}/{}/", user.tenant_id),
+        "iss": format!("{base}/{}/", subject.tenant()),
         "iat": iat,
         "nbf": iat,
         "exp": iat + TOKEN_LIFETIME_SECS + 1,
@@ -152,7 +172,7 @@ pub fn id_token_v1_claims(
         "name": user.name,
         "oid": user.oid,
         "sub": pairwise_sub(&user.oid, &subject.client_id),
-        "tid": user.tenant_id,
+        "tid": subject.tenant(),
         "unique_name": user.upn,
         "upn": user.upn,
         "ver": "1.0",
@@ -160,6 +180,7 @@ pub fn id_token_v1_claims(
     if let Some(nonce) = nonce {
         claims["nonce"] = json!(nonce);
     }
+    subject.add_foreign_idp(&mut claims);
     add_directory_roles(&mut claims, subject);
     claims
 }
@@ -193,6 +214,7 @@ mod tests {
             client_id: "app".into(),
             amr: vec!["pwd".into(), "mfa".into()],
             global_admin: role == "Global Admin",
+            issued_in: None,
         }
     }
 
@@ -216,6 +238,23 @@ mod tests {
         let agent = subject("Admin Agent");
         let claims = id_token_claims("http://idp", &agent, Some("n"), false, now);
         assert!(claims.get("wids").is_none(), "{claims}");
+    }
+
+    #[test]
+    fn a_token_issued_in_a_customer_tenant_names_it_and_the_users_home() {
+        let now = OffsetDateTime::now_utc();
+        let mut jane = subject("Admin Agent");
+        let home = jane.user.tenant_id.clone();
+        let customer = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c001";
+        jane.issued_in = Some(customer.into());
+        let claims =
+            access_token_claims("http://idp", &jane, "https://graph.microsoft.com", "x", now);
+        assert_eq!(claims["tid"], customer);
+        assert_eq!(claims["iss"], format!("http://idp/{customer}/"));
+        assert_eq!(claims["idp"], format!("https://sts.windows.net/{home}/"));
+        assert_eq!(claims["oid"], jane.user.oid.as_str());
+        let own = access_token_claims("http://idp", &subject("Admin Agent"), "r", "x", now);
+        assert!(own.get("idp").is_none());
     }
 
     #[test]

@@ -14,6 +14,8 @@ use samvault_devidp::{
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+#[path = "dev_idp/customers.rs"]
+mod customers;
 #[path = "dev_idp/fidelity.rs"]
 mod fidelity;
 

@@ -7,7 +7,12 @@ use std::collections::{BTreeSet, HashMap};
 use base64::engine::general_purpose::STANDARD;
 use sha1::Digest as _;
 
+use super::customers::{
+    CORRELATION, GRAPH, JANE, Pc, PcAnswer, burst, consented, graph_consent, graph_default,
+    partner_tokens, pc_as,
+};
 use super::*;
+use devidp::{ADATUM, NORTHWIND, TAILSPIN};
 
 const FIDELITY: &str = include_str!("../../../../docs/ENTRA_FIDELITY.md");
 const OTHER_TENANT: &str = "99999999-9999-4999-8999-999999999999";
@@ -117,6 +122,56 @@ async fn every_document_has_the_fields_the_table_names() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_partner_center_answer_is_the_one_the_table_names() {
+    let section = "Partner Center answers";
+    let rows = rows(section);
+    same_answers(section, &rows, PC_SCENARIOS);
+    for (id, cells) in &rows {
+        let [_, status, code, header, ..] = cells.as_slice() else {
+            panic!("{id}: a short row");
+        };
+        let answer = pc_answer(id).await;
+        assert_eq!(
+            answer.status.as_u16().to_string(),
+            *status,
+            "{id}: {}",
+            answer.body
+        );
+        if code == "–" {
+            // The gateway's throttling body, not Partner Center's error shape.
+            assert_eq!(answer.body["statusCode"], 429, "{id}: {}", answer.body);
+            assert!(answer.body["message"].is_string(), "{id}: {}", answer.body);
+        } else {
+            assert_partner_center_shape(id, code, &answer);
+        }
+        if header != "–" {
+            let name = header.to_ascii_lowercase();
+            assert!(
+                answer.headers.contains_key(name.as_str()),
+                "{id}: no {header}"
+            );
+        }
+    }
+}
+
+/// Partner Center's error body ("Partner Center REST error codes"): `code` and `description`
+/// always (the description at most 1,024 characters), `data`, `source`; the request's
+/// `MS-CorrelationId` echoed.
+fn assert_partner_center_shape(id: &str, code: &str, answer: &PcAnswer) {
+    let body = &answer.body;
+    assert_eq!(body["code"], code, "{id}: {body}");
+    let description = body["description"].as_str().unwrap_or_default();
+    assert!(
+        !description.is_empty() && description.len() <= 1024,
+        "{id}: {body}"
+    );
+    assert!(body["data"].is_array(), "{id}: {body}");
+    assert_eq!(body["source"], "PartnerFD", "{id}: {body}");
+    assert_eq!(answer.headers["ms-correlationid"], CORRELATION, "{id}");
+    assert!(answer.headers.contains_key("ms-requestid"), "{id}");
 }
 
 /// Entra's error body: `AADSTSnnnn: text\r\nTrace ID: …\r\nCorrelation ID: …\r\nTimestamp: …`
@@ -240,6 +295,9 @@ scenarios!(ERROR_SCENARIOS, error_answer -> Answer, {
     "fault.unavailable" => fault_unavailable,
     "fault.throttled" => fault_throttled,
     "fault.server_error" => fault_server_error,
+    "customer.relationship_ended" => customer_relationship_ended,
+    "customer.not_consented" => customer_not_consented,
+    "customer.unknown_tenant" => customer_unknown_tenant,
 });
 
 scenarios!(DOCUMENT_SCENARIOS, document -> Vec<Value>, {
@@ -252,6 +310,28 @@ scenarios!(DOCUMENT_SCENARIOS, document -> Vec<Value>, {
     "token.v2" => token_v2,
     "token.v1" => token_v1,
     "refresh.two_resources" => refresh_two_resources,
+    "token.customer" => token_customer,
+    "token.customer.claims" => token_customer_claims,
+    "pc.customers" => pc_customers,
+    "pc.customer" => pc_customer,
+    "pc.next_link" => pc_next_link,
+    "pc.consent" => pc_consent,
+});
+
+scenarios!(PC_SCENARIOS, pc_answer -> PcAnswer, {
+    "pc.no_token" => pc_no_token,
+    "pc.invalid_token" => pc_invalid_token,
+    "pc.expired_token" => pc_expired_token,
+    "pc.wrong_audience" => pc_wrong_audience,
+    "pc.mfa_required" => pc_mfa_required,
+    "pc.role" => pc_role,
+    "pc.throttled" => pc_throttled,
+    "pc.bad_request" => pc_bad_request,
+    "pc.customer_not_found" => pc_customer_not_found,
+    "pc.consent_not_found" => pc_consent_not_found,
+    "pc.consent_exists" => pc_consent_exists,
+    "pc.fault_unavailable" => pc_fault_unavailable,
+    "pc.fault_throttled" => pc_fault_throttled,
 });
 
 // ---------- helpers ----------
@@ -1002,4 +1082,191 @@ async fn refresh_two_resources() -> Vec<Value> {
         "the first one"
     );
     vec![body]
+}
+
+// ---------- customer authorities ----------
+
+/// Jane's refresh token redeemed for Graph at `tenant`'s authority.
+async fn at_customer(tenant: &str) -> Answer {
+    let sim = demo().await;
+    let (rt, _) = partner_tokens(&sim, JANE, true).await;
+    let (status, body) = sim.refresh(tenant, &rt, &graph_default()).await;
+    Answer::Json(status, body)
+}
+
+async fn customer_relationship_ended() -> Answer {
+    at_customer(TAILSPIN).await
+}
+
+async fn customer_not_consented() -> Answer {
+    at_customer(NORTHWIND).await
+}
+
+async fn customer_unknown_tenant() -> Answer {
+    at_customer(OTHER_TENANT).await
+}
+
+/// Jane's RT redeemed at Adatum after the app was consented there.
+async fn adatum_tokens() -> Value {
+    let sim = demo().await;
+    let rt = consented(&sim).await;
+    let scope = format!("{} openid offline_access", graph_default());
+    let (status, body) = sim.refresh(ADATUM, &rt, &scope).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn token_customer() -> Vec<Value> {
+    vec![adatum_tokens().await]
+}
+
+async fn token_customer_claims() -> Vec<Value> {
+    let tokens = adatum_tokens().await;
+    let at = tokens["access_token"].as_str().unwrap();
+    let claims = jsonwebtoken::dangerous::insecure_decode::<Value>(at)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["tid"], ADATUM, "{claims}");
+    assert_eq!(claims["upn"], JANE, "{claims}");
+    assert_eq!(claims["aud"], GRAPH, "{claims}");
+    let id = tokens["id_token"].as_str().unwrap();
+    let id = jsonwebtoken::dangerous::insecure_decode::<Value>(id)
+        .unwrap()
+        .claims;
+    assert_eq!(id["tid"], ADATUM, "{id}");
+    vec![claims]
+}
+
+// ---------- Partner Center ----------
+
+async fn pc_page() -> Value {
+    let sim = demo().await;
+    let page = pc_as(&sim, JANE).await.list(2).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    page.body
+}
+
+async fn pc_customers() -> Vec<Value> {
+    vec![pc_page().await]
+}
+
+async fn pc_customer() -> Vec<Value> {
+    pc_page().await["items"].as_array().unwrap().clone()
+}
+
+async fn pc_next_link() -> Vec<Value> {
+    let links = pc_page().await["links"].clone();
+    vec![links["self"].clone(), links["next"].clone()]
+}
+
+async fn pc_consent() -> Vec<Value> {
+    let sim = demo().await;
+    let created = pc_as(&sim, JANE)
+        .await
+        .consent(ADATUM, graph_consent("User.Read.All"))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    vec![created.body]
+}
+
+/// A list call with `token` as the bearer.
+async fn pc_with(sim: &Sim, token: &str) -> PcAnswer {
+    let pc = Pc {
+        sim,
+        token: token.to_string(),
+    };
+    pc.list(5).await
+}
+
+async fn pc_no_token() -> PcAnswer {
+    pc_with(&demo().await, "").await
+}
+
+async fn pc_invalid_token() -> PcAnswer {
+    pc_with(&demo().await, "not.a.jwt").await
+}
+
+async fn pc_expired_token() -> PcAnswer {
+    let sim = demo().await;
+    let pc = pc_as(&sim, JANE).await;
+    sim.sim_post("/clock/advance", json!({ "hours": 2 })).await;
+    pc.list(5).await
+}
+
+async fn pc_wrong_audience() -> PcAnswer {
+    let sim = demo().await;
+    let scopes = format!("{} offline_access", graph_default());
+    let (_, graph) = sim.mint(json!({ "upn": JANE, "scopes": scopes })).await;
+    pc_with(&sim, graph["access_token"].as_str().unwrap()).await
+}
+
+async fn pc_mfa_required() -> PcAnswer {
+    let sim = demo().await;
+    let (_, token) = partner_tokens(&sim, "john@fabrikam.example", false).await;
+    pc_with(&sim, &token).await
+}
+
+async fn pc_role() -> PcAnswer {
+    let sim = demo().await;
+    let sam = pc_as(&sim, "sam@contoso.example").await;
+    sam.consent(ADATUM, graph_consent("User.Read.All")).await
+}
+
+async fn pc_throttled() -> PcAnswer {
+    let sim = demo().await;
+    let pc = pc_as(&sim, JANE).await;
+    let answers = burst(&sim, &pc.token, 60).await;
+    let (status, headers, body) = answers
+        .into_iter()
+        .find(|a| a.0 == StatusCode::TOO_MANY_REQUESTS)
+        .expect("a burst of 60 is throttled");
+    PcAnswer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn pc_bad_request() -> PcAnswer {
+    let sim = demo().await;
+    let mut body = graph_consent("User.Read.All");
+    body["applicationId"] = json!("11111111-2222-4333-8444-555555555555");
+    pc_as(&sim, JANE).await.consent(ADATUM, body).await
+}
+
+async fn pc_customer_not_found() -> PcAnswer {
+    let sim = demo().await;
+    let pc = pc_as(&sim, JANE).await;
+    pc.consent(OTHER_TENANT, graph_consent("User.Read.All"))
+        .await
+}
+
+async fn pc_consent_not_found() -> PcAnswer {
+    let sim = demo().await;
+    let pc = pc_as(&sim, JANE).await;
+    pc.consent_of(reqwest::Method::GET, ADATUM).await
+}
+
+async fn pc_consent_exists() -> PcAnswer {
+    let sim = demo().await;
+    let pc = pc_as(&sim, JANE).await;
+    let first = pc.consent(ADATUM, graph_consent("User.Read.All")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    pc.consent(ADATUM, graph_consent("Directory.Read.All"))
+        .await
+}
+
+async fn pc_faulted(spec: Value) -> PcAnswer {
+    let sim = demo().await;
+    let pc = pc_as(&sim, JANE).await;
+    sim.sim_post("/partner-center/faults", spec).await;
+    pc.list(5).await
+}
+
+async fn pc_fault_unavailable() -> PcAnswer {
+    pc_faulted(json!({ "status": 503 })).await
+}
+
+async fn pc_fault_throttled() -> PcAnswer {
+    pc_faulted(json!({ "status": 429, "retry_after": 2 })).await
 }

@@ -243,6 +243,39 @@ impl Remote {
         self.sign_in_with(user, password, code, &[]).await
     }
 
+    /// The sign-in form as raw HTTP/1.1 bytes on a connection of its own; the status. For
+    /// floods: a load generator elsewhere costs the service's host nothing, and reqwest here
+    /// would take CPU from the service under test.
+    pub async fn sign_in_raw(&self, user: &str, password: &str, code: &str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("csrf", self.csrf.as_str()),
+                ("username", user),
+                ("password", password),
+                ("code", code),
+            ])
+            .finish();
+        let host = self.base.trim_start_matches("http://");
+        let request = format!(
+            "POST /ops/signin HTTP/1.1\r\nHost: {host}\r\nCookie: {}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            self.cookie,
+            body.len()
+        );
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        let from = std::net::SocketAddr::new(self.address.parse().unwrap(), 0);
+        socket.bind(from).unwrap();
+        let mut stream = socket.connect(host.parse().unwrap()).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+        std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+    }
+
     /// Signs in as a person would when the service is busy: a 503 (which must say when to
     /// come back) is tried again shortly; returns the first other answer.
     pub async fn sign_in_until_answered(&self, user: &str, password: &str, code: &str) -> Answer {

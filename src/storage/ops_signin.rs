@@ -105,12 +105,14 @@ pub async fn change_password(
     .await?)
 }
 
-/// The epoch a session of `username` must carry to be valid (`None`: no such user).
+/// The epoch a session of `username` must carry to be valid (`None`: no such user). Read on
+/// every dashboard request, so through the read connections: an epoch only moves by a
+/// committed write, which every read started after it sees.
 pub async fn session_epoch(db: &Db, username: &str) -> Result<Option<i64>, StorageError> {
     Ok(
         sqlx::query_scalar("SELECT session_epoch FROM ops_users WHERE username = $1")
             .bind(username)
-            .fetch_optional(db.pool())
+            .fetch_optional(db.reader())
             .await?,
     )
 }

@@ -29,7 +29,7 @@ use crate::storage::ops_signin::{self, Attempt};
 use crate::storage::ops_users::{self, OpsUser};
 use crate::storage::{audit, now};
 
-/// Failed sign-ins (and current-password checks) allowed before the account locks (then 1
+/// Failed sign-ins (and wrong current passwords) allowed before the account locks (then 1
 /// min, doubling, capped at a day).
 const FREE_ATTEMPTS: i64 = 5;
 

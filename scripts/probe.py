@@ -5,8 +5,11 @@
 
 Every route, every method, path tricks, invalid UTF-8, oversized bodies, broken Basic
 credentials, forged cookies, hostile Host headers, XSS/SQL/template payloads in query
-parameters, sent over raw sockets (no client library "fixes" the bytes). Fails (exit 1) on
-any 5xx (a 503 from /readyz excepted), any reflected markup, or a state change: the partners
+parameters, sent over raw sockets (no client library "fixes" the bytes); first, 40 dashboard
+sign-ins with a valid CSRF token, hostile credentials and forged X-Forwarded-For headers,
+which must end throttled (429 with Retry-After). Fails (exit 1) on any 5xx (a 503 from
+/readyz, or with Retry-After from the sign-in and password forms, excepted), any reflected
+markup, or a state change: the partners
 the client sees (tenant, name, domain, status, status code) must be the same afterwards and
 the client must still get Contoso's token. Last, Contoso's Sales Agent consents over the
 live grant through the real flow: refused (409, the holder named, UPN masked) and nothing
@@ -21,6 +24,7 @@ import sys
 import base64
 import json
 import os
+from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from samload import consent, consent_answer  # noqa: E402
@@ -116,6 +120,48 @@ def token_status():
     return int(re.match(rb"HTTP/1.1 (\d+)", data).group(1))
 
 
+def head_and_body(data):
+    """(status, lower-case header dict, body) of a raw answer."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "chunked" in headers.get("transfer-encoding", ""):
+        body = unchunk(body)
+    return int(lines[0].split()[1]), headers, body
+
+
+def sign_in_phase(rng, bad, statuses):
+    """The dashboard sign-in with this session's CSRF token, so the credentials themselves are
+    judged: hostile names, passwords and codes, forged X-Forwarded-For headers, 40 attempts
+    from one address. Every answer must be 401, or 429 with Retry-After once the address has
+    spent its failed sign-ins (a 503 only with Retry-After: the password checks are busy)."""
+    status, headers, body = head_and_body(send("GET", "/ops/signin", {"Host": f"{HOST}:{PORT}"}, b""))
+    cookie = headers.get("set-cookie", "").split(";")[0]
+    csrf = re.search(rb'name="csrf" value="([^"]+)"', body).group(1).decode()
+    throttled = 0
+    for _ in range(40):
+        fields = {"csrf": csrf, "username": rng.choice(EVIL + ["admin", "alice"]),
+                  "password": rng.choice(EVIL), "code": rng.choice(EVIL + ["000000"])}
+        form = "&".join(f"{k}={quote(v)}" for k, v in fields.items()).encode()
+        hdrs = {"Host": f"{HOST}:{PORT}", "Cookie": cookie,
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-Forwarded-For": rng.choice(["203.0.113.9", "127.0.0.1, 10.0.0.1", "unknown", EVIL[2],
+                                               "999.999.999.999", "::1", "[::1]:80"])}
+        data = send("POST", "/ops/signin", hdrs, form)
+        status, headers, body = head_and_body(data)
+        statuses[status] = statuses.get(status, 0) + 1
+        throttled += status == 429
+        if status not in (401, 429, 503) or (status != 401 and "retry-after" not in headers):
+            bad.append(("sign-in", status, fields["username"][:40], data[:300]))
+        if any(marker in data for marker in REFLECTED):
+            bad.append(("reflected markup in the sign-in page", data[:300]))
+    if not throttled:
+        bad.append(("40 failed sign-ins from one address and none throttled",))
+
+
 def main():
     rng = random.Random(SEED)
     bad, statuses = [], {}
@@ -126,6 +172,7 @@ def main():
     before = partner_state()
     if token_status() != 200:
         sys.exit("the client must be able to get Contoso's token (the demo's client, Partner Center)")
+    sign_in_phase(rng, bad, statuses)
     for _ in range(REQUESTS):
         route = rng.choice(ROUTES)
         path = route.replace("X", rng.choice(EVIL + [CONTOSO]))
@@ -150,7 +197,9 @@ def main():
             continue
         status = int(match.group(1))
         statuses[status] = statuses.get(status, 0) + 1
-        if status >= 500 and not (status == 503 and route == "/readyz"):
+        busy = status == 503 and (route == "/readyz" or (route in ("/ops/signin", "/ops/password")
+                                                          and b"Retry-After" in data.partition(b"\r\n\r\n")[0]))
+        if status >= 500 and not busy:
             bad.append((status, method, path[:120], data[:300]))
         if any(marker in data for marker in REFLECTED):
             bad.append(("reflected markup", method, path[:120], data[:300]))

@@ -9,7 +9,7 @@ the ops sign-in (password + TOTP, forced password change).
   samload.py signin   --sv URL --creds FILE               prints a signed-in ops session's Cookie
   samload.py traffic  --sv URL --auth B64 --tenants N ... token requests until --stop-file exists
   samload.py check    --sv URL --auth B64 --tenants-file F  every tenant gets a token?
-  samload.py storm    --sv URL --pid PID                   RSS after bursts of failed sign-ins
+  samload.py storm    --sv URL --pid PID [--admin FILE]    RSS (and a real sign-in's time) in bursts of failed sign-ins
   samload.py soak     --sv URL,URL --pids P,P ...          mixed load; prints figures, exit 1 on errors
 """
 
@@ -59,9 +59,10 @@ def csrf_of(page):
 class Http:
     """One keep-alive connection to one origin, with a cookie jar; reconnects after a failure."""
 
-    def __init__(self, base, timeout=30.0):
+    def __init__(self, base, timeout=30.0, source=None):
         u = urllib.parse.urlsplit(base)
         self.host, self.port, self.timeout = u.hostname, u.port, timeout
+        self.source = (source, 0) if source else None  # a loopback address to send from
         self.conn = None
         self.cookies = {}
 
@@ -71,7 +72,8 @@ class Http:
         if self.cookies:
             headers["cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         if self.conn is None:
-            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout,
+                                                   source_address=self.source)
         try:
             self.conn.request(method, path, body=body, headers=headers)
             resp = self.conn.getresponse()
@@ -166,7 +168,8 @@ def session(sv, cookies):
 
 
 def bad_sign_in(conn, username):
-    """A dashboard sign-in with a wrong password: the status (401 expected)."""
+    """A dashboard sign-in with a wrong password: the status (401, or 429 once the address has
+    spent its failed sign-ins)."""
     _, _, page = conn.request("GET", "/ops/signin")
     fields = {"csrf": csrf_of(page.decode()), "username": username, "password": "not the password",
               "code": "000000"}
@@ -269,23 +272,63 @@ def cmd_check(a):
 
 
 # ---------------------------------------------------------------- storm
+def fresh_code(secret, used):
+    """A TOTP code of a step not used yet (the service takes each step once, one either side
+    of now); waits for the clock when the usable steps are spent. `used`: [last step]."""
+    while True:
+        now = int(time.time()) // 30
+        step = max(now - 1, used[0] + 1)
+        if step <= now + 1:
+            used[0] = step
+            return totp(secret, step * 30)
+        time.sleep(1)
+
+
+def timed_sign_in(sv, creds, used):
+    """A real ops user's sign-in from 127.0.0.1: (seconds the POST took, status)."""
+    browser = Http(sv)
+    _, _, page = browser.request("GET", "/ops/signin")
+    fields = {"csrf": csrf_of(page.decode()), "username": creds["username"],
+              "password": creds["password"], "code": fresh_code(creds["totp_secret"], used)}
+    started = time.perf_counter()
+    status, _, _ = browser.form("/ops/signin", fields)
+    browser.close()
+    return time.perf_counter() - started, status
+
+
 def cmd_storm(a):
-    """ROUNDS bursts of CONCURRENCY simultaneous dashboard sign-ins as unknown users (each a
-    full argon2id check, 19 MiB of working memory): the service's RSS after each burst. Exit 1
-    when the last burst still grew it by more than --max-growth MB."""
+    """ROUNDS bursts of CONCURRENCY simultaneous dashboard sign-ins as unknown users, sent from
+    --sources loopback addresses (127.0.9.1 …; the service must listen on loopback): the
+    service's RSS after each burst. Sign-ins for unknown names cost no argon2 check; each
+    address may have 2 in progress and 10 failures a minute, the rest get a 429. With --admin
+    (`ops-user create --json` output), a real user signs in during each burst and the time is
+    printed. Exit 1 when the last burst still grew the RSS by more than --max-growth MB, or a
+    real sign-in took more than --max-signin seconds or failed."""
+    creds = json.load(open(a.admin)) if a.admin else None
+    used, slow = [0], []
     print(f"rss before: {rss_kib(a.pid) / 1024:.1f} MB")
     last = rss_kib(a.pid)
     for r in range(1, a.rounds + 1):
         statuses = []
-        threads = [threading.Thread(target=lambda i=i: statuses.append(bad_sign_in(Http(a.sv), f"storm-{r}-{i}")))
+        source = lambda i: f"127.0.9.{i % a.sources + 1}" if a.sources > 1 else None  # noqa: E731
+        threads = [threading.Thread(target=lambda i=i: statuses.append(
+                       bad_sign_in(Http(a.sv, source=source(i)), f"storm-{r}-{i}")))
                    for i in range(a.concurrency)]
         [t.start() for t in threads]
+        signed_in = ""
+        if creds:
+            time.sleep(0.2)  # the burst is under way
+            took, status = timed_sign_in(a.sv, creds, used)
+            signed_in = f"; {creds['username']} signed in in {took * 1000:.0f} ms ({status})"
+            if took > a.max_signin or status != 303:
+                slow.append((r, took, status))
         [t.join() for t in threads]
         now = rss_kib(a.pid)
-        print(f"rss after burst {r} ({a.concurrency} sign-ins, answers {sorted(set(statuses))}): "
-              f"{now / 1024:.1f} MB ({(now - last) / 1024:+.1f} MB)")
+        mix = ", ".join(f"{s} × {statuses.count(s)}" for s in sorted(set(statuses)))
+        print(f"rss after burst {r} ({a.concurrency} sign-ins, answers {mix}): "
+              f"{now / 1024:.1f} MB ({(now - last) / 1024:+.1f} MB){signed_in}")
         growth, last = (now - last) / 1024, now
-    sys.exit(1 if growth > a.max_growth else 0)
+    sys.exit(1 if growth > a.max_growth or slow else 0)
 
 
 # ---------------------------------------------------------------- soak
@@ -360,7 +403,8 @@ def cmd_soak(a):
 
     def one_bad(conn):
         """Turns through an unknown partner (404), a wrong client secret (401) and a sign-in
-        to the dashboard as an unknown user (401, after a full argon2 check)."""
+        to the dashboard as an unknown user (401, as late as an argon2 check would answer;
+        429 once this address has spent its failed sign-ins)."""
         bad_n[0] += 1
         kind = bad_n[0] % 3
         if kind == 0:
@@ -371,7 +415,7 @@ def cmd_soak(a):
             want = (401, "invalid_client")
         else:
             status, code = bad_sign_in(conn, f"nobody-{bad_n[0]}"), None
-            want = (401, None)
+            want = (429 if status == 429 else 401, None)  # 429: the address spent its failures
         if (status, code) == want:
             return "intended", f"{status} {code or 'wrong sign-in'}"
         return False, f"{status} {code} (wanted {want[0]})"
@@ -503,6 +547,9 @@ def main():
     m.add_argument("--concurrency", type=int, default=40)
     m.add_argument("--rounds", type=int, default=4)
     m.add_argument("--max-growth", type=float, default=20)
+    m.add_argument("--sources", type=int, default=1, help="loopback addresses to send from")
+    m.add_argument("--admin", help="file: `ops-user create --json` output; timed sign-in per burst")
+    m.add_argument("--max-signin", type=float, default=1.0)
     s = sub.add_parser("soak")
     s.add_argument("--sv", required=True, help="replica URLs, comma-separated")
     s.add_argument("--pids", required=True, help="replica PIDs, comma-separated")

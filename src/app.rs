@@ -184,6 +184,8 @@ pub struct App {
     services: Services,
     listener: TcpListener,
     request_log_writer: tokio::task::JoinHandle<()>,
+    /// Writes the count of failed sign-ins for unknown names every minute.
+    sign_in_audit: tokio::task::JoinHandle<()>,
 }
 
 impl App {
@@ -199,6 +201,10 @@ impl App {
         auth.spawn_revocation_watch();
         services.broker.spawn_status_watch();
         services.vault.spawn_refresh();
+        // Times one argon2 check, which a sign-in for an unknown name then takes as long as.
+        tokio::spawn(crate::ops::password::calibrate());
+        let sign_in = Arc::new(crate::ops::SignInLimits::default());
+        let sign_in_audit = sign_in.noise_flushing(services.db.clone());
         let state = AppState::new(crate::http::Shared {
             config: services.config.clone(),
             db: services.db.clone(),
@@ -215,12 +221,14 @@ impl App {
                 services.metrics.clone(),
                 services.config.metrics_token.as_ref(),
             ),
+            sign_in,
         });
         Ok(App {
             state,
             services,
             listener,
             request_log_writer,
+            sign_in_audit,
         })
     }
 
@@ -249,9 +257,15 @@ impl App {
             .spawn()
         });
         let delivery = self.services.notifier.spawn_delivery();
-        axum::serve(self.listener.tap_io(no_delay), router)
+        // The socket peer's address reaches handlers (`http::client_address`).
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(self.listener.tap_io(no_delay), service)
             .with_graceful_shutdown(shutdown_signal())
             .await?;
+        self.sign_in_audit.abort();
+        if let Err(e) = self.state.sign_in.noise.flush(&self.services.db).await {
+            tracing::warn!(error = %e, "could not audit the last sign-in failures of unknown users");
+        }
         // Redemptions in flight store their new refresh tokens before the process ends.
         if let Some(s) = scheduler {
             s.stop(crate::rotation::STOP_GRACE).await;

@@ -53,6 +53,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("SAMVAULT_ROTATION_CONCURRENCY", Some("16")),
     ("SAMVAULT_SCHEDULER", Some("true")),
     ("SAMVAULT_ONBOARDING", Some("open")),
+    ("SAMVAULT_TRUSTED_PROXIES", None),
 ];
 
 /// Settings that are secrets: they may also be read from `<NAME>_FILE`.
@@ -191,6 +192,8 @@ pub struct Config {
     /// Whether this process runs the rotation scheduler (replicas may opt out).
     pub scheduler: bool,
     pub onboarding: Onboarding,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`http::client_address`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Config {
@@ -267,6 +270,7 @@ impl Config {
             onboarding: Onboarding::parse(raw.required("SAMVAULT_ONBOARDING")?)?,
             webhook_url: webhook.webhook_url,
             webhook_secret: webhook.webhook_secret,
+            trusted_proxies: parse_trusted_proxies(raw.get("SAMVAULT_TRUSTED_PROXIES"))?,
         })
     }
 
@@ -677,6 +681,26 @@ fn parse_key_provider(value: &str) -> Result<KeyProviderConfig, String> {
     }
 }
 
+/// `SAMVAULT_TRUSTED_PROXIES`: addresses and CIDR ranges, separated by commas or spaces.
+fn parse_trusted_proxies(value: Option<&str>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    value
+        .unwrap_or_default()
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    bad(
+                        "SAMVAULT_TRUSTED_PROXIES",
+                        format!("'{entry}' is not an address or a range like 10.0.0.0/8"),
+                    )
+                })
+        })
+        .collect()
+}
+
 fn parse_bool(value: &str) -> Option<bool> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
@@ -740,6 +764,36 @@ mod tests {
         assert_eq!(config.primary_resource().as_str(), PARTNER_CENTER);
         assert!(config.require_mfa);
         assert!(config.is_sqlite());
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_ranges() {
+        let config = Config::from_sources(None, &env(&[])).unwrap();
+        assert!(
+            config.trusted_proxies.is_empty(),
+            "no proxy is trusted by default"
+        );
+        let config = Config::from_sources(
+            None,
+            &env(&[(
+                "SAMVAULT_TRUSTED_PROXIES",
+                "10.0.0.0/8, 192.0.2.7 2001:db8::/64",
+            )]),
+        )
+        .unwrap();
+        let proxies: Vec<String> = config
+            .trusted_proxies
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(proxies, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/64"]);
+        let err = Config::from_sources(None, &env(&[("SAMVAULT_TRUSTED_PROXIES", "proxy.local")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SAMVAULT_TRUSTED_PROXIES") && err.contains("proxy.local"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `onboard` (partner admins, HTML), `api` (integrations, JSON), `health` (probes).
 
 pub mod api;
+pub mod client_address;
 pub mod client_auth;
 mod health;
 pub mod metrics;
@@ -66,6 +67,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// `GET /metrics`: the same counters, the database and the token it asks for.
     pub metrics_access: metrics::MetricsAccess,
+    /// Dashboard sign-ins: failures per client address, failures for unknown names.
+    pub sign_in: Arc<crate::ops::SignInLimits>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -230,7 +230,8 @@ pub async fn set_password(
     must_change: bool,
 ) -> Result<bool, StorageError> {
     let done = sqlx::query(
-        "UPDATE ops_users SET password_hash = $2, must_change_password = $3 WHERE username = $1",
+        "UPDATE ops_users SET password_hash = $2, must_change_password = $3, \
+         session_epoch = session_epoch + 1 WHERE username = $1",
     )
     .bind(username)
     .bind(password_hash)
@@ -241,10 +242,12 @@ pub async fn set_password(
 }
 
 /// Disables a user (a phished or departed account): the guard refuses every session of a
-/// disabled user at its next request. Returns false for an unknown or already disabled user.
+/// disabled user at its next request, and the new session epoch keeps them refused should
+/// the user be enabled again. Returns false for an unknown or already disabled user.
 pub async fn disable(db: &Db, username: &str, now: i64) -> Result<bool, StorageError> {
     let done = sqlx::query(
-        "UPDATE ops_users SET disabled_at = $2 WHERE username = $1 AND disabled_at IS NULL",
+        "UPDATE ops_users SET disabled_at = $2, session_epoch = session_epoch + 1 \
+         WHERE username = $1 AND disabled_at IS NULL",
     )
     .bind(username)
     .bind(now)

@@ -40,6 +40,8 @@ struct Case {
     auth: Auth,
     /// A search that finds nothing may answer 200.
     may_succeed: bool,
+    /// Extra request headers (a forged `X-Forwarded-For`), as raw bytes.
+    headers: Vec<(&'static str, Vec<u8>)>,
 }
 
 #[derive(Clone, Copy)]
@@ -72,6 +74,7 @@ fn case(name: String, method: Method, path: String, auth: Auth) -> Case {
         body: Vec::new(),
         auth,
         may_succeed: false,
+        headers: Vec::new(),
     }
 }
 
@@ -180,6 +183,43 @@ fn cases(csrf: &str) -> Vec<Case> {
             ),
             urlencoded,
             form(&[("csrf", p), ("username", p), ("password", p), ("code", p)]),
+        ));
+        // The same with this session's CSRF token, so the credentials themselves are refused
+        // (401, or 429 once the address's failures are spent), a forged X-Forwarded-For
+        // changing nothing; and the password form, whose current password is checked.
+        let mut signin = with_body(
+            case(
+                format!("ops sign-in with a csrf #{i}"),
+                Method::POST,
+                "/ops/signin".into(),
+                Auth::Admin,
+            ),
+            urlencoded,
+            form(&[
+                ("csrf", csrf),
+                ("username", p),
+                ("password", p),
+                ("code", p),
+            ]),
+        );
+        // Any bytes a header may carry: everything but control characters.
+        let forged = p.bytes().filter(|b| *b >= 0x20 && *b != 0x7f).collect();
+        signin.headers.push(("x-forwarded-for", forged));
+        all.push(signin);
+        all.push(with_body(
+            case(
+                format!("ops password change #{i}"),
+                Method::POST,
+                "/ops/password".into(),
+                Auth::Admin,
+            ),
+            urlencoded,
+            form(&[
+                ("csrf", csrf),
+                ("current", p),
+                ("new", "a hostile but long passphrase"),
+                ("confirm", "a hostile but long passphrase"),
+            ]),
         ));
         all.push(case(
             format!("ops partner path #{i}"),
@@ -381,6 +421,10 @@ async fn hostile_inputs_get_clear_refusals_and_change_nothing(backend: Backend) 
             request = request
                 .header("content-type", content_type)
                 .body(c.body.clone());
+        }
+        for (name, value) in &c.headers {
+            let value = reqwest::header::HeaderValue::from_bytes(value).unwrap();
+            request = request.header(*name, value);
         }
         request = match c.auth {
             Auth::None => request,

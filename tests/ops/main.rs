@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod attempts;
 mod audit;
 mod errors;
 mod guard;
@@ -13,6 +14,7 @@ mod integrations;
 mod overview;
 mod partners;
 mod report;
+mod sessions;
 mod settings;
 mod signin;
 

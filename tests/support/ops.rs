@@ -158,3 +158,134 @@ impl<'a> Operator<'a> {
         field(&page, "csrf")
     }
 }
+
+/// A browser at another loopback address (127.0.0.0/8 is all loopback on Linux), so tests
+/// can play many clients, each with its own address, its own session and the CSRF token of
+/// the sign-in form it opened.
+#[derive(Clone)]
+pub struct Remote {
+    pub address: String,
+    http: reqwest::Client,
+    base: String,
+    cookie: String,
+    csrf: String,
+}
+
+/// What a sign-in attempt got: status, `Retry-After` (seconds) and the page.
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub page: String,
+}
+
+impl Remote {
+    /// Opens the sign-in form from `address` (e.g. "127.0.1.7").
+    pub async fn open(stack: &Stack, address: &str) -> Remote {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(address.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        let base = stack.sv().to_string();
+        let response = http.get(format!("{base}/ops/signin")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "sign-in form from {address}");
+        let cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let csrf = field(&response.text().await.unwrap(), "csrf");
+        Remote {
+            address: address.to_string(),
+            http,
+            base,
+            cookie,
+            csrf,
+        }
+    }
+
+    /// Posts the sign-in form, with extra headers (say a forged `X-Forwarded-For`).
+    pub async fn sign_in_with(
+        &self,
+        user: &str,
+        password: &str,
+        code: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = self
+            .http
+            .post(format!("{}/ops/signin", self.base))
+            .header("cookie", &self.cookie)
+            .form(&[
+                ("csrf", self.csrf.as_str()),
+                ("username", user),
+                ("password", password),
+                ("code", code),
+            ]);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().parse().unwrap());
+        Answer {
+            status: response.status().as_u16(),
+            retry_after,
+            page: response.text().await.unwrap(),
+        }
+    }
+
+    pub async fn sign_in(&self, user: &str, password: &str, code: &str) -> Answer {
+        self.sign_in_with(user, password, code, &[]).await
+    }
+
+    /// The sign-in form as raw HTTP/1.1 bytes on a connection of its own; the status. For
+    /// floods: a load generator elsewhere costs the service's host nothing, and reqwest here
+    /// would take CPU from the service under test.
+    pub async fn sign_in_raw(&self, user: &str, password: &str, code: &str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("csrf", self.csrf.as_str()),
+                ("username", user),
+                ("password", password),
+                ("code", code),
+            ])
+            .finish();
+        let host = self.base.trim_start_matches("http://");
+        let request = format!(
+            "POST /ops/signin HTTP/1.1\r\nHost: {host}\r\nCookie: {}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            self.cookie,
+            body.len()
+        );
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        let from = std::net::SocketAddr::new(self.address.parse().unwrap(), 0);
+        socket.bind(from).unwrap();
+        let mut stream = socket.connect(host.parse().unwrap()).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+        std::str::from_utf8(&head[9..12]).unwrap().parse().unwrap()
+    }
+
+    /// Signs in as a person would when the service is busy: a 503 (which must say when to
+    /// come back) is tried again shortly; returns the first other answer.
+    pub async fn sign_in_until_answered(&self, user: &str, password: &str, code: &str) -> Answer {
+        loop {
+            let answer = self.sign_in(user, password, code).await;
+            if answer.status != 503 {
+                return answer;
+            }
+            assert!(answer.retry_after.is_some(), "a 503 says when to retry");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}

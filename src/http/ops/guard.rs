@@ -3,7 +3,8 @@
 //! anyone below role `R`, and an action does not run without this session's CSRF token.
 //!
 //! In order: a session (else sign in), younger than the absolute lifetime, of a user who
-//! exists and is not disabled (else sign in), past the forced password change (else the
+//! exists and is not disabled, signed in under the user's current session epoch (a password
+//! change or a disable moves it on; else sign in), past the forced password change (else the
 //! password page), with at least the role (else 403); then, for an action, the form's CSRF
 //! token (else 403). The role comes before the token so a viewer learns nothing from a forged
 //! form.
@@ -22,11 +23,14 @@ use super::{Chrome, FormFields, PageError, PageResult, Section, message, unavail
 use crate::http::AppState;
 use crate::onboarding::random_token;
 use crate::storage::now;
+use crate::storage::ops_signin;
 use crate::storage::ops_users::{self, OpsUser, Role};
 
 pub(super) const USER_KEY: &str = "ops.user";
 pub(super) const SINCE_KEY: &str = "ops.since";
 pub(super) const CSRF_KEY: &str = "ops.csrf";
+/// The user's session epoch at sign-in (a session from before epochs existed has none: 0).
+pub(super) const EPOCH_KEY: &str = "ops.epoch";
 /// A session ends this long after sign-in however active it is (the idle timeout is the
 /// session layer's).
 const ABSOLUTE_LIFETIME_SECS: i64 = 12 * 3600;
@@ -170,6 +174,19 @@ async fn signed_in_user(
         }
         Err(e) => return Err(unavailable(e)),
     };
+    let epoch: i64 = session
+        .get(EPOCH_KEY)
+        .await
+        .map_err(unavailable)?
+        .unwrap_or(0);
+    match ops_signin::session_epoch(&state.db, &username).await {
+        Ok(Some(current)) if current == epoch => {}
+        Ok(_) => {
+            let _ = session.flush().await;
+            return Err(to_signin());
+        }
+        Err(e) => return Err(unavailable(e)),
+    }
     if user.must_change_password && !before_password_change {
         return Err(PageError::redirect("/ops/password"));
     }

@@ -1,5 +1,6 @@
 //! The integrations API: least-privilege clients, single-flight, rate limits, read
 //! endpoints and the request log, against a real `serve` and the dev IdP.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

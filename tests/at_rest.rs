@@ -3,6 +3,7 @@
 //! different key file: every sealed record, one by one, refuses to open, and the copy holds
 //! no refresh token the IdP issued. With the service's own key file the same records open,
 //! so the refusals come from the key and nothing else.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

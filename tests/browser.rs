@@ -4,6 +4,7 @@
 //! the command to run (it never skips).
 //!
 //! Screenshots of every page visited are written to `target/screenshots/<backend>/`.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

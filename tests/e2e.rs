@@ -1,6 +1,7 @@
 //! End to end, as a CPV would run it: the real `samvault` binary (`serve`, `client create`,
 //! `partners list`) against the real `samvault dev-idp`, on SQLite and on PostgreSQL.
 //! A plain HTTP client walks the onboarding page, the IdP's sign-in form and the callback.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! How samvault fails when Entra ID (the dev IdP's `/_sim/` faults) or PostgreSQL misbehave:
 //! what an integration calling the token API sees, that the service recovers by itself once
 //! the fault clears, and that no partner changes status because of a transient fault.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

@@ -7,6 +7,7 @@
 //! - a redirect URI that differs at redemption: `invalid_client` 500112, which names no
 //!   credential: a page naming `SAMVAULT_PUBLIC_URL`, no fallback, no credential alarm;
 //! - a signing key that rolls in the middle of onboarding: consents keep working.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! Key Vault's REST operations (challenge authentication, its own token endpoint, get, wrapkey,
 //! unwrapkey, rotate), served with a test CA made here. The provider runs on Microsoft's SDK,
 //! in-process and inside real `samvault serve` processes, on SQLite and PostgreSQL.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! Webhook delivery (`samvault::notify`) and the `/metrics` exposition (`samvault::metrics`),
 //! against a real receiver on 127.0.0.1 and fresh databases (SQLite and, when reachable,
 //! PostgreSQL: see `tests/support`).
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! `GET /api/openapi.json` against a real `serve`: the document describes the router's API
 //! routes, its security scheme and every problem code, and real responses match it.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

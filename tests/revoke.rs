@@ -2,6 +2,7 @@
 //! real `samvault serve` and `samvault dev-idp`, on SQLite and PostgreSQL: a partner admin
 //! signs in with `openid profile` only, sees what samvault holds, and purges it; everyone
 //! else is refused and nothing changes.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

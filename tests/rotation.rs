@@ -1,5 +1,6 @@
 //! The rotation engine, end to end: real `serve` replicas against the real dev IdP, a webhook
 //! receiver in the test, and the IdP's `/_sim/` controls to make Entra misbehave.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

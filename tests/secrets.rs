@@ -6,6 +6,7 @@
 //! once: the stdout of the command that created it (`client create`, `client secret add`,
 //! `ops-user create`, `invite create`). A failure names the kind of secret, a short SHA-256
 //! prefix of it (never the secret), the encoding and the place.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! Storage tests: every public function of `samvault::storage`, each test run against a
 //! fresh SQLite database and a fresh PostgreSQL database (see `tests/support`).
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

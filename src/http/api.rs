@@ -13,8 +13,8 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::AppState;
 use super::client_auth::AuthenticatedClient;
-use super::openapi::{PartnerProblems, PartnerStatusSchema, PartnersProblems, TokenProblems};
 use super::problem::Problem;
+use super::problem_docs::{PartnerProblems, PartnerStatusSchema, PartnersProblems, TokenProblems};
 use crate::broker::{BrokerError, IssuedToken};
 use crate::domain::{Purpose, Resource, TenantId};
 use crate::storage::clients::{Client, Permission};

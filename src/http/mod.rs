@@ -10,6 +10,7 @@ pub mod onboard;
 pub mod openapi;
 mod ops;
 pub mod problem;
+mod problem_docs;
 pub mod request_id;
 mod templates;
 

@@ -1,6 +1,7 @@
 //! The ops dashboard over real HTTP against a spawned samvault and dev IdP, on SQLite and
 //! PostgreSQL. One module per dashboard section; [`Operator`] and [`Account`] are the shared
 //! user of the pages. (The browser suite, tests/browser.rs, drives the same pages in Chromium.)
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 #[path = "../support/mod.rs"]
 mod support;

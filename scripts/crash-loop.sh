@@ -10,7 +10,7 @@
 #                   kill between the IdP's answer and samvault's commit leaves the stored token
 #                   spent but inside its grace; the restarted process sees its predecessor died
 #                   holding the lease and redeems it again at once. No partner may be lost.
-#   entra           Entra ID's behaviour (SPEC §2: old refresh tokens stay valid), under which
+#   entra           Entra ID's behaviour (REFERENCE §2: old refresh tokens stay valid), under which
 #                   the write-back rule promises that a crash at any point leaves a usable token.
 #   strict-nograce  `--strict-rotation` alone: a token dies at its first use, no grace. A kill
 #                   after the IdP answered and before the commit loses that partner, whatever

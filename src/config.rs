@@ -1,4 +1,4 @@
-//! Configuration (SPEC §3.4): defaults < optional TOML file < environment.
+//! Configuration (REFERENCE §3.4): defaults < optional TOML file < environment.
 //!
 //! Every setting is named by its environment variable; the TOML file uses the same names
 //! in lower case without the `SAMVAULT_` prefix (`listen`, `client_id`, `database_url`).

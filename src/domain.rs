@@ -93,7 +93,7 @@ impl Purpose {
     }
 }
 
-/// Partner status (SPEC §4 "Classification").
+/// Partner status (REFERENCE §4 "Classification").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PartnerStatus {

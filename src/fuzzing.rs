@@ -73,7 +73,7 @@ fn error_page(error: &str, description: Option<&str>) -> (u16, String) {
     )
 }
 
-/// The resources a default configuration serves (SPEC §3.4).
+/// The resources a default configuration serves (REFERENCE §3.4).
 fn served() -> &'static [Resource] {
     static SERVED: OnceLock<Vec<Resource>> = OnceLock::new();
     SERVED.get_or_init(|| {

@@ -1,4 +1,4 @@
-//! `GET /metrics` (SPEC §3.3): Prometheus text exposition format 0.0.4, rendered by the
+//! `GET /metrics` (REFERENCE §3.3): Prometheus text exposition format 0.0.4, rendered by the
 //! `prometheus` crate (see docs/ARCHITECTURE.md for why that crate).
 //!
 //! [`Metrics`] holds the counters and the IdP latency histogram, registered once; the

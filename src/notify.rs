@@ -1,4 +1,4 @@
-//! Webhook notifications (SPEC §3.4 `SAMVAULT_WEBHOOK_URL` / `SAMVAULT_WEBHOOK_SECRET`).
+//! Webhook notifications (REFERENCE §3.4 `SAMVAULT_WEBHOOK_URL` / `SAMVAULT_WEBHOOK_SECRET`).
 //!
 //! Status changes become [`Event`]s written to the `webhook_outbox` table; a background worker
 //! ([`Notifier::spawn_delivery`]) POSTs them, signed with HMAC-SHA256, and retries with

@@ -1,4 +1,4 @@
-//! SPEC §2: "a database dump alone must yield nothing". A copy of a database that real
+//! REFERENCE §2: "a database dump alone must yield nothing". A copy of a database that real
 //! consents, redemptions, an ops user and onboarding sessions filled is opened with a
 //! different key file: every sealed record, one by one, refuses to open, and the copy holds
 //! no refresh token the IdP issued. With the service's own key file the same records open,

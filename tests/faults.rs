@@ -104,7 +104,7 @@ fn cases() -> Vec<Case> {
             json!({ "count": 1, "status": 502, "body": "malformed" }),
             "5",
         ),
-        // SPEC §4: a malformed body is temporary even under a 200 (a truncated answer).
+        // REFERENCE §4: a malformed body is temporary even under a 200 (a truncated answer).
         unavailable(
             "200 with a truncated JSON body",
             json!({ "count": 1, "status": 200, "body": "malformed" }),

@@ -15,7 +15,7 @@ const TOKEN_PATH: &str = "/api/v1/partners/{tenant_id}/token";
 const LIST_PATH: &str = "/api/v1/partners";
 const PARTNER_PATH: &str = "/api/v1/partners/{tenant_id}";
 
-/// Every (status, code) the integrations API documents (SPEC §3.2 and the 413 of the
+/// Every (status, code) the integrations API documents (REFERENCE §3.2 and the 413 of the
 /// body limit), and the operations whose documentation must name it.
 const EXPECTED: &[(u16, &str, &[&str])] = &[
     (

@@ -1,4 +1,4 @@
-//! Partner self-service revoke at `/onboard/revoke` (SPEC §3.3), over real HTTP against the
+//! Partner self-service revoke at `/onboard/revoke` (REFERENCE §3.3), over real HTTP against the
 //! real `samvault serve` and `samvault dev-idp`, on SQLite and PostgreSQL: a partner admin
 //! signs in with `openid profile` only, sees what samvault holds, and purges it; everyone
 //! else is refused and nothing changes.

@@ -105,7 +105,7 @@ async fn scheduler_keeps_idle_grants_alive(backend: Backend) {
     assert!(metric(&text, "samvault_min_days_to_expiry").unwrap() > 89.0);
 }
 
-/// Every SPEC §4 code that kills a grant, triggered through `/_sim/`, makes that partner
+/// Every REFERENCE §4 code that kills a grant, triggered through `/_sim/`, makes that partner
 /// `reconsent_required` with the code and advice, in `partners list` and in a signed webhook.
 async fn dead_grants_are_classified_and_announced(backend: Backend) {
     let Some(db) = support::fresh_database(backend).await else {

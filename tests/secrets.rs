@@ -1,4 +1,4 @@
-//! Secret scanning (issue 7 item 5; SPEC §4 "At rest"): one broad run of the real processes
+//! Secret scanning (issue 7 item 5; REFERENCE §4 "At rest"): one broad run of the real processes
 //! (`samvault dev-idp`, `samvault serve` at RUST_LOG=debug, and the CLI), then every secret
 //! the test saw during it is looked for, in the encodings a leak would use, in a dump of the
 //! database, in every log line of the service and of the dev IdP, and in everything each CLI
@@ -29,7 +29,7 @@ const TENANT_1: &str = "00000000-0000-4000-8000-000000000001";
 const TENANT_2: &str = "00000000-0000-4000-8000-000000000002";
 const GRAPH: &str = "https://graph.microsoft.com";
 const ARM: &str = "https://management.azure.com";
-/// The dev IdP's fixture secret of the CPV app (SPEC §5.1), which the stack configures.
+/// The dev IdP's fixture secret of the CPV app (REFERENCE §5.2), which the stack configures.
 const APP_SECRET: &str = "samvault-demo-secret";
 /// Consent to all three audiences, so token requests can ask for each of them.
 const CONSENT_SCOPES: &str = "https://api.partnercenter.microsoft.com/user_impersonation https://graph.microsoft.com/User.Read https://management.azure.com/user_impersonation offline_access openid profile";

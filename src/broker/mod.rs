@@ -1,7 +1,7 @@
 //! The token broker: turns a partner's sealed refresh token into an access token for one
 //! audience, with an in-memory cache and single-flight per partner.
 //!
-//! Write-back rule (SPEC §4): the refresh token Entra returns with every redemption is sealed
+//! Write-back rule (REFERENCE §4): the refresh token Entra returns with every redemption is sealed
 //! and committed as a new grant version *before* the access token is handed to anyone, so a
 //! crash at any point leaves a usable refresh token in the database.
 
@@ -77,7 +77,7 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
-    /// The stable problem code integrations see for this error (SPEC §3.2).
+    /// The stable problem code integrations see for this error (REFERENCE §3.2).
     pub fn code(&self) -> &'static str {
         match self {
             Self::PartnerNotFound => "partner_not_found",
@@ -709,7 +709,7 @@ impl Broker {
         self.inner.notifier.publish(&event).await;
     }
 
-    /// Applies SPEC §4's classification to a failed redemption.
+    /// Applies REFERENCE §4's classification to a failed redemption.
     async fn handle_failure(
         &self,
         partner: &Partner,

@@ -89,7 +89,7 @@ pub async fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> 
 }
 
 async fn create(db: &Db, opts: CreateOpts, config: &Config) -> anyhow::Result<()> {
-    // No --permission means both: the common case, as SPEC §3.1 documents.
+    // No --permission means both: the common case, as REFERENCE §3.1 documents.
     let permissions = if opts.permissions.is_empty() {
         [Permission::TokensIssue, Permission::PartnersRead]
             .map(|p| p.as_str().to_string())

@@ -19,7 +19,7 @@ pub enum Command {
     /// Create a dashboard user. Prints a one-time password (to be changed at first sign-in)
     /// and the TOTP secret for an authenticator app, once.
     Create {
-        /// The user's sign-in name (`--name` as in SPEC §3.1 works too).
+        /// The user's sign-in name (`--name` as in REFERENCE §3.1 works too).
         #[arg(long, alias = "name")]
         username: String,
         /// viewer (read), operator (rotate, access check, invitations), admin (revoke, clients)
@@ -90,7 +90,7 @@ async fn create(
     out.record(
         || {
             json!({
-                // `name` is SPEC §3.1's key; `username` matches the flag.
+                // `name` is REFERENCE §3.1's key; `username` matches the flag.
                 "name": username, "username": username, "role": role.as_str(),
                 "password": initial.as_str(), "totp_secret": totp_secret,
                 "otpauth_uri": uri,

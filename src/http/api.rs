@@ -1,4 +1,4 @@
-//! The integrations API (SPEC §3.2): JSON over HTTP Basic client authentication.
+//! The integrations API (REFERENCE §3.2): JSON over HTTP Basic client authentication.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};

@@ -1,4 +1,4 @@
-//! `GET /metrics` (SPEC §3.3): the exposition of [`crate::metrics`], behind
+//! `GET /metrics` (REFERENCE §3.3): the exposition of [`crate::metrics`], behind
 //! `SAMVAULT_METRICS_TOKEN` when one is set.
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! Partner onboarding (SPEC §3.3): the consent landing page, the redirect to Entra ID and the
+//! Partner onboarding (REFERENCE §3.3): the consent landing page, the redirect to Entra ID and the
 //! callback that turns an authorization code into a sealed refresh token ([`consent`]).
 //!
 //! The pending sign-in (state, nonce, PKCE verifier) lives in the browser's session, so a

@@ -33,7 +33,7 @@ pub struct Problem {
     #[serde(rename = "status")]
     #[schema(minimum = 400, maximum = 599)]
     pub status_code: u16,
-    /// The stable error code (SPEC §3.2).
+    /// The stable error code (REFERENCE §3.2).
     #[schema(value_type = String)]
     pub code: &'static str,
     /// What went wrong, for people. Never holds a secret or a token.

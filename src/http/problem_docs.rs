@@ -157,7 +157,7 @@ impl IntoResponses for PartnerProblems {
     }
 }
 
-/// A partner's status (SPEC §4 "Classification"), as the API reports it.
+/// A partner's status (REFERENCE §4 "Classification"), as the API reports it.
 #[derive(serde::Serialize, ToSchema)]
 #[schema(as = PartnerStatus)]
 #[allow(dead_code)] // documentation only: the API serialises `PartnerStatus::as_str`.

@@ -1,4 +1,4 @@
-//! What Entra ID answers when it refuses, and what samvault makes of it (SPEC §4
+//! What Entra ID answers when it refuses, and what samvault makes of it (REFERENCE §4
 //! "Classification"). The whole mapping lives here, in one table, so the token API, the
 //! rotation engine and the dashboard always agree.
 

@@ -556,7 +556,7 @@ fn finish(result: OAuthResult, captured: &Capture) -> Result<TokenSet, IdpError>
             body: Box::new(body),
             retry_after,
         }),
-        // SPEC §4: a malformed body is temporary, whatever the status (a truncated answer, a
+        // REFERENCE §4: a malformed body is temporary, whatever the status (a truncated answer, a
         // proxy's page served as 200): the grant is kept and the caller may try again.
         Err(RequestTokenError::Parse(e, _)) => {
             tracing::debug!(status, path = %e.path(), "token response is not usable JSON");

@@ -1,6 +1,6 @@
 //! The vault: where a refresh token is sealed and opened.
 //!
-//! Envelope encryption (SPEC §4 "At rest"): every secret gets its own random 256-bit data
+//! Envelope encryption (REFERENCE §4 "At rest"): every secret gets its own random 256-bit data
 //! key (AES-256-GCM, random 96-bit nonce, associated data binding what the secret belongs
 //! to); the data key is wrapped by the key-encryption key (KEK) of a [`KeyProvider`]. The
 //! database holds only the wrapped key and the ciphertext, so a database dump alone, or the

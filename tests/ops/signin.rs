@@ -182,12 +182,12 @@ async fn a_disabled_user_is_signed_out_at_once(backend: Backend) {
     let stack = Stack::start(&db.url, StackOptions::default()).await;
     let mut mallory = Operator::signed_in(&stack, "mallory", "admin").await;
     assert_eq!(mallory.get("/ops").await.0, 200);
-    // SPEC §3.1 spells the flag --name; both spellings create a user.
+    // REFERENCE §3.1 spells the flag --name; both spellings create a user.
     let out = stack.cli(&[
         "ops-user", "create", "--name", "zed", "--role", "viewer", "--json",
     ]);
     let out: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(out["name"], "zed", "SPEC's JSON key");
+    assert_eq!(out["name"], "zed", "the documented JSON key");
     assert!(out["password"].is_string() && out["otpauth_uri"].is_string());
     let out = stack.cli(&["ops-user", "disable", "--username", "mallory"]);
     assert!(out.contains("disabled mallory"), "{out}");

@@ -325,7 +325,7 @@ fn validate<'a>(
     Ok(req)
 }
 
-/// The demo app accepts any loopback redirect URI, per SPEC 5.1.
+/// The demo app accepts any loopback redirect URI, per REFERENCE §5.2.
 pub(crate) fn loopback_redirect(uri: &str) -> bool {
     let Ok(url) = url::Url::parse(uri) else {
         return false;

@@ -148,7 +148,7 @@ impl App {
 }
 
 /// A customer tenant as the directory starts with it: a tenant of its own, with a
-/// delegated-admin relationship to its partner (SPEC §6). Customers change at run time
+/// delegated-admin relationship to its partner (REFERENCE §6). Customers change at run time
 /// (`/_sim/`), so the live ones are in `customers::Customers`; these are what a reset restores.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomerSeed {
@@ -236,7 +236,7 @@ struct UserFile {
 }
 
 impl Directory {
-    /// The demo directory of SPEC 5.1 (plus one Global Admin so every role exists).
+    /// The demo directory of REFERENCE §5.2 (plus one Global Admin so every role exists).
     pub fn demo() -> Directory {
         let mut dir = Directory::default();
         dir.add_app(demo_app());
@@ -363,7 +363,7 @@ impl Directory {
         Ok(dir)
     }
 
-    /// Adds the `--tenants N` load-test tenants exactly as SPEC 5.1 names them.
+    /// Adds the `--tenants N` load-test tenants exactly as REFERENCE §5.2 names them.
     pub fn add_generated(&mut self, count: u32) -> anyhow::Result<()> {
         self.tenants.reserve(count as usize);
         self.users.reserve(count as usize);
@@ -381,7 +381,7 @@ impl Directory {
         Ok(())
     }
 
-    /// Adds `--customers M`: generated tenant k gets customers j = 1..=M (SPEC §6), each with
+    /// Adds `--customers M`: generated tenant k gets customers j = 1..=M (REFERENCE §6), each with
     /// an active relationship. Call after `add_generated(tenants)`.
     pub fn add_generated_customers(&mut self, tenants: u32, per_tenant: u32) -> anyhow::Result<()> {
         if per_tenant >= 100_000 {

@@ -275,7 +275,7 @@ pub struct SimState {
     /// `{client id}/{jti}` → `exp` of every client assertion accepted and not yet expired.
     seen_jtis: HashMap<String, i64>,
     pub counters: Counters,
-    /// Customer tenants of the partners (SPEC §6).
+    /// Customer tenants of the partners (REFERENCE §6).
     pub customers: Customers,
     fault: Option<Fault>,
     /// Tenant id → fault for that tenant's refresh-token calls (`/_sim/tenants/{id}/faults`).

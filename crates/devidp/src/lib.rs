@@ -1,5 +1,5 @@
 //! Entra-compatible dev IdP: an in-process, in-memory simulator of Microsoft
-//! Entra ID's OAuth 2.0 / OIDC wire protocol (SPEC §5).
+//! Entra ID's OAuth 2.0 / OIDC wire protocol (REFERENCE §5.1).
 //!
 //! It exists so that the demo, local development and the test-suite exercise
 //! the same HTTP paths, parameters, JSON shapes and AADSTS codes samvault meets
@@ -9,7 +9,7 @@
 //!   `--tenants N`, `--customers M`.
 //! - `grants`: codes, refresh tokens, consents, `/_sim` overrides, counters, faults.
 //! - `customers`: customer tenants, their delegated-admin relationship and CPV consents.
-//! - `partner_center`: the Partner Center stand-in (`/v1/customers...`, SPEC §6), with
+//! - `partner_center`: the Partner Center stand-in (`/v1/customers...`, REFERENCE §6), with
 //!   `limiter` (50 requests/s per application id).
 //! - `tokens`: JWT claims, opaque codes and refresh tokens.
 //! - `keys`: the RS256 signing keys, their JWKS and their rollover (`/_sim/keys`).
@@ -103,9 +103,9 @@ pub const PARTNER_CENTER: &str = "https://api.partnercenter.microsoft.com";
 
 #[derive(Debug, Clone, Default)]
 pub struct DevIdpOptions {
-    /// `--tenants N`: adds N generated tenants (SPEC 5.1) to the directory.
+    /// `--tenants N`: adds N generated tenants (REFERENCE §5.2) to the directory.
     pub generated_tenants: u32,
-    /// `--customers M`: each generated tenant gets M customers (SPEC §6).
+    /// `--customers M`: each generated tenant gets M customers (REFERENCE §6).
     pub generated_customers: u32,
     /// `--pc-latency-ms`: added to every Partner Center call, for benchmarks.
     pub partner_center_latency_ms: u64,

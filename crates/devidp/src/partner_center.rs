@@ -1,4 +1,4 @@
-//! The Partner Center stand-in (SPEC §6): the calls a CPV makes to reach its partners'
+//! The Partner Center stand-in (REFERENCE §6): the calls a CPV makes to reach its partners'
 //! customers, shaped as Microsoft documents them ("Get a list of customers", "Control Panel
 //! Vendor APIs", "Partner Center REST error codes"). Every answer and its source is in
 //! docs/ENTRA_FIDELITY.md, "Partner Center answers".

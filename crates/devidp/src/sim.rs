@@ -1,4 +1,4 @@
-//! `/_sim/`: the control API tests use to move time and break things (SPEC §5).
+//! `/_sim/`: the control API tests use to move time and break things (REFERENCE §5.1).
 //!
 //! JSON in, JSON out. The simulator is a test tool, so this API shows secrets
 //! and refresh tokens freely; it has no place in front of real users.

@@ -1,4 +1,4 @@
-//! `/_sim/` calls for customer tenants and the Partner Center stand-in (SPEC §6): add
+//! `/_sim/` calls for customer tenants and the Partner Center stand-in (REFERENCE §6): add
 //! customers, end (or restore) a delegated-admin relationship, remove the app from a
 //! customer tenant, drop a customer from its partner's list, show what was consented where,
 //! and make Partner Center throttle or fail.

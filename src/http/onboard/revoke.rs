@@ -1,4 +1,4 @@
-//! Partner self-service revoke (SPEC §3.3 `/onboard/revoke`): a partner admin signs in with
+//! Partner self-service revoke (REFERENCE §3.3 `/onboard/revoke`): a partner admin signs in with
 //! `openid profile` only (who they are; no refresh token, no API permission), sees what
 //! samvault holds for their tenant (metadata, never a token) and purges it through the
 //! broker, exactly as an ops revoke does.

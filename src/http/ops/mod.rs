@@ -1,4 +1,4 @@
-//! The ops dashboard (SPEC §1, §3.3). One module per page group. Every page and action is
+//! The ops dashboard (REFERENCE §1, §3.3). One module per page group. Every page and action is
 //! guarded by an extractor of [`guard`] ([`SignedIn`] for pages, [`Action`] for forms that
 //! change something), and answers with its page or a [`PageError`]. Pages extend
 //! `templates/ops/layout.html` and get their header from [`Chrome`].

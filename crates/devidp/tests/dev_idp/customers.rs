@@ -1,4 +1,4 @@
-//! Customer tenants and the Partner Center stand-in (SPEC §6), over real HTTP as samvault
+//! Customer tenants and the Partner Center stand-in (REFERENCE §6), over real HTTP as samvault
 //! drives them: list a partner's customers, consent the CPV app into them, redeem the
 //! partner's refresh token at a customer's authority, and the `/_sim/` calls that change
 //! customers or break Partner Center.

@@ -7,6 +7,7 @@ mod support;
 
 mod attempts;
 mod audit;
+mod customers;
 mod errors;
 mod guard;
 mod hostile;

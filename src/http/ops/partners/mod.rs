@@ -7,6 +7,7 @@
 //! access tokens it obtains, and only those claims leave the broker.
 
 mod actions;
+mod customers;
 mod detail;
 mod list;
 

@@ -268,8 +268,7 @@ impl App {
             )
             .spawn()
         });
-        let customers = config
-            .scheduler
+        let customers = (config.scheduler && config.customers.background)
             .then(|| self.services.customers.spawn_scheduler());
         let delivery = self.services.notifier.spawn_delivery();
         // The socket peer's address reaches handlers (`http::client_address`).

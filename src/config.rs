@@ -62,6 +62,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("SAMVAULT_CUSTOMER_AUTO_CONSENT", Some("true")),
     ("SAMVAULT_CUSTOMER_SYNC_INTERVAL", Some("24h")),
     ("SAMVAULT_IDP_ROTATION", Some("entra")),
+    ("SAMVAULT_CUSTOMERS", Some("true")),
 ];
 
 /// Settings that are secrets: they may also be read from `<NAME>_FILE`.
@@ -751,6 +752,9 @@ pub struct CustomerSettings {
     pub auto_consent: bool,
     pub sync_interval: Duration,
     pub idp_rotation: IdpRotation,
+    /// `SAMVAULT_CUSTOMERS`: `serve` syncs and pushes in the background (with
+    /// `SAMVAULT_SCHEDULER`); false leaves customer work to the `customers` commands.
+    pub background: bool,
 }
 
 impl CustomerSettings {
@@ -777,6 +781,7 @@ impl CustomerSettings {
             auto_consent: raw.flag("SAMVAULT_CUSTOMER_AUTO_CONSENT")?,
             sync_interval,
             idp_rotation,
+            background: raw.flag("SAMVAULT_CUSTOMERS")?,
         })
     }
 

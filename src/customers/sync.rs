@@ -74,6 +74,12 @@ impl Customers {
         let pc = &self.inner.pc;
         let consent_at = self.inner.settings.auto_consent.then_some(at);
         let mut report = SyncReport::default();
+        // Whatever the complete list does not name again is gone.
+        let mut unlisted: std::collections::HashMap<TenantId, CustomerStatus> =
+            store::listed_ids(&self.inner.db, partner)
+                .await?
+                .into_iter()
+                .collect();
         let mut continuation: Option<String> = None;
         loop {
             let page = pc
@@ -82,6 +88,9 @@ impl Customers {
                 .map_err(SyncError::PartnerCenter)?;
             let listed: Vec<ListedCustomer> = page.customers.iter().filter_map(listed).collect();
             report.listed += listed.len();
+            for customer in &listed {
+                unlisted.remove(&customer.customer_tenant_id);
+            }
             let db = &self.inner.db;
             let changes = store::upsert_listed(db, partner, &listed, at, consent_at).await?;
             report.new += changes.len();
@@ -92,7 +101,8 @@ impl Customers {
             }
         }
         let reason = "Partner Center no longer lists this customer of the partner.";
-        let gone = store::mark_gone(&self.inner.db, partner, at, reason).await?;
+        let unlisted: Vec<(TenantId, CustomerStatus)> = unlisted.into_iter().collect();
+        let gone = store::mark_gone(&self.inner.db, partner, &unlisted, now(), reason).await?;
         report.gone = gone.len();
         self.announce(partner, &gone, actor).await;
         Ok(report)

@@ -358,43 +358,67 @@ async fn update_listed(
     Ok(())
 }
 
-/// After a complete sync read at `seen_at`: every customer of `partner` it did not list
-/// (and not already `gone`) is `gone`, with nothing left to push there. Returns them.
+/// The customers of `partner` that are not `gone`: what a complete sync must list again.
+pub async fn listed_ids(
+    db: &Db,
+    partner: &TenantId,
+) -> Result<Vec<(TenantId, CustomerStatus)>, StorageError> {
+    let ids: Vec<(String, String)> = sqlx::query_as(
+        "SELECT customer_tenant_id, status FROM customers \
+         WHERE partner_tenant_id = $1 AND status <> 'gone'",
+    )
+    .bind(partner.as_str())
+    .fetch_all(db.pool())
+    .await?;
+    ids.into_iter()
+        .map(|(id, status)| {
+            let status = CustomerStatus::parse(&status)
+                .ok_or_else(|| StorageError::Corrupt(format!("customer {id}: status {status}")))?;
+            Ok((stored_tenant(&id, format_args!("customer {id}"))?, status))
+        })
+        .collect()
+}
+
+/// After a complete sync: the customers of `partner` it did not list (of [`listed_ids`]
+/// taken before it) are `gone` at `at`, with nothing left to push there. Returns them.
 pub async fn mark_gone(
     db: &Db,
     partner: &TenantId,
-    seen_at: i64,
+    unlisted: &[(TenantId, CustomerStatus)],
+    at: i64,
     reason: &str,
 ) -> Result<Vec<Change>, StorageError> {
-    let mut tx = db.begin_write().await?;
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT customer_tenant_id, status FROM customers \
-         WHERE partner_tenant_id = $1 AND last_seen_at < $2 AND status <> 'gone'",
-    )
-    .bind(partner.as_str())
-    .bind(seen_at)
-    .fetch_all(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE customers SET status = 'gone', reason = $3, status_changed_at = $2, \
-         next_consent_at = NULL \
-         WHERE partner_tenant_id = $1 AND last_seen_at < $2 AND status <> 'gone'",
-    )
-    .bind(partner.as_str())
-    .bind(seen_at)
-    .bind(reason)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    rows.into_iter()
-        .map(|(id, status)| {
-            Ok(Change {
+    let mut changes = Vec::new();
+    for chunk in unlisted.chunks(500) {
+        let mut sql = SqlBuilder::new(
+            db.backend(),
+            "UPDATE customers SET status = 'gone', next_consent_at = NULL, reason = ",
+        );
+        sql.push_bind(reason.to_string())
+            .push(", status_changed_at = ");
+        sql.push_bind(at)
+            .push(" WHERE status <> 'gone' AND partner_tenant_id = ");
+        sql.push_bind(partner.as_str().to_string());
+        sql.push(" AND customer_tenant_id IN (");
+        for (i, (id, _)) in chunk.iter().enumerate() {
+            sql.push(if i == 0 { "" } else { ", " });
+            sql.push_bind(id.as_str().to_string());
+        }
+        sql.push(") RETURNING customer_tenant_id");
+        let gone: Vec<(String,)> = sql.build_query_as().fetch_all(db.pool()).await?;
+        for (id,) in gone {
+            let from = chunk
+                .iter()
+                .find(|(c, _)| c.as_str() == id)
+                .map(|(_, s)| *s);
+            changes.push(Change {
                 customer_tenant_id: stored_tenant(&id, format_args!("customer {id}"))?,
-                from: CustomerStatus::parse(&status),
+                from,
                 to: CustomerStatus::Gone,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(changes)
 }
 
 // ---- consent work ----

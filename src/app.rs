@@ -234,6 +234,7 @@ impl App {
                 services.config.metrics_token.as_ref(),
             ),
             sign_in,
+            customers: services.customers.clone(),
         });
         Ok(App {
             state,

@@ -69,6 +69,8 @@ pub struct Shared {
     pub metrics_access: metrics::MetricsAccess,
     /// Dashboard sign-ins: failures per client address, failures for unknown names.
     pub sign_in: Arc<crate::ops::SignInLimits>,
+    /// Customer work the dashboard asks for: sync, consent, removal.
+    pub customers: crate::customers::Customers,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -52,7 +52,12 @@ fn log_internal(tenant: &TenantId, error: &BrokerError) {
 }
 
 /// Back to the partner's page, with a one-time message.
-async fn back_with(session: &Session, tenant: &TenantId, ok: bool, text: String) -> PageResult {
+pub(super) async fn back_with(
+    session: &Session,
+    tenant: &TenantId,
+    ok: bool,
+    text: String,
+) -> PageResult {
     session
         .insert(NOTICE_KEY, Notice { ok, text })
         .await

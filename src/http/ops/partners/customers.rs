@@ -4,6 +4,7 @@
 //! last applied there.
 
 use super::*;
+use crate::config::CustomerGrant;
 use crate::domain::CustomerStatus;
 use crate::storage::customers::{self, CustomerRow};
 
@@ -48,7 +49,7 @@ pub(super) struct CustomerLine {
 }
 
 impl CustomerLine {
-    fn of(row: CustomerRow) -> Self {
+    fn of(row: CustomerRow, configured: &[CustomerGrant]) -> Self {
         let status = row.status;
         CustomerLine {
             id: row.customer_tenant_id.to_string(),
@@ -60,7 +61,7 @@ impl CustomerLine {
             last_token: when(row.last_token_at),
             grants: row
                 .grants_applied
-                .map(|g| readable_grants(&g))
+                .map(|g| readable_grants(&g, configured))
                 .unwrap_or_default(),
             can_consent: status != CustomerStatus::Gone,
             can_remove: !matches!(status, CustomerStatus::Gone | CustomerStatus::Removed),
@@ -68,12 +69,19 @@ impl CustomerLine {
     }
 }
 
-/// Grants in their stored form (`resource=Scope,Scope;...`) as a reader wants them.
-fn readable_grants(stored: &str) -> String {
+/// Grants in their stored form (`application-id=Scope,Scope;...`) as a reader wants them:
+/// a configured resource by its URL, any other by its application id.
+fn readable_grants(stored: &str, configured: &[CustomerGrant]) -> String {
     stored
         .split(';')
-        .map(|grant| grant.trim().replacen('=', ": ", 1).replace(',', ", "))
-        .filter(|grant| !grant.is_empty())
+        .filter_map(|grant| {
+            let (app, scopes) = grant.trim().split_once('=')?;
+            let resource = configured
+                .iter()
+                .find(|c| c.enterprise_application_id.eq_ignore_ascii_case(app))
+                .map_or(app.to_string(), |c| c.resource.to_string());
+            Some(format!("{resource}: {}", scopes.replace(',', ", ")))
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -81,6 +89,10 @@ fn readable_grants(stored: &str) -> String {
 /// The customers section: one page of customers and where the next one starts.
 pub(super) struct CustomerSection {
     pub lines: Vec<CustomerLine>,
+    /// When Partner Center's list was last read, when next, and what went wrong last.
+    pub last_sync: String,
+    pub next_sync: String,
+    pub sync_error: String,
     /// The address of the next customers, if there are more.
     pub more: Option<String>,
     /// This is not the first page (a link back to it is shown).
@@ -90,20 +102,30 @@ pub(super) struct CustomerSection {
 impl CustomerSection {
     pub(super) async fn of(
         db: &crate::storage::Db,
+        configured: &[CustomerGrant],
         partner: &TenantId,
         after: Option<&TenantId>,
     ) -> Result<Self, StorageError> {
-        let mut rows = customers::list(db, partner, after, CUSTOMERS_PER_PAGE + 1).await?;
+        let (mut rows, sync) = tokio::try_join!(
+            customers::list(db, partner, after, CUSTOMERS_PER_PAGE + 1),
+            customers::sync_state(db, partner),
+        )?;
         let more = rows.len() as i64 > CUSTOMERS_PER_PAGE;
         rows.truncate(CUSTOMERS_PER_PAGE as usize);
         let more = more.then(|| rows.last()).flatten().map(|last| {
-            format!(
-                "/ops/partners/{partner}?customers_after={}#customers",
-                last.customer_tenant_id
-            )
+            let last = &last.customer_tenant_id;
+            format!("/ops/partners/{partner}?customers_after={last}#customers")
         });
         Ok(CustomerSection {
-            lines: rows.into_iter().map(CustomerLine::of).collect(),
+            lines: rows
+                .into_iter()
+                .map(|row| CustomerLine::of(row, configured))
+                .collect(),
+            last_sync: when(sync.as_ref().and_then(|s| s.last_sync_at)),
+            next_sync: sync
+                .as_ref()
+                .map_or_else(|| "not scheduled".into(), |s| when(Some(s.next_sync_at))),
+            sync_error: sync.and_then(|s| s.last_error).unwrap_or_default(),
             more,
             resumed: after.is_some(),
         })
@@ -116,11 +138,18 @@ mod tests {
 
     #[test]
     fn grants_read_as_resource_and_scopes() {
+        let graph = "00000003-0000-0000-c000-000000000000";
+        let configured =
+            crate::config::parse_customer_grants("https://graph.microsoft.com=Directory.Read.All")
+                .unwrap();
         assert_eq!(
-            readable_grants("https://graph.microsoft.com=Directory.Read.All,User.Read.All"),
+            readable_grants(
+                &format!("{graph}=Directory.Read.All,User.Read.All"),
+                &configured
+            ),
             "https://graph.microsoft.com: Directory.Read.All, User.Read.All"
         );
-        assert_eq!(readable_grants("a=B;c=D"), "a: B; c: D");
+        assert_eq!(readable_grants("a=B;c=D,E", &[]), "a: B; c: D, E");
     }
 
     #[test]

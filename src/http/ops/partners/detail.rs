@@ -139,7 +139,12 @@ pub(super) async fn detail(
     let tenant = &listed.partner.tenant_id;
     let (history, customers) = tokio::try_join!(
         History::of(&state.db, tenant),
-        CustomerSection::of(&state.db, tenant, after.as_ref()),
+        CustomerSection::of(
+            &state.db,
+            &state.config.customers.grants,
+            tenant,
+            after.as_ref()
+        ),
     )
     .map_err(|e| unavailable(e).for_tenant(tenant))?;
     let notice: Option<Notice> = signed_in.session.remove(NOTICE_KEY).await.ok().flatten();
@@ -235,7 +240,7 @@ impl DetailPage {
                 .iter()
                 .map(|r| r.to_string())
                 .collect(),
-            customer_resource: String::new(),
+            customer_resource: state.config.customers.first_resource().to_string(),
             customers,
             history,
         }

@@ -10,7 +10,11 @@ use super::{Db, FromRow, SqlBuilder, StorageError, flag};
 pub struct RequestRecord {
     pub at: i64,
     pub client_id: String,
+    /// The partner whose grant the token comes from.
     pub tenant_id: String,
+    /// The customer tenant the token was for (customer-tenant tokens); `None` for a partner's
+    /// own token.
+    pub customer_tenant_id: Option<String>,
     pub resource: String,
     pub purpose: String,
     /// `issued`, or the problem code the caller got.
@@ -146,7 +150,7 @@ pub async fn write_batch(db: &Db, batch: &RequestBatch) -> Result<(), StorageErr
 fn insert_rows(db: &Db, rows: &[&RequestRecord]) -> SqlBuilder {
     let mut sql = SqlBuilder::new(
         db.backend(),
-        "INSERT INTO token_requests (at, client_id, tenant_id, resource, purpose, outcome, cached, mfa) VALUES ",
+        "INSERT INTO token_requests (at, client_id, tenant_id, customer_tenant_id, resource, purpose, outcome, cached, mfa) VALUES ",
     );
     for (i, r) in rows.iter().enumerate() {
         sql.push(if i == 0 { "(" } else { ", (" })
@@ -155,6 +159,8 @@ fn insert_rows(db: &Db, rows: &[&RequestRecord]) -> SqlBuilder {
             .push_bind(r.client_id.as_str())
             .push(", ")
             .push_bind(r.tenant_id.as_str())
+            .push(", ")
+            .push_bind(r.customer_tenant_id.as_deref())
             .push(", ")
             .push_bind(r.resource.as_str())
             .push(", ")
@@ -179,6 +185,7 @@ pub async fn latest(db: &Db, limit: i64) -> Result<Vec<RequestRecord>, StorageEr
         at: i64,
         client_id: String,
         tenant_id: String,
+        customer_tenant_id: Option<String>,
         resource: String,
         purpose: String,
         outcome: String,
@@ -186,7 +193,7 @@ pub async fn latest(db: &Db, limit: i64) -> Result<Vec<RequestRecord>, StorageEr
         mfa: Option<i64>,
     }
     let rows: Vec<RequestRow> = sqlx::query_as(
-        "SELECT at, client_id, tenant_id, resource, purpose, outcome, cached, mfa FROM token_requests ORDER BY id DESC LIMIT $1",
+        "SELECT at, client_id, tenant_id, customer_tenant_id, resource, purpose, outcome, cached, mfa FROM token_requests ORDER BY id DESC LIMIT $1",
     )
     .bind(limit)
     .fetch_all(db.reader())
@@ -197,6 +204,7 @@ pub async fn latest(db: &Db, limit: i64) -> Result<Vec<RequestRecord>, StorageEr
             at: r.at,
             client_id: r.client_id,
             tenant_id: r.tenant_id,
+            customer_tenant_id: r.customer_tenant_id,
             resource: r.resource,
             purpose: r.purpose,
             outcome: r.outcome,

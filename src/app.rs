@@ -9,6 +9,7 @@ use crate::broker::request_log::RequestLog;
 use crate::broker::{Broker, BrokerSettings};
 use crate::clients::ClientAuth;
 use crate::config::{Config, KeyProviderConfig, LogFormat};
+use crate::customers::token::CustomerTokens;
 use crate::http::{self, AppState};
 use crate::idp::IdpClient;
 use crate::metrics::Metrics;
@@ -89,6 +90,8 @@ pub struct Services {
     pub vault: Vault,
     pub idp: IdpClient,
     pub broker: Broker,
+    /// Access tokens in the partners' customer tenants, over the broker.
+    pub customer_tokens: CustomerTokens,
     pub notifier: Notifier,
     /// The process's counters, recorded by the broker, the notifier and the HTTP layer.
     pub metrics: Arc<Metrics>,
@@ -131,12 +134,14 @@ impl Services {
             notifier.clone(),
             metrics.clone(),
         );
+        let customer_tokens = CustomerTokens::new(broker.clone(), config.idp_rotation);
         Ok(Services {
             config: Arc::new(config),
             db,
             vault,
             idp,
             broker,
+            customer_tokens,
             notifier,
             metrics,
             _sqlite_lock: sqlite_lock,
@@ -211,6 +216,7 @@ impl App {
             vault: services.vault.clone(),
             idp: services.idp.clone(),
             broker: services.broker.clone(),
+            customer_tokens: services.customer_tokens.clone(),
             notifier: services.notifier.clone(),
             auth: auth.clone(),
             limiter: Arc::default(),

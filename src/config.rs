@@ -53,6 +53,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("SAMVAULT_ROTATION_CONCURRENCY", Some("16")),
     ("SAMVAULT_SCHEDULER", Some("true")),
     ("SAMVAULT_ONBOARDING", Some("open")),
+    ("SAMVAULT_IDP_ROTATION", Some("entra")),
     ("SAMVAULT_TRUSTED_PROXIES", None),
 ];
 
@@ -150,6 +151,28 @@ impl Onboarding {
     }
 }
 
+/// How the IdP treats a refresh token once used (`SAMVAULT_IDP_ROTATION`), which decides
+/// whether redemptions of one partner's grant may overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdpRotation {
+    /// Entra ID: a used refresh token stays valid, so customer-tenant redemptions of one
+    /// partner run at once.
+    Entra,
+    /// An IdP that spends a refresh token at its first use: every redemption of a partner's
+    /// grant, partner or customer, goes through the partner's single-flight.
+    Strict,
+}
+
+impl IdpRotation {
+    fn parse(value: &str) -> Result<Self, ConfigError> {
+        match value {
+            "entra" => Ok(Self::Entra),
+            "strict" => Ok(Self::Strict),
+            _ => Err(bad("SAMVAULT_IDP_ROTATION", "must be entra or strict")),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -192,6 +215,7 @@ pub struct Config {
     /// Whether this process runs the rotation scheduler (replicas may opt out).
     pub scheduler: bool,
     pub onboarding: Onboarding,
+    pub idp_rotation: IdpRotation,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`http::client_address`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -268,6 +292,7 @@ impl Config {
             rotation_concurrency: rotation.rotation_concurrency,
             scheduler: rotation.scheduler,
             onboarding: Onboarding::parse(raw.required("SAMVAULT_ONBOARDING")?)?,
+            idp_rotation: IdpRotation::parse(raw.required("SAMVAULT_IDP_ROTATION")?)?,
             webhook_url: webhook.webhook_url,
             webhook_secret: webhook.webhook_secret,
             trusted_proxies: parse_trusted_proxies(raw.get("SAMVAULT_TRUSTED_PROXIES"))?,
@@ -920,6 +945,20 @@ mod tests {
             err.to_string()
                 .starts_with("configuration: SAMVAULT_CLIENT_KEY:"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn idp_rotation_is_entra_unless_strict() {
+        let default = Config::from_sources(None, &env(&[])).unwrap();
+        assert_eq!(default.idp_rotation, IdpRotation::Entra);
+        let strict = Config::from_sources(None, &env(&[("SAMVAULT_IDP_ROTATION", "strict")]));
+        assert_eq!(strict.unwrap().idp_rotation, IdpRotation::Strict);
+        let err = Config::from_sources(None, &env(&[("SAMVAULT_IDP_ROTATION", "loose")]));
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("SAMVAULT_IDP_ROTATION: must be entra or strict")
         );
     }
 

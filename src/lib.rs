@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod broker;
 pub mod clients;
 pub mod config;
+pub mod customers;
 pub mod domain;
 #[doc(hidden)]
 pub mod fuzzing;

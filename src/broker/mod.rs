@@ -718,7 +718,7 @@ impl Broker {
             .insert((tenant.clone(), resource.clone()), token.clone());
     }
 
-    async fn after_success(
+    pub(crate) async fn after_success(
         &self,
         partner: &Partner,
         source: Source,

@@ -66,6 +66,8 @@ pub struct RequestBatch {
     rows: std::collections::VecDeque<RequestRecord>,
     hours: BTreeMap<(i64, String, String), RequestCounts>,
     last_used: BTreeMap<String, i64>,
+    /// The latest token issued per (partner, customer tenant): the customers' `last_token_at`.
+    customer_tokens: BTreeMap<(String, String), i64>,
 }
 
 impl RequestBatch {
@@ -77,6 +79,11 @@ impl RequestBatch {
             .add(&r);
         let last_used = self.last_used.entry(r.client_id.clone()).or_insert(r.at);
         *last_used = (*last_used).max(r.at);
+        if let Some(customer) = r.customer_tenant_id.as_ref().filter(|_| r.issued()) {
+            let key = (r.tenant_id.clone(), customer.clone());
+            let last = self.customer_tokens.entry(key).or_insert(r.at);
+            *last = (*last).max(r.at);
+        }
         if self.rows.len() as i64 == RECENT {
             self.rows.pop_front();
         }
@@ -94,7 +101,7 @@ impl RequestBatch {
 }
 
 /// Writes a batch in one transaction: the rows, the hourly counts, the pruning of rows beyond
-/// [`RECENT`], and each client's `last_used_at`.
+/// [`RECENT`], each client's `last_used_at` and each customer's `last_token_at`.
 pub async fn write_batch(db: &Db, batch: &RequestBatch) -> Result<(), StorageError> {
     if batch.is_empty() {
         return Ok(());
@@ -139,6 +146,17 @@ pub async fn write_batch(db: &Db, batch: &RequestBatch) -> Result<(), StorageErr
             .bind(at)
             .execute(&mut *tx)
             .await?;
+    }
+    for ((partner, customer), at) in &batch.customer_tokens {
+        sqlx::query(
+            "UPDATE customers SET last_token_at = $3 WHERE partner_tenant_id = $1 \
+             AND customer_tenant_id = $2 AND (last_token_at IS NULL OR last_token_at < $3)",
+        )
+        .bind(partner)
+        .bind(customer)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(())

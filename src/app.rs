@@ -10,6 +10,7 @@ use crate::broker::{Broker, BrokerSettings};
 use crate::clients::ClientAuth;
 use crate::config::{Config, KeyProviderConfig, LogFormat};
 use crate::customers::Customers;
+use crate::customers::token::CustomerTokens;
 use crate::http::{self, AppState};
 use crate::idp::IdpClient;
 use crate::metrics::Metrics;
@@ -90,6 +91,8 @@ pub struct Services {
     pub vault: Vault,
     pub idp: IdpClient,
     pub broker: Broker,
+    /// Access tokens in the partners' customer tenants, over the broker.
+    pub customer_tokens: CustomerTokens,
     pub notifier: Notifier,
     /// Customer work (discovery, CPV consent), on the same broker and budget.
     pub customers: Customers,
@@ -134,11 +137,12 @@ impl Services {
             notifier.clone(),
             metrics.clone(),
         );
+        let customer_tokens = CustomerTokens::new(broker.clone(), config.idp_rotation);
         let customers = Customers::new(
             &config,
             idp.client_id(),
-            db.clone(),
             broker.clone(),
+            customer_tokens.clone(),
             notifier.clone(),
             metrics.clone(),
         )?;
@@ -149,6 +153,7 @@ impl Services {
             vault,
             idp,
             broker,
+            customer_tokens,
             notifier,
             metrics,
             _sqlite_lock: sqlite_lock,
@@ -223,6 +228,7 @@ impl App {
             vault: services.vault.clone(),
             idp: services.idp.clone(),
             broker: services.broker.clone(),
+            customer_tokens: services.customer_tokens.clone(),
             notifier: services.notifier.clone(),
             auth: auth.clone(),
             limiter: Arc::default(),

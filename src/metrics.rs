@@ -57,6 +57,9 @@ pub struct Metrics {
     /// `token_requests{outcome="issued"}` by `cached` (index 0: false, 1: true), created on
     /// first use so an unused series does not appear.
     issued: [OnceLock<IntCounter>; 2],
+    customer_tokens: IntCounterVec,
+    /// `customer_tokens{outcome="issued"}`, resolved at first use like `issued`.
+    customer_issued: OnceLock<IntCounter>,
     webhook_deliveries: IntCounterVec,
     /// Leases taken back from processes that died holding them.
     leases_reclaimed: IntCounter,
@@ -98,6 +101,11 @@ impl Metrics {
             "Token API requests, by outcome and whether the access token came from the cache.",
             &["outcome", "cached"],
         );
+        let customer_tokens = counters(
+            "samvault_customer_tokens_total",
+            "Customer-tenant token requests, by outcome (issued, or the problem code).",
+            &["outcome"],
+        );
         let webhook_deliveries = counters(
             "samvault_webhook_deliveries_total",
             "Webhook delivery attempts, by outcome (delivered, failed, abandoned).",
@@ -133,6 +141,8 @@ impl Metrics {
             idp_durations,
             token_requests,
             issued: Default::default(),
+            customer_tokens,
+            customer_issued: OnceLock::new(),
             webhook_deliveries,
             leases_reclaimed,
             partner_center_requests,
@@ -178,6 +188,18 @@ impl Metrics {
                 .inc();
         } else {
             self.token_requests.with_label_values(&labels).inc();
+        }
+    }
+
+    /// One customer-tenant token request that reached the broker, by outcome (`issued` or
+    /// the problem code); the common case is one atomic add.
+    pub fn record_customer_token(&self, outcome: &'static str) {
+        if outcome == ISSUED {
+            self.customer_issued
+                .get_or_init(|| self.customer_tokens.with_label_values(&[ISSUED]))
+                .inc();
+        } else {
+            self.customer_tokens.with_label_values(&[outcome]).inc();
         }
     }
 

@@ -8,6 +8,7 @@
 //! - `scheduler`: inside `serve`, a sync after each consent and every
 //!   SAMVAULT_CUSTOMER_SYNC_INTERVAL, pushes for new customers (SAMVAULT_CUSTOMER_AUTO_CONSENT)
 //!   and retries of failed ones with backoff.
+//! - `token`: customer-tenant access tokens (the API's, and a push's verification).
 //!
 //! Every push and removal is audited (`customer.consent`, `customer.remove`; `customer.sync`,
 //! `customer.status`) and sent as a signed webhook event (`customer.*`).
@@ -15,6 +16,7 @@
 pub mod consent;
 pub mod scheduler;
 pub mod sync;
+pub mod token;
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::notify::{Event, EventKind, Notifier};
 use crate::partner_center::{Budget, PartnerCenter, PcToken};
 use crate::storage::{Db, audit, now};
+use token::CustomerTokens;
 
 /// Customer work of one process: syncs, pushes, removals. Cheap to clone.
 #[derive(Clone)]
@@ -37,6 +40,7 @@ pub struct Customers {
 struct Inner {
     db: Db,
     broker: Broker,
+    tokens: CustomerTokens,
     pc: PartnerCenter,
     settings: CustomerSettings,
     notifier: Notifier,
@@ -57,11 +61,12 @@ impl Customers {
     pub fn new(
         config: &Config,
         app_id: &str,
-        db: Db,
         broker: Broker,
+        tokens: CustomerTokens,
         notifier: Notifier,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
+        let db = broker.db().clone();
         let settings = config.customers.clone();
         let budget = Budget::new(app_id, &db);
         let pc = PartnerCenter::new(
@@ -76,6 +81,7 @@ impl Customers {
                 grants_text: settings.grants_text(),
                 db,
                 broker,
+                tokens,
                 pc,
                 settings,
                 notifier,

@@ -58,6 +58,8 @@ pub struct Shared {
     pub vault: Vault,
     pub idp: IdpClient,
     pub broker: Broker,
+    /// Access tokens in the partners' customer tenants (the customer routes of the API).
+    pub customer_tokens: crate::customers::token::CustomerTokens,
     /// Events that do not come from the broker (a partner's grant changing hands).
     pub notifier: crate::notify::Notifier,
     pub auth: Arc<crate::clients::ClientAuth>,

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod clients;
+pub mod customer_tokens;
 pub mod customers;
 pub mod invitations;
 pub mod ops_signin;

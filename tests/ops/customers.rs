@@ -16,6 +16,7 @@ const NORTHWIND: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c002";
 const TAILSPIN: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c003";
 /// Wingtip's customer: not Contoso's.
 const LITWARE: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c004";
+const GRAPH: &str = "https://graph.microsoft.com";
 /// A customer the tests add to Contoso's Partner Center list after the first sync.
 const FOURTH_COFFEE: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c0f4";
 
@@ -122,6 +123,38 @@ async fn assert_no_tokens(stack: &Stack, page: &str) {
         let rt = grant["refresh_token"].as_str().unwrap();
         assert!(!page.contains(rt), "a refresh token on the page");
     }
+}
+
+/// An integration with `customers:issue` asks for a Graph token in `customer` of Contoso.
+async fn customer_token(stack: &Stack, customer: &str) -> (u16, Value) {
+    let args = [
+        "client",
+        "create",
+        "--name",
+        "customers",
+        "--json",
+        "--permission",
+        "customers:issue",
+        "--resource",
+        GRAPH,
+    ];
+    let created: Value = serde_json::from_str(&stack.cli(&args)).unwrap();
+    let response = stack
+        .http
+        .post(format!(
+            "{}/api/v1/partners/{CONTOSO}/customers/{customer}/token",
+            stack.sv()
+        ))
+        .basic_auth(
+            created["client_id"].as_str().unwrap(),
+            created["client_secret"].as_str(),
+        )
+        .json(&json!({ "resource": GRAPH, "purpose": "dashboard test" }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// One line of the customer access check: the row of `customer`.
@@ -265,10 +298,11 @@ async fn operators_sync_consent_check_and_remove_customers(backend: Backend) {
         audited(&stack, "ops.customer.check", "ops:olga", TAILSPIN).await,
         1
     );
-    // What the check learnt is on the partner's page: Adatum's token, Tailspin's status.
+    // What the check learnt is on the partner's page: Tailspin's status and its reason. The
+    // check's tokens were never handed out: Adatum's last token is still "never".
     let (_, page, _) = olga.get(&detail).await;
     assert!(
-        !row(&page, ADATUM).contains("never"),
+        row(&page, ADATUM).contains("<td>never</td>"),
         "{}",
         row(&page, ADATUM)
     );
@@ -279,6 +313,20 @@ async fn operators_sync_consent_check_and_remove_customers(backend: Backend) {
         row(&page, TAILSPIN)
     );
     assert_eq!(customer_status(&stack, TAILSPIN).await, "access_denied");
+
+    // An integration's token for Adatum is its last token.
+    let (status, body) = customer_token(&stack, ADATUM).await;
+    assert_eq!(status, 200, "{body}");
+    let mut last_token = String::new();
+    for _ in 0..100 {
+        let (_, page, _) = olga.get(&detail).await;
+        last_token = row(&page, ADATUM).to_string();
+        if !last_token.contains("<td>never</td>") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!last_token.contains("<td>never</td>"), "{last_token}");
 
     // The overview counts customers per status.
     let (status, page, _) = olga.get("/ops").await;

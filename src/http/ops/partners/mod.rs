@@ -9,6 +9,7 @@
 
 mod actions;
 mod customer_actions;
+mod customer_check;
 mod customers;
 mod detail;
 mod list;
@@ -62,6 +63,10 @@ pub fn routes() -> Router<AppState> {
         .route(
             "/ops/partners/{tenant_id}/customers/consent",
             post(customer_actions::consent_all),
+        )
+        .route(
+            "/ops/partners/{tenant_id}/customers/check",
+            post(customer_check::check),
         )
         .route(
             "/ops/partners/{tenant_id}/customers/{customer_id}/consent",

@@ -79,7 +79,7 @@ try {
   assert.match(await text(admin), /manual success/, 'the attempt is listed');
 
   // --- Access check: a live redemption per configured resource, MFA read from `amr`.
-  await admin.getByRole('button', { name: 'Access check' }).click();
+  await admin.getByRole('button', { name: 'Access check', exact: true }).click();
   const checks = admin.locator('main table tbody tr');
   const checked = await checks.count();
   assert.ok(checked >= 1, 'at least the primary resource is checked');
@@ -159,9 +159,10 @@ try {
   await admin.getByRole('button', { name: 'Revoke and purge' }).click();
   assert.match(await text(admin, 'h1'), /revoked/);
   assert.match(await text(admin, '[role=status]'), /crypto-shredded/);
-  for (const name of ['Revoke and purge', 'Rotate now', 'Access check']) {
-    assert.equal(await admin.getByRole('button', { name }).count(), 0, `no "${name}" once revoked`);
+  for (const name of ['Revoke and purge', 'Rotate now', 'Access check', 'Sync customers', 'Consent']) {
+    assert.equal(await admin.getByRole('button', { name, exact: true }).count(), 0, `no "${name}" once revoked`);
   }
+  assert.equal(await admin.locator('#customers-table tbody tr').count(), 3, 'the customers stay listed');
   await screenshot(admin, '09-partner-revoked');
   [status, body] = await tokenRequest(sv, client, tenant, resource);
   assert.equal(status, 409, `revoked Contoso is refused: ${JSON.stringify(body)}`);

@@ -3017,7 +3017,11 @@ async fn overlapping_write_backs(
 ) -> Vec<(partners::WriteBack, String)> {
     let mut writes = tokio::task::JoinSet::new();
     for i in 0..n {
-        let (db, tenant, key) = (db.clone(), tenant.clone(), vault.prepare_key().await.unwrap());
+        let (db, tenant, key) = (
+            db.clone(),
+            tenant.clone(),
+            vault.prepare_key().await.unwrap(),
+        );
         writes.spawn(async move {
             let token = format!("0.A-customer-redemption-{i}");
             let seal = |version| key.seal(token.as_bytes(), &grant_context(&tenant, version));
@@ -3059,7 +3063,10 @@ both_backends!(
         assert_eq!(versions, (2..=21).collect::<Vec<i64>>(), "one version each");
         let p = partners::get(&db, &tenant).await.unwrap().unwrap();
         assert_eq!((p.grant_version, p.last_refresh_at), (21, T0 + DAY));
-        let current = partners::current_grant(&db, &tenant).await.unwrap().unwrap();
+        let current = partners::current_grant(&db, &tenant)
+            .await
+            .unwrap()
+            .unwrap();
         let newest = written
             .iter()
             .find(|(kept, _)| *kept == partners::WriteBack::Stored { version: 21 })
@@ -3076,17 +3083,36 @@ both_backends!(
 
         // Consented again since the redemptions started: the new lineage stays current.
         let g22 = seal_grant(&v.vault, &tenant, 22, "0.A-consented-again").await;
-        record_consent(&db, &consent, &g22, T0 + 2 * DAY).await.unwrap();
-        let late = overlapping_write_backs(&db, &v.vault, &tenant, T0, 3).await;
-        assert!(late.iter().all(|(k, _)| *k == partners::WriteBack::Superseded));
-        let current = partners::current_grant(&db, &tenant).await.unwrap().unwrap();
-        assert_eq!(current.version, 22);
-        // Revoked: nothing is written, whichever consent the redemption started from.
-        partners::set_status(&db, &tenant, PartnerStatus::Revoked, None, "test", T0 + 3 * DAY)
+        record_consent(&db, &consent, &g22, T0 + 2 * DAY)
             .await
             .unwrap();
+        let late = overlapping_write_backs(&db, &v.vault, &tenant, T0, 3).await;
+        assert!(
+            late.iter()
+                .all(|(k, _)| *k == partners::WriteBack::Superseded)
+        );
+        let current = partners::current_grant(&db, &tenant)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(current.version, 22);
+        // Revoked: nothing is written, whichever consent the redemption started from.
+        partners::set_status(
+            &db,
+            &tenant,
+            PartnerStatus::Revoked,
+            None,
+            "test",
+            T0 + 3 * DAY,
+        )
+        .await
+        .unwrap();
         let revoked = overlapping_write_backs(&db, &v.vault, &tenant, T0 + 2 * DAY, 2).await;
-        assert!(revoked.iter().all(|(k, _)| *k == partners::WriteBack::Superseded));
+        assert!(
+            revoked
+                .iter()
+                .all(|(k, _)| *k == partners::WriteBack::Superseded)
+        );
         assert_eq!(raw_grants(&db, &tenant).await.len(), 22);
         // An unknown partner: nothing to write to.
         let nobody = overlapping_write_backs(&db, &v.vault, &new_tenant(), T0, 1).await;
@@ -3094,25 +3120,22 @@ both_backends!(
     }
 );
 
-both_backends!(
-    request_log_names_the_customer_tenant,
-    |url| async move {
-        let db = open(&url).await;
-        let customer = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c001";
-        let mut for_customer = request(T0, "c1", "issued", false, Some(true));
-        for_customer.customer_tenant_id = Some(customer.into());
-        let own = request(T0 + 1, "c1", "issued", true, Some(true));
-        write(&db, &[for_customer.clone(), own.clone()]).await;
-        assert_eq!(
-            requests::latest(&db, 10).await.unwrap(),
-            vec![own, for_customer],
-            "newest first, the customer tenant kept"
-        );
-        let counts = requests::counts_by_client(&db, T0).await.unwrap();
-        assert_eq!(
-            (counts["c1"].issued, counts["c1"].issued_mfa),
-            (2, 2),
-            "customer tokens count in the MFA share"
-        );
-    }
-);
+both_backends!(request_log_names_the_customer_tenant, |url| async move {
+    let db = open(&url).await;
+    let customer = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c001";
+    let mut for_customer = request(T0, "c1", "issued", false, Some(true));
+    for_customer.customer_tenant_id = Some(customer.into());
+    let own = request(T0 + 1, "c1", "issued", true, Some(true));
+    write(&db, &[for_customer.clone(), own.clone()]).await;
+    assert_eq!(
+        requests::latest(&db, 10).await.unwrap(),
+        vec![own, for_customer],
+        "newest first, the customer tenant kept"
+    );
+    let counts = requests::counts_by_client(&db, T0).await.unwrap();
+    assert_eq!(
+        (counts["c1"].issued, counts["c1"].issued_mfa),
+        (2, 2),
+        "customer tokens count in the MFA share"
+    );
+});

@@ -570,7 +570,9 @@ impl Broker {
             source,
             owner,
         };
-        let kept = self.write_back(grant, &tokens, &redemption, elapsed).await?;
+        let kept = self
+            .write_back(grant, &tokens, &redemption, elapsed)
+            .await?;
         *released = kept == Kept::Stored;
         // The access token may leave now; bookkeeping failures below must not cost it.
         let token = issued_token(tokens, now());

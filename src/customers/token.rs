@@ -37,7 +37,6 @@ use crate::storage::{StorageError, audit, customers, now, partners};
 /// How long a customer's status read from the database is trusted.
 pub const TRUST: Duration = Duration::from_secs(1);
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum CustomerTokenError {
     /// A problem of the partner or of samvault, answered as on the partner path.
@@ -117,7 +116,9 @@ impl CustomerTokens {
         resource: &Resource,
     ) -> Result<IssuedToken, CustomerTokenError> {
         let result = self.issue(partner, customer, resource).await;
-        let outcome = result.as_ref().map_or_else(CustomerTokenError::code, |_| "issued");
+        let outcome = result
+            .as_ref()
+            .map_or_else(CustomerTokenError::code, |_| "issued");
         self.0.broker.metrics().record_customer_token(outcome);
         result
     }
@@ -149,7 +150,10 @@ impl CustomerTokens {
         let pair = (partner.clone(), customer.clone());
         let trusted = {
             let known = self.0.known.lock().expect("known lock");
-            known.get(&pair).filter(|k| k.read.elapsed() < TRUST).copied()
+            known
+                .get(&pair)
+                .filter(|k| k.read.elapsed() < TRUST)
+                .copied()
         };
         let status = match trusted {
             Some(known) => Some(known.status),
@@ -357,7 +361,15 @@ impl CustomerTokens {
             "customer_tenant_id": customer.as_str(), "from": from.as_str(),
             "to": to.as_str(), "reason": reason, "source": "token",
         });
-        audit::append(db, "samvault", "customer.status", Some(partner.as_str()), detail, at).await?;
+        audit::append(
+            db,
+            "samvault",
+            "customer.status",
+            Some(partner.as_str()),
+            detail,
+            at,
+        )
+        .await?;
         Ok(())
     }
 }

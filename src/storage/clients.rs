@@ -113,7 +113,9 @@ impl InvalidClient {
         match self {
             Self::Name => "The name must be 1 to 100 characters, without control characters.",
             Self::NoPermission => "Choose at least one permission.",
-            Self::UnknownPermission => "A permission is not tokens:issue, partners:read or customers:issue.",
+            Self::UnknownPermission => {
+                "A permission is not tokens:issue, partners:read or customers:issue."
+            }
             Self::NoResource => "Choose at least one resource.",
             Self::UnknownResource => {
                 "A resource is not one of the configured resources (SAMVAULT_RESOURCES)."

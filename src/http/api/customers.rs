@@ -199,7 +199,11 @@ pub(super) async fn list_customers(
         .is_none()
     {
         let detail = "no partner with this tenant id has consented";
-        return Err(Problem::new(StatusCode::NOT_FOUND, "partner_not_found", detail));
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "partner_not_found",
+            detail,
+        ));
     }
     let rows = customers::list(db, &tenant, page.after.as_ref(), page.limit + 1)
         .await

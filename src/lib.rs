@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod notify;
 pub mod onboarding;
 pub mod ops;
+pub mod partner_center;
 pub mod rotation;
 pub mod storage;
 pub mod vault;

@@ -33,7 +33,7 @@ CREATE TABLE customer_syncs (
 -- calls from the row of the current window, so replicas share the limit.
 CREATE TABLE partner_center_budget (
     app_id       TEXT NOT NULL,
-    window_start BIGINT NOT NULL,          -- the window's start, in milliseconds
+    window_start BIGINT NOT NULL,          -- the window's number: Unix time over the window's length
     used         BIGINT NOT NULL,
     PRIMARY KEY (app_id, window_start)
 );

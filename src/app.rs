@@ -137,12 +137,15 @@ impl Services {
             notifier.clone(),
             metrics.clone(),
         );
-        let customer_tokens = CustomerTokens::new(broker.clone(), config.idp_rotation);
+        let customer_tokens = CustomerTokens::new(
+            broker.clone(),
+            notifier.clone(),
+            config.customers.idp_rotation,
+        );
         let customers = Customers::new(
             &config,
             idp.client_id(),
             broker.clone(),
-            customer_tokens.clone(),
             notifier.clone(),
             metrics.clone(),
         )?;

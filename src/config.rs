@@ -53,7 +53,6 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("SAMVAULT_ROTATION_CONCURRENCY", Some("16")),
     ("SAMVAULT_SCHEDULER", Some("true")),
     ("SAMVAULT_ONBOARDING", Some("open")),
-    ("SAMVAULT_IDP_ROTATION", Some("entra")),
     ("SAMVAULT_TRUSTED_PROXIES", None),
     ("SAMVAULT_PARTNER_CENTER_URL", Some(PARTNER_CENTER)),
     (
@@ -62,6 +61,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ),
     ("SAMVAULT_CUSTOMER_AUTO_CONSENT", Some("true")),
     ("SAMVAULT_CUSTOMER_SYNC_INTERVAL", Some("24h")),
+    ("SAMVAULT_IDP_ROTATION", Some("entra")),
     ("SAMVAULT_CUSTOMERS", Some("true")),
 ];
 
@@ -159,28 +159,6 @@ impl Onboarding {
     }
 }
 
-/// How the IdP treats a refresh token once used (`SAMVAULT_IDP_ROTATION`), which decides
-/// whether redemptions of one partner's grant may overlap.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IdpRotation {
-    /// Entra ID: a used refresh token stays valid, so customer-tenant redemptions of one
-    /// partner run at once.
-    Entra,
-    /// An IdP that spends a refresh token at its first use: every redemption of a partner's
-    /// grant, partner or customer, goes through the partner's single-flight.
-    Strict,
-}
-
-impl IdpRotation {
-    fn parse(value: &str) -> Result<Self, ConfigError> {
-        match value {
-            "entra" => Ok(Self::Entra),
-            "strict" => Ok(Self::Strict),
-            _ => Err(bad("SAMVAULT_IDP_ROTATION", "must be entra or strict")),
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -223,7 +201,6 @@ pub struct Config {
     /// Whether this process runs the rotation scheduler (replicas may opt out).
     pub scheduler: bool,
     pub onboarding: Onboarding,
-    pub idp_rotation: IdpRotation,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`http::client_address`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Customers of the partners: Partner Center, the CPV consent pushed to each (SPEC §6).
@@ -302,7 +279,6 @@ impl Config {
             rotation_concurrency: rotation.rotation_concurrency,
             scheduler: rotation.scheduler,
             onboarding: Onboarding::parse(raw.required("SAMVAULT_ONBOARDING")?)?,
-            idp_rotation: IdpRotation::parse(raw.required("SAMVAULT_IDP_ROTATION")?)?,
             webhook_url: webhook.webhook_url,
             webhook_secret: webhook.webhook_secret,
             trusted_proxies: parse_trusted_proxies(raw.get("SAMVAULT_TRUSTED_PROXIES"))?,
@@ -737,6 +713,17 @@ fn parse_trusted_proxies(value: Option<&str>) -> Result<Vec<ipnet::IpNet>, Confi
         .collect()
 }
 
+/// How Entra treats a refresh token once it has been redeemed (`SAMVAULT_IDP_ROTATION`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdpRotation {
+    /// Entra ID: a redeemed refresh token stays valid; customer redemptions need not queue
+    /// behind the partner's.
+    Entra,
+    /// Every redemption of one partner's grant, at the partner's authority or a customer's,
+    /// goes through the partner's single-flight (an IdP that kills a token at its first use).
+    Strict,
+}
+
 /// One entry of `SAMVAULT_CUSTOMER_GRANTS`: delegated permissions on one resource, pushed
 /// into every customer tenant with Partner Center's applicationconsents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -764,6 +751,7 @@ pub struct CustomerSettings {
     pub grants: Vec<CustomerGrant>,
     pub auto_consent: bool,
     pub sync_interval: Duration,
+    pub idp_rotation: IdpRotation,
     /// `SAMVAULT_CUSTOMERS`: `serve` syncs and pushes in the background (with
     /// `SAMVAULT_SCHEDULER`); false leaves customer work to the `customers` commands.
     pub background: bool,
@@ -775,6 +763,11 @@ impl CustomerSettings {
         let partner_center_url = parse_http_url(name, raw.required(name)?)?;
         let name = "SAMVAULT_CUSTOMER_GRANTS";
         let grants = parse_customer_grants(raw.required(name)?).map_err(|why| bad(name, why))?;
+        let idp_rotation = match raw.required("SAMVAULT_IDP_ROTATION")? {
+            "entra" => IdpRotation::Entra,
+            "strict" => IdpRotation::Strict,
+            _ => return Err(bad("SAMVAULT_IDP_ROTATION", "must be entra or strict")),
+        };
         let sync_interval = raw.duration("SAMVAULT_CUSTOMER_SYNC_INTERVAL")?;
         if sync_interval < Duration::from_secs(60) {
             return Err(bad(
@@ -787,6 +780,7 @@ impl CustomerSettings {
             grants,
             auto_consent: raw.flag("SAMVAULT_CUSTOMER_AUTO_CONSENT")?,
             sync_interval,
+            idp_rotation,
             background: raw.flag("SAMVAULT_CUSTOMERS")?,
         })
     }
@@ -923,6 +917,7 @@ mod tests {
         assert_eq!(c.first_resource().as_str(), GRAPH);
         assert!(c.auto_consent);
         assert_eq!(c.sync_interval, Duration::from_secs(86_400));
+        assert_eq!(c.idp_rotation, IdpRotation::Entra);
         let grants = parse_customer_grants(
             " https://management.azure.com=user_impersonation ; \
              11111111-2222-4333-8444-555555555555@https://x.example=B,A",
@@ -946,6 +941,7 @@ mod tests {
             assert!(parse_customer_grants(bad).is_err(), "{bad}");
         }
         for (name, value) in [
+            ("SAMVAULT_IDP_ROTATION", "lenient"),
             ("SAMVAULT_CUSTOMER_SYNC_INTERVAL", "10s"),
             ("SAMVAULT_CUSTOMER_AUTO_CONSENT", "maybe"),
             ("SAMVAULT_PARTNER_CENTER_URL", "ftp://x"),
@@ -953,6 +949,8 @@ mod tests {
             let e = Config::from_sources(None, &env(&[(name, value)])).unwrap_err();
             assert!(e.0.contains(name), "{e:?}");
         }
+        let strict = Config::from_sources(None, &env(&[("SAMVAULT_IDP_ROTATION", "strict")]));
+        assert_eq!(strict.unwrap().customers.idp_rotation, IdpRotation::Strict);
     }
 
     #[test]
@@ -1132,20 +1130,6 @@ mod tests {
             err.to_string()
                 .starts_with("configuration: SAMVAULT_CLIENT_KEY:"),
             "{err}"
-        );
-    }
-
-    #[test]
-    fn idp_rotation_is_entra_unless_strict() {
-        let default = Config::from_sources(None, &env(&[])).unwrap();
-        assert_eq!(default.idp_rotation, IdpRotation::Entra);
-        let strict = Config::from_sources(None, &env(&[("SAMVAULT_IDP_ROTATION", "strict")]));
-        assert_eq!(strict.unwrap().idp_rotation, IdpRotation::Strict);
-        let err = Config::from_sources(None, &env(&[("SAMVAULT_IDP_ROTATION", "loose")]));
-        assert!(
-            err.unwrap_err()
-                .to_string()
-                .contains("SAMVAULT_IDP_ROTATION: must be entra or strict")
         );
     }
 

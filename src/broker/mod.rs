@@ -5,6 +5,7 @@
 //! and committed as a new grant version *before* the access token is handed to anyone, so a
 //! crash at any point leaves a usable refresh token in the database.
 
+pub mod customer;
 pub mod request_log;
 
 use std::collections::HashMap;

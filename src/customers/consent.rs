@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::token::CustomerTokenError;
 use super::{Customers, StatusChange, partner_problem};
 use crate::backoff::Backoff;
+use crate::broker::customer::CustomerRedeemError;
 use crate::domain::{CustomerStatus, TenantId};
 use crate::notify::EventKind;
 use crate::partner_center::{PcError, PcToken};
@@ -129,22 +129,18 @@ impl Customers {
             .map_err(Refused::Pc)
     }
 
-    /// A token at the customer's authority for the first configured resource, through the
-    /// customer-token path (which also moves the customer's status as the token API does).
+    /// A token at the customer's authority for the first configured resource (not cached,
+    /// no status moved: the push records the outcome once).
     async fn verify(&self, row: &CustomerRow) -> Result<(), Refused> {
         let resource = self.inner.settings.first_resource();
-        let (partner, customer) = (&row.partner_tenant_id, &row.customer_tenant_id);
-        match self.inner.tokens.access_token(partner, customer, resource).await {
+        let broker = &self.inner.broker;
+        match broker
+            .redeem_at_customer(&row.partner_tenant_id, &row.customer_tenant_id, resource)
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(CustomerTokenError::AccessDenied { code }) => Err(customer_refusal(code)),
-            Err(CustomerTokenError::ConsentRequired { code }) => Err(customer_refusal(code)),
-            Err(CustomerTokenError::NotFound {
-                status: Some(CustomerStatus::Gone),
-            }) => Err(customer_refusal(90002)),
-            Err(CustomerTokenError::NotFound { .. }) => Err(Refused::Partner(
-                "The customer was removed (or forgotten) while its consent was pushed; run `samvault customers consent` to push it again.".into(),
-            )),
-            Err(CustomerTokenError::Partner(e)) => Err(Refused::Partner(format!(
+            Err(CustomerRedeemError::Customer { code }) => Err(customer_refusal(code)),
+            Err(CustomerRedeemError::Partner(e)) => Err(Refused::Partner(format!(
                 "Partner Center accepted the consent, but the check at the customer's authority failed. {}",
                 partner_problem(&e)
             ))),

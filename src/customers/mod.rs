@@ -5,6 +5,7 @@
 //! - `consent`: the configured grants (SAMVAULT_CUSTOMER_GRANTS) pushed into a customer
 //!   tenant with applicationconsents, idempotently, and verified by a redemption at the
 //!   customer's authority; removal by hand.
+//! - `token`: customer-tenant access tokens for integrations (the token API).
 //! - `scheduler`: inside `serve`, a sync after each consent and every
 //!   SAMVAULT_CUSTOMER_SYNC_INTERVAL, pushes for new customers (SAMVAULT_CUSTOMER_AUTO_CONSENT)
 //!   and retries of failed ones with backoff.
@@ -29,7 +30,6 @@ use crate::metrics::Metrics;
 use crate::notify::{Event, EventKind, Notifier};
 use crate::partner_center::{Budget, PartnerCenter, PcToken};
 use crate::storage::{Db, audit, now};
-use token::CustomerTokens;
 
 /// Customer work of one process: syncs, pushes, removals. Cheap to clone.
 #[derive(Clone)]
@@ -40,7 +40,6 @@ pub struct Customers {
 struct Inner {
     db: Db,
     broker: Broker,
-    tokens: CustomerTokens,
     pc: PartnerCenter,
     settings: CustomerSettings,
     notifier: Notifier,
@@ -62,7 +61,6 @@ impl Customers {
         config: &Config,
         app_id: &str,
         broker: Broker,
-        tokens: CustomerTokens,
         notifier: Notifier,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
@@ -81,7 +79,6 @@ impl Customers {
                 grants_text: settings.grants_text(),
                 db,
                 broker,
-                tokens,
                 pc,
                 settings,
                 notifier,

@@ -31,6 +31,7 @@ use crate::config::IdpRotation as Rotation;
 use crate::domain::{CustomerStatus, Resource, TenantId};
 use crate::idp::IdpError;
 use crate::idp::errors::{CustomerOutcome, customer_reason};
+use crate::notify::{Event, EventKind, Notifier};
 use crate::storage::partners::Partner;
 use crate::storage::{StorageError, audit, customers, now, partners};
 
@@ -86,6 +87,7 @@ pub struct CustomerTokens(Arc<Inner>);
 
 struct Inner {
     broker: Broker,
+    notifier: Notifier,
     rotation: Rotation,
     known: Mutex<HashMap<Pair, Known>>,
     /// One redemption at a time per (partner, customer) under `Rotation::Entra`.
@@ -93,9 +95,10 @@ struct Inner {
 }
 
 impl CustomerTokens {
-    pub fn new(broker: Broker, rotation: Rotation) -> Self {
+    pub fn new(broker: Broker, notifier: Notifier, rotation: Rotation) -> Self {
         Self(Arc::new(Inner {
             broker,
+            notifier,
             rotation,
             known: Mutex::default(),
             flights: Mutex::default(),
@@ -108,14 +111,20 @@ impl CustomerTokens {
 
     /// An access token for `resource` in `customer`, a customer tenant of `partner`: from the
     /// cache, or by redeeming the partner's grant at the customer's authority. Counted in
-    /// `samvault_customer_tokens_total`.
+    /// `samvault_customer_tokens_total`; `actor` (`client:ID`) is named in the audit of the
+    /// customer status changes the request finds.
     pub async fn access_token(
         &self,
         partner: &TenantId,
         customer: &TenantId,
         resource: &Resource,
+        actor: &str,
     ) -> Result<IssuedToken, CustomerTokenError> {
-        let result = self.issue(partner, customer, resource).await;
+        let asked = Asked {
+            key: (partner.clone(), customer.clone(), resource.clone()),
+            actor,
+        };
+        let result = self.issue(&asked).await;
         let outcome = result
             .as_ref()
             .map_or_else(CustomerTokenError::code, |_| "issued");
@@ -123,20 +132,15 @@ impl CustomerTokens {
         result
     }
 
-    async fn issue(
-        &self,
-        partner: &TenantId,
-        customer: &TenantId,
-        resource: &Resource,
-    ) -> Result<IssuedToken, CustomerTokenError> {
+    async fn issue(&self, asked: &Asked<'_>) -> Result<IssuedToken, CustomerTokenError> {
+        let (partner, customer, _) = &asked.key;
         let status = self.customer_status(partner, customer).await?;
-        let key = (partner.clone(), customer.clone(), resource.clone());
-        if let Some(token) = self.0.broker.cached_customer(&key) {
+        if let Some(token) = self.0.broker.cached_customer(&asked.key) {
             return Ok(token);
         }
         match self.0.rotation {
-            Rotation::Entra => self.redeem_overlapping(&key, status).await,
-            Rotation::Strict => self.redeem_in_line(&key, status).await,
+            Rotation::Entra => self.redeem_overlapping(asked, status).await,
+            Rotation::Strict => self.redeem_in_line(asked, status).await,
         }
     }
 
@@ -202,9 +206,10 @@ impl CustomerTokens {
     /// `Rotation::Entra`: one flight per (partner, customer), none across customers.
     async fn redeem_overlapping(
         &self,
-        key: &CustomerKey,
+        asked: &Asked<'_>,
         status: CustomerStatus,
     ) -> Result<IssuedToken, CustomerTokenError> {
+        let key = &asked.key;
         let flight = {
             let mut flights = self.0.flights.lock().expect("flights lock");
             let pair = (key.0.clone(), key.1.clone());
@@ -216,16 +221,16 @@ impl CustomerTokens {
             return Ok(token);
         }
         let mut released = false;
-        self.redeem(key, status, "", &mut released).await
+        self.redeem(asked, status, "", &mut released).await
     }
 
     /// `Rotation::Strict`: through the partner's single-flight, as its own redemptions.
     async fn redeem_in_line(
         &self,
-        key: &CustomerKey,
+        asked: &Asked<'_>,
         status: CustomerStatus,
     ) -> Result<IssuedToken, CustomerTokenError> {
-        let broker = &self.0.broker;
+        let (broker, key) = (&self.0.broker, &asked.key);
         let lock = broker.partner_lock(&key.0);
         let _guard = lock.lock().await;
         if let Some(token) = broker.cached_customer(key) {
@@ -233,7 +238,7 @@ impl CustomerTokens {
         }
         let owner = broker.wait_for_lease(&key.0).await?;
         let mut released = false;
-        let result = self.redeem(key, status, &owner, &mut released).await;
+        let result = self.redeem(asked, status, &owner, &mut released).await;
         if !released {
             broker.release(&key.0, &owner).await;
         }
@@ -244,12 +249,12 @@ impl CustomerTokens {
     /// token back (releasing `owner`'s lease with it, if any: `released`).
     async fn redeem(
         &self,
-        key: &CustomerKey,
+        asked: &Asked<'_>,
         status: CustomerStatus,
         owner: &str,
         released: &mut bool,
     ) -> Result<IssuedToken, CustomerTokenError> {
-        let broker = &self.0.broker;
+        let (broker, key) = (&self.0.broker, &asked.key);
         let (partner, customer, resource) = key;
         let grant = broker.open_grant(partner).await?;
         let (result, elapsed) = broker.call_idp(customer, &grant, resource).await;
@@ -257,7 +262,7 @@ impl CustomerTokens {
             Ok(tokens) => tokens,
             Err(error) => {
                 let partner = grant.partner.clone();
-                return Err(self.failed(&partner, key, error, elapsed).await);
+                return Err(self.failed(&partner, asked, error, elapsed).await);
             }
         };
         let partner_row = grant.partner.clone();
@@ -276,12 +281,12 @@ impl CustomerTokens {
         if kept != Kept::Superseded {
             broker.remember_customer(key.clone(), &token);
         }
-        self.succeeded(&partner_row, key, status).await;
+        self.succeeded(&partner_row, asked, status).await;
         Ok(token)
     }
 
-    async fn succeeded(&self, partner: &Partner, key: &CustomerKey, status: CustomerStatus) {
-        let broker = &self.0.broker;
+    async fn succeeded(&self, partner: &Partner, asked: &Asked<'_>, status: CustomerStatus) {
+        let (broker, key) = (&self.0.broker, &asked.key);
         let failures = partner.failures;
         if let Err(e) = broker
             .after_success(partner, Source::Customer, failures)
@@ -290,8 +295,8 @@ impl CustomerTokens {
             tracing::warn!(tenant.id = %key.0, error = %e, "bookkeeping after a successful redemption failed");
         }
         if status != CustomerStatus::Consented {
-            let reason = None;
-            if let Err(e) = self.change(key, CustomerStatus::Consented, reason).await {
+            let change = (CustomerStatus::Consented, None);
+            if let Err(e) = self.change(asked, change, None).await {
                 tracing::warn!(tenant.id = %key.0, customer.id = %key.1, error = %e, "customer status not recorded");
             }
         }
@@ -301,11 +306,11 @@ impl CustomerTokens {
     async fn failed(
         &self,
         partner: &Partner,
-        key: &CustomerKey,
+        asked: &Asked<'_>,
         error: IdpError,
         elapsed: Duration,
     ) -> CustomerTokenError {
-        let (tenant, customer, resource) = key;
+        let (tenant, customer, resource) = &asked.key;
         let outcome = error.classify_at_customer(tenant.as_str());
         tracing::warn!(tenant.id = %tenant, customer.id = %customer, %resource, error = %error, ?outcome, "customer token redemption failed");
         let (status, refusal) = match outcome {
@@ -333,21 +338,23 @@ impl CustomerTokens {
             ),
         };
         let reason = customer_reason(status.1);
-        if let Err(e) = self.change(key, status.0, Some(&reason)).await {
+        let change = (status.0, Some(status.1));
+        if let Err(e) = self.change(asked, change, Some(&reason)).await {
             tracing::warn!(tenant.id = %tenant, customer.id = %customer, error = %e, "customer status not recorded");
         }
         refusal
     }
 
-    /// Records a customer's new status (audited when it changed), drops its cached tokens
-    /// unless it may still be served, and trusts the new status from now.
+    /// Records a customer's new status (`to` and the AADSTS code behind it; audited and
+    /// sent as `customer.status_changed` when it changed), drops its cached tokens unless it
+    /// may still be served, and trusts the new status from now.
     async fn change(
         &self,
-        key: &CustomerKey,
-        to: CustomerStatus,
+        asked: &Asked<'_>,
+        (to, code): (CustomerStatus, Option<u32>),
         reason: Option<&str>,
     ) -> Result<(), StorageError> {
-        let (partner, customer, _) = key;
+        let (partner, customer, _) = &asked.key;
         let db = self.0.broker.db();
         let at = now();
         let from = customers::set_status(db, partner, customer, to, reason, at).await?;
@@ -356,20 +363,29 @@ impl CustomerTokens {
         }
         self.note(&(partner.clone(), customer.clone()), to);
         let Some(from) = from else { return Ok(()) };
-        tracing::warn!(tenant.id = %partner, customer.id = %customer, from = from.as_str(), to = to.as_str(), "customer status changed");
+        tracing::warn!(tenant.id = %partner, customer.id = %customer, from = from.as_str(), to = to.as_str(), code, "customer status changed");
         let detail = serde_json::json!({
             "customer_tenant_id": customer.as_str(), "from": from.as_str(),
-            "to": to.as_str(), "reason": reason, "source": "token",
+            "to": to.as_str(), "code": code, "reason": reason,
         });
-        audit::append(
-            db,
-            "samvault",
-            "customer.status",
-            Some(partner.as_str()),
-            detail,
-            at,
-        )
-        .await?;
+        let tenant = Some(partner.as_str());
+        audit::append(db, asked.actor, "customer.status", tenant, detail, at).await?;
+        let code = code.map(|c| c.to_string());
+        let event = Event::customer(
+            EventKind::CustomerStatusChanged,
+            partner.as_str(),
+            customer.as_str(),
+            (Some(from.as_str()), to.as_str()),
+            code.as_deref(),
+            reason.unwrap_or("A token was issued in this customer tenant."),
+        );
+        self.0.notifier.publish(&event).await;
         Ok(())
     }
+}
+
+/// One request: the cache key (partner, customer tenant, resource) and who asked.
+struct Asked<'a> {
+    key: CustomerKey,
+    actor: &'a str,
 }

@@ -145,7 +145,6 @@ impl Services {
         let customers = Customers::new(
             &config,
             idp.client_id(),
-            db.clone(),
             broker.clone(),
             notifier.clone(),
             metrics.clone(),

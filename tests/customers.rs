@@ -662,3 +662,93 @@ async fn remove(backend: Backend) {
     assert!(!ok && err.contains("no customer"), "{err}");
 }
 stack_test!(customers_remove_takes_the_consent_away, remove);
+
+/// The demo: after Jane consents Contoso, within seconds Adatum and Northwind are consented
+/// and Tailspin (relationship ended) is access_denied.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_consents_contosos_customers_within_seconds() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let (sv_port, idp_port) = (free_port(), free_port());
+    let sv = format!("http://127.0.0.1:{sv_port}");
+    let idp = format!("http://127.0.0.1:{idp_port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_samvault"))
+        .args(["demo", "--listen", &format!("127.0.0.1:{sv_port}")])
+        .args(["--idp-listen", &format!("127.0.0.1:{idp_port}")])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Proc(child);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    wait_ready(&http, &format!("{sv}/healthz")).await;
+    let db_url = format!("sqlite://{}", dir.path().join("samvault-demo.db").display());
+    let stack = Stack::attach(dir, idp, sv, http).keep_alive(child);
+    let done = Browser::new(&stack)
+        .consent("jane@contoso.example", true, "accept")
+        .await;
+    assert!(
+        done.body.contains("Consent recorded for Contoso"),
+        "{}",
+        done.body
+    );
+    let consented = std::time::Instant::now();
+    let db = open(&db_url).await;
+    let contoso = TenantId::parse(CONTOSO).unwrap();
+    let want = demo_outcome();
+    let mut last = BTreeMap::new();
+    while consented.elapsed() < Duration::from_secs(10) {
+        last = customers::list(&db, &contoso, None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.customer_tenant_id.to_string(), c.status.to_string()))
+            .collect();
+        if last == want {
+            eprintln!(
+                "demo outcome {:.1} s after the consent",
+                consented.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("demo customers after 10 s: {last:?}");
+}
+
+both_backends!(partner_center_windows_are_taken_once, |url| async move {
+    use samvault::partner_center::budget::{Budget, WINDOW};
+    let db = open(&url).await;
+    assert!(customers::take_window(&db, "app", 7).await.unwrap());
+    assert!(
+        !customers::take_window(&db, "app", 7).await.unwrap(),
+        "taken"
+    );
+    assert!(
+        customers::take_window(&db, "other", 7).await.unwrap(),
+        "per application"
+    );
+    assert_eq!(customers::prune_windows(&db, 8).await.unwrap(), 2);
+    if db.backend() != samvault::storage::Backend::Postgres {
+        return; // SQLite serves one process: its budget is the process's own.
+    }
+    // Two replicas' budgets of one application share its 50 calls a second.
+    let (a, b) = (Budget::new("app", &db), Budget::new("APP", &db));
+    let started = std::time::Instant::now();
+    let run = |budget: Budget| async move {
+        for _ in 0..20 {
+            budget.acquire().await;
+        }
+    };
+    tokio::join!(run(a), run(b));
+    let took = started.elapsed();
+    assert!(
+        took >= WINDOW * 38,
+        "40 calls need 39 windows, took {took:?}"
+    );
+    assert!(took < WINDOW * 60, "{took:?}");
+});

@@ -129,7 +129,8 @@ impl Customers {
             .map_err(Refused::Pc)
     }
 
-    /// A token at the customer's authority for the first configured resource.
+    /// A token at the customer's authority for the first configured resource (not cached,
+    /// no status moved: the push records the outcome once).
     async fn verify(&self, row: &CustomerRow) -> Result<(), Refused> {
         let resource = self.inner.settings.first_resource();
         let broker = &self.inner.broker;

@@ -9,6 +9,7 @@
 //! - `scheduler`: inside `serve`, a sync after each consent and every
 //!   SAMVAULT_CUSTOMER_SYNC_INTERVAL, pushes for new customers (SAMVAULT_CUSTOMER_AUTO_CONSENT)
 //!   and retries of failed ones with backoff.
+//! - `token`: customer-tenant access tokens (the API's, and a push's verification).
 //!
 //! Every push and removal is audited (`customer.consent`, `customer.remove`; `customer.sync`,
 //! `customer.status`) and sent as a signed webhook event (`customer.*`).
@@ -59,11 +60,11 @@ impl Customers {
     pub fn new(
         config: &Config,
         app_id: &str,
-        db: Db,
         broker: Broker,
         notifier: Notifier,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ConfigError> {
+        let db = broker.db().clone();
         let settings = config.customers.clone();
         let budget = Budget::new(app_id, &db);
         let pc = PartnerCenter::new(

@@ -8,22 +8,18 @@ mod support;
 use std::time::{Duration, Instant};
 
 use samvault::domain::{CustomerStatus, TenantId};
-use samvault::storage::customers::{self, ListedCustomer};
+use samvault::storage::customers;
 use samvault::storage::partners::{self, grant_context};
 use samvault::vault::{LocalKeyProvider, Vault};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use support::Backend;
+use support::customers::*;
 use support::ops::Operator;
 use support::stack::*;
 
 const GRAPH: &str = "https://graph.microsoft.com";
 const ARM: &str = "https://management.azure.com";
-const GRAPH_APP_ID: &str = "00000003-0000-0000-c000-000000000000";
-const ADATUM: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c001";
-const NORTHWIND: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c002";
-const TAILSPIN: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c003";
-const LITWARE: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c004";
 const JANE: &str = "jane@contoso.example";
 
 /// Partners consent to Graph and ARM too, so they can be asked for their own tokens there.
@@ -70,57 +66,6 @@ fn issuer(stack: &Stack) -> (String, String) {
     )
 }
 
-/// Records `ids` as `partner`'s customers, as a customer sync would.
-async fn seed(stack: &Stack, partner: &str, ids: &[&str]) {
-    let listed: Vec<ListedCustomer> = ids
-        .iter()
-        .map(|id| ListedCustomer {
-            customer_tenant_id: tenant(id),
-            pc_customer_id: id.to_string(),
-            name: format!("Customer {}", &id[id.len() - 4..]),
-            domain: Some(format!("{}.example", &id[id.len() - 4..])),
-        })
-        .collect();
-    let db = stack.db().await;
-    customers::upsert_listed(
-        &db,
-        &tenant(partner),
-        &listed,
-        samvault::storage::now(),
-        None,
-    )
-    .await
-    .unwrap();
-}
-
-/// The CPV app consented into `customers` through the dev IdP's Partner Center, with the
-/// partner's own Partner Center token (from samvault) for Graph `Directory.Read.All`.
-async fn consent_in(stack: &Stack, creds: &(String, String), partner: &str, customers: &[&str]) {
-    let body = json!({ "resource": PARTNER_CENTER, "purpose": "consent the app" });
-    let (status, pc) = stack.token(creds, partner, body).await;
-    assert_eq!(status, 200, "{pc}");
-    let bearer = pc["access_token"].as_str().unwrap();
-    for customer in customers {
-        let response = stack
-            .http
-            .post(format!(
-                "{}/v1/customers/{customer}/applicationconsents",
-                stack.idp
-            ))
-            .bearer_auth(bearer)
-            .json(&json!({
-                "applicationId": DEMO_CLIENT_ID,
-                "applicationGrants": [
-                    { "enterpriseApplicationId": GRAPH_APP_ID, "scope": "Directory.Read.All" }
-                ],
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201, "{customer}");
-    }
-}
-
 async fn customer_token(
     stack: &Stack,
     creds: &(String, String),
@@ -128,17 +73,9 @@ async fn customer_token(
     customer: &str,
     resource: &str,
 ) -> (u16, Value) {
-    let response = stack
-        .http
-        .post(format!(
-            "{}/api/v1/partners/{partner}/customers/{customer}/token",
-            stack.sv()
-        ))
-        .basic_auth(&creds.0, Some(&creds.1))
-        .json(&json!({ "resource": resource, "purpose": "customer inventory" }))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({ "resource": resource, "purpose": "customer inventory" });
+    let request = customer_token_request(stack, creds, partner, customer, &body);
+    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     assert_eq!(response.headers()["cache-control"], "no-store");
     (status, response.json().await.unwrap())

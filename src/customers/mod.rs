@@ -9,7 +9,6 @@
 //! - `scheduler`: inside `serve`, a sync after each consent and every
 //!   SAMVAULT_CUSTOMER_SYNC_INTERVAL, pushes for new customers (SAMVAULT_CUSTOMER_AUTO_CONSENT)
 //!   and retries of failed ones with backoff.
-//! - `token`: customer-tenant access tokens (the API's, and a push's verification).
 //!
 //! Every push and removal is audited (`customer.consent`, `customer.remove`; `customer.sync`,
 //! `customer.status`) and sent as a signed webhook event (`customer.*`).

@@ -118,10 +118,37 @@ pub(super) struct CustomerView {
     /// When samvault last issued a token for this customer tenant (RFC 3339).
     #[schema(required = true, format = DateTime)]
     last_token_at: Option<String>,
-    /// The grants of the CPV app's consent pushed there (`resource=Scope,Scope` entries
-    /// separated by `;`), if any.
-    #[schema(required = true)]
-    grants: Option<String>,
+    /// The grants of the CPV app's last consent pushed there (empty before any).
+    grants: Vec<GrantView>,
+}
+
+/// Delegated permissions of the CPV app on one resource in a customer tenant.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = CustomerGrant)]
+pub(super) struct GrantView {
+    /// The resource's application id (Microsoft Graph: `00000003-0000-0000-c000-000000000000`).
+    #[schema(example = "00000003-0000-0000-c000-000000000000")]
+    enterprise_application_id: String,
+    #[schema(example = json!(["Directory.Read.All"]))]
+    scopes: Vec<String>,
+}
+
+/// The stored grants (`appid=Scope,Scope` entries separated by `;`) as a list.
+fn grants(text: Option<&str>) -> Vec<GrantView> {
+    let entries = text.unwrap_or("").split(';').filter(|e| !e.is_empty());
+    entries
+        .map(|entry| {
+            let (app, scopes) = entry.split_once('=').unwrap_or((entry, ""));
+            GrantView {
+                enterprise_application_id: app.to_string(),
+                scopes: scopes
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 impl CustomerView {
@@ -134,7 +161,7 @@ impl CustomerView {
             reason: row.reason.clone(),
             last_sync_at: last_sync_at.map(rfc3339),
             last_token_at: row.last_token_at.map(rfc3339),
-            grants: row.grants_applied.clone(),
+            grants: grants(row.grants_applied.as_deref()),
         }
     }
 }
@@ -225,4 +252,26 @@ pub(super) async fn list_customers(
         customers: views,
         next,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_grants_are_listed_per_resource() {
+        let stored = "00000003-0000-0000-c000-000000000000=Directory.Read.All,User.Read.All;797f4846-ba00-4fd7-ba43-dac1f8f63013=user_impersonation";
+        let listed = serde_json::to_value(grants(Some(stored))).unwrap();
+        assert_eq!(
+            listed,
+            serde_json::json!([
+                { "enterprise_application_id": "00000003-0000-0000-c000-000000000000",
+                  "scopes": ["Directory.Read.All", "User.Read.All"] },
+                { "enterprise_application_id": "797f4846-ba00-4fd7-ba43-dac1f8f63013",
+                  "scopes": ["user_impersonation"] },
+            ])
+        );
+        assert!(grants(None).is_empty());
+        assert!(grants(Some("")).is_empty());
+    }
 }

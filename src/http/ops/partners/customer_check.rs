@@ -101,13 +101,14 @@ async fn checkable(
     Ok((rows, skipped, truncated))
 }
 
-/// Redeems for each customer in turn; stops at a failure of the partner's own grant (every
-/// later one would fail the same way).
+/// Redeems for each customer in turn, as `actor` (named in the audit of the status changes
+/// it finds); stops at a failure of the partner's own grant (every later one would fail the
+/// same way).
 async fn redeem_each(
     state: &AppState,
-    partner: &TenantId,
-    resource: &Resource,
+    (partner, resource): (&TenantId, &Resource),
     rows: &[CustomerRow],
+    actor: &str,
 ) -> (Vec<CheckLine>, bool) {
     let mut lines = Vec::with_capacity(rows.len());
     for row in rows {
@@ -116,7 +117,7 @@ async fn redeem_each(
         state.broker.forget_customer(partner, customer);
         let result = state
             .customer_tokens
-            .access_token(partner, customer, resource)
+            .access_token(partner, customer, resource, actor)
             .await;
         lines.push(CheckLine::of(row, &result));
         if let Err(CustomerTokenError::Partner(e)) = &result {
@@ -136,7 +137,8 @@ pub(super) async fn check(
     let tenant = listed.partner.tenant_id;
     let resource = state.config.customers.first_resource().clone();
     let (rows, skipped, truncated) = checkable(&state.db, &tenant).await?;
-    let (lines, stopped) = redeem_each(&state, &tenant, &resource, &rows).await;
+    let actor = format!("ops:{}", action.user.username);
+    let (lines, stopped) = redeem_each(&state, (&tenant, &resource), &rows, &actor).await;
     let audited: Vec<_> = lines
         .iter()
         .map(|l| serde_json::json!({ "customer_tenant_id": l.id, "outcome": l.outcome, "code": l.code }))

@@ -2,9 +2,11 @@
 # Token API benchmark (issue 14, the hot path). Prints its figures; takes a few minutes.
 #
 #  - the cached token against GET /healthz of the same `samvault serve`, at the DEFAULT log
-#    level, 64 connections: ROUNDS rounds, each a healthz run then a token run, so both see the
-#    same machine load. Per round: token req/s ÷ healthz req/s and token p99 ÷ healthz p99.
-#    Targets, on the median of the rounds: req/s ratio >= 0.65 and p99 ratio <= 1.5;
+#    level, 64 connections: ROUNDS rounds, each a healthz run, a partner token run and a
+#    customer-tenant token run (a customer of partner 1), so all see the same machine load.
+#    Per round: token req/s ÷ healthz req/s and token p99 ÷ healthz p99, for both tokens.
+#    Targets, on the median of the rounds, for the partner token: req/s ratio >= 0.65 and p99
+#    ratio <= 1.5 (the customer token's ratios are printed beside them);
 #  - a cold burst of 500 concurrent requests for one partner (target: exactly 1 IdP refresh);
 #  - peak RSS of `samvault serve` with PARTNERS partners and 10 clients (target < 150 MB).
 #
@@ -24,14 +26,22 @@ command -v wrk >/dev/null || { echo "== installing wrk"; apt-get install -y -qq 
 sv_bin
 start_idp --tenants "$PARTNERS"
 samvault_env "sqlite://$work/bench.db?mode=rwc"
-# Imported grants are due for rotation at once; this run measures the token path alone.
-export SAMVAULT_SCHEDULER=false
+# Imported grants are due for rotation at once; this run measures the token path alone (and
+# no customer work runs in the background).
+export SAMVAULT_SCHEDULER=false SAMVAULT_CUSTOMERS=false SAMVAULT_PARTNER_CENTER_URL=$IDP
 
 echo "== seeding $PARTNERS partners (dev IdP grants, samvault partners import) and 10 clients"
 import_grants "$PARTNERS"
 for i in $(seq 1 9); do "$BIN" client create --name "client-$i" --resource "$PARTNER_CENTER" >/dev/null; done
+# One customer of partner 1, consented, for the customer-tenant token.
+T1=00000000-0000-4000-8000-000000000001
+CUSTOMER=7b1e0c3a-0000-4000-9000-00000000be01
+curl -sf -H 'content-type: application/json' -d "{\"id\": \"$CUSTOMER\"}" "$IDP/_sim/partners/$T1/customers" >/dev/null
+"$BIN" customers sync --partner "$T1" >/dev/null
+"$BIN" customers consent --partner "$T1" --customer "$CUSTOMER" >/dev/null
 # The highest limit a client may have (1,000,000 a minute, bursts as large): no 429 in 10 s runs.
-create_client bench --rate-limit 1000000
+create_client bench --rate-limit 1000000 --resource https://graph.microsoft.com \
+  --permission tokens:issue --permission customers:issue
 
 # The service logs at its default level unless the caller chose one (the seeding above ran at
 # lib.sh's `warn`).
@@ -39,17 +49,24 @@ if [ -n "$SERVE_RUST_LOG" ]; then export RUST_LOG=$SERVE_RUST_LOG; else unset RU
 echo "== serve at log level: ${RUST_LOG:-default}"
 start_serve serve
 SERVE=$SERVE_PID
-T1=00000000-0000-4000-8000-000000000001
 T2=00000000-0000-4000-8000-000000000002
 BODY='{"resource": "https://api.partnercenter.microsoft.com", "purpose": "benchmark"}'
+CUSTOMER_BODY='{"resource": "https://graph.microsoft.com", "purpose": "benchmark"}'
+CUSTOMER_URL=$SV/api/v1/partners/$T1/customers/$CUSTOMER/token
 curl -sf -u "$CID:$CSECRET" -H 'content-type: application/json' -d "$BODY" "$SV/api/v1/partners/$T1/token" >/dev/null
+curl -sf -u "$CID:$CSECRET" -H 'content-type: application/json' -d "$CUSTOMER_BODY" "$CUSTOMER_URL" >/dev/null
 
-cat >"$work/token.lua" <<LUA
+# lua FILE BODY: a wrk script posting BODY with the client's credentials.
+lua() {
+  cat >"$1" <<LUA
 wrk.method = "POST"
-wrk.body = '$BODY'
+wrk.body = '$2'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Basic $AUTH"
 LUA
+}
+lua "$work/token.lua" "$BODY"
+lua "$work/customer.lua" "$CUSTOMER_BODY"
 
 # run LABEL URL [SCRIPT]: one wrk run at $CONNECTIONS; prints its line, sets RPS and P99_US.
 run() {
@@ -71,18 +88,24 @@ for round in $(seq 1 "$ROUNDS"); do
   run healthz "$SV/healthz"
   healthz_rps=$RPS healthz_p99=$P99_US
   run token "$SV/api/v1/partners/$T1/token" "$work/token.lua"
-  rounds+=("$healthz_rps $healthz_p99 $RPS $P99_US")
+  token_rps=$RPS token_p99=$P99_US
+  run customer "$CUSTOMER_URL" "$work/customer.lua"
+  rounds+=("$healthz_rps $healthz_p99 $token_rps $token_p99 $RPS $P99_US")
 done
 printf '%s\n' "${rounds[@]}" | python3 -c '
 import statistics, sys
 rows = [list(map(float, line.split())) for line in sys.stdin if line.strip()]
-rps = [t / h for h, _, t, _ in rows]
-p99 = [tp / hp for _, hp, _, tp in rows]
-for i, (r, p) in enumerate(zip(rps, p99), 1):
-    print(f"round {i}: token/healthz req/s {r:.2f}, p99 {p:.2f}")
+rps = [t / h for h, _, t, _, _, _ in rows]
+p99 = [tp / hp for _, hp, _, tp, _, _ in rows]
+crps = [c / h for h, _, _, _, c, _ in rows]
+cp99 = [cp / hp for _, hp, _, _, _, cp in rows]
+for i, (r, p, cr, cp) in enumerate(zip(rps, p99, crps, cp99), 1):
+    print(f"round {i}: token/healthz req/s {r:.2f}, p99 {p:.2f}; customer/healthz req/s {cr:.2f}, p99 {cp:.2f}")
 r, p = statistics.median(rps), statistics.median(p99)
 verdict = "PASS" if r >= 0.65 and p <= 1.5 else "FAIL"
 print(f"median of {len(rows)}: token/healthz req/s {r:.2f} (target >= 0.65), p99 {p:.2f} (target <= 1.5): {verdict}")
+cr, cp = statistics.median(crps), statistics.median(cp99)
+print(f"median of {len(rows)}: customer token/healthz req/s {cr:.2f}, p99 {cp:.2f} (cached customer-tenant token)")
 '
 
 echo "== cold burst: 500 concurrent requests for one partner"

@@ -9,6 +9,8 @@ use crate::broker::request_log::RequestLog;
 use crate::broker::{Broker, BrokerSettings};
 use crate::clients::ClientAuth;
 use crate::config::{Config, KeyProviderConfig, LogFormat};
+use crate::customers::Customers;
+use crate::customers::token::CustomerTokens;
 use crate::http::{self, AppState};
 use crate::idp::IdpClient;
 use crate::metrics::Metrics;
@@ -89,7 +91,11 @@ pub struct Services {
     pub vault: Vault,
     pub idp: IdpClient,
     pub broker: Broker,
+    /// Access tokens in the partners' customer tenants, over the broker.
+    pub customer_tokens: CustomerTokens,
     pub notifier: Notifier,
+    /// Customer work (discovery, CPV consent), on the same broker and budget.
+    pub customers: Customers,
     /// The process's counters, recorded by the broker, the notifier and the HTTP layer.
     pub metrics: Arc<Metrics>,
     /// Held for the process's life on SQLite: one writer process per database file.
@@ -131,12 +137,26 @@ impl Services {
             notifier.clone(),
             metrics.clone(),
         );
+        let customer_tokens = CustomerTokens::new(
+            broker.clone(),
+            notifier.clone(),
+            config.customers.idp_rotation,
+        );
+        let customers = Customers::new(
+            &config,
+            idp.client_id(),
+            broker.clone(),
+            notifier.clone(),
+            metrics.clone(),
+        )?;
         Ok(Services {
+            customers,
             config: Arc::new(config),
             db,
             vault,
             idp,
             broker,
+            customer_tokens,
             notifier,
             metrics,
             _sqlite_lock: sqlite_lock,
@@ -211,6 +231,7 @@ impl App {
             vault: services.vault.clone(),
             idp: services.idp.clone(),
             broker: services.broker.clone(),
+            customer_tokens: services.customer_tokens.clone(),
             notifier: services.notifier.clone(),
             auth: auth.clone(),
             limiter: Arc::default(),
@@ -222,6 +243,7 @@ impl App {
                 services.config.metrics_token.as_ref(),
             ),
             sign_in,
+            customers: services.customers.clone(),
         });
         Ok(App {
             state,
@@ -256,6 +278,8 @@ impl App {
             )
             .spawn()
         });
+        let customers = (config.scheduler && config.customers.background)
+            .then(|| self.services.customers.spawn_scheduler());
         let delivery = self.services.notifier.spawn_delivery();
         // The socket peer's address reaches handlers (`http::client_address`).
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
@@ -267,9 +291,19 @@ impl App {
             tracing::warn!(error = %e, "could not audit the last sign-in failures of unknown users");
         }
         // Redemptions in flight store their new refresh tokens before the process ends.
-        if let Some(s) = scheduler {
-            s.stop(crate::rotation::STOP_GRACE).await;
-        }
+        let grace = crate::rotation::STOP_GRACE;
+        tokio::join!(
+            async {
+                if let Some(s) = scheduler {
+                    s.stop(grace).await;
+                }
+            },
+            async {
+                if let Some(c) = customers {
+                    c.stop(grace).await;
+                }
+            }
+        );
         liveness.leave().await;
         delivery.abort();
         // The router (and with it every request log sender) is gone: let the writer flush.

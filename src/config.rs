@@ -54,6 +54,15 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("SAMVAULT_SCHEDULER", Some("true")),
     ("SAMVAULT_ONBOARDING", Some("open")),
     ("SAMVAULT_TRUSTED_PROXIES", None),
+    ("SAMVAULT_PARTNER_CENTER_URL", Some(PARTNER_CENTER)),
+    (
+        "SAMVAULT_CUSTOMER_GRANTS",
+        Some("https://graph.microsoft.com=Directory.Read.All"),
+    ),
+    ("SAMVAULT_CUSTOMER_AUTO_CONSENT", Some("true")),
+    ("SAMVAULT_CUSTOMER_SYNC_INTERVAL", Some("24h")),
+    ("SAMVAULT_IDP_ROTATION", Some("entra")),
+    ("SAMVAULT_CUSTOMERS", Some("true")),
 ];
 
 /// Settings that are secrets: they may also be read from `<NAME>_FILE`.
@@ -194,6 +203,8 @@ pub struct Config {
     pub onboarding: Onboarding,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`http::client_address`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Customers of the partners: Partner Center, the CPV consent pushed to each (SPEC §6).
+    pub customers: CustomerSettings,
 }
 
 impl Config {
@@ -271,6 +282,7 @@ impl Config {
             webhook_url: webhook.webhook_url,
             webhook_secret: webhook.webhook_secret,
             trusted_proxies: parse_trusted_proxies(raw.get("SAMVAULT_TRUSTED_PROXIES"))?,
+            customers: CustomerSettings::parse(&raw)?,
         })
     }
 
@@ -701,6 +713,153 @@ fn parse_trusted_proxies(value: Option<&str>) -> Result<Vec<ipnet::IpNet>, Confi
         .collect()
 }
 
+/// How Entra treats a refresh token once it has been redeemed (`SAMVAULT_IDP_ROTATION`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdpRotation {
+    /// Entra ID: a redeemed refresh token stays valid; customer redemptions need not queue
+    /// behind the partner's.
+    Entra,
+    /// Every redemption of one partner's grant, at the partner's authority or a customer's,
+    /// goes through the partner's single-flight (an IdP that kills a token at its first use).
+    Strict,
+}
+
+/// One entry of `SAMVAULT_CUSTOMER_GRANTS`: delegated permissions on one resource, pushed
+/// into every customer tenant with Partner Center's applicationconsents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomerGrant {
+    pub resource: Resource,
+    /// The resource's application id (`enterpriseApplicationId`), lower case.
+    pub enterprise_application_id: String,
+    /// As configured, in order.
+    pub scopes: Vec<String>,
+}
+
+/// Resources whose application id samvault knows; any other needs `GUID@resource=...`.
+const KNOWN_RESOURCE_APPS: &[(&str, &str)] = &[
+    (GRAPH, "00000003-0000-0000-c000-000000000000"),
+    (ARM, "797f4846-ba00-4fd7-ba43-dac1f8f63013"),
+];
+
+/// The customer settings (SPEC §6).
+#[derive(Clone, Debug)]
+pub struct CustomerSettings {
+    /// `SAMVAULT_PARTNER_CENTER_URL`: Partner Center's API base.
+    pub partner_center_url: Url,
+    /// `SAMVAULT_CUSTOMER_GRANTS`, at least one; the first entry's resource is the one a
+    /// consent is verified with.
+    pub grants: Vec<CustomerGrant>,
+    pub auto_consent: bool,
+    pub sync_interval: Duration,
+    pub idp_rotation: IdpRotation,
+    /// `SAMVAULT_CUSTOMERS`: `serve` syncs and pushes in the background (with
+    /// `SAMVAULT_SCHEDULER`); false leaves customer work to the `customers` commands.
+    pub background: bool,
+}
+
+impl CustomerSettings {
+    fn parse(raw: &Raw) -> Result<Self, ConfigError> {
+        let name = "SAMVAULT_PARTNER_CENTER_URL";
+        let partner_center_url = parse_http_url(name, raw.required(name)?)?;
+        let name = "SAMVAULT_CUSTOMER_GRANTS";
+        let grants = parse_customer_grants(raw.required(name)?).map_err(|why| bad(name, why))?;
+        let idp_rotation = match raw.required("SAMVAULT_IDP_ROTATION")? {
+            "entra" => IdpRotation::Entra,
+            "strict" => IdpRotation::Strict,
+            _ => return Err(bad("SAMVAULT_IDP_ROTATION", "must be entra or strict")),
+        };
+        let sync_interval = raw.duration("SAMVAULT_CUSTOMER_SYNC_INTERVAL")?;
+        if sync_interval < Duration::from_secs(60) {
+            return Err(bad(
+                "SAMVAULT_CUSTOMER_SYNC_INTERVAL",
+                "must be at least 1m",
+            ));
+        }
+        Ok(Self {
+            partner_center_url,
+            grants,
+            auto_consent: raw.flag("SAMVAULT_CUSTOMER_AUTO_CONSENT")?,
+            sync_interval,
+            idp_rotation,
+            background: raw.flag("SAMVAULT_CUSTOMERS")?,
+        })
+    }
+
+    /// The resource a new consent is verified with: the first configured grant's.
+    pub fn first_resource(&self) -> &Resource {
+        &self.grants[0].resource
+    }
+
+    /// The grants in one canonical text (entries by application id, scopes sorted), as
+    /// stored with each customer: a different text means the consent must be pushed again.
+    pub fn grants_text(&self) -> String {
+        let mut entries: Vec<String> = self
+            .grants
+            .iter()
+            .map(|g| {
+                let mut scopes = g.scopes.clone();
+                scopes.sort();
+                format!("{}={}", g.enterprise_application_id, scopes.join(","))
+            })
+            .collect();
+        entries.sort();
+        entries.join(";")
+    }
+}
+
+/// `[GUID@]resource=Scope,Scope` entries separated by `;`.
+pub fn parse_customer_grants(value: &str) -> Result<Vec<CustomerGrant>, String> {
+    let mut grants: Vec<CustomerGrant> = Vec::new();
+    for entry in value.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (target, scopes) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("'{entry}' must be resource=Scope,Scope"))?;
+        let (app_id, resource) = match target.split_once('@') {
+            Some((id, resource)) => (Some(id.trim()), resource.trim()),
+            None => (None, target.trim()),
+        };
+        let resource = Resource::parse(resource).map_err(|e| format!("'{entry}': {e}"))?;
+        let enterprise_application_id = match app_id {
+            Some(id) => uuid::Uuid::parse_str(id)
+                .map_err(|_| format!("'{entry}': '{id}' is not a GUID"))?
+                .to_string(),
+            None => KNOWN_RESOURCE_APPS
+                .iter()
+                .find(|(r, _)| *r == resource.as_str())
+                .map(|(_, id)| id.to_string())
+                .ok_or_else(|| {
+                    format!("'{entry}': give the resource's application id as GUID@{resource}")
+                })?,
+        };
+        let scopes: Vec<String> = scopes
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        if scopes.is_empty() || scopes.iter().any(|s| s.contains(char::is_whitespace)) {
+            return Err(format!(
+                "'{entry}' needs scopes like Directory.Read.All,User.Read.All"
+            ));
+        }
+        if grants
+            .iter()
+            .any(|g| g.enterprise_application_id == enterprise_application_id)
+        {
+            return Err(format!("'{entry}': {resource} is named twice"));
+        }
+        grants.push(CustomerGrant {
+            resource,
+            enterprise_application_id,
+            scopes,
+        });
+    }
+    if grants.is_empty() {
+        return Err("must name at least one resource=Scope,Scope".into());
+    }
+    Ok(grants)
+}
+
 fn parse_bool(value: &str) -> Option<bool> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
@@ -741,6 +900,57 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn customer_settings_parse() {
+        let config = Config::from_sources(None, &env(&[])).unwrap();
+        let c = &config.customers;
+        assert_eq!(
+            c.partner_center_url.as_str(),
+            "https://api.partnercenter.microsoft.com/"
+        );
+        assert_eq!(
+            c.grants_text(),
+            "00000003-0000-0000-c000-000000000000=Directory.Read.All"
+        );
+        assert_eq!(c.first_resource().as_str(), GRAPH);
+        assert!(c.auto_consent);
+        assert_eq!(c.sync_interval, Duration::from_secs(86_400));
+        assert_eq!(c.idp_rotation, IdpRotation::Entra);
+        let grants = parse_customer_grants(
+            " https://management.azure.com=user_impersonation ; \
+             11111111-2222-4333-8444-555555555555@https://x.example=B,A",
+        )
+        .unwrap();
+        assert_eq!(
+            grants[0].enterprise_application_id,
+            "797f4846-ba00-4fd7-ba43-dac1f8f63013"
+        );
+        assert_eq!(grants[1].scopes, ["B", "A"]);
+        for bad in [
+            "",
+            "https://graph.microsoft.com",
+            "https://graph.microsoft.com=",
+            "https://x.example=A",
+            "nope@https://x.example=A",
+            "http://graph.microsoft.com=A",
+            "https://graph.microsoft.com=A;https://graph.microsoft.com=B",
+            "https://graph.microsoft.com=A B",
+        ] {
+            assert!(parse_customer_grants(bad).is_err(), "{bad}");
+        }
+        for (name, value) in [
+            ("SAMVAULT_IDP_ROTATION", "lenient"),
+            ("SAMVAULT_CUSTOMER_SYNC_INTERVAL", "10s"),
+            ("SAMVAULT_CUSTOMER_AUTO_CONSENT", "maybe"),
+            ("SAMVAULT_PARTNER_CENTER_URL", "ftp://x"),
+        ] {
+            let e = Config::from_sources(None, &env(&[(name, value)])).unwrap_err();
+            assert!(e.0.contains(name), "{e:?}");
+        }
+        let strict = Config::from_sources(None, &env(&[("SAMVAULT_IDP_ROTATION", "strict")]));
+        assert_eq!(strict.unwrap().customers.idp_rotation, IdpRotation::Strict);
     }
 
     #[test]

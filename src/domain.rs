@@ -129,6 +129,55 @@ impl PartnerStatus {
     }
 }
 
+/// Where the CPV app stands in one customer tenant of a partner (SPEC §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CustomerStatus {
+    /// Listed, the app not consented there (yet, or any more).
+    Unconsented,
+    /// Partner Center created the app's consent there and a token was issued there.
+    Consented,
+    /// Partner Center refused or failed the consent; retried later with backoff.
+    ConsentFailed,
+    /// The partner has no delegated admin rights there (AADSTS50020).
+    AccessDenied,
+    /// The CPV removed the app's consent there through samvault.
+    Removed,
+    /// No longer in the partner's customer list.
+    Gone,
+}
+
+impl CustomerStatus {
+    pub const ALL: [CustomerStatus; 6] = [
+        Self::Unconsented,
+        Self::Consented,
+        Self::ConsentFailed,
+        Self::AccessDenied,
+        Self::Removed,
+        Self::Gone,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unconsented => "unconsented",
+            Self::Consented => "consented",
+            Self::ConsentFailed => "consent_failed",
+            Self::AccessDenied => "access_denied",
+            Self::Removed => "removed",
+            Self::Gone => "gone",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+}
+
+impl std::fmt::Display for CustomerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod broker;
 pub mod clients;
 pub mod config;
+pub mod customers;
 pub mod domain;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod notify;
 pub mod onboarding;
 pub mod ops;
+pub mod partner_center;
 pub mod rotation;
 pub mod storage;
 pub mod vault;

@@ -19,10 +19,10 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::domain::PartnerStatus;
+use crate::domain::{CustomerStatus, PartnerStatus};
 use crate::storage::outbox::MAX_ATTEMPTS;
 use crate::storage::partners::{self, INACTIVITY_LIMIT_SECS};
-use crate::storage::{self, Db, StorageError, stats};
+use crate::storage::{self, Db, StorageError, customers, stats};
 
 /// Upper bounds (seconds) of the IdP request duration histogram.
 pub const DURATION_BUCKETS: [f64; 11] = [
@@ -57,9 +57,13 @@ pub struct Metrics {
     /// `token_requests{outcome="issued"}` by `cached` (index 0: false, 1: true), created on
     /// first use so an unused series does not appear.
     issued: [OnceLock<IntCounter>; 2],
+    customer_tokens: IntCounterVec,
+    /// `customer_tokens{outcome="issued"}`, resolved at first use like `issued`.
+    customer_issued: OnceLock<IntCounter>,
     webhook_deliveries: IntCounterVec,
     /// Leases taken back from processes that died holding them.
     leases_reclaimed: IntCounter,
+    partner_center_requests: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -97,10 +101,20 @@ impl Metrics {
             "Token API requests, by outcome and whether the access token came from the cache.",
             &["outcome", "cached"],
         );
+        let customer_tokens = counters(
+            "samvault_customer_tokens_total",
+            "Customer-tenant token requests, by outcome (issued, or the problem code).",
+            &["outcome"],
+        );
         let webhook_deliveries = counters(
             "samvault_webhook_deliveries_total",
             "Webhook delivery attempts, by outcome (delivered, failed, abandoned).",
             &["outcome"],
+        );
+        let partner_center_requests = counters(
+            "samvault_partner_center_requests_total",
+            "Partner Center calls, by operation and outcome (success, throttled, refused, unavailable).",
+            &["operation", "outcome"],
         );
         let idp_durations = HistogramVec::new(
             HistogramOpts::new(
@@ -127,9 +141,20 @@ impl Metrics {
             idp_durations,
             token_requests,
             issued: Default::default(),
+            customer_tokens,
+            customer_issued: OnceLock::new(),
             webhook_deliveries,
             leases_reclaimed,
+            partner_center_requests,
         }
+    }
+
+    /// One Partner Center call: its operation (`list_customers`, `consent_create`,
+    /// `consent_delete`) and outcome. A throttled call sent again counts once per answer.
+    pub fn record_partner_center(&self, operation: &str, outcome: &str) {
+        self.partner_center_requests
+            .with_label_values(&[operation, outcome])
+            .inc();
     }
 
     /// A finished rotation attempt, by outcome (`success`, `transient`, `reconsent_required`, ...).
@@ -163,6 +188,18 @@ impl Metrics {
                 .inc();
         } else {
             self.token_requests.with_label_values(&labels).inc();
+        }
+    }
+
+    /// One customer-tenant token request that reached the broker, by outcome (`issued` or
+    /// the problem code); the common case is one atomic add.
+    pub fn record_customer_token(&self, outcome: &'static str) {
+        if outcome == ISSUED {
+            self.customer_issued
+                .get_or_init(|| self.customer_tokens.with_label_values(&[ISSUED]))
+                .inc();
+        } else {
+            self.customer_tokens.with_label_values(&[outcome]).inc();
         }
     }
 
@@ -235,6 +272,8 @@ pub struct Gauges {
     pub webhook_outbox_pending: i64,
     /// Undelivered webhook events given up after [`MAX_ATTEMPTS`].
     pub webhook_outbox_abandoned: i64,
+    /// Customers of every partner per status; every known status is present.
+    pub customers: BTreeMap<String, i64>,
 }
 
 impl Gauges {
@@ -247,6 +286,13 @@ impl Gauges {
             partners.insert(status.as_str().to_string(), n);
         }
         let row = stats::gauges(db, MAX_ATTEMPTS).await?;
+        let mut customers: BTreeMap<String, i64> = CustomerStatus::ALL
+            .iter()
+            .map(|s| (s.as_str().to_string(), 0))
+            .collect();
+        for (status, n) in customers::counts_by_status(db).await? {
+            customers.insert(status.as_str().to_string(), n);
+        }
         Ok(Self {
             partners,
             min_days_to_expiry: row
@@ -255,6 +301,7 @@ impl Gauges {
             app_credentials_alarm: row.app_credentials_alarms > 0,
             webhook_outbox_pending: row.outbox_pending,
             webhook_outbox_abandoned: row.outbox_abandoned,
+            customers,
         })
     }
 
@@ -269,6 +316,18 @@ impl Gauges {
         registry.register(Box::new(partners.clone())).expect(VALID);
         for (status, n) in &self.partners {
             partners.with_label_values(&[status]).set(*n);
+        }
+        let customers = IntGaugeVec::new(
+            Opts::new(
+                "samvault_customers",
+                "Customer tenants of every partner, by status.",
+            ),
+            &["status"],
+        )
+        .expect(VALID);
+        registry.register(Box::new(customers.clone())).expect(VALID);
+        for (status, n) in &self.customers {
+            customers.with_label_values(&[status]).set(*n);
         }
         let gauge = |name: &str, help: &str, value: f64| {
             let gauge = Gauge::new(name, help).expect(VALID);
@@ -422,6 +481,7 @@ mod tests {
         m.record_token_request("ok", false);
         m.record_webhook_delivery("delivered");
         m.record_leases_reclaimed(3);
+        m.record_partner_center("consent_create", "throttled");
         let text = m.encode();
         validate(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         for line in [
@@ -439,6 +499,7 @@ mod tests {
             "samvault_token_requests_total{outcome=\"ok\",cached=\"false\"} 1",
             "samvault_webhook_deliveries_total{outcome=\"delivered\"} 1",
             "samvault_leases_reclaimed_total 3",
+            "samvault_partner_center_requests_total{operation=\"consent_create\",outcome=\"throttled\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
@@ -479,6 +540,7 @@ mod tests {
             app_credentials_alarm: false,
             webhook_outbox_pending: 0,
             webhook_outbox_abandoned: 0,
+            customers: BTreeMap::from([("consented".to_string(), 2)]),
         };
         let mut text = String::new();
         gauges.encode(&mut text);
@@ -490,6 +552,7 @@ mod tests {
             "samvault_partners{status=\"active\"} 1",
             "samvault_min_days_to_expiry -2.5",
             "samvault_app_credentials_alarm 0",
+            "samvault_customers{status=\"consented\"} 2",
             "samvault_idp_request_duration_seconds_bucket{grant_type=\"refresh_token\",le=\"0.005\"} 1",
             "samvault_idp_request_duration_seconds_bucket{grant_type=\"refresh_token\",le=\"+Inf\"} 1",
             "samvault_idp_request_duration_seconds_sum{grant_type=\"refresh_token\"} 0.001",

@@ -63,6 +63,18 @@ pub enum EventKind {
     /// partner changed).
     #[serde(rename = "partner.consenter_changed")]
     ConsenterChanged,
+    /// The CPV app was consented into a customer tenant (SPEC §6).
+    #[serde(rename = "customer.consented")]
+    CustomerConsented,
+    /// Partner Center refused or failed a consent push; samvault retries with backoff.
+    #[serde(rename = "customer.consent_failed")]
+    CustomerConsentFailed,
+    /// The CPV app's consent was removed from a customer tenant through samvault.
+    #[serde(rename = "customer.removed")]
+    CustomerRemoved,
+    /// Any other change of a customer's status (gone, access_denied, unconsented, ...).
+    #[serde(rename = "customer.status_changed")]
+    CustomerStatusChanged,
 }
 
 impl EventKind {
@@ -73,6 +85,10 @@ impl EventKind {
             Self::AppCredentialsAlarm => "app_credentials_alarm",
             Self::AppCredentialsRecovered => "app_credentials_recovered",
             Self::ConsenterChanged => "partner.consenter_changed",
+            Self::CustomerConsented => "customer.consented",
+            Self::CustomerConsentFailed => "customer.consent_failed",
+            Self::CustomerRemoved => "customer.removed",
+            Self::CustomerStatusChanged => "customer.status_changed",
         }
     }
 }
@@ -82,6 +98,9 @@ impl EventKind {
 pub struct Event {
     pub kind: EventKind,
     pub tenant_id: Option<String>,
+    /// `customer.*` events: the customer tenant (`tenant_id` is its partner's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_tenant_id: Option<String>,
     pub from_status: Option<String>,
     pub to_status: Option<String>,
     /// The Entra code behind the change (`AADSTS700082`), if any.
@@ -122,6 +141,7 @@ impl Event {
         Self {
             kind,
             tenant_id: None,
+            customer_tenant_id: None,
             from_status: None,
             to_status: None,
             code: None,
@@ -198,6 +218,28 @@ impl Event {
             previous_consenter: Some(previous),
             consenter: Some(consenter),
             ..Self::new(EventKind::ConsenterChanged)
+        }
+    }
+
+    /// A `customer.*` event: customer `customer` of partner `partner` moved from `from` to
+    /// `to`; `code` is Partner Center's or Entra's code behind it, `reason` what it means
+    /// and what to do.
+    pub fn customer(
+        kind: EventKind,
+        partner: &str,
+        customer: &str,
+        (from, to): (Option<&str>, &str),
+        code: Option<&str>,
+        reason: &str,
+    ) -> Self {
+        Self {
+            tenant_id: Some(partner.to_string()),
+            customer_tenant_id: Some(customer.to_string()),
+            from_status: from.map(str::to_string),
+            to_status: Some(to.to_string()),
+            code: code.map(str::to_string),
+            reason: Some(reason.to_string()),
+            ..Self::new(kind)
         }
     }
 

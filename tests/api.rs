@@ -528,8 +528,146 @@ async fn request_ids_and_no_store() {
     request_ids_are_echoed_validated_or_made(&stack).await;
 }
 
+/// The customer routes refuse hostile input with a clear 4xx and change nothing: no IdP
+/// call, no customer status, no grant version, nothing logged as issued.
+async fn customer_routes_refuse_hostile_input(backend: Backend) {
+    use support::customers::{ADATUM, consent_in, seed};
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.consent("jane@contoso.example").await;
+    seed(&stack, CONTOSO, &[ADATUM]).await;
+    let creds = create(
+        &stack,
+        &[
+            "--resource",
+            PARTNER_CENTER,
+            "--resource",
+            GRAPH,
+            "--permission",
+            "customers:issue",
+            "--permission",
+            "tokens:issue",
+            "--permission",
+            "partners:read",
+        ],
+    );
+    consent_in(&stack, &creds, CONTOSO, &[ADATUM]).await;
+    let calls = stack.refresh_calls().await;
+    let versions = "SELECT MAX(version) FROM grants WHERE tenant_id = $1";
+    let version = stack.scalar(versions, CONTOSO).await;
+    let sv = stack.sv().to_string();
+    let send = |method: reqwest::Method, path: String, body: Vec<u8>| {
+        stack
+            .http
+            .request(method, format!("{sv}{path}"))
+            .basic_auth(&creds.0, Some(&creds.1))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let token_path = format!("/api/v1/partners/{CONTOSO}/customers/{ADATUM}/token");
+    let good = serde_json::to_vec(&json!({ "resource": GRAPH, "purpose": "x" })).unwrap();
+    let mut cases: Vec<(reqwest::Method, String, Vec<u8>, u16)> = Vec::new();
+    for bad in [
+        &b"{"[..],
+        b"[]",
+        b"",
+        b"{\"resource\": 5, \"purpose\": \"x\"}",
+        b"{\"resource\": \"https://graph.microsoft.com\", \"purpose\": \"x\", \"extra\": 1}",
+        b"{\"resource\": \"https://graph.microsoft.com\"}",
+        b"{\"resource\": \"https://graph.microsoft.com\", \"purpose\": \"a\\u0000b\"}",
+        b"{\"resource\": \"https://evil.example\", \"purpose\": \"x\"}",
+        b"\xff\xfe",
+    ] {
+        cases.push((reqwest::Method::POST, token_path.clone(), bad.to_vec(), 400));
+    }
+    let long = "a".repeat(3000);
+    for customer in [
+        "..%2F..%2Fetc",
+        "not-a-guid",
+        "%00",
+        long.as_str(),
+        "7b1e0c3a-5d2f-4c8e-9a6b-00000000c001%20",
+    ] {
+        let path = format!("/api/v1/partners/{CONTOSO}/customers/{customer}/token");
+        cases.push((reqwest::Method::POST, path, good.clone(), 400));
+    }
+    let path = format!("/api/v1/partners/..%2F/customers/{ADATUM}/token");
+    cases.push((reqwest::Method::POST, path, good.clone(), 400));
+    cases.push((reqwest::Method::GET, token_path.clone(), Vec::new(), 405));
+    let list = format!("/api/v1/partners/{CONTOSO}/customers");
+    for query in [
+        "?limit=0",
+        "?limit=abc",
+        "?limit=1001",
+        "?after=..%2F..",
+        "?extra=1",
+        "?limit=-1",
+    ] {
+        cases.push((
+            reqwest::Method::GET,
+            format!("{list}{query}"),
+            Vec::new(),
+            400,
+        ));
+    }
+    cases.push((
+        reqwest::Method::GET,
+        "/api/v1/partners/not-a-guid/customers".into(),
+        Vec::new(),
+        400,
+    ));
+    for (method, path, body, expected) in cases {
+        let response = send(method.clone(), path.clone(), body).await.unwrap();
+        let status = response.status().as_u16();
+        assert_eq!(
+            status,
+            expected,
+            "{method} {}",
+            &path[..path.len().min(120)]
+        );
+        if status != 405 {
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json",
+                "{path}"
+            );
+            let problem: Value = response.json().await.unwrap();
+            assert_eq!(problem["code"], "invalid_request", "{problem}");
+        }
+    }
+    let oversized = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+        .post(format!("{sv}{token_path}"))
+        .basic_auth(&creds.0, Some(&creds.1))
+        .header("content-type", "application/json")
+        .body(vec![b'a'; 17 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 413);
+    assert_eq!(stack.refresh_calls().await, calls, "no IdP call");
+    assert_eq!(
+        stack.scalar(versions, CONTOSO).await,
+        version,
+        "no grant version"
+    );
+    let status = stack
+        .scalar("SELECT COUNT(*) FROM customers WHERE customer_tenant_id = $1 AND status = 'unconsented' AND reason IS NULL", ADATUM)
+        .await;
+    assert_eq!(status, 1, "the customer is untouched");
+    // The good request still works afterwards.
+    let response = send(reqwest::Method::POST, token_path, good).await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
 on_both_backends!(
     least_privilege_and_revocation,
     cold_burst_makes_one_refresh_and_is_logged,
-    rate_limits_and_hostile_bodies
+    rate_limits_and_hostile_bodies,
+    customer_routes_refuse_hostile_input
 );

@@ -74,7 +74,9 @@ async fn dashboard_in_chromium(backend: Backend) {
     let Some(db) = support::fresh_database(backend).await else {
         return;
     };
-    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    // Customers are consented by the admin's click only (each step's effect is its own).
+    let options = StackOptions::default().env("SAMVAULT_CUSTOMER_AUTO_CONSENT", "false");
+    let stack = Stack::start(&db.url, options).await;
     let accounts = json!({
         "admin": ops_user(&stack, "alice", "admin"),
         "viewer": ops_user(&stack, "victor", "viewer"),

@@ -8,51 +8,92 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 use support::Backend;
+use support::customers::{consent_in, customer_token_request, seed};
 use support::stack::*;
 
 const GRAPH: &str = "https://graph.microsoft.com";
 const TOKEN_PATH: &str = "/api/v1/partners/{tenant_id}/token";
 const LIST_PATH: &str = "/api/v1/partners";
 const PARTNER_PATH: &str = "/api/v1/partners/{tenant_id}";
+const CUSTOMERS_PATH: &str = "/api/v1/partners/{tenant_id}/customers";
+const CUSTOMER_TOKEN_PATH: &str =
+    "/api/v1/partners/{tenant_id}/customers/{customer_tenant_id}/token";
+use support::customers::ADATUM;
+const ALL_PATHS: [&str; 5] = [
+    TOKEN_PATH,
+    LIST_PATH,
+    PARTNER_PATH,
+    CUSTOMERS_PATH,
+    CUSTOMER_TOKEN_PATH,
+];
 
 /// Every (status, code) the integrations API documents (REFERENCE §3.2 and the 413 of the
 /// body limit), and the operations whose documentation must name it.
 const EXPECTED: &[(u16, &str, &[&str])] = &[
+    (400, "invalid_request", &ALL_PATHS),
+    (401, "invalid_client", &ALL_PATHS),
+    (403, "permission_denied", &ALL_PATHS),
     (
-        400,
-        "invalid_request",
-        &[TOKEN_PATH, LIST_PATH, PARTNER_PATH],
-    ),
-    (
-        401,
-        "invalid_client",
-        &[TOKEN_PATH, LIST_PATH, PARTNER_PATH],
+        403,
+        "resource_not_allowed",
+        &[TOKEN_PATH, CUSTOMER_TOKEN_PATH],
     ),
     (
         403,
-        "permission_denied",
-        &[TOKEN_PATH, LIST_PATH, PARTNER_PATH],
+        "partner_not_allowed",
+        &[
+            TOKEN_PATH,
+            PARTNER_PATH,
+            CUSTOMERS_PATH,
+            CUSTOMER_TOKEN_PATH,
+        ],
     ),
-    (403, "resource_not_allowed", &[TOKEN_PATH]),
-    (403, "partner_not_allowed", &[TOKEN_PATH, PARTNER_PATH]),
-    (404, "partner_not_found", &[TOKEN_PATH, PARTNER_PATH]),
-    (409, "reconsent_required", &[TOKEN_PATH]),
-    (413, "body_too_large", &[TOKEN_PATH]),
-    (422, "resource_not_consented", &[TOKEN_PATH]),
-    (429, "rate_limited", &[TOKEN_PATH, LIST_PATH, PARTNER_PATH]),
-    (502, "idp_error", &[TOKEN_PATH]),
-    (503, "idp_unavailable", &[TOKEN_PATH]),
-    (503, "app_credentials_invalid", &[TOKEN_PATH]),
-    (503, "key_provider_unavailable", &[TOKEN_PATH]),
+    (
+        404,
+        "partner_not_found",
+        &[
+            TOKEN_PATH,
+            PARTNER_PATH,
+            CUSTOMERS_PATH,
+            CUSTOMER_TOKEN_PATH,
+        ],
+    ),
+    (404, "customer_not_found", &[CUSTOMER_TOKEN_PATH]),
+    (
+        409,
+        "reconsent_required",
+        &[TOKEN_PATH, CUSTOMER_TOKEN_PATH],
+    ),
+    (409, "customer_consent_required", &[CUSTOMER_TOKEN_PATH]),
+    (409, "customer_access_denied", &[CUSTOMER_TOKEN_PATH]),
+    (413, "body_too_large", &[TOKEN_PATH, CUSTOMER_TOKEN_PATH]),
+    (
+        422,
+        "resource_not_consented",
+        &[TOKEN_PATH, CUSTOMER_TOKEN_PATH],
+    ),
+    (429, "rate_limited", &ALL_PATHS),
+    (502, "idp_error", &[TOKEN_PATH, CUSTOMER_TOKEN_PATH]),
+    (503, "idp_unavailable", &[TOKEN_PATH, CUSTOMER_TOKEN_PATH]),
     (
         503,
-        "storage_unavailable",
-        &[TOKEN_PATH, LIST_PATH, PARTNER_PATH],
+        "app_credentials_invalid",
+        &[TOKEN_PATH, CUSTOMER_TOKEN_PATH],
     ),
+    (
+        503,
+        "key_provider_unavailable",
+        &[TOKEN_PATH, CUSTOMER_TOKEN_PATH],
+    ),
+    (503, "storage_unavailable", &ALL_PATHS),
 ];
 
 fn method_of(path: &str) -> &'static str {
-    if path == TOKEN_PATH { "post" } else { "get" }
+    if path.ends_with("/token") {
+        "post"
+    } else {
+        "get"
+    }
 }
 
 /// A minimal JSON Schema checker for what the document uses: `$ref` to components,
@@ -263,7 +304,7 @@ async fn the_document_describes_the_api_and_real_responses_match_it() {
         doc["openapi"]
     );
 
-    // Exactly the three API operations, each behind HTTP Basic.
+    // Exactly the five API operations, each behind HTTP Basic.
     let documented: BTreeSet<(String, String)> = doc["paths"]
         .as_object()
         .unwrap()
@@ -279,7 +320,7 @@ async fn the_document_describes_the_api_and_real_responses_match_it() {
                 .map(move |m| (path.clone(), m.clone()))
         })
         .collect();
-    let expected: BTreeSet<(String, String)> = [TOKEN_PATH, LIST_PATH, PARTNER_PATH]
+    let expected: BTreeSet<(String, String)> = ALL_PATHS
         .iter()
         .map(|p| (p.to_string(), method_of(p).to_string()))
         .collect();
@@ -352,7 +393,10 @@ async fn the_document_describes_the_api_and_real_responses_match_it() {
     // The router serves each documented operation and no other method on its path: the
     // routes and the document are one list.
     for (path, method) in &expected {
-        let url = format!("{}{}", stack.sv(), path.replace("{tenant_id}", CONTOSO));
+        let path = path
+            .replace("{tenant_id}", CONTOSO)
+            .replace("{customer_tenant_id}", ADATUM);
+        let url = format!("{}{path}", stack.sv());
         for other in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
             let response = stack
                 .http
@@ -562,6 +606,8 @@ async fn the_document_describes_the_api_and_real_responses_match_it() {
     let (_, problem) = limited.expect("the fourth request within a minute is refused");
     assert_eq!(problem["code"], "rate_limited");
 
+    customer_routes_conform(&stack, &doc).await;
+
     // Wingtip is in the directory but never consented; this client may use every partner.
     // Answered at once: the broker must not wait for a lease on a partner that is not there.
     let started = std::time::Instant::now();
@@ -580,5 +626,87 @@ async fn the_document_describes_the_api_and_real_responses_match_it() {
         started.elapsed() < std::time::Duration::from_secs(5),
         "an unknown partner took {:?}",
         started.elapsed()
+    );
+}
+
+/// The customer routes' real answers against the document: a token for Adatum (Contoso's
+/// customer), the refusals only they have, and the customer list.
+async fn customer_routes_conform(stack: &Stack, doc: &Value) {
+    seed(stack, CONTOSO, &[ADATUM]).await;
+    let issuer = create(
+        stack,
+        &[
+            "--resource",
+            GRAPH,
+            "--resource",
+            PARTNER_CENTER,
+            "--permission",
+            "customers:issue",
+            "--permission",
+            "tokens:issue",
+            "--permission",
+            "partners:read",
+        ],
+    );
+    consent_in(stack, &issuer, CONTOSO, &[ADATUM]).await;
+    let body = json!({ "resource": GRAPH, "purpose": "openapi conformance" });
+    let post = |creds: &(String, String), customer: &str| {
+        customer_token_request(stack, creds, CONTOSO, customer, &body).send()
+    };
+    let (status, token) = conforms(
+        doc,
+        CUSTOMER_TOKEN_PATH,
+        "post",
+        post(&issuer, ADATUM).await.unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(
+        (
+            token["tenant_id"].as_str(),
+            token["customer_tenant_id"].as_str()
+        ),
+        (Some(CONTOSO), Some(ADATUM))
+    );
+    let stranger = uuid::Uuid::new_v4().to_string();
+    let (status, problem) = conforms(
+        doc,
+        CUSTOMER_TOKEN_PATH,
+        "post",
+        post(&issuer, &stranger).await.unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (404, Some("customer_not_found"))
+    );
+    let default = create(stack, &["--resource", GRAPH]);
+    let (status, problem) = conforms(
+        doc,
+        CUSTOMER_TOKEN_PATH,
+        "post",
+        post(&default, ADATUM).await.unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("permission_denied"))
+    );
+
+    let list = |tenant: &str| {
+        stack
+            .http
+            .get(format!("{}/api/v1/partners/{tenant}/customers", stack.sv()))
+            .basic_auth(&issuer.0, Some(&issuer.1))
+            .send()
+    };
+    let (status, page) = conforms(doc, CUSTOMERS_PATH, "get", list(CONTOSO).await.unwrap()).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["customers"][0]["status"], "consented", "{page}");
+    let (status, problem) =
+        conforms(doc, CUSTOMERS_PATH, "get", list(WINGTIP).await.unwrap()).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (404, Some("partner_not_found"))
     );
 }

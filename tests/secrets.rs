@@ -21,6 +21,7 @@ use samvault::ops::totp;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::Backend;
+use support::customers::{ADATUM, TAILSPIN, consent_in, customer_token_request, seed};
 use support::ops::{Account, NEW_PASSWORD, Operator};
 use support::revoke::{confirm, sign_in_to_revoke};
 use support::stack::*;
@@ -421,6 +422,61 @@ impl Run {
         rolled
     }
 
+    /// Customer-tenant tokens: a client with customers:issue (its secret printed once), a
+    /// token in Adatum (a miss, then a hit), a refusal in Tailspin (no relationship, so the
+    /// IdP's error is classified and logged), the customer list.
+    async fn customers(&mut self, creds: &(String, String)) {
+        seed(&self.stack, CONTOSO, &[ADATUM, TAILSPIN]).await;
+        consent_in(&self.stack, creds, CONTOSO, &[ADATUM]).await;
+        let issuer = self.stack.cli(&[
+            "client",
+            "create",
+            "--name",
+            "customers",
+            "--resource",
+            GRAPH,
+            "--permission",
+            "customers:issue",
+            "--permission",
+            "partners:read",
+            "--json",
+        ]);
+        let issuer: Value = serde_json::from_str(&issuer).unwrap();
+        let issuer = (
+            issuer["client_id"].as_str().unwrap().to_string(),
+            issuer["client_secret"].as_str().unwrap().to_string(),
+        );
+        let at = self.seen.client_secret(&issuer.0, &issuer.1);
+        self.seen.printed_by(at, last_run(&self.stack));
+        let body = json!({ "resource": GRAPH, "purpose": "secret scan" });
+        for (customer, status, cached) in [
+            (ADATUM, 200, false),
+            (ADATUM, 200, true),
+            (TAILSPIN, 409, false),
+        ] {
+            let request = customer_token_request(&self.stack, &issuer, CONTOSO, customer, &body);
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status().as_u16(), status, "{customer}");
+            let answer: Value = response.json().await.unwrap();
+            if let Some(token) = answer["access_token"].as_str() {
+                self.seen.jwt(Kind::AccessToken, token);
+                assert_eq!(answer["cached"], cached);
+            }
+        }
+        let list = self
+            .stack
+            .http
+            .get(format!(
+                "{}/api/v1/partners/{CONTOSO}/customers",
+                self.stack.sv()
+            ))
+            .basic_auth(&issuer.0, Some(&issuer.1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(list.status(), 200);
+    }
+
     /// An ops admin: created (one-time password and TOTP seed printed once), a wrong password
     /// and a password typed as the user name refused, signed in with password + TOTP and
     /// past the forced password change; then Rotate now, an access check and a secret added
@@ -647,6 +703,7 @@ async fn no_secret_in_logs_or_database(backend: Backend) {
 
     run.consents().await;
     let creds = run.integration().await;
+    run.customers(&creds).await;
     let creds = run.ops(&creds.0).await;
     run.remediation(&key_file).await;
     run.certificate_and_scheduler(&creds, &[cert, key]).await;

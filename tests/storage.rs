@@ -2050,6 +2050,7 @@ fn request(at: i64, client: &str, outcome: &str, cached: bool, mfa: Option<bool>
         at,
         client_id: client.into(),
         tenant_id: "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01".into(),
+        customer_tenant_id: None,
         resource: "https://api.partnercenter.microsoft.com".into(),
         purpose: format!("sync {at}"),
         outcome: outcome.into(),
@@ -3004,3 +3005,138 @@ both_backends!(
         assert_eq!(p.status.as_str(), last);
     }
 );
+
+/// A redemption's write-back that allocates its version when it commits, as overlapping
+/// customer-tenant redemptions need: `n` write-backs of redemptions that all started from
+/// the same grant version.
+async fn overlapping_write_backs(
+    db: &Db,
+    vault: &Vault,
+    tenant: &TenantId,
+    consented_at: i64,
+    n: usize,
+) -> Vec<(partners::WriteBack, String)> {
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (db, tenant, key) = (
+            db.clone(),
+            tenant.clone(),
+            vault.prepare_key().await.unwrap(),
+        );
+        writes.spawn(async move {
+            let token = format!("0.A-customer-redemption-{i}");
+            let seal = |version| key.seal(token.as_bytes(), &grant_context(&tenant, version));
+            let attempt = partners::Attempt {
+                source: "customer",
+                duration_ms: 5,
+                lease_owner: "",
+            };
+            let at = T0 + DAY;
+            let kept =
+                partners::record_redemption(&db, &tenant, consented_at, seal, &attempt, at, at + 1)
+                    .await
+                    .unwrap();
+            (kept, token)
+        });
+    }
+    writes.join_all().await
+}
+
+both_backends!(
+    overlapping_write_backs_each_store_their_refresh_token,
+    |url| async move {
+        let db = open(&url).await;
+        let v = local_vault();
+        let tenant = new_tenant();
+        let g1 = seal_grant(&v.vault, &tenant, 1, "0.A-consented").await;
+        let consent = consent_for(&tenant, "Contoso", "jane@contoso.example", true);
+        record_consent(&db, &consent, &g1, T0).await.unwrap();
+
+        let written = overlapping_write_backs(&db, &v.vault, &tenant, T0, 20).await;
+        let mut versions: Vec<i64> = written
+            .iter()
+            .map(|(kept, _)| match kept {
+                partners::WriteBack::Stored { version } => *version,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        versions.sort();
+        assert_eq!(versions, (2..=21).collect::<Vec<i64>>(), "one version each");
+        let p = partners::get(&db, &tenant).await.unwrap().unwrap();
+        assert_eq!((p.grant_version, p.last_refresh_at), (21, T0 + DAY));
+        let current = partners::current_grant(&db, &tenant)
+            .await
+            .unwrap()
+            .unwrap();
+        let newest = written
+            .iter()
+            .find(|(kept, _)| *kept == partners::WriteBack::Stored { version: 21 })
+            .unwrap();
+        assert_eq!(open_grant(&v.vault, &tenant, &current).await, newest.1);
+        let attempts: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM rotation_attempts WHERE tenant_id = $1 AND source = 'customer'",
+        )
+        .bind(tenant.as_str())
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(attempts, 20);
+
+        // Consented again since the redemptions started: the new lineage stays current.
+        let g22 = seal_grant(&v.vault, &tenant, 22, "0.A-consented-again").await;
+        record_consent(&db, &consent, &g22, T0 + 2 * DAY)
+            .await
+            .unwrap();
+        let late = overlapping_write_backs(&db, &v.vault, &tenant, T0, 3).await;
+        assert!(
+            late.iter()
+                .all(|(k, _)| *k == partners::WriteBack::Superseded)
+        );
+        let current = partners::current_grant(&db, &tenant)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(current.version, 22);
+        // Revoked: nothing is written, whichever consent the redemption started from.
+        partners::set_status(
+            &db,
+            &tenant,
+            PartnerStatus::Revoked,
+            None,
+            "test",
+            T0 + 3 * DAY,
+        )
+        .await
+        .unwrap();
+        let revoked = overlapping_write_backs(&db, &v.vault, &tenant, T0 + 2 * DAY, 2).await;
+        assert!(
+            revoked
+                .iter()
+                .all(|(k, _)| *k == partners::WriteBack::Superseded)
+        );
+        assert_eq!(raw_grants(&db, &tenant).await.len(), 22);
+        // An unknown partner: nothing to write to.
+        let nobody = overlapping_write_backs(&db, &v.vault, &new_tenant(), T0, 1).await;
+        assert_eq!(nobody[0].0, partners::WriteBack::Superseded);
+    }
+);
+
+both_backends!(request_log_names_the_customer_tenant, |url| async move {
+    let db = open(&url).await;
+    let customer = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c001";
+    let mut for_customer = request(T0, "c1", "issued", false, Some(true));
+    for_customer.customer_tenant_id = Some(customer.into());
+    let own = request(T0 + 1, "c1", "issued", true, Some(true));
+    write(&db, &[for_customer.clone(), own.clone()]).await;
+    assert_eq!(
+        requests::latest(&db, 10).await.unwrap(),
+        vec![own, for_customer],
+        "newest first, the customer tenant kept"
+    );
+    let counts = requests::counts_by_client(&db, T0).await.unwrap();
+    assert_eq!(
+        (counts["c1"].issued, counts["c1"].issued_mfa),
+        (2, 2),
+        "customer tokens count in the MFA share"
+    );
+});

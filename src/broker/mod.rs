@@ -5,6 +5,7 @@
 //! and committed as a new grant version *before* the access token is handed to anyone, so a
 //! crash at any point leaves a usable refresh token in the database.
 
+pub mod customer;
 pub mod request_log;
 
 use std::collections::HashMap;
@@ -20,12 +21,25 @@ use crate::idp::errors::describe;
 use crate::idp::{AccessClaims, IdpClient, IdpError, Outcome, TokenSet};
 use crate::metrics::Metrics;
 use crate::notify::{Event, Notifier};
-use crate::storage::partners::{self, Partner, StoredGrant, grant_context};
+use crate::storage::partners::{self, Partner, StoredGrant, WriteBack, grant_context};
 use crate::storage::{Db, StorageError, now, rotation};
 use crate::vault::{PreparedKey, Vault, VaultError};
 
 /// Cached access tokens are served until this long before they expire.
 const CACHE_MARGIN_SECS: i64 = 300;
+
+/// A customer-tenant token's cache key: partner tenant, customer tenant, resource.
+pub type CustomerKey = (TenantId, TenantId, Resource);
+
+/// A cached token, marked as such, while it has more than [`CACHE_MARGIN_SECS`] to live.
+fn still_fresh(token: Option<&IssuedToken>) -> Option<IssuedToken> {
+    token
+        .filter(|t| t.expires_at - CACHE_MARGIN_SECS > now())
+        .map(|t| IssuedToken {
+            cached: true,
+            ..t.clone()
+        })
+}
 
 /// An access token ready for an integration.
 #[derive(Clone)]
@@ -118,6 +132,9 @@ pub enum Source {
     Token,
     /// An operator's access check from the dashboard (one redemption per resource).
     Check,
+    /// An integration's customer-tenant token request that missed the cache: the partner's
+    /// grant redeemed at a customer tenant's authority.
+    Customer,
 }
 
 impl Source {
@@ -127,7 +144,55 @@ impl Source {
             Self::Manual => "manual",
             Self::Token => "token",
             Self::Check => "check",
+            Self::Customer => "customer",
         }
+    }
+
+    /// A redemption an integration's request asked for: its failures are answered to the
+    /// caller, not counted against the grant's rotation schedule.
+    fn on_request(self) -> bool {
+        matches!(self, Self::Token | Self::Customer)
+    }
+}
+
+/// A partner's current grant opened for one redemption: the refresh token in clear (in
+/// memory only, wiped when dropped) and the next version's data key, already wrapped.
+pub(crate) struct OpenedGrant {
+    pub partner: Partner,
+    refresh_token: SecretString,
+    next_key: PreparedKey,
+    opened: std::time::Instant,
+}
+
+/// Where and why a grant was redeemed, for the write-back.
+pub(crate) struct Redemption<'a> {
+    /// The tenant whose token endpoint redeemed it (the partner's, or a customer's).
+    pub authority: &'a TenantId,
+    pub resource: &'a Resource,
+    pub source: Source,
+    /// The lease the redeemer holds, released by the write-back; "" for none.
+    pub owner: &'a str,
+}
+
+/// What became of a redemption's new refresh token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kept {
+    /// Stored as the partner's current version (and the lease released with it).
+    Stored,
+    /// The IdP sent none (Entra always does).
+    NoRefreshToken,
+    /// Not stored: the partner was consented again meanwhile (see `WriteBack::Superseded`).
+    Superseded,
+}
+
+/// The access token of a fresh redemption at `at`, as handed out.
+pub(crate) fn issued_token(tokens: TokenSet, at: i64) -> IssuedToken {
+    let claims = AccessClaims::peek(tokens.access_token.expose_secret()).unwrap_or_default();
+    IssuedToken {
+        expires_at: at + tokens.expires_in.as_secs() as i64,
+        access_token: Arc::new(tokens.access_token),
+        mfa: claims.mfa(),
+        cached: false,
     }
 }
 
@@ -157,6 +222,9 @@ struct Inner {
     /// Names this process in lease owners, so a lease says which replica holds it.
     instance: String,
     cache: Mutex<HashMap<(TenantId, Resource), IssuedToken>>,
+    /// Customer-tenant tokens, by partner, customer tenant and resource; dropped with the
+    /// partner's own tokens.
+    customer_cache: Mutex<HashMap<CustomerKey, IssuedToken>>,
     /// Whether the app-credential alarm may be raised (possibly by another replica).
     alarm_possible: AtomicBool,
     /// Whether this process raised the fallback alarm since it last cleared it.
@@ -188,6 +256,7 @@ impl Broker {
                 metrics,
                 instance,
                 cache: Mutex::default(),
+                customer_cache: Mutex::default(),
                 alarm_possible: AtomicBool::new(true),
                 fallback_raised: AtomicBool::new(false),
                 partner_locks: Mutex::default(),
@@ -210,16 +279,28 @@ impl Broker {
 
     fn cached(&self, key: &(TenantId, Resource)) -> Option<IssuedToken> {
         let cache = self.inner.cache.lock().expect("cache lock");
-        cache
-            .get(key)
-            .filter(|t| t.expires_at - CACHE_MARGIN_SECS > now())
-            .map(|t| IssuedToken {
-                cached: true,
-                ..t.clone()
-            })
+        still_fresh(cache.get(key))
     }
 
-    fn partner_lock(&self, tenant: &TenantId) -> Arc<tokio::sync::Mutex<()>> {
+    /// A cached customer-tenant token with more than the margin to live.
+    pub(crate) fn cached_customer(&self, key: &CustomerKey) -> Option<IssuedToken> {
+        let cache = self.inner.customer_cache.lock().expect("cache lock");
+        still_fresh(cache.get(key))
+    }
+
+    /// Caches a fresh customer-tenant token for the next request.
+    pub(crate) fn remember_customer(&self, key: CustomerKey, token: &IssuedToken) {
+        let mut cache = self.inner.customer_cache.lock().expect("cache lock");
+        cache.insert(key, token.clone());
+    }
+
+    /// Drops the cached tokens of one customer tenant of `partner` (its status changed).
+    pub fn forget_customer(&self, partner: &TenantId, customer: &TenantId) {
+        let mut cache = self.inner.customer_cache.lock().expect("cache lock");
+        cache.retain(|(p, c, _), _| p != partner || c != customer);
+    }
+
+    pub(crate) fn partner_lock(&self, tenant: &TenantId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.inner.partner_locks.lock().expect("locks lock");
         locks.entry(tenant.clone()).or_default().clone()
     }
@@ -269,6 +350,11 @@ impl Broker {
             .lock()
             .expect("cache lock")
             .retain(|(t, _), _| t != tenant);
+        self.inner
+            .customer_cache
+            .lock()
+            .expect("cache lock")
+            .retain(|(t, _, _), _| t != tenant);
     }
 
     /// When the scheduler should next redeem a grant refreshed at `at`: `rotate_after` minus
@@ -413,7 +499,7 @@ impl Broker {
         LEASE_SECS
     }
 
-    async fn wait_for_lease(&self, tenant: &TenantId) -> Result<String, BrokerError> {
+    pub(crate) async fn wait_for_lease(&self, tenant: &TenantId) -> Result<String, BrokerError> {
         let owner = self.new_lease_owner();
         let deadline = tokio::time::Instant::now() + LEASE_WAIT;
         loop {
@@ -434,7 +520,7 @@ impl Broker {
         }
     }
 
-    async fn release(&self, tenant: &TenantId, owner: &str) {
+    pub(crate) async fn release(&self, tenant: &TenantId, owner: &str) {
         if let Err(e) = rotation::release_lease(&self.inner.db, tenant, owner).await {
             // The lease runs out by itself; nothing is lost.
             tracing::warn!(tenant.id = %tenant, error = %e, "lease release failed");
@@ -468,59 +554,75 @@ impl Broker {
         owner: &str,
         released: &mut bool,
     ) -> Result<IssuedToken, BrokerError> {
-        let prepared = std::time::Instant::now();
-        let (partner, grant) = self.usable_grant(tenant).await?;
-        let refresh_token = self.open(tenant, &grant).await?;
-        // The next version's data key is wrapped before Entra rotates the refresh token: a key
-        // provider that is down must fail the request here, not after, when the new refresh
-        // token could not be stored.
-        let next_key = self.inner.vault.prepare_key().await.map_err(vault_error)?;
-        let started = std::time::Instant::now();
-        let result = self
-            .inner
-            .idp
-            .redeem_refresh_token(tenant, &refresh_token, resource)
-            .await;
-        drop(refresh_token);
-        let elapsed = started.elapsed();
+        let grant = self.open_grant(tenant).await?;
+        let (result, elapsed) = self.call_idp(tenant, &grant, resource).await;
         let tokens = match result {
             Ok(tokens) => tokens,
             Err(error) => {
-                self.inner
-                    .metrics
-                    .record_idp_call("refresh_token", "error", elapsed.as_secs_f64());
                 return Err(self
-                    .handle_failure(&partner, resource, source, error, elapsed)
+                    .handle_failure(&grant.partner, resource, source, error, elapsed)
                     .await);
             }
         };
-        self.inner
-            .metrics
-            .record_idp_call("refresh_token", "success", elapsed.as_secs_f64());
-        let prepare_ms = (prepared.elapsed() - elapsed).as_millis() as u64;
-        let written = std::time::Instant::now();
-        let at = now();
-        let attempt = partners::Attempt {
-            source: source.as_str(),
-            duration_ms: elapsed.as_millis() as i64,
-            lease_owner: owner,
+        let partner = grant.partner.clone();
+        let redemption = Redemption {
+            authority: tenant,
+            resource,
+            source,
+            owner,
         };
-        *released = self
-            .write_back(tenant, grant.version + 1, next_key, &tokens, &attempt, at)
+        let kept = self
+            .write_back(grant, &tokens, &redemption, elapsed)
             .await?;
-        // Where the time of a redemption goes: database and vault before the call, Entra,
-        // and the write-back.
-        tracing::info!(
-            tenant.id = %tenant, %resource, source = source.as_str(),
-            prepare_ms, idp_ms = elapsed.as_millis() as u64, writeback_ms = written.elapsed().as_millis() as u64,
-            "refresh token redeemed"
-        );
+        *released = kept == Kept::Stored;
         // The access token may leave now; bookkeeping failures below must not cost it.
-        let token = self.issue(tenant, resource, tokens, at);
+        let token = issued_token(tokens, now());
+        if kept != Kept::Superseded {
+            self.remember(tenant, resource, &token);
+        }
         if let Err(e) = self.after_success(&partner, source, partner.failures).await {
             tracing::warn!(tenant.id = %tenant, error = %e, "bookkeeping after a successful redemption failed");
         }
         Ok(token)
+    }
+
+    /// The partner's current grant opened for one redemption, if the partner may still be
+    /// redeemed. The next version's data key is wrapped before the IdP sees the refresh
+    /// token: a key provider that is down must fail the request here, not after the IdP
+    /// rotated the token, when the new one could not be stored.
+    pub(crate) async fn open_grant(&self, tenant: &TenantId) -> Result<OpenedGrant, BrokerError> {
+        let opened = std::time::Instant::now();
+        let (partner, grant) = self.usable_grant(tenant).await?;
+        let refresh_token = self.open(tenant, &grant).await?;
+        let next_key = self.inner.vault.prepare_key().await.map_err(vault_error)?;
+        Ok(OpenedGrant {
+            partner,
+            refresh_token,
+            next_key,
+            opened,
+        })
+    }
+
+    /// Redeems an opened grant at `authority`'s token endpoint (the partner's own tenant, or
+    /// a customer tenant it administers) for `resource`; counted and timed.
+    pub(crate) async fn call_idp(
+        &self,
+        authority: &TenantId,
+        grant: &OpenedGrant,
+        resource: &Resource,
+    ) -> (Result<TokenSet, IdpError>, Duration) {
+        let started = std::time::Instant::now();
+        let result = self
+            .inner
+            .idp
+            .redeem_refresh_token(authority, &grant.refresh_token, resource)
+            .await;
+        let elapsed = started.elapsed();
+        let outcome = if result.is_ok() { "success" } else { "error" };
+        self.inner
+            .metrics
+            .record_idp_call("refresh_token", outcome, elapsed.as_secs_f64());
+        (result, elapsed)
     }
 
     /// The partner and its current sealed grant, if the partner may still be redeemed.
@@ -543,65 +645,83 @@ impl Broker {
         Ok((partner, grant))
     }
 
-    /// Stores the new refresh token as grant `version` (releasing the lease in the same
-    /// transaction: returns true), or records the attempt when the IdP sent none.
-    async fn write_back(
+    /// Stores the new refresh token as the partner's next version, releasing the lease
+    /// `redemption.owner` holds in the same transaction (`Kept::Stored`), or records the
+    /// attempt when the IdP sent none. A partner revoked, purged or consented again since
+    /// `grant` was opened keeps what it has (`Kept::Superseded`); the access token may still
+    /// go out only while the partner is usable.
+    pub(crate) async fn write_back(
         &self,
-        tenant: &TenantId,
-        version: i64,
-        next_key: PreparedKey,
+        grant: OpenedGrant,
         tokens: &TokenSet,
-        attempt: &partners::Attempt<'_>,
-        at: i64,
-    ) -> Result<bool, StorageError> {
+        redemption: &Redemption<'_>,
+        elapsed: Duration,
+    ) -> Result<Kept, BrokerError> {
         let db = &self.inner.db;
+        let tenant = &grant.partner.tenant_id;
+        let source = redemption.source.as_str();
+        let at = now();
         let Some(new_rt) = &tokens.refresh_token else {
             // Entra always returns a new refresh token; record the attempt all the same.
-            rotation::record_attempt(
-                db,
-                tenant,
-                at,
-                attempt.source,
-                "success",
-                None,
-                attempt.duration_ms,
-            )
-            .await?;
-            return Ok(false);
+            let ms = elapsed.as_millis() as i64;
+            rotation::record_attempt(db, tenant, at, source, "success", None, ms).await?;
+            return Ok(Kept::NoRefreshToken);
         };
-        let sealed = next_key.seal(
-            new_rt.expose_secret().as_bytes(),
-            &grant_context(tenant, version),
+        let prepare_ms = grant.opened.elapsed().saturating_sub(elapsed).as_millis() as u64;
+        let written = std::time::Instant::now();
+        let attempt = partners::Attempt {
+            source,
+            duration_ms: elapsed.as_millis() as i64,
+            lease_owner: redemption.owner,
+        };
+        let next_key = grant.next_key;
+        let seal = |version| {
+            next_key.seal(
+                new_rt.expose_secret().as_bytes(),
+                &grant_context(tenant, version),
+            )
+        };
+        let consented_at = grant.partner.consented_at;
+        let rotate_at = self.next_rotation(at);
+        let stored =
+            partners::record_redemption(db, tenant, consented_at, seal, &attempt, at, rotate_at)
+                .await?;
+        // Where the time of a redemption goes: database and vault before the call, the IdP,
+        // and the write-back.
+        tracing::info!(
+            tenant.id = %tenant, authority = %redemption.authority, resource = %redemption.resource,
+            source, prepare_ms, idp_ms = elapsed.as_millis() as u64,
+            writeback_ms = written.elapsed().as_millis() as u64, "refresh token redeemed"
         );
-        let grant = StoredGrant { version, sealed };
-        partners::record_refresh(db, tenant, &grant, attempt, at, self.next_rotation(at)).await?;
-        Ok(true)
+        if stored == WriteBack::Superseded {
+            tracing::info!(tenant.id = %tenant, "the partner changed during the redemption; its new refresh token is not kept");
+            self.still_usable(tenant).await?;
+            return Ok(Kept::Superseded);
+        }
+        Ok(Kept::Stored)
     }
 
-    /// The access token as handed out, and cached for the next request.
-    fn issue(
-        &self,
-        tenant: &TenantId,
-        resource: &Resource,
-        tokens: TokenSet,
-        at: i64,
-    ) -> IssuedToken {
-        let claims = AccessClaims::peek(tokens.access_token.expose_secret()).unwrap_or_default();
-        let token = IssuedToken {
-            expires_at: at + tokens.expires_in.as_secs() as i64,
-            access_token: Arc::new(tokens.access_token),
-            mfa: claims.mfa(),
-            cached: false,
-        };
+    /// `Ok` while the partner may be served; else the error its state calls for.
+    async fn still_usable(&self, tenant: &TenantId) -> Result<(), BrokerError> {
+        match partners::get(&self.inner.db, tenant).await? {
+            None => Err(BrokerError::PartnerNotFound),
+            Some(p) if !p.status.is_usable() => Err(BrokerError::ReconsentRequired {
+                code: p.status_code,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Caches a fresh partner token for the next request.
+    fn remember(&self, tenant: &TenantId, resource: &Resource, token: &IssuedToken) {
         self.inner
             .cache
             .lock()
             .expect("cache lock")
             .insert((tenant.clone(), resource.clone()), token.clone());
-        token
     }
 
-    async fn after_success(
+    pub(crate) async fn after_success(
         &self,
         partner: &Partner,
         source: Source,
@@ -609,7 +729,7 @@ impl Broker {
     ) -> Result<(), StorageError> {
         let db = &self.inner.db;
         let tenant = &partner.tenant_id;
-        if source != Source::Token {
+        if !source.on_request() {
             self.inner.metrics.record_rotation("success");
         }
         if partner.status == PartnerStatus::AtRisk {
@@ -710,7 +830,7 @@ impl Broker {
     }
 
     /// Applies REFERENCE §4's classification to a failed redemption.
-    async fn handle_failure(
+    pub(crate) async fn handle_failure(
         &self,
         partner: &Partner,
         resource: &Resource,
@@ -729,7 +849,7 @@ impl Broker {
             Outcome::Transient { code, .. } => ("transient", *code),
             Outcome::Unexpected { code } => ("unexpected", *code),
         };
-        if source != Source::Token {
+        if !source.on_request() {
             self.inner.metrics.record_rotation(label);
         }
         let code_text = code.map(|c| c.to_string());
@@ -808,7 +928,7 @@ impl Broker {
                 }
             }
             Outcome::Transient { retry_after, .. } => {
-                if source != Source::Token {
+                if !source.on_request() {
                     let failures = partner.failures + 1;
                     // Retry-After is honoured exactly; otherwise back off exponentially. But
                     // an answer that is not Entra's (a timeout, a gateway's page, a truncated
@@ -824,7 +944,7 @@ impl Broker {
                 self.flag_if_expiring(partner, code).await?;
             }
             Outcome::Unexpected { .. } => {
-                if source != Source::Token {
+                if !source.on_request() {
                     let failures = partner.failures + 1;
                     rotation::record_failure(db, tenant, at + backoff_secs(failures)).await?;
                 }

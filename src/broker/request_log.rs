@@ -122,6 +122,7 @@ mod tests {
             at: 1_700_000_000 + n,
             client_id: "c".into(),
             tenant_id: "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01".into(),
+            customer_tenant_id: None,
             resource: "https://graph.microsoft.com".into(),
             purpose: "p".into(),
             outcome: "issued".into(),

@@ -43,7 +43,8 @@ pub struct CreateOpts {
     /// Partner tenant this client may use (repeatable; default: all partners).
     #[arg(long = "partner")]
     partners: Vec<String>,
-    /// tokens:issue or partners:read (repeatable; default: both).
+    /// tokens:issue, partners:read or customers:issue (repeatable; default: tokens:issue and
+    /// partners:read; customers:issue is granted only when named).
     #[arg(long = "permission")]
     permissions: Vec<String>,
     /// Token requests per minute.

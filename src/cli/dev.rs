@@ -285,6 +285,13 @@ fn demo_config(
         ("SAMVAULT_AUTHORITY", idp_url),
         ("SAMVAULT_CLIENT_ID", devidp::DEMO_CLIENT_ID),
         ("SAMVAULT_KEY_PROVIDER", "local:samvault-demo.key"),
+        // The dev IdP also stands in for Partner Center: after Jane's consent Contoso's
+        // customers are listed and the app consented into them (Tailspin: access_denied).
+        ("SAMVAULT_PARTNER_CENTER_URL", idp_url),
+        (
+            "SAMVAULT_CUSTOMER_GRANTS",
+            "https://graph.microsoft.com=Directory.Read.All,User.Read.All",
+        ),
     ] {
         env.insert(key.into(), value.into());
     }

@@ -6,6 +6,7 @@
 
 mod audit;
 mod client;
+mod customers;
 #[cfg(feature = "dev-tools")]
 mod dev;
 mod invite;
@@ -71,6 +72,9 @@ enum Command {
     /// Inspect partners.
     #[command(subcommand)]
     Partners(partners::Command),
+    /// The partners' customers: discovery and CPV consent through Partner Center.
+    #[command(subcommand)]
+    Customers(customers::Command),
     /// The audit log.
     #[command(subcommand)]
     Audit(audit::Command),
@@ -131,6 +135,7 @@ async fn run_with_config(command: Command, config: Config) -> anyhow::Result<Exi
         Command::Client(command) => client::run(command, &config).await,
         Command::Invite(command) => invite::run(command, &config).await,
         Command::Partners(command) => partners::run(command, config).await,
+        Command::Customers(command) => customers::run(command, config).await,
         Command::Audit(command) => audit::run(command, &config).await,
         Command::OpsUser(command) => ops_user::run(command, &config).await,
         Command::Rotate(opts) => rotate::run(opts, config).await,

@@ -11,6 +11,8 @@ use tower::ServiceBuilder;
 use tower::util::MapResponseLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
+mod customers;
+
 use super::AppState;
 use super::client_auth::AuthenticatedClient;
 use super::problem::Problem;
@@ -63,6 +65,8 @@ pub fn documented_router() -> utoipa_axum::router::OpenApiRouter<AppState> {
         .routes(routes!(issue_token))
         .routes(routes!(list_partners))
         .routes(routes!(get_partner))
+        .routes(routes!(customers::list_customers))
+        .routes(routes!(customers::issue_customer_token))
 }
 
 /// Request body of the token endpoint. Unknown fields are refused so a typo is an error.
@@ -171,19 +175,31 @@ fn may_issue(client: &Client, resource: &Resource, tenant: &TenantId) -> Result<
         Permission::TokensIssue,
         "this client may not obtain access tokens (tokens:issue)",
     )?;
-    if !client.may_use_resource(resource) {
-        return Err(forbidden(
+    may_use_resource(client, resource)?;
+    may_use_partner(client, tenant)
+}
+
+fn may_use_resource(client: &Client, resource: &Resource) -> Result<(), Problem> {
+    if client.may_use_resource(resource) {
+        Ok(())
+    } else {
+        Err(forbidden(
             "resource_not_allowed",
             "this client is not allowed this resource",
-        ));
+        ))
     }
-    if !client.may_use_partner(tenant) {
-        return Err(forbidden(
+}
+
+/// A client's partner scope covers the partner and its customers.
+fn may_use_partner(client: &Client, tenant: &TenantId) -> Result<(), Problem> {
+    if client.may_use_partner(tenant) {
+        Ok(())
+    } else {
+        Err(forbidden(
             "partner_not_allowed",
             "this client is not allowed this partner",
-        ));
+        ))
     }
-    Ok(())
 }
 
 /// Obtain an access token for a partner tenant.
@@ -217,52 +233,59 @@ async fn issue_token(
     let asked = Asked {
         client: &client,
         tenant: &tenant,
+        customer: None,
         resource: &resource,
         purpose: &purpose,
     };
-    asked.record(&state, &outcome);
+    let outcome_label = outcome
+        .as_ref()
+        .map_or_else(BrokerError::code, |_| "issued");
+    let cached = outcome.as_ref().is_ok_and(|t| t.cached);
+    state.metrics.record_token_request(outcome_label, cached);
+    asked.record(&state, outcome_label, outcome.as_ref().ok());
     if let Ok(token) = &outcome
         && !token.cached
     {
         asked.audit_exchange(&state, token).await;
     }
-    Ok(token_response(&outcome?, &resource, &tenant))
+    Ok(token_response(&outcome?, &asked))
 }
 
-/// One token request as it is recorded: who asked what for which partner, and why.
+/// One token request as it is recorded: who asked what for which partner (or which of its
+/// customers), and why.
 struct Asked<'a> {
     client: &'a Client,
     tenant: &'a TenantId,
+    /// The customer tenant a customer-tenant token is for.
+    customer: Option<&'a TenantId>,
     resource: &'a Resource,
     purpose: &'a Purpose,
 }
 
 impl Asked<'_> {
-    /// Counted, put in the request log (written off the request path) and, unless it is a
-    /// cached hit, logged: at thousands of hits a second a line each would cost a quarter
-    /// of the throughput, and the metrics and the request log already count every one.
-    fn record(&self, state: &AppState, outcome: &Result<IssuedToken, BrokerError>) {
-        let outcome_label = outcome
-            .as_ref()
-            .map_or_else(BrokerError::code, |_| "issued");
-        let cached = outcome.as_ref().is_ok_and(|t| t.cached);
-        state.metrics.record_token_request(outcome_label, cached);
+    /// Put in the request log (written off the request path) and, unless it is a cached
+    /// hit, logged: at thousands of hits a second a line each would cost a quarter of the
+    /// throughput, and the metrics and the request log already count every one.
+    fn record(&self, state: &AppState, outcome: &'static str, token: Option<&IssuedToken>) {
+        let cached = token.is_some_and(|t| t.cached);
         state.request_log.record(RequestRecord {
             at: now(),
             client_id: self.client.client_id.clone(),
             tenant_id: self.tenant.to_string(),
+            customer_tenant_id: self.customer.map(TenantId::to_string),
             resource: self.resource.to_string(),
             purpose: self.purpose.as_str().to_string(),
-            outcome: outcome_label.to_string(),
+            outcome: outcome.to_string(),
             cached,
-            mfa: outcome.as_ref().ok().map(|t| t.mfa),
+            mfa: token.map(|t| t.mfa),
         });
+        let customer = self.customer.map(TenantId::as_str);
         macro_rules! token_request {
             ($level:expr) => {
                 tracing::event!(
                     $level, client.id = %self.client.client_id, tenant.id = %self.tenant,
-                    resource = %self.resource, purpose = self.purpose.as_str(),
-                    outcome = outcome_label, cached, "token request"
+                    customer.id = customer, resource = %self.resource,
+                    purpose = self.purpose.as_str(), outcome, cached, "token request"
                 )
             };
         }
@@ -276,10 +299,13 @@ impl Asked<'_> {
     /// Exchanges that reached Entra are audited at once; cached hits go to the request log.
     async fn audit_exchange(&self, state: &AppState, token: &IssuedToken) {
         let client_id = &self.client.client_id;
-        let detail = serde_json::json!({
+        let mut detail = serde_json::json!({
             "client_id": client_id, "resource": self.resource.as_str(),
             "purpose": self.purpose.as_str(), "mfa": token.mfa, "cached": false,
         });
+        if let Some(customer) = self.customer {
+            detail["customer_tenant_id"] = customer.as_str().into();
+        }
         let actor = format!("client:{client_id}");
         let tenant = Some(self.tenant.as_str());
         if let Err(e) =
@@ -290,22 +316,33 @@ impl Asked<'_> {
     }
 }
 
-/// The 200 answer (no-store comes from the API router's layer).
-fn token_response(token: &IssuedToken, resource: &Resource, tenant: &TenantId) -> Response {
+/// The 200 answer (no-store comes from the API router's layer): a partner's token, or a
+/// customer tenant's with its `customer_tenant_id`.
+fn token_response(token: &IssuedToken, asked: &Asked<'_>) -> Response {
     let access_token = token.access_token.expose_secret();
     let body = TokenResponse {
         access_token: json_string(access_token),
         token_type: "Bearer",
         expires_in: (token.expires_at - now()).max(0),
         expires_at: rfc3339(token.expires_at),
-        resource: resource.as_str(),
-        tenant_id: tenant.as_str(),
+        resource: asked.resource.as_str(),
+        tenant_id: asked.tenant.as_str(),
         mfa: token.mfa,
         cached: token.cached,
     };
     // Sized for the token, most of the body, so that it is written once.
-    let mut buffer = Vec::with_capacity(access_token.len() + 256);
-    match serde_json::to_writer(&mut buffer, &body) {
+    let mut buffer = Vec::with_capacity(access_token.len() + 320);
+    let written = match asked.customer {
+        None => serde_json::to_writer(&mut buffer, &body),
+        Some(customer) => serde_json::to_writer(
+            &mut buffer,
+            &customers::CustomerTokenResponse {
+                token: body,
+                customer_tenant_id: customer.as_str(),
+            },
+        ),
+    };
+    match written {
         Ok(()) => {
             let json = HeaderValue::from_static("application/json");
             ([(header::CONTENT_TYPE, json)], buffer).into_response()

@@ -59,6 +59,8 @@ pub struct Shared {
     pub vault: Vault,
     pub idp: IdpClient,
     pub broker: Broker,
+    /// Access tokens in the partners' customer tenants (the customer routes of the API).
+    pub customer_tokens: crate::customers::token::CustomerTokens,
     /// Events that do not come from the broker (a partner's grant changing hands).
     pub notifier: crate::notify::Notifier,
     pub auth: Arc<crate::clients::ClientAuth>,
@@ -70,6 +72,8 @@ pub struct Shared {
     pub metrics_access: metrics::MetricsAccess,
     /// Dashboard sign-ins: failures per client address, failures for unknown names.
     pub sign_in: Arc<crate::ops::SignInLimits>,
+    /// Customer work the dashboard asks for: sync, consent, removal.
+    pub customers: crate::customers::Customers,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -44,7 +44,7 @@ impl Modify for BasicAuth {
 #[openapi(
     info(
         title = "samvault integrations API",
-        description = "Access tokens for Microsoft partner tenants whose admins consented to the CPV app, and the partners' status. Errors are `application/problem+json` (RFC 9457) with a stable `code`.",
+        description = "Access tokens for Microsoft partner tenants whose admins consented to the CPV app and for their customer tenants, and the partners' and customers' status. Errors are `application/problem+json` (RFC 9457) with a stable `code`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     components(schemas(Problem)),
@@ -52,6 +52,7 @@ impl Modify for BasicAuth {
     tags(
         (name = "tokens", description = "Access tokens for partner tenants"),
         (name = "partners", description = "Partners this client may use: status and expiry horizon, never token material"),
+        (name = "customers", description = "The partners' customer tenants: the CPV app's status there, and access tokens in them"),
     )
 )]
 struct ApiDoc;
@@ -104,6 +105,11 @@ mod tests {
             ("/api/v1/partners/{tenant_id}/token", "post"),
             ("/api/v1/partners", "get"),
             ("/api/v1/partners/{tenant_id}", "get"),
+            ("/api/v1/partners/{tenant_id}/customers", "get"),
+            (
+                "/api/v1/partners/{tenant_id}/customers/{customer_tenant_id}/token",
+                "post",
+            ),
         ] {
             let op = &doc["paths"][path][method];
             assert!(op["responses"]["200"].is_object(), "{path}");

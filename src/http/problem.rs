@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::broker::BrokerError;
+use crate::customers::token::CustomerTokenError;
 
 /// An error (RFC 9457 problem details). `code` is stable: branch on it, not on `detail`.
 #[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
@@ -195,6 +196,46 @@ impl From<BrokerError> for Problem {
                 tracing::error!(error = %e, "a sealed grant could not be opened");
                 Problem::internal()
             }
+        }
+    }
+}
+
+impl From<CustomerTokenError> for Problem {
+    fn from(error: CustomerTokenError) -> Self {
+        let code = error.code();
+        match error {
+            CustomerTokenError::Partner(e) => e.into(),
+            CustomerTokenError::NotFound { status } => Problem::new(
+                StatusCode::NOT_FOUND,
+                code,
+                match status {
+                    Some(status) => format!(
+                        "this customer tenant is {status}: samvault no longer issues tokens for it"
+                    ),
+                    None => "no customer with this tenant id is known for this partner (a customer sync lists them)".into(),
+                },
+            ),
+            CustomerTokenError::ConsentRequired { code: aad } => Problem::new(
+                StatusCode::CONFLICT,
+                code,
+                format!(
+                    "the CPV app is not consented in this customer tenant for this resource{}; consent it there through Partner Center",
+                    aadsts(Some(aad))
+                ),
+            ),
+            CustomerTokenError::AccessDenied { code: 50020 } => Problem::new(
+                StatusCode::CONFLICT,
+                code,
+                "the partner has no delegated access to this customer tenant (AADSTS50020); the partner must restore the relationship in Partner Center",
+            ),
+            CustomerTokenError::AccessDenied { code: aad } => Problem::new(
+                StatusCode::CONFLICT,
+                code,
+                format!(
+                    "the customer tenant's MFA or Conditional Access policy refused the partner's user{}",
+                    aadsts(Some(aad))
+                ),
+            ),
         }
     }
 }

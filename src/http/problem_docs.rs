@@ -30,7 +30,7 @@ pub const PROBLEM_CODES: &[(u16, &str, &str)] = &[
     (
         403,
         "permission_denied",
-        "the client lacks the permission (`tokens:issue` or `partners:read`)",
+        "the client lacks the permission (`tokens:issue`, `partners:read` or `customers:issue`)",
     ),
     (
         403,
@@ -48,9 +48,24 @@ pub const PROBLEM_CODES: &[(u16, &str, &str)] = &[
         "no partner with this tenant id has consented",
     ),
     (
+        404,
+        "customer_not_found",
+        "not a known customer of this partner, or one that is `gone` or `removed` (`detail` names the status)",
+    ),
+    (
         409,
         "reconsent_required",
         "the partner's grant is expired, revoked or needs MFA; `detail` names the Entra code",
+    ),
+    (
+        409,
+        "customer_consent_required",
+        "the CPV app is not consented in the customer tenant for this resource (the partner stays healthy); `detail` names the Entra code",
+    ),
+    (
+        409,
+        "customer_access_denied",
+        "the partner's users have no delegated access to the customer tenant (AADSTS50020), or its MFA or Conditional Access policy refused them",
     ),
     (
         413,
@@ -125,6 +140,52 @@ impl IntoResponses for TokenProblems {
     }
 }
 
+/// The error responses of `POST /api/v1/partners/{tenant_id}/customers/{customer_tenant_id}/token`.
+pub struct CustomerTokenProblems;
+
+impl IntoResponses for CustomerTokenProblems {
+    fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
+        problem_responses(&[
+            "invalid_request",
+            "invalid_client",
+            "permission_denied",
+            "resource_not_allowed",
+            "partner_not_allowed",
+            "partner_not_found",
+            "customer_not_found",
+            "reconsent_required",
+            "customer_consent_required",
+            "customer_access_denied",
+            "body_too_large",
+            "resource_not_consented",
+            "rate_limited",
+            "internal_error",
+            "idp_error",
+            "idp_unavailable",
+            "app_credentials_invalid",
+            "key_provider_unavailable",
+            "storage_unavailable",
+        ])
+    }
+}
+
+/// The error responses of `GET /api/v1/partners/{tenant_id}/customers`.
+pub struct CustomerProblems;
+
+impl IntoResponses for CustomerProblems {
+    fn responses() -> BTreeMap<String, RefOr<ApiResponse>> {
+        problem_responses(&[
+            "invalid_request",
+            "invalid_client",
+            "permission_denied",
+            "partner_not_allowed",
+            "partner_not_found",
+            "rate_limited",
+            "storage_unavailable",
+        ])
+    }
+}
+
 /// The error responses of `GET /api/v1/partners`.
 pub struct PartnersProblems;
 
@@ -157,7 +218,7 @@ impl IntoResponses for PartnerProblems {
     }
 }
 
-/// A partner's status (REFERENCE §4 "Classification"), as the API reports it.
+/// A partner's status (SPEC §4 "Classification"), as the API reports it.
 #[derive(serde::Serialize, ToSchema)]
 #[schema(as = PartnerStatus)]
 #[allow(dead_code)] // documentation only: the API serialises `PartnerStatus::as_str`.
@@ -167,6 +228,26 @@ pub enum PartnerStatusSchema {
     AtRisk,
     ReconsentRequired,
     Revoked,
+}
+
+/// Where the CPV app stands in a customer tenant (SPEC §6), as the API reports it.
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = CustomerStatus)]
+#[allow(dead_code)] // documentation only: the API serialises `CustomerStatus::as_str`.
+#[serde(rename_all = "snake_case")]
+pub enum CustomerStatusSchema {
+    /// Listed by Partner Center; the app not consented there (yet, or any more).
+    Unconsented,
+    /// The app is consented there and tokens are issued.
+    Consented,
+    /// Partner Center refused or failed the consent; retried with backoff.
+    ConsentFailed,
+    /// The partner has no delegated access there (AADSTS50020).
+    AccessDenied,
+    /// The CPV removed the app there through samvault.
+    Removed,
+    /// No longer the partner's customer.
+    Gone,
 }
 
 /// One response per status among `codes`, each a `Problem` whose `code` is narrowed to

@@ -305,6 +305,84 @@ fn setup_advice(code: u32) -> Option<(&'static str, &'static str)> {
     })
 }
 
+/// What a failed redemption at a customer tenant's authority means (SPEC §6): most answers
+/// concern that customer only; the partner's grant is blamed only when Entra blames it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CustomerOutcome {
+    /// The CPV app is not consented in the customer tenant for this resource (65001), the
+    /// resource has no service principal there (500011) or the scope is not valid (70011).
+    ConsentRequired { code: u32 },
+    /// The partner's user may not act there: no or an ended delegated-admin relationship
+    /// (50020), or the customer tenant's MFA or Conditional Access policy (50076, 50079,
+    /// 53003).
+    AccessDenied { code: u32 },
+    /// The customer tenant does not exist (90002 naming it).
+    Gone { code: u32 },
+    /// Everything else, the partner's dead refresh token first: as on the partner's path.
+    Partner,
+}
+
+impl IdpError {
+    /// Classifies a failed redemption of `partner`'s grant at a customer tenant's authority.
+    /// A 90002 that names the partner's own tenant is the partner's (its tenant is gone).
+    pub fn classify_at_customer(&self, partner: &str) -> CustomerOutcome {
+        let IdpError::Entra { body, .. } = self else {
+            return CustomerOutcome::Partner;
+        };
+        match body.code() {
+            Some(code @ (65001 | 500011 | 70011)) => CustomerOutcome::ConsentRequired { code },
+            Some(code @ (50020 | 50076 | 50079 | 53003)) => CustomerOutcome::AccessDenied { code },
+            Some(code @ 90002) if !body.names(partner) => CustomerOutcome::Gone { code },
+            _ => CustomerOutcome::Partner,
+        }
+    }
+}
+
+impl EntraErrorBody {
+    /// Whether the description names `text` (a tenant id), case-insensitively.
+    fn names(&self, text: &str) -> bool {
+        self.error_description
+            .as_deref()
+            .is_some_and(|d| d.to_ascii_lowercase().contains(&text.to_ascii_lowercase()))
+    }
+}
+
+/// What a customer tenant's refusal means and what to do, with its AADSTS code: the reason
+/// a customer's status records.
+pub fn customer_reason(code: u32) -> String {
+    let (meaning, action) = match code {
+        65001 => (
+            "The CPV app is not consented in this customer tenant for this resource.",
+            "Consent it there through Partner Center: samvault customers consent --partner PARTNER --customer CUSTOMER (SAMVAULT_CUSTOMER_GRANTS names the resources and scopes).",
+        ),
+        500011 => (
+            "The resource has no service principal in this customer tenant: the app's consent there does not include it.",
+            "Add the resource to SAMVAULT_CUSTOMER_GRANTS and consent the customer again.",
+        ),
+        70011 => (
+            "The scope asked for is not valid for this resource in this customer tenant.",
+            "Check the resource URL and SAMVAULT_CUSTOMER_GRANTS, then consent the customer again.",
+        ),
+        50020 => (
+            "The partner's users have no access to this customer tenant: there is no delegated-admin (GDAP) relationship, or it ended.",
+            "The partner re-establishes the relationship in Partner Center; the next token request finds it.",
+        ),
+        50076 | 50079 | 53003 => (
+            "The customer tenant's MFA or Conditional Access policy refused the partner's user.",
+            "The customer or the partner adjusts the policy for the CPV app; the partner's own grant is not affected.",
+        ),
+        90002 => (
+            "The customer tenant no longer exists.",
+            "Confirm with the partner; the next customer sync removes it from the list.",
+        ),
+        _ => (
+            "Entra ID refused the token in this customer tenant.",
+            "Look the code up in Microsoft's AADSTS reference.",
+        ),
+    };
+    format!("AADSTS{code}: {meaning} {action}")
+}
+
 /// `Retry-After` as seconds (the only form Entra uses); dates are ignored.
 pub fn parse_retry_after(value: Option<&str>) -> Option<Duration> {
     value?.trim().parse::<u64>().ok().map(Duration::from_secs)
@@ -463,6 +541,55 @@ mod tests {
             None
         );
         assert_eq!(parse_retry_after(None), None);
+    }
+
+    /// SPEC §6: at a customer's authority only Entra's verdict on the grant itself is the
+    /// partner's; the rest concerns that customer.
+    #[test]
+    fn customer_refusals_concern_the_customer_unless_the_grant_is_dead() {
+        let partner = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01";
+        for code in [65001, 500011, 70011] {
+            assert_eq!(
+                entra(400, "invalid_grant", code).classify_at_customer(partner),
+                CustomerOutcome::ConsentRequired { code }
+            );
+        }
+        for code in [50020, 50076, 50079, 53003] {
+            assert_eq!(
+                entra(400, "invalid_grant", code).classify_at_customer(partner),
+                CustomerOutcome::AccessDenied { code }
+            );
+        }
+        let gone = |tenant: &str| IdpError::Entra {
+            status: 400,
+            body: Box::new(EntraErrorBody {
+                error: "invalid_request".into(),
+                error_description: Some(format!("AADSTS90002: Tenant '{tenant}' not found.")),
+                error_codes: vec![90002],
+                ..Default::default()
+            }),
+            retry_after: None,
+        };
+        assert_eq!(
+            gone("7b1e0c3a-5d2f-4c8e-9a6b-00000000c001").classify_at_customer(partner),
+            CustomerOutcome::Gone { code: 90002 }
+        );
+        assert_eq!(
+            gone(&partner.to_uppercase()).classify_at_customer(partner),
+            CustomerOutcome::Partner
+        );
+        for code in [700082, 70008, 50173, 50132, 70043, 70000, 50078, 7000222] {
+            assert_eq!(
+                entra(400, "invalid_grant", code).classify_at_customer(partner),
+                CustomerOutcome::Partner,
+                "{code}"
+            );
+        }
+        assert_eq!(
+            IdpError::Transport("timed out".into()).classify_at_customer(partner),
+            CustomerOutcome::Partner
+        );
+        assert!(customer_reason(50020).starts_with("AADSTS50020: "));
     }
 
     #[test]

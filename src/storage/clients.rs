@@ -10,8 +10,11 @@ use crate::domain::{Resource, TenantId};
 pub enum Permission {
     /// Exchange a partner's grant for access tokens.
     TokensIssue,
-    /// Read partner metadata (status, horizon); no token power.
+    /// Read partner metadata (status, horizon) and partners' customers; no token power.
     PartnersRead,
+    /// Exchange a partner's grant for access tokens in its customer tenants (SPEC §6). Not
+    /// granted by default: a customer tenant is another organisation's directory.
+    CustomersIssue,
 }
 
 impl Permission {
@@ -19,6 +22,7 @@ impl Permission {
         match self {
             Self::TokensIssue => "tokens:issue",
             Self::PartnersRead => "partners:read",
+            Self::CustomersIssue => "customers:issue",
         }
     }
 
@@ -26,6 +30,7 @@ impl Permission {
         match value {
             "tokens:issue" => Some(Self::TokensIssue),
             "partners:read" => Some(Self::PartnersRead),
+            "customers:issue" => Some(Self::CustomersIssue),
             _ => None,
         }
     }
@@ -86,7 +91,7 @@ pub enum InvalidClient {
     Name,
     #[error("choose at least one permission")]
     NoPermission,
-    #[error("a permission is not tokens:issue or partners:read")]
+    #[error("a permission is not tokens:issue, partners:read or customers:issue")]
     UnknownPermission,
     #[error("choose at least one resource")]
     NoResource,
@@ -108,7 +113,9 @@ impl InvalidClient {
         match self {
             Self::Name => "The name must be 1 to 100 characters, without control characters.",
             Self::NoPermission => "Choose at least one permission.",
-            Self::UnknownPermission => "A permission is not tokens:issue or partners:read.",
+            Self::UnknownPermission => {
+                "A permission is not tokens:issue, partners:read or customers:issue."
+            }
             Self::NoResource => "Choose at least one resource.",
             Self::UnknownResource => {
                 "A resource is not one of the configured resources (SAMVAULT_RESOURCES)."

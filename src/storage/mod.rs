@@ -8,6 +8,8 @@
 
 pub mod audit;
 pub mod clients;
+pub mod customer_tokens;
+pub mod customers;
 pub mod invitations;
 pub mod ops_signin;
 pub mod ops_users;
@@ -85,10 +87,10 @@ macro_rules! migrations {
 fn migrator(backend: Backend) -> Migrator {
     let migrations = match backend {
         Backend::Sqlite => {
-            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list", 7 "0007_audit_filters", 8 "0008_rotation_days", 9 "0009_key_rotations", 10 "0010_replicas", 11 "0011_consent_grant_version", 12 "0012_ops_session_epoch")
+            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list", 7 "0007_audit_filters", 8 "0008_rotation_days", 9 "0009_key_rotations", 10 "0010_replicas", 11 "0011_consent_grant_version", 12 "0012_ops_session_epoch", 13 "0013_customers", 14 "0014_customer_requests")
         }
         Backend::Postgres => {
-            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list", 7 "0007_audit_filters", 8 "0008_rotation_days", 9 "0009_key_rotations", 10 "0010_replicas", 11 "0011_consent_grant_version", 12 "0012_ops_session_epoch")
+            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list", 7 "0007_audit_filters", 8 "0008_rotation_days", 9 "0009_key_rotations", 10 "0010_replicas", 11 "0011_consent_grant_version", 12 "0012_ops_session_epoch", 13 "0013_customers", 14 "0014_customer_requests")
         }
     };
     Migrator::with_migrations(migrations)

@@ -428,6 +428,83 @@ pub async fn record_refresh(
     Ok(())
 }
 
+/// What [`record_redemption`] did with a new refresh token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteBack {
+    /// Stored as this version, now the partner's current one.
+    Stored { version: i64 },
+    /// Not stored: since the redemption started the partner was revoked, purged or marked
+    /// for re-consent, or consented again (a new grant lineage that must stay current).
+    Superseded,
+}
+
+/// Write-back for redemptions that may overlap (customer tokens with an IdP that keeps old
+/// refresh tokens valid, next to the partner's own redemptions): the version is allocated
+/// inside the transaction, after the partner's row is locked, and `seal` seals the refresh
+/// token for it (the associated data names the version). Stored only while the partner is
+/// still usable and its consent is the one the redemption started from (`consented_at`);
+/// otherwise nothing is written. Otherwise as [`record_refresh`], in one transaction.
+pub async fn record_redemption(
+    db: &Db,
+    tenant: &TenantId,
+    consented_at: i64,
+    seal: impl FnOnce(i64) -> Sealed + Send,
+    attempt: &Attempt<'_>,
+    now: i64,
+    rotate_at: i64,
+) -> Result<WriteBack, StorageError> {
+    let mut tx = db.begin_write().await?;
+    // The row lock on PostgreSQL serialises overlapping write-backs of one partner (SQLite's
+    // `BEGIN IMMEDIATE` already does); each then sees the versions committed before it.
+    let select = match db.backend() {
+        Backend::Postgres => {
+            "SELECT status, consented_at FROM partners WHERE tenant_id = $1 FOR UPDATE"
+        }
+        Backend::Sqlite => "SELECT status, consented_at FROM partners WHERE tenant_id = $1",
+    };
+    let row: Option<(String, i64)> = sqlx::query_as(select)
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+    let current = row.is_some_and(|(status, at)| {
+        at == consented_at && PartnerStatus::parse(&status).is_some_and(PartnerStatus::is_usable)
+    });
+    if !current {
+        return Ok(WriteBack::Superseded);
+    }
+    let latest: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(version), 0) AS v FROM grants WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_str())
+    .fetch_one(&mut *tx)
+    .await?;
+    let grant = StoredGrant {
+        version: latest + 1,
+        sealed: seal(latest + 1),
+    };
+    insert_grant(&mut tx, tenant, &grant, attempt.source, now).await?;
+    sqlx::query(
+        "UPDATE partners SET grant_version = $2, last_refresh_at = $3, rotate_at = $4, failures = 0,
+             lease_owner = CASE WHEN lease_owner = $5 THEN NULL ELSE lease_owner END,
+             lease_until = CASE WHEN lease_owner = $5 THEN 0 ELSE lease_until END
+         WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_str())
+    .bind(grant.version)
+    .bind(now)
+    .bind(rotate_at)
+    .bind(attempt.lease_owner)
+    .execute(&mut *tx)
+    .await?;
+    shred_old_versions(&mut tx, tenant, grant.version, now).await?;
+    let (source, ms) = (attempt.source, attempt.duration_ms);
+    super::rotation::insert_attempt(&mut tx, tenant, now, source, "success", None, ms).await?;
+    tx.commit().await?;
+    Ok(WriteBack::Stored {
+        version: grant.version,
+    })
+}
+
 /// Who redeemed and how long it took, recorded with the write-back.
 pub struct Attempt<'a> {
     pub source: &'a str,

@@ -10,7 +10,11 @@ use super::{Db, FromRow, SqlBuilder, StorageError, flag};
 pub struct RequestRecord {
     pub at: i64,
     pub client_id: String,
+    /// The partner whose grant the token comes from.
     pub tenant_id: String,
+    /// The customer tenant the token was for (customer-tenant tokens); `None` for a partner's
+    /// own token.
+    pub customer_tenant_id: Option<String>,
     pub resource: String,
     pub purpose: String,
     /// `issued`, or the problem code the caller got.
@@ -62,6 +66,8 @@ pub struct RequestBatch {
     rows: std::collections::VecDeque<RequestRecord>,
     hours: BTreeMap<(i64, String, String), RequestCounts>,
     last_used: BTreeMap<String, i64>,
+    /// The latest token issued per (partner, customer tenant): the customers' `last_token_at`.
+    customer_tokens: BTreeMap<(String, String), i64>,
 }
 
 impl RequestBatch {
@@ -73,6 +79,11 @@ impl RequestBatch {
             .add(&r);
         let last_used = self.last_used.entry(r.client_id.clone()).or_insert(r.at);
         *last_used = (*last_used).max(r.at);
+        if let Some(customer) = r.customer_tenant_id.as_ref().filter(|_| r.issued()) {
+            let key = (r.tenant_id.clone(), customer.clone());
+            let last = self.customer_tokens.entry(key).or_insert(r.at);
+            *last = (*last).max(r.at);
+        }
         if self.rows.len() as i64 == RECENT {
             self.rows.pop_front();
         }
@@ -90,7 +101,7 @@ impl RequestBatch {
 }
 
 /// Writes a batch in one transaction: the rows, the hourly counts, the pruning of rows beyond
-/// [`RECENT`], and each client's `last_used_at`.
+/// [`RECENT`], each client's `last_used_at` and each customer's `last_token_at`.
 pub async fn write_batch(db: &Db, batch: &RequestBatch) -> Result<(), StorageError> {
     if batch.is_empty() {
         return Ok(());
@@ -136,6 +147,17 @@ pub async fn write_batch(db: &Db, batch: &RequestBatch) -> Result<(), StorageErr
             .execute(&mut *tx)
             .await?;
     }
+    for ((partner, customer), at) in &batch.customer_tokens {
+        sqlx::query(
+            "UPDATE customers SET last_token_at = $3 WHERE partner_tenant_id = $1 \
+             AND customer_tenant_id = $2 AND (last_token_at IS NULL OR last_token_at < $3)",
+        )
+        .bind(partner)
+        .bind(customer)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -146,7 +168,7 @@ pub async fn write_batch(db: &Db, batch: &RequestBatch) -> Result<(), StorageErr
 fn insert_rows(db: &Db, rows: &[&RequestRecord]) -> SqlBuilder {
     let mut sql = SqlBuilder::new(
         db.backend(),
-        "INSERT INTO token_requests (at, client_id, tenant_id, resource, purpose, outcome, cached, mfa) VALUES ",
+        "INSERT INTO token_requests (at, client_id, tenant_id, customer_tenant_id, resource, purpose, outcome, cached, mfa) VALUES ",
     );
     for (i, r) in rows.iter().enumerate() {
         sql.push(if i == 0 { "(" } else { ", (" })
@@ -155,6 +177,8 @@ fn insert_rows(db: &Db, rows: &[&RequestRecord]) -> SqlBuilder {
             .push_bind(r.client_id.as_str())
             .push(", ")
             .push_bind(r.tenant_id.as_str())
+            .push(", ")
+            .push_bind(r.customer_tenant_id.as_deref())
             .push(", ")
             .push_bind(r.resource.as_str())
             .push(", ")
@@ -179,6 +203,7 @@ pub async fn latest(db: &Db, limit: i64) -> Result<Vec<RequestRecord>, StorageEr
         at: i64,
         client_id: String,
         tenant_id: String,
+        customer_tenant_id: Option<String>,
         resource: String,
         purpose: String,
         outcome: String,
@@ -186,7 +211,7 @@ pub async fn latest(db: &Db, limit: i64) -> Result<Vec<RequestRecord>, StorageEr
         mfa: Option<i64>,
     }
     let rows: Vec<RequestRow> = sqlx::query_as(
-        "SELECT at, client_id, tenant_id, resource, purpose, outcome, cached, mfa FROM token_requests ORDER BY id DESC LIMIT $1",
+        "SELECT at, client_id, tenant_id, customer_tenant_id, resource, purpose, outcome, cached, mfa FROM token_requests ORDER BY id DESC LIMIT $1",
     )
     .bind(limit)
     .fetch_all(db.reader())
@@ -197,6 +222,7 @@ pub async fn latest(db: &Db, limit: i64) -> Result<Vec<RequestRecord>, StorageEr
             at: r.at,
             client_id: r.client_id,
             tenant_id: r.tenant_id,
+            customer_tenant_id: r.customer_tenant_id,
             resource: r.resource,
             purpose: r.purpose,
             outcome: r.outcome,

@@ -1,7 +1,8 @@
 // The ops dashboard in a real browser (issue 5): an admin and a viewer sign in with password
 // + TOTP; a partner admin consents in the same run; the admin finds the partner, rotates it,
-// runs the access check and revokes it; the token API then refuses the partner; the viewer
-// sees no revoke button and is refused when posting the form anyway. Every page visited is
+// runs the access check, syncs its customers, consents one, checks access to each, removes one
+// with a typed confirmation, and revokes the partner; the token API then refuses the partner;
+// the viewer sees the customers but no button, and is refused when posting a form anyway. Every page visited is
 // saved as a screenshot in $SCREENSHOTS. Run by tests/browser.rs, which starts the stack.
 import assert from 'node:assert/strict';
 import { env, launch, screenshot, signIn, text, tokenRequest } from './lib.mjs';
@@ -78,7 +79,7 @@ try {
   assert.match(await text(admin), /manual success/, 'the attempt is listed');
 
   // --- Access check: a live redemption per configured resource, MFA read from `amr`.
-  await admin.getByRole('button', { name: 'Access check' }).click();
+  await admin.getByRole('button', { name: 'Access check', exact: true }).click();
   const checks = admin.locator('main table tbody tr');
   const checked = await checks.count();
   assert.ok(checked >= 1, 'at least the primary resource is checked');
@@ -97,13 +98,51 @@ try {
   assert.doesNotMatch(await admin.content(), /eyJ[\w-]{10,}\./, 'no token on the page');
   await screenshot(admin, '07-access-check');
 
+  // --- Contoso's customers: sync lists them from Partner Center, one is consented, the
+  // customer access check redeems once per customer, one is removed with a typed confirmation.
+  await admin.goto(`${sv}/ops/partners/${tenant}`);
+  const customers = admin.locator('#customers-table tbody tr');
+  await admin.getByRole('button', { name: 'Sync customers' }).click();
+  assert.match(await text(admin, '[role=status]'), /Synced:/);
+  const customerRow = (name) => customers.filter({ hasText: name });
+  for (const name of ['Adatum', 'Northwind', 'Tailspin']) {
+    assert.equal(await customerRow(name).count(), 1, `${name} is listed after the sync`);
+    assert.match(await customerRow(name).innerText(), /unconsented/);
+  }
+  await screenshot(admin, '07a-customers-synced');
+  await customerRow('Adatum').getByRole('button', { name: 'Consent', exact: true }).click();
+  assert.match(await text(admin, '[role=status]'), /Adatum/);
+  assert.match(await customerRow('Adatum').innerText(), /consented[\s\S]*Directory\.Read\.All/);
+  assert.doesNotMatch(await customerRow('Adatum').innerText(), /unconsented/);
+  assert.match(await customerRow('Northwind').innerText(), /unconsented/, 'only Adatum');
+  await admin.getByRole('button', { name: 'Customer access check' }).click();
+  const checkedRow = async (name) =>
+    (await admin.locator('main table tbody tr').filter({ hasText: name }).innerText()).replace(/\s+/g, ' ');
+  assert.match(await checkedRow('Adatum'), /issued/);
+  assert.match(await checkedRow('Northwind'), /not consented/);
+  assert.match(await checkedRow('Tailspin'), /no delegated access/);
+  assert.doesNotMatch(await admin.content(), /eyJ[\w-]{10,}\./, 'no token on the page');
+  await screenshot(admin, '07b-customer-access-check');
+  await admin.goto(`${sv}/ops/partners/${tenant}`);
+  const adatum = customerRow('Adatum');
+  await adatum.getByText('Remove…').click();
+  await adatum.getByLabel('To remove the app from Adatum, type its domain or name').fill('adatum.example');
+  await adatum.getByRole('button', { name: 'Remove', exact: true }).click();
+  assert.match(await text(admin, '[role=status]'), /Removed/);
+  assert.match(await customerRow('Adatum').innerText(), /removed/);
+  await screenshot(admin, '07c-customer-removed');
+  await admin.goto(`${sv}/ops`);
+  assert.match(await text(admin), /3 Customers in all/);
+  assert.match(await text(admin), /1 Removed/);
+
   // --- A viewer sees the partner but no action, and a forged revoke form is refused.
   await signIn(viewer, sv, accounts.viewer, NEW_PASSWORD);
   await viewer.goto(`${sv}/ops/partners/${tenant}`);
   assert.match(await text(viewer), /Contoso/);
-  for (const name of ['Revoke and purge', 'Rotate now', 'Access check']) {
-    assert.equal(await viewer.getByRole('button', { name }).count(), 0, `viewer sees no "${name}"`);
+  for (const name of ['Revoke and purge', 'Rotate now', 'Access check', 'Sync customers', 'Consent', 'Remove']) {
+    assert.equal(await viewer.getByRole('button', { name, exact: true }).count(), 0, `viewer sees no "${name}"`);
   }
+  assert.equal(await viewer.locator('#customers-table tbody tr').count(), 3, 'a viewer sees the customers');
   await screenshot(viewer, '08-partner-as-viewer');
   const viewerCsrf = await viewer.locator('input[name=csrf]').first().inputValue();
   const forged = await viewer.request.post(`${sv}/ops/partners/${tenant}/revoke`, {
@@ -120,9 +159,10 @@ try {
   await admin.getByRole('button', { name: 'Revoke and purge' }).click();
   assert.match(await text(admin, 'h1'), /revoked/);
   assert.match(await text(admin, '[role=status]'), /crypto-shredded/);
-  for (const name of ['Revoke and purge', 'Rotate now', 'Access check']) {
-    assert.equal(await admin.getByRole('button', { name }).count(), 0, `no "${name}" once revoked`);
+  for (const name of ['Revoke and purge', 'Rotate now', 'Access check', 'Sync customers', 'Consent']) {
+    assert.equal(await admin.getByRole('button', { name, exact: true }).count(), 0, `no "${name}" once revoked`);
   }
+  assert.equal(await admin.locator('#customers-table tbody tr').count(), 3, 'the customers stay listed');
   await screenshot(admin, '09-partner-revoked');
   [status, body] = await tokenRequest(sv, client, tenant, resource);
   assert.equal(status, 409, `revoked Contoso is refused: ${JSON.stringify(body)}`);

@@ -11,6 +11,8 @@ use crate::on_both_backends;
 
 const CLIENT: &str = "00000000-0000-4000-8000-0000000000c1";
 const SECRET: &str = "00000000-0000-4000-8000-0000000000e1";
+/// Contoso's customer Adatum in the dev IdP's demo directory.
+const CUSTOMER: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c001";
 const INVITATION: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Every signed-in page (GET), with concrete ids.
@@ -39,6 +41,11 @@ fn actions() -> Vec<String> {
         "/ops/partners/{tenant_id}/check",
         "/ops/partners/{tenant_id}/revoke",
         "/ops/partners/{tenant_id}/invite",
+        "/ops/partners/{tenant_id}/customers/sync",
+        "/ops/partners/{tenant_id}/customers/consent",
+        "/ops/partners/{tenant_id}/customers/check",
+        "/ops/partners/{tenant_id}/customers/{customer_id}/consent",
+        "/ops/partners/{tenant_id}/customers/{customer_id}/remove",
         "/ops/integrations",
         "/ops/integrations/{client_id}/secrets",
         "/ops/integrations/{client_id}/secrets/{secret_id}/revoke",
@@ -64,6 +71,7 @@ fn concrete(path: &str) -> String {
         .replace("{client_id}", CLIENT)
         .replace("{secret_id}", SECRET)
         .replace("{id}", INVITATION)
+        .replace("{customer_id}", CUSTOMER)
 }
 
 /// The `/ops…` paths declared with `.route(` anywhere under src/http/ops/ (rustfmt may put

@@ -28,6 +28,9 @@ const PAYLOADS: [&str; 12] = [
     "𝕏𝕏𝕏 \u{0}",
 ];
 
+/// Contoso's customer Adatum in the dev IdP's demo directory.
+const ADATUM: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c001";
+
 /// Markup that must never come back unescaped.
 const REFLECTED: [&str; 2] = ["<script>alert(1)</script>", "<svg onload=alert(1)>"];
 
@@ -275,6 +278,49 @@ fn cases(csrf: &str) -> Vec<Case> {
                 ("rate_limit", "60"),
             ]),
         ));
+        // A partner's customers: the customer id in the path, the typed confirmation, the
+        // list's cursor.
+        let customers = format!("/ops/partners/{CONTOSO}/customers");
+        for act in ["consent", "remove"] {
+            all.push(with_body(
+                case(
+                    format!("ops customer {act} path #{i}"),
+                    Method::POST,
+                    format!("{customers}/{e}/{act}"),
+                    Auth::Admin,
+                ),
+                urlencoded,
+                form(&[("csrf", csrf), ("confirm", p)]),
+            ));
+        }
+        all.push(with_body(
+            case(
+                format!("ops customer remove confirm #{i}"),
+                Method::POST,
+                format!("{customers}/{ADATUM}/remove"),
+                Auth::Admin,
+            ),
+            urlencoded,
+            form(&[("csrf", csrf), ("confirm", p)]),
+        ));
+        for act in ["sync", "consent", "check"] {
+            all.push(with_body(
+                case(
+                    format!("ops customers {act} partner path #{i}"),
+                    Method::POST,
+                    format!("/ops/partners/{e}/customers/{act}"),
+                    Auth::Admin,
+                ),
+                urlencoded,
+                form(&[("csrf", csrf)]),
+            ));
+        }
+        all.push(case(
+            format!("ops customers cursor #{i}"),
+            Method::GET,
+            format!("/ops/partners/{CONTOSO}?customers_after={e}"),
+            Auth::Admin,
+        ));
         all.push(with_body(
             case(
                 format!("ops revoke confirm #{i}"),
@@ -356,6 +402,11 @@ fn cases(csrf: &str) -> Vec<Case> {
         "/ops/integrations".to_string(),
         "/ops/invitations".to_string(),
         "/ops/audit/verify".to_string(),
+        format!("/ops/partners/{CONTOSO}/customers/sync"),
+        format!("/ops/partners/{CONTOSO}/customers/consent"),
+        format!("/ops/partners/{CONTOSO}/customers/check"),
+        format!("/ops/partners/{CONTOSO}/customers/{ADATUM}/consent"),
+        format!("/ops/partners/{CONTOSO}/customers/{ADATUM}/remove"),
     ] {
         all.push(with_body(
             case(
@@ -387,6 +438,7 @@ async fn holdings(stack: &Stack) -> String {
         "SELECT COUNT(*) FROM invitations WHERE id <> $1",
         "SELECT COUNT(*) FROM ops_users WHERE disabled_at IS NULL AND username <> $1",
         "SELECT COUNT(*) FROM consents WHERE tenant_id <> $1",
+        "SELECT COUNT(*) FROM customers WHERE status <> 'unconsented' AND customer_tenant_id <> $1",
     ] {
         out.push_str(&format!("{} ", stack.scalar(sql, "").await));
     }
@@ -397,7 +449,10 @@ async fn hostile_inputs_get_clear_refusals_and_change_nothing(backend: Backend) 
     let Some(db) = support::fresh_database(backend).await else {
         return;
     };
-    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    // Nothing consents customers on its own: a consent or removal could only be the
+    // requests' doing.
+    let options = StackOptions::default().env("SAMVAULT_CUSTOMER_AUTO_CONSENT", "false");
+    let stack = Stack::start(&db.url, options).await;
     stack.consent("jane@contoso.example").await;
     let creds = stack.client(&[PARTNER_CENTER]);
     let mut admin = Operator::signed_in(&stack, "alice", "admin").await;

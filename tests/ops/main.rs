@@ -8,6 +8,7 @@ mod support;
 
 mod attempts;
 mod audit;
+mod customers;
 mod errors;
 mod guard;
 mod hostile;

@@ -17,7 +17,7 @@ const PAGES: [&str; 3] = [
     "/ops/security/requests.csv",
 ];
 
-const REQUESTS_HEADER: [&str; 8] = [
+const REQUESTS_HEADER: [&str; 9] = [
     "time",
     "client_id",
     "tenant_id",
@@ -26,6 +26,7 @@ const REQUESTS_HEADER: [&str; 8] = [
     "outcome",
     "cached",
     "mfa",
+    "customer_tenant_id",
 ];
 
 /// RFC 4180 as the service writes it: CRLF rows, quoted fields with doubled quotes.

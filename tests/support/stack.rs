@@ -119,6 +119,11 @@ impl StackOptions {
         self
     }
 
+    /// `serve` syncs and consents customers in the background (`SAMVAULT_CUSTOMERS=true`).
+    pub fn customers(self) -> Self {
+        self.env("SAMVAULT_CUSTOMERS", "true")
+    }
+
     pub fn idp_over_https(mut self) -> Self {
         self.idp_https = true;
         self
@@ -238,6 +243,11 @@ impl Stack {
             ("SAMVAULT_AUTHORITY", &idp),
             ("SAMVAULT_CLIENT_ID", DEMO_CLIENT_ID),
             ("SAMVAULT_CLIENT_SECRET", DEMO_CLIENT_SECRET),
+            // The dev IdP stands in for Partner Center. Customer work in the background is
+            // off unless a test turns it on (`StackOptions::customers`): it would redeem
+            // grants (and fill the token cache) behind other tests' backs.
+            ("SAMVAULT_PARTNER_CENTER_URL", &idp),
+            ("SAMVAULT_CUSTOMERS", "false"),
             (
                 "SAMVAULT_KEY_PROVIDER",
                 &format!("local:{}", dir.path().join("samvault.key").display()),

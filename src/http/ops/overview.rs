@@ -1,6 +1,6 @@
-//! `/ops`: the overview — partners per status, how close the grants are to the 90-day limit
-//! (an SVG chart), rotations and failures over the last 7 days, the app-credential alarm, and
-//! the next rotations due.
+//! `/ops`: the overview — partners and their customers per status, how close the grants are
+//! to the 90-day limit (an SVG chart), rotations and failures over the last 7 days, the
+//! app-credential alarm, and the next rotations due.
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -10,11 +10,11 @@ use axum::routing::get;
 
 use super::chart::{AMBER, Bar, BarChart, GREEN, RED, Segment};
 use super::{Chrome, PageResult, Section, SignedIn, Viewer, unavailable, when};
-use crate::domain::PartnerStatus;
+use crate::domain::{CustomerStatus, PartnerStatus};
 use crate::http::AppState;
 use crate::storage::replicas::Replica;
 use crate::storage::stats::{self, DayAttempts, DueGrant, HORIZON_BUCKETS, INACTIVITY_LIMIT_SECS};
-use crate::storage::{now, rotation};
+use crate::storage::{customers, now, rotation};
 
 /// Days of rotation history the overview shows.
 const HISTORY_DAYS: i64 = 7;
@@ -31,6 +31,8 @@ struct OverviewPage {
     chrome: Chrome,
     statuses: Vec<StatusCount>,
     total: i64,
+    customers: Vec<StatusCount>,
+    customers_total: i64,
     alarm: Option<String>,
     /// A refused app credential while a later one works (the roll is half done).
     fallback: Option<String>,
@@ -102,15 +104,17 @@ async fn overview(
 ) -> PageResult<OverviewPage> {
     let at = now();
     let db = &state.db;
-    let ((counts, buckets), alarm, fallback, days, due, processes) = tokio::try_join!(
-        stats::statuses_and_horizon(db, at),
-        rotation::alarm(db, crate::broker::APP_CREDENTIALS_ALARM),
-        rotation::alarm(db, crate::broker::APP_CREDENTIAL_FALLBACK_ALARM),
-        stats::attempts_by_day(db, at, HISTORY_DAYS),
-        stats::next_due(db, NEXT_DUE),
-        crate::storage::replicas::all(db),
-    )
-    .map_err(unavailable)?;
+    let ((counts, buckets), customer_counts, alarm, fallback, days, due, processes) =
+        tokio::try_join!(
+            stats::statuses_and_horizon(db, at),
+            customers::counts_by_status(db),
+            rotation::alarm(db, crate::broker::APP_CREDENTIALS_ALARM),
+            rotation::alarm(db, crate::broker::APP_CREDENTIAL_FALLBACK_ALARM),
+            stats::attempts_by_day(db, at, HISTORY_DAYS),
+            stats::next_due(db, NEXT_DUE),
+            crate::storage::replicas::all(db),
+        )
+        .map_err(unavailable)?;
     let horizon_bars = horizon_bars(&buckets);
     let history_bars = history_bars(&days);
     Ok(OverviewPage {
@@ -118,6 +122,8 @@ async fn overview(
         processes: processes.into_iter().map(|r| process_row(r, at)).collect(),
         total: counts.iter().map(|(_, n)| n).sum(),
         statuses: status_counts(&counts),
+        customers_total: customer_counts.iter().map(|(_, n)| n).sum(),
+        customers: customer_status_counts(&customer_counts),
         alarm: alarm.map(|a| a.detail),
         fallback: fallback.map(|a| a.detail),
         horizon: BarChart::new(
@@ -161,6 +167,33 @@ fn status_counts(counts: &[(PartnerStatus, i64)]) -> Vec<StatusCount> {
             .map_or(0, |(_, n)| *n),
     })
     .collect()
+}
+
+fn customer_status_label(status: CustomerStatus) -> &'static str {
+    match status {
+        CustomerStatus::Unconsented => "Unconsented",
+        CustomerStatus::Consented => "Consented",
+        CustomerStatus::ConsentFailed => "Consent failed",
+        CustomerStatus::AccessDenied => "Access denied",
+        CustomerStatus::Removed => "Removed",
+        CustomerStatus::Gone => "Gone",
+    }
+}
+
+/// Every customer status with its count of customers (of all partners), in the order the
+/// page lists them.
+fn customer_status_counts(counts: &[(CustomerStatus, i64)]) -> Vec<StatusCount> {
+    CustomerStatus::ALL
+        .into_iter()
+        .map(|status| StatusCount {
+            status: status.as_str(),
+            label: customer_status_label(status),
+            count: counts
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map_or(0, |(_, n)| *n),
+        })
+        .collect()
 }
 
 fn horizon_bars(buckets: &[i64]) -> Vec<Bar> {

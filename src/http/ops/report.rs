@@ -324,11 +324,14 @@ async fn requests_csv(State(state): State<AppState>, _: SignedIn<Viewer>) -> Pag
         "outcome",
         "cached",
         "mfa",
+        // Last, so that files read by column position keep their meaning.
+        "customer_tenant_id",
     ]);
     for RequestRecord {
         at,
         client_id,
         tenant_id,
+        customer_tenant_id,
         resource,
         purpose,
         outcome,
@@ -345,6 +348,7 @@ async fn requests_csv(State(state): State<AppState>, _: SignedIn<Viewer>) -> Pag
             outcome,
             yes_no(*cached),
             mfa.map(yes_no).unwrap_or(""),
+            customer_tenant_id.as_deref().unwrap_or(""),
         ]);
     }
     Ok(csv_response("security-requests", csv.finish()))

@@ -4,7 +4,7 @@ use super::*;
 use crate::onboarding;
 
 /// What a failed redemption means, in words for the person who asked for it.
-fn explain(error: &BrokerError) -> String {
+pub(super) fn explain(error: &BrokerError) -> String {
     let entra = |code: Option<u32>| {
         code.map(|c| {
             let info = describe(c);
@@ -45,14 +45,19 @@ fn explain(error: &BrokerError) -> String {
 }
 
 /// Logs what the person does not see (storage and vault failures have no place on a page).
-fn log_internal(tenant: &TenantId, error: &BrokerError) {
+pub(super) fn log_internal(tenant: &TenantId, error: &BrokerError) {
     if matches!(error, BrokerError::Storage(_) | BrokerError::Vault(_)) {
         tracing::error!(tenant.id = %tenant, error = %error, "ops action failed");
     }
 }
 
 /// Back to the partner's page, with a one-time message.
-async fn back_with(session: &Session, tenant: &TenantId, ok: bool, text: String) -> PageResult {
+pub(super) async fn back_with(
+    session: &Session,
+    tenant: &TenantId,
+    ok: bool,
+    text: String,
+) -> PageResult {
     session
         .insert(NOTICE_KEY, Notice { ok, text })
         .await
@@ -117,7 +122,7 @@ pub(super) struct CheckPage {
     rows: Vec<CheckRow>,
 }
 
-fn outcome_label(error: &BrokerError) -> &'static str {
+pub(super) fn outcome_label(error: &BrokerError) -> &'static str {
     match error {
         BrokerError::PartnerNotFound => "partner not found",
         BrokerError::ReconsentRequired { .. } => "reconsent required",

@@ -1,5 +1,7 @@
-//! A partner's page: facts, consents, status changes, attempts, grant versions, requests.
+//! A partner's page: facts, customers, consents, status changes, attempts, grant versions,
+//! requests.
 
+use super::customers::{CustomerSection, customers_after};
 use super::*;
 
 struct ConsentRow {
@@ -76,6 +78,9 @@ pub(super) struct DetailPage {
     failures: i64,
     grant_version: i64,
     resources: Vec<String>,
+    /// The first configured customer resource: what the customer access check asks for.
+    customer_resource: String,
+    customers: CustomerSection,
     history: History,
 }
 
@@ -126,16 +131,27 @@ fn attempt_row(a: rotation::AttemptRecord) -> AttemptRow {
 pub(super) async fn detail(
     State(state): State<AppState>,
     Path(raw): Path<String>,
+    RawQuery(query): RawQuery,
     signed_in: SignedIn<Viewer>,
 ) -> PageResult<DetailPage> {
     let listed = existing(&state, &raw).await?;
+    let after = customers_after(query.as_deref())?;
     let tenant = &listed.partner.tenant_id;
-    let history = History::of(&state.db, tenant)
-        .await
-        .map_err(|e| unavailable(e).for_tenant(tenant))?;
+    let (history, customers) = tokio::try_join!(
+        History::of(&state.db, tenant),
+        CustomerSection::of(
+            &state.db,
+            &state.config.customers.grants,
+            tenant,
+            after.as_ref()
+        ),
+    )
+    .map_err(|e| unavailable(e).for_tenant(tenant))?;
     let notice: Option<Notice> = signed_in.session.remove(NOTICE_KEY).await.ok().flatten();
     let chrome = signed_in.chrome(Section::Partners);
-    Ok(DetailPage::new(&state, chrome, notice, &listed, history))
+    Ok(DetailPage::new(
+        &state, chrome, notice, &listed, history, customers,
+    ))
 }
 
 /// The latest rows of each history the page shows.
@@ -187,6 +203,7 @@ impl DetailPage {
         notice: Option<Notice>,
         listed: &ListedPartner,
         history: History,
+        customers: CustomerSection,
     ) -> Self {
         let p = &listed.partner;
         let status_code: Option<u32> = p.status_code.as_deref().and_then(|c| c.parse().ok());
@@ -223,6 +240,8 @@ impl DetailPage {
                 .iter()
                 .map(|r| r.to_string())
                 .collect(),
+            customer_resource: state.config.customers.first_resource().to_string(),
+            customers,
             history,
         }
     }

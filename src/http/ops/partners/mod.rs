@@ -1,12 +1,16 @@
 //! `/ops/partners`: the partner list (search, status filter, four sort orders, keyset
 //! pagination), a partner's record, and what ops can do to it: rotate now, a live access
-//! check per resource, revoke and purge (admin), an onboarding link pinned to the tenant.
+//! check per resource, revoke and purge (admin), an onboarding link pinned to the tenant;
+//! and to its customers: sync, consent, remove, the customer access check.
 //!
 //! Every query parameter and form field is hostile until parsed: a bad one is a 400 page
 //! and changes nothing. No page shows a token: the access check decodes the claims of the
 //! access tokens it obtains, and only those claims leave the broker.
 
 mod actions;
+mod customer_actions;
+mod customer_check;
+mod customers;
 mod detail;
 mod list;
 
@@ -52,6 +56,26 @@ pub fn routes() -> Router<AppState> {
         .route("/ops/partners/{tenant_id}/check", post(actions::check))
         .route("/ops/partners/{tenant_id}/revoke", post(actions::revoke))
         .route("/ops/partners/{tenant_id}/invite", post(actions::invite))
+        .route(
+            "/ops/partners/{tenant_id}/customers/sync",
+            post(customer_actions::sync),
+        )
+        .route(
+            "/ops/partners/{tenant_id}/customers/consent",
+            post(customer_actions::consent_all),
+        )
+        .route(
+            "/ops/partners/{tenant_id}/customers/check",
+            post(customer_check::check),
+        )
+        .route(
+            "/ops/partners/{tenant_id}/customers/{customer_id}/consent",
+            post(customer_actions::consent_one),
+        )
+        .route(
+            "/ops/partners/{tenant_id}/customers/{customer_id}/remove",
+            post(customer_actions::remove),
+        )
 }
 
 /// Days until the 90-day horizon, and how worried to be about it.

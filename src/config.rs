@@ -203,7 +203,7 @@ pub struct Config {
     pub onboarding: Onboarding,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`http::client_address`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Customers of the partners: Partner Center, the CPV consent pushed to each (SPEC §6).
+    /// Customers of the partners: Partner Center, the CPV consent pushed to each (REFERENCE §6).
     pub customers: CustomerSettings,
 }
 
@@ -741,7 +741,7 @@ const KNOWN_RESOURCE_APPS: &[(&str, &str)] = &[
     (ARM, "797f4846-ba00-4fd7-ba43-dac1f8f63013"),
 ];
 
-/// The customer settings (SPEC §6).
+/// The customer settings (REFERENCE §6).
 #[derive(Clone, Debug)]
 pub struct CustomerSettings {
     /// `SAMVAULT_PARTNER_CENTER_URL`: Partner Center's API base.

@@ -129,7 +129,7 @@ impl PartnerStatus {
     }
 }
 
-/// Where the CPV app stands in one customer tenant of a partner (SPEC §6).
+/// Where the CPV app stands in one customer tenant of a partner (REFERENCE §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CustomerStatus {
     /// Listed, the app not consented there (yet, or any more).

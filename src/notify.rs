@@ -63,7 +63,7 @@ pub enum EventKind {
     /// partner changed).
     #[serde(rename = "partner.consenter_changed")]
     ConsenterChanged,
-    /// The CPV app was consented into a customer tenant (SPEC §6).
+    /// The CPV app was consented into a customer tenant (REFERENCE §6).
     #[serde(rename = "customer.consented")]
     CustomerConsented,
     /// Partner Center refused or failed a consent push; samvault retries with backoff.

@@ -1,4 +1,4 @@
-//! Customer-tenant tokens (SPEC §6) against the real dev IdP and `samvault serve`, on both
+//! Customer-tenant tokens (REFERENCE §6) against the real dev IdP and `samvault serve`, on both
 //! databases: `POST /api/v1/partners/{tid}/customers/{cid}/token` and
 //! `GET /api/v1/partners/{tid}/customers`; refusals classified per customer; every
 //! redemption's new refresh token stored; concurrency under both IdP rotation modes.

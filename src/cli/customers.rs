@@ -1,4 +1,4 @@
-//! `samvault customers`: the partners' customers (SPEC §6). Works beside a running `serve`
+//! `samvault customers`: the partners' customers (REFERENCE §6). Works beside a running `serve`
 //! (also on SQLite): claims in the database keep the two from pushing one customer at once,
 //! and every Partner Center call waits for its turn in the 50-a-second budget.
 

@@ -1,4 +1,4 @@
-//! Customers of the partners (SPEC §6), below `http`: the CLI and the dashboard call it.
+//! Customers of the partners (REFERENCE §6), below `http`: the CLI and the dashboard call it.
 //!
 //! - `sync`: a partner's customer list read from Partner Center (with the partner's own
 //!   App+User token for it) into `customers`; vanished ones become `gone`.

@@ -1,4 +1,4 @@
-//! Customer-tenant tokens (SPEC §6): a partner's grant redeemed at the authority of one of
+//! Customer-tenant tokens (REFERENCE §6): a partner's grant redeemed at the authority of one of
 //! its customer tenants, for one resource. The token API, and anything else that needs one,
 //! calls [`CustomerTokens::access_token`].
 //!
@@ -61,7 +61,7 @@ impl From<StorageError> for CustomerTokenError {
 }
 
 impl CustomerTokenError {
-    /// The stable problem code (SPEC §6).
+    /// The stable problem code (REFERENCE §6).
     pub fn code(&self) -> &'static str {
         match self {
             Self::Partner(e) => e.code(),

@@ -218,7 +218,7 @@ impl IntoResponses for PartnerProblems {
     }
 }
 
-/// A partner's status (SPEC §4 "Classification"), as the API reports it.
+/// A partner's status (REFERENCE §4 "Classification"), as the API reports it.
 #[derive(serde::Serialize, ToSchema)]
 #[schema(as = PartnerStatus)]
 #[allow(dead_code)] // documentation only: the API serialises `PartnerStatus::as_str`.
@@ -230,7 +230,7 @@ pub enum PartnerStatusSchema {
     Revoked,
 }
 
-/// Where the CPV app stands in a customer tenant (SPEC §6), as the API reports it.
+/// Where the CPV app stands in a customer tenant (REFERENCE §6), as the API reports it.
 #[derive(serde::Serialize, ToSchema)]
 #[schema(as = CustomerStatus)]
 #[allow(dead_code)] // documentation only: the API serialises `CustomerStatus::as_str`.

@@ -305,7 +305,7 @@ fn setup_advice(code: u32) -> Option<(&'static str, &'static str)> {
     })
 }
 
-/// What a failed redemption at a customer tenant's authority means (SPEC §6): most answers
+/// What a failed redemption at a customer tenant's authority means (REFERENCE §6): most answers
 /// concern that customer only; the partner's grant is blamed only when Entra blames it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CustomerOutcome {
@@ -543,7 +543,7 @@ mod tests {
         assert_eq!(parse_retry_after(None), None);
     }
 
-    /// SPEC §6: at a customer's authority only Entra's verdict on the grant itself is the
+    /// REFERENCE §6: at a customer's authority only Entra's verdict on the grant itself is the
     /// partner's; the rest concerns that customer.
     #[test]
     fn customer_refusals_concern_the_customer_unless_the_grant_is_dead() {

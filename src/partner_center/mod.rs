@@ -1,4 +1,4 @@
-//! The client side of Partner Center (SPEC §6): a partner's customers, paged with
+//! The client side of Partner Center (REFERENCE §6): a partner's customers, paged with
 //! `MS-ContinuationToken`, and the Control Panel Vendor API's `applicationconsents`, with the
 //! partner's own App+User access token for Partner Center.
 //!

@@ -12,7 +12,7 @@ pub enum Permission {
     TokensIssue,
     /// Read partner metadata (status, horizon) and partners' customers; no token power.
     PartnersRead,
-    /// Exchange a partner's grant for access tokens in its customer tenants (SPEC §6). Not
+    /// Exchange a partner's grant for access tokens in its customer tenants (REFERENCE §6). Not
     /// granted by default: a customer tenant is another organisation's directory.
     CustomersIssue,
 }

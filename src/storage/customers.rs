@@ -1,4 +1,4 @@
-//! Customers of the partners (SPEC §6): what Partner Center lists for each partner, the
+//! Customers of the partners (REFERENCE §6): what Partner Center lists for each partner, the
 //! CPV app's consent in each customer tenant, when each partner's list was last read, and
 //! the budget of Partner Center calls that replicas share (migration 0013).
 

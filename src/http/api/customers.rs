@@ -1,4 +1,4 @@
-//! The customer routes of the integrations API (SPEC §6): a partner's customers with their
+//! The customer routes of the integrations API (REFERENCE §6): a partner's customers with their
 //! status, and access tokens in a customer tenant. The work is in
 //! [`crate::customers::token`]; these handlers check the client and record the request.
 

@@ -271,6 +271,7 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+pub mod keyvault;
 pub mod ops;
 pub mod revoke;
 pub mod stack;

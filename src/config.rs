@@ -54,6 +54,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("SAMVAULT_SCHEDULER", Some("true")),
     ("SAMVAULT_ONBOARDING", Some("open")),
     ("SAMVAULT_TRUSTED_PROXIES", None),
+    ("SAMVAULT_ONBOARD_RATE", Some("20")),
 ];
 
 /// Settings that are secrets: they may also be read from `<NAME>_FILE`.
@@ -194,6 +195,8 @@ pub struct Config {
     pub onboarding: Onboarding,
     /// Reverse proxies whose `X-Forwarded-For` names the client (`http::client_address`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Onboarding sign-in starts and callbacks one client address may make per minute.
+    pub onboard_rate: u32,
 }
 
 impl Config {
@@ -271,6 +274,7 @@ impl Config {
             webhook_url: webhook.webhook_url,
             webhook_secret: webhook.webhook_secret,
             trusted_proxies: parse_trusted_proxies(raw.get("SAMVAULT_TRUSTED_PROXIES"))?,
+            onboard_rate: parse_onboard_rate(raw.required("SAMVAULT_ONBOARD_RATE")?)?,
         })
     }
 
@@ -701,6 +705,20 @@ fn parse_trusted_proxies(value: Option<&str>) -> Result<Vec<ipnet::IpNet>, Confi
         .collect()
 }
 
+/// `SAMVAULT_ONBOARD_RATE`: a whole number of steps a minute, 1 to 100000.
+fn parse_onboard_rate(value: &str) -> Result<u32, ConfigError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=100_000).contains(n))
+        .ok_or_else(|| {
+            bad(
+                "SAMVAULT_ONBOARD_RATE",
+                "must be a number of sign-in steps a minute from 1 to 100000",
+            )
+        })
+}
+
 fn parse_bool(value: &str) -> Option<bool> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
@@ -794,6 +812,20 @@ mod tests {
             err.contains("SAMVAULT_TRUSTED_PROXIES") && err.contains("proxy.local"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_onboarding_rate_is_a_positive_number_a_minute() {
+        let config = Config::from_sources(None, &env(&[])).unwrap();
+        assert_eq!(config.onboard_rate, 20);
+        let config = Config::from_sources(None, &env(&[("SAMVAULT_ONBOARD_RATE", "120")]));
+        assert_eq!(config.unwrap().onboard_rate, 120);
+        for bad in ["0", "-1", "20/m", "1000001", "many"] {
+            let err = Config::from_sources(None, &env(&[("SAMVAULT_ONBOARD_RATE", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("SAMVAULT_ONBOARD_RATE"), "{bad}: {err}");
+        }
     }
 
     #[test]

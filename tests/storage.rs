@@ -2692,10 +2692,10 @@ both_backends!(
     }
 );
 
-/// Sessions are sealed under a session key that costs one wrap where it is made and one
-/// unwrap in each other process, whatever the number of sessions; a key is rolled when due
-/// (its sessions still open), forgotten once no session names it, and made again when an
-/// operator deleted it.
+// Sessions are sealed under a session key that costs one wrap where it is made and one
+// unwrap in each other process, whatever the number of sessions; a key is rolled when due
+// (its sessions still open), forgotten once no session names it, and made again when an
+// operator deleted it.
 both_backends!(
     session_keys_are_shared_rolled_and_forgotten,
     |url| async move {

@@ -82,6 +82,8 @@ samvault_env() {
   export DATABASE_URL=$1 SAMVAULT_AUTHORITY=$IDP SAMVAULT_CLIENT_ID=$DEMO_CLIENT_ID
   export SAMVAULT_CLIENT_SECRET=$DEMO_CLIENT_SECRET SAMVAULT_KEY_PROVIDER=local:$work/samvault.key
   export RUST_LOG=${RUST_LOG:-warn}
+  # The load scripts consent many partners from one address: far above the onboarding limit.
+  export SAMVAULT_ONBOARD_RATE=${SAMVAULT_ONBOARD_RATE:-100000}
 }
 
 # start_serve NAME [PORT]: `samvault serve` on PORT (default: a free one), logging to

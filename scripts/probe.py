@@ -5,11 +5,13 @@
 
 Every route, every method, path tricks, invalid UTF-8, oversized bodies, broken Basic
 credentials, forged cookies, hostile Host headers, XSS/SQL/template payloads in query
-parameters, sent over raw sockets (no client library "fixes" the bytes); first, 40 dashboard
-sign-ins with a valid CSRF token, hostile credentials and forged X-Forwarded-For headers,
-which must end throttled (429 with Retry-After). Fails (exit 1) on any 5xx (a 503 from
-/readyz, or with Retry-After from the sign-in and password forms, excepted), any reflected
-markup, or a state change: the partners
+parameters, sent over raw sockets (no client library "fixes" the bytes) from a loopback
+address of their own; first, 40 dashboard sign-ins with a valid CSRF token, hostile
+credentials and forged X-Forwarded-For headers, which must end throttled (429 with
+Retry-After), and 40 onboarding sign-in starts and 10 forged callbacks from another address,
+which must end throttled past SAMVAULT_ONBOARD_RATE (429 with Retry-After; issue 17). Fails
+(exit 1) on any 5xx (a 503 from /readyz, or with Retry-After from the sign-in and password
+forms, excepted), any reflected markup, or a state change: the partners
 the client sees (tenant, name, domain, status, status code) must be the same afterwards and
 the client must still get Contoso's token. Last, Contoso's Sales Agent consents over the
 live grant through the real flow: refused (409, the holder named, UPN masked) and nothing
@@ -27,7 +29,7 @@ import os
 from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from samload import consent, consent_answer  # noqa: E402
+from samload import Http, consent, consent_answer, csrf_of  # noqa: E402
 
 HOST = "127.0.0.1"
 PORT, CID, SECRET = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -62,14 +64,18 @@ COOKIES = [None, "id=x", "id=" + "A" * 4000, "id=%00", "samvault_session=" + "x"
 PARAMS = ["state", "code", "error", "error_description", "q", "page", "after", "status", "redirect",
           "return", "next", "tenant", "actor", "action", "id_token", "session_state", "admin_consent"]
 REFLECTED = [b"<script>alert(1)</script>", b"onerror=alert(1)"]
+# The random requests come from an address of their own: the onboarding limit they meet must
+# not spend the budget of the consents the probe makes from 127.0.0.1.
+RANDOM_SOURCE = "127.0.9.9"
 
 
-def send(method, path, headers, body):
+def send(method, path, headers, body, source=None):
     request = f"{method} ".encode() + path.encode() + b" HTTP/1.1\r\n"
     for name, value in headers.items():
         request += name.encode() + b": " + value.encode() + b"\r\n"
     request += b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
-    with socket.create_connection((HOST, PORT), timeout=10) as sock:
+    with socket.create_connection((HOST, PORT), timeout=10,
+                                  source_address=(source, 0) if source else None) as sock:
         try:
             sock.sendall(request)
         except OSError:
@@ -162,6 +168,28 @@ def sign_in_phase(rng, bad, statuses):
         bad.append(("40 failed sign-ins from one address and none throttled",))
 
 
+def onboard_phase(bad, statuses):
+    """Onboarding sign-ins from one address (127.0.5.5): 40 starts with the session's CSRF
+    token, then 10 callbacks with forged codes. Every start is 303 (a sign-in started) or, once
+    the address has spent SAMVAULT_ONBOARD_RATE, 429 with Retry-After; every callback a 4xx
+    (429 with Retry-After past the budget); some must be refused."""
+    browser = Http(f"http://{HOST}:{PORT}", source="127.0.5.5")
+    try:
+        _, _, page = browser.request("GET", "/onboard")
+        csrf = csrf_of(page.decode())
+        answers = [browser.form("/onboard/start", {"csrf": csrf}) for _ in range(40)]
+        answers += [browser.request("GET", "/onboard/callback?code=forged&state=forged") for _ in range(10)]
+    finally:
+        browser.close()
+    for i, (status, headers, page) in enumerate(answers):
+        statuses[status] = statuses.get(status, 0) + 1
+        expected = (303,) if i < 40 else tuple(range(400, 500))
+        if status not in expected + (429,) or (status == 429 and "retry-after" not in headers):
+            bad.append(("onboarding flood", i, status, page[:300]))
+    if not any(status == 429 for status, _, _ in answers):
+        bad.append(("50 onboarding sign-in steps from one address and none refused",))
+
+
 def main():
     rng = random.Random(SEED)
     bad, statuses = [], {}
@@ -173,6 +201,7 @@ def main():
     if token_status() != 200:
         sys.exit("the client must be able to get Contoso's token (the demo's client, Partner Center)")
     sign_in_phase(rng, bad, statuses)
+    onboard_phase(bad, statuses)
     for _ in range(REQUESTS):
         route = rng.choice(ROUTES)
         path = route.replace("X", rng.choice(EVIL + [CONTOSO]))
@@ -189,7 +218,7 @@ def main():
                 headers[name] = value
         if rng.random() < .05:
             headers["Origin"] = "https://evil.example"
-        data = send(method, path, headers, body)
+        data = send(method, path, headers, body, RANDOM_SOURCE)
         match = re.match(rb"HTTP/1.1 (\d+)", data)
         if not match:
             if len(body) < 100000:

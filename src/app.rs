@@ -18,6 +18,7 @@ use crate::notify::Notifier;
 use crate::rotation::liveness::Liveness;
 use crate::rotation::{Scheduler, SchedulerSettings};
 use crate::storage::Db;
+use crate::storage::sessions::SealedSessionStore;
 use crate::vault::azure::AzureSettings;
 use crate::vault::{AzureKeyVaultProvider, KeyProvider, LocalKeyProvider, Vault};
 
@@ -225,6 +226,13 @@ impl App {
         tokio::spawn(crate::ops::password::calibrate());
         let sign_in = Arc::new(crate::ops::SignInLimits::default());
         let sign_in_audit = sign_in.noise_flushing(services.db.clone());
+        // One key-provider call at most: sessions are sealed under the session key.
+        let sessions = SealedSessionStore::open(services.db.clone(), services.vault.clone())
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("SAMVAULT_KEY_PROVIDER: cannot open the session key: {e}")
+            })?;
+        sessions.spawn_upkeep();
         let state = AppState::new(crate::http::Shared {
             config: services.config.clone(),
             db: services.db.clone(),
@@ -244,6 +252,9 @@ impl App {
             ),
             sign_in,
             customers: services.customers.clone(),
+            onboard_limit: crate::http::onboard::OnboardLimit::new(services.config.onboard_rate),
+            sessions,
+            readiness: Default::default(),
         });
         Ok(App {
             state,

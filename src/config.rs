@@ -63,6 +63,7 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("SAMVAULT_CUSTOMER_SYNC_INTERVAL", Some("24h")),
     ("SAMVAULT_IDP_ROTATION", Some("entra")),
     ("SAMVAULT_CUSTOMERS", Some("true")),
+    ("SAMVAULT_ONBOARD_RATE", Some("20")),
 ];
 
 /// Settings that are secrets: they may also be read from `<NAME>_FILE`.
@@ -205,6 +206,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Customers of the partners: Partner Center, the CPV consent pushed to each (REFERENCE §6).
     pub customers: CustomerSettings,
+    /// Onboarding sign-in starts and callbacks one client address may make per minute.
+    pub onboard_rate: u32,
 }
 
 impl Config {
@@ -283,6 +286,7 @@ impl Config {
             webhook_secret: webhook.webhook_secret,
             trusted_proxies: parse_trusted_proxies(raw.get("SAMVAULT_TRUSTED_PROXIES"))?,
             customers: CustomerSettings::parse(&raw)?,
+            onboard_rate: parse_onboard_rate(raw.required("SAMVAULT_ONBOARD_RATE")?)?,
         })
     }
 
@@ -858,6 +862,18 @@ pub fn parse_customer_grants(value: &str) -> Result<Vec<CustomerGrant>, String> 
         return Err("must name at least one resource=Scope,Scope".into());
     }
     Ok(grants)
+/// `SAMVAULT_ONBOARD_RATE`: a whole number of steps a minute, 1 to 100000.
+fn parse_onboard_rate(value: &str) -> Result<u32, ConfigError> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=100_000).contains(n))
+        .ok_or_else(|| {
+            bad(
+                "SAMVAULT_ONBOARD_RATE",
+                "must be a number of sign-in steps a minute from 1 to 100000",
+            )
+        })
 }
 
 fn parse_bool(value: &str) -> Option<bool> {
@@ -1004,6 +1020,20 @@ mod tests {
             err.contains("SAMVAULT_TRUSTED_PROXIES") && err.contains("proxy.local"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_onboarding_rate_is_a_positive_number_a_minute() {
+        let config = Config::from_sources(None, &env(&[])).unwrap();
+        assert_eq!(config.onboard_rate, 20);
+        let config = Config::from_sources(None, &env(&[("SAMVAULT_ONBOARD_RATE", "120")]));
+        assert_eq!(config.unwrap().onboard_rate, 120);
+        for bad in ["0", "-1", "20/m", "1000001", "many"] {
+            let err = Config::from_sources(None, &env(&[("SAMVAULT_ONBOARD_RATE", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("SAMVAULT_ONBOARD_RATE"), "{bad}: {err}");
+        }
     }
 
     #[test]

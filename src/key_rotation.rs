@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::storage::sealed::{self, RowKey, SealedTable};
+use crate::storage::session_keys::{self, SessionKeyError};
 use crate::storage::{Db, StorageError, audit, now};
 use crate::vault::{KeyProvider, Vault, VaultError};
 
@@ -30,6 +31,8 @@ pub enum KeyRotationError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error(transparent)]
+    SessionKey(#[from] SessionKeyError),
     #[error(
         "{remaining} sealed records could not be moved onto {target} (first error: {first_error}); nothing was lost, run the command again once the cause is fixed"
     )]
@@ -83,7 +86,7 @@ impl Report {
 fn table_name(table: SealedTable) -> &'static str {
     match table {
         SealedTable::Grants => "refresh tokens",
-        SealedTable::Sessions => "sessions",
+        SealedTable::SessionKeys => "session keys",
         SealedTable::OpsTotp => "ops users' TOTP secrets",
     }
 }
@@ -104,6 +107,9 @@ pub async fn rotate(
         current_since,
     } = start_or_resume(db, provider, target).await?;
     let kek = job.target_kek_id.clone();
+    // Sessions move onto a new session key too (services take it up within a minute): the
+    // old one stays readable to whoever holds the old KEK, until its sessions are gone.
+    session_keys::add(db, vault).await?;
     let before: Vec<String> = sealed::count_by_kek(db)
         .await?
         .into_iter()

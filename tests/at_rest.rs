@@ -1,8 +1,9 @@
 //! REFERENCE §2: "a database dump alone must yield nothing". A copy of a database that real
 //! consents, redemptions, an ops user and onboarding sessions filled is opened with a
-//! different key file: every sealed record, one by one, refuses to open, and the copy holds
-//! no refresh token the IdP issued. With the service's own key file the same records open,
-//! so the refusals come from the key and nothing else.
+//! different key file: every sealed record and the session key (which seals the sessions),
+//! one by one, refuse to open, and the copy holds no refresh token the IdP issued. With the
+//! service's own key file the same records open, so the refusals come from the key and
+//! nothing else.
 #![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
@@ -41,10 +42,8 @@ fn sealed_from(row: &sqlx::any::AnyRow, columns: [&str; 3]) -> Sealed {
     }
 }
 
-/// Every sealed record in `db`. Session rows are keyed by a digest of the session id, so
-/// their context comes from the cookies of the browsers that made them (`sessions`: id by
-/// row key); a row no browser of the test made fails the test.
-async fn sealed_records(db: &Db, sessions: &HashMap<String, String>) -> Vec<Record> {
+/// Every record in `db` sealed under a data key of its own (refresh tokens, TOTP secrets).
+async fn sealed_records(db: &Db) -> Vec<Record> {
     let mut records = Vec::new();
     let grants = "SELECT tenant_id, version, kek_id, wrapped_key, sealed FROM grants WHERE sealed IS NOT NULL";
     for row in sqlx::query(grants).fetch_all(db.pool()).await.unwrap() {
@@ -65,19 +64,44 @@ async fn sealed_records(db: &Db, sessions: &HashMap<String, String>) -> Vec<Reco
             sealed: sealed_from(&row, ["totp_kek_id", "totp_wrapped_key", "totp_sealed"]),
         });
     }
-    let rows = "SELECT id, kek_id, wrapped_key, sealed FROM sessions";
+    records
+}
+
+/// The session keys in `db`: data keys wrapped by the KEK, which seal every session row.
+async fn session_keys(db: &Db) -> Vec<(String, WrappedKey)> {
+    let rows = "SELECT id, kek_id, wrapped_key FROM session_keys";
+    let mut keys = Vec::new();
     for row in sqlx::query(rows).fetch_all(db.pool()).await.unwrap() {
+        let wrapped = WrappedKey {
+            kek_id: row.try_get("kek_id").unwrap(),
+            bytes: row.try_get("wrapped_key").unwrap(),
+        };
+        keys.push((row.try_get("id").unwrap(), wrapped));
+    }
+    keys
+}
+
+/// A session row as a copy holds it: its key's id, its context, its sealed bytes. Rows are
+/// keyed by a digest of the session id, so the context comes from the cookies of the
+/// browsers that made them (`sessions`: id by row key); a row no browser made fails the test.
+async fn session_rows(
+    db: &Db,
+    sessions: &HashMap<String, String>,
+) -> Vec<(String, String, SealedRecord)> {
+    let mut rows = Vec::new();
+    let query = "SELECT id, key_id, sealed FROM sessions";
+    for row in sqlx::query(query).fetch_all(db.pool()).await.unwrap() {
         let key: String = row.try_get("id").unwrap();
         let id = sessions
             .get(&key)
             .unwrap_or_else(|| panic!("session row {key} was made by no browser of this test"));
-        records.push(Record {
-            what: format!("session {key}"),
-            context: format!("samvault:session:{id}"),
-            sealed: sealed_from(&row, ["kek_id", "wrapped_key", "sealed"]),
-        });
+        rows.push((
+            row.try_get("key_id").unwrap(),
+            format!("samvault:session:{id}"),
+            SealedRecord::decode(row.try_get("sealed").unwrap()).unwrap(),
+        ));
     }
-    records
+    rows
 }
 
 /// A vault over a key file: the service's own, or a fresh one ("another key").
@@ -157,7 +181,9 @@ async fn a_database_copied_without_the_key_file_yields_nothing(backend: Backend)
 
     let dir = tempfile::tempdir().unwrap();
     let copy = copy_of(&stack, dir.path()).await;
-    let records = sealed_records(&copy, &sessions).await;
+    let records = sealed_records(&copy).await;
+    let keys = session_keys(&copy).await;
+    let session_rows = session_rows(&copy, &sessions).await;
     // Every table that holds sealed data is covered: the storage layer's own count agrees.
     let declared: i64 = sealed::count_by_kek(&copy)
         .await
@@ -166,10 +192,12 @@ async fn a_database_copied_without_the_key_file_yields_nothing(backend: Backend)
         .map(|c| c.records)
         .sum();
     assert_eq!(
-        records.len() as i64,
+        (records.len() + keys.len()) as i64,
         declared,
         "a sealed table was left out"
     );
+    assert_eq!(keys.len(), 1, "one session key seals every session");
+    assert!(session_rows.len() >= 3, "the three consents' sessions");
     let count = |prefix: &str| {
         records
             .iter()
@@ -178,7 +206,6 @@ async fn a_database_copied_without_the_key_file_yields_nothing(backend: Backend)
     };
     assert_eq!(count("refresh token"), 5);
     assert_eq!(count("TOTP secret"), 1);
-    assert_eq!(count("session"), 3);
 
     let own_key = vault_over(&stack.dir.path().join("samvault.key"));
     let another_key = vault_over(&dir.path().join("another.key"));
@@ -218,6 +245,35 @@ async fn a_database_copied_without_the_key_file_yields_nothing(backend: Backend)
             "{}: {:?}",
             record.what,
             refused.err()
+        );
+    }
+
+    // The session key opens with the service's key file only, and with it every session.
+    for (id, wrapped) in &keys {
+        let held = own_key
+            .hold(wrapped)
+            .await
+            .unwrap_or_else(|e| panic!("session key {id}: the service's own key: {e}"));
+        for (_, context, sealed) in session_rows.iter().filter(|(key, ..)| key == id) {
+            let plain = held.open(sealed, context).unwrap();
+            let record: Value = serde_json::from_slice(plain.expose_secret()).unwrap();
+            assert!(record["data"].is_object(), "{context}");
+        }
+        match another_key.hold(wrapped).await {
+            Ok(_) => panic!("session key {id}: opened without the service's key"),
+            Err(VaultError::ProviderUnavailable(e)) => panic!("session key {id}: {e}"),
+            Err(_) => {}
+        }
+        let relabelled = WrappedKey {
+            kek_id: another_kek_id.clone(),
+            bytes: wrapped.bytes.clone(),
+        };
+        assert!(
+            matches!(
+                another_key.hold(&relabelled).await,
+                Err(VaultError::Integrity)
+            ),
+            "session key {id}"
         );
     }
 

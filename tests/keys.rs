@@ -19,7 +19,7 @@ use support::stack::*;
 const PARTNERS: u32 = 12;
 /// Sealed records added beside the partners' grants, so the rotation runs long enough to be
 /// killed half-way.
-const FILLER_SESSIONS: usize = 2500;
+const FILLER_SESSION_KEYS: usize = 2500;
 
 fn key_file(stack: &Stack) -> std::path::PathBuf {
     stack.dir.path().join("samvault.key")
@@ -37,26 +37,25 @@ fn keys_status(stack: &Stack) -> Value {
     serde_json::from_str(&stack.cli(&["keys", "status", "--json"])).unwrap()
 }
 
-/// Seals `n` session records with the stack's own key file, as the service would.
-async fn add_sealed_sessions(stack: &Stack, n: usize) {
+/// Adds `n` session keys wrapped with the stack's own key file, as the service makes them
+/// (half an hour old: older than the service's own, so it never takes them up, and too young
+/// to be forgotten while the test runs).
+async fn add_session_keys(stack: &Stack, n: usize) {
     use samvault::vault::{LocalKeyProvider, Vault};
     let (provider, created) = LocalKeyProvider::open_or_create(&key_file(stack)).unwrap();
     assert!(!created, "the service created the key file");
     let vault = Vault::new(Arc::new(provider));
     let db = stack.db().await;
+    let created_at = samvault::storage::now() - 1800;
     for i in 0..n {
-        let sealed = vault
-            .seal(br#"{"filler":true}"#, &format!("session:{i}"))
-            .await
-            .unwrap();
+        let (_, wrapped) = vault.new_held_key().await.unwrap();
         sqlx::query(
-            "INSERT INTO sessions (id, kek_id, wrapped_key, sealed, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO session_keys (id, kek_id, wrapped_key, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(format!("filler-{i:05}"))
-        .bind(&sealed.wrapped_key.kek_id)
-        .bind(&sealed.wrapped_key.bytes)
-        .bind(sealed.record.as_bytes())
-        .bind(i64::MAX / 2)
+        .bind(&wrapped.kek_id)
+        .bind(&wrapped.bytes)
+        .bind(created_at)
         .execute(db.pool())
         .await
         .unwrap();
@@ -132,7 +131,7 @@ async fn rotation_under_load_survives_a_kill(backend: Backend) {
     for k in 1..=PARTNERS {
         stack.consent(&format!("admin@tenant-{k}.example")).await;
     }
-    add_sealed_sessions(&stack, FILLER_SESSIONS).await;
+    add_session_keys(&stack, FILLER_SESSION_KEYS).await;
     let before = keys_status(&stack);
     let old_kek = before["current_kek_id"].as_str().unwrap().to_string();
     assert_eq!(before["not_under_current_key"], 0);

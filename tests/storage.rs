@@ -9,11 +9,13 @@ use samvault::storage::partners::{
     self, GrantHolder, GuardedConsent, NewConsent, StoredGrant, grant_context,
 };
 use samvault::storage::requests::{self, RECENT, RequestBatch, RequestCounts, RequestRecord};
+use samvault::storage::session_keys::ROLL_AFTER;
 use samvault::storage::sessions::{self, SealedSessionStore};
 use samvault::storage::{Db, StorageError, audit, clients, invitations, rotation, stats};
-use samvault::vault::{SealedRecord, Vault};
+use samvault::vault::{SealedRecord, Vault, VaultError, WrappedKey};
 use secrecy::ExposeSecret;
 use sqlx::Row;
+use std::sync::Arc;
 use support::*;
 
 /// A fixed clock: storage takes times as arguments, so tests do not depend on the wall clock.
@@ -2457,37 +2459,136 @@ fn session_record(verifier: &str, expires_in: i64) -> Record {
     }
 }
 
-/// Every stored session row, as bytes (ids, key ids, wrapped keys, ciphertexts).
+/// Every stored session row and session key, as bytes (ids, key ids, wrapped keys,
+/// ciphertexts).
 async fn raw_sessions(db: &Db) -> Vec<u8> {
-    let rows = sqlx::query("SELECT id, kek_id, wrapped_key, sealed FROM sessions")
+    let mut all = Vec::new();
+    let rows = sqlx::query("SELECT id, key_id, sealed FROM sessions")
         .fetch_all(db.pool())
         .await
         .unwrap();
-    let mut all = Vec::new();
     for row in rows {
+        for col in ["id", "key_id"] {
+            all.extend_from_slice(row.try_get::<String, _>(col).unwrap().as_bytes());
+        }
+        all.extend_from_slice(&row.try_get::<Vec<u8>, _>("sealed").unwrap());
+    }
+    let keys = sqlx::query("SELECT id, kek_id, wrapped_key FROM session_keys")
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    for row in keys {
         for col in ["id", "kek_id"] {
             all.extend_from_slice(row.try_get::<String, _>(col).unwrap().as_bytes());
         }
-        for col in ["wrapped_key", "sealed"] {
-            all.extend_from_slice(&row.try_get::<Vec<u8>, _>(col).unwrap());
-        }
+        all.extend_from_slice(&row.try_get::<Vec<u8>, _>("wrapped_key").unwrap());
     }
     all
 }
 
+async fn count_rows(db: &Db, table: &str) -> i64 {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) AS n FROM {table}"
+    )))
+    .fetch_one(db.pool())
+    .await
+    .unwrap()
+    .try_get("n")
+    .unwrap()
+}
+
 async fn session_rows(db: &Db) -> i64 {
-    sqlx::query("SELECT COUNT(*) AS n FROM sessions")
-        .fetch_one(db.pool())
-        .await
-        .unwrap()
-        .try_get("n")
-        .unwrap()
+    count_rows(db, "sessions").await
+}
+
+/// A vault over `provider` that counts the wraps and unwraps it asks for.
+#[derive(Default)]
+struct Counted {
+    wraps: std::sync::atomic::AtomicU64,
+    unwraps: std::sync::atomic::AtomicU64,
+}
+
+struct CountingProvider {
+    inner: Arc<dyn samvault::vault::KeyProvider>,
+    counted: Arc<Counted>,
+}
+
+impl samvault::vault::KeyProvider for CountingProvider {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn current_kek_id(&self) -> String {
+        self.inner.current_kek_id()
+    }
+    fn owns(&self, kek_id: &str) -> bool {
+        self.inner.owns(kek_id)
+    }
+    fn wrap<'a>(
+        &'a self,
+        key: &'a samvault::vault::DataKey,
+    ) -> samvault::vault::BoxFuture<'a, Result<WrappedKey, VaultError>> {
+        use std::sync::atomic::Ordering;
+        self.counted.wraps.fetch_add(1, Ordering::Relaxed);
+        self.inner.wrap(key)
+    }
+    fn unwrap<'a>(
+        &'a self,
+        wrapped: &'a WrappedKey,
+    ) -> samvault::vault::BoxFuture<'a, Result<samvault::vault::DataKey, VaultError>> {
+        use std::sync::atomic::Ordering;
+        self.counted.unwraps.fetch_add(1, Ordering::Relaxed);
+        self.inner.unwrap(wrapped)
+    }
+    fn check(&self) -> samvault::vault::BoxFuture<'_, Result<(), VaultError>> {
+        self.inner.check()
+    }
+    fn create_kek(&self) -> samvault::vault::BoxFuture<'_, Result<String, VaultError>> {
+        self.inner.create_kek()
+    }
+    fn refresh(&self) -> samvault::vault::BoxFuture<'_, Result<bool, VaultError>> {
+        self.inner.refresh()
+    }
+    fn refresh_interval(&self) -> std::time::Duration {
+        self.inner.refresh_interval()
+    }
+    fn retire<'a>(
+        &'a self,
+        kek_id: &'a str,
+    ) -> samvault::vault::BoxFuture<'a, Result<bool, VaultError>> {
+        self.inner.retire(kek_id)
+    }
+}
+
+/// A vault over the key file at `key_path` (another process's view of it), counted.
+fn counted(key_path: &std::path::Path) -> (Vault, Arc<Counted>) {
+    let (provider, _) = samvault::vault::LocalKeyProvider::open_or_create(key_path).unwrap();
+    let counted = Arc::new(Counted::default());
+    let provider = CountingProvider {
+        inner: Arc::new(provider),
+        counted: counted.clone(),
+    };
+    (Vault::new(Arc::new(provider)), counted)
+}
+
+impl Counted {
+    fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.wraps.load(Ordering::Relaxed),
+            self.unwraps.load(Ordering::Relaxed),
+        )
+    }
 }
 
 both_backends!(sealed_sessions_round_trip, |url| async move {
     let db = open(&url).await;
     let v = local_vault();
-    let store = SealedSessionStore::new(db.clone(), v.vault.clone());
+    let store = SealedSessionStore::open(db.clone(), v.vault.clone())
+        .await
+        .unwrap();
     const VERIFIER: &str = "pkce-verifier-plaintext-Zr8qLw3xYt";
 
     let mut record = session_record(VERIFIER, 600);
@@ -2544,7 +2645,9 @@ both_backends!(
     |url| async move {
         let db = open(&url).await;
         let v = local_vault();
-        let store = SealedSessionStore::new(db.clone(), v.vault.clone());
+        let store = SealedSessionStore::open(db.clone(), v.vault.clone())
+            .await
+            .unwrap();
 
         // An expired session does not load and is removed by delete_expired.
         let mut expired = session_record("old", -60);
@@ -2571,7 +2674,7 @@ both_backends!(
         );
 
         // A sealed row copied under another id does not open (the id is bound as context).
-        sqlx::query("UPDATE sessions SET kek_id = (SELECT kek_id FROM sessions WHERE id = $1), wrapped_key = (SELECT wrapped_key FROM sessions WHERE id = $1), sealed = (SELECT sealed FROM sessions WHERE id = $1) WHERE id = $2")
+        sqlx::query("UPDATE sessions SET key_id = (SELECT key_id FROM sessions WHERE id = $1), sealed = (SELECT sealed FROM sessions WHERE id = $1) WHERE id = $2")
         .bind(sessions::row_key(&live.id))
         .bind(sessions::row_key(&clash.id))
         .execute(db.pool())
@@ -2579,11 +2682,103 @@ both_backends!(
         .unwrap();
         assert_eq!(store.load(&clash.id).await.unwrap(), None);
 
-        // Another key cannot open the sessions either.
+        // Another key file cannot open the session key, so neither the sessions; it seals
+        // its own sessions under a key of its own.
         let other = local_vault();
-        let foreign = SealedSessionStore::new(db.clone(), other.vault.clone());
+        let foreign = SealedSessionStore::open(db.clone(), other.vault.clone())
+            .await
+            .unwrap();
         assert_eq!(foreign.load(&live.id).await.unwrap(), None);
         assert!(store.load(&live.id).await.unwrap().is_some());
+        assert_eq!(count_rows(&db, "session_keys").await, 2);
+    }
+);
+
+// Sessions are sealed under a session key that costs one wrap where it is made and one
+// unwrap in each other process, whatever the number of sessions; a key is rolled when due
+// (its sessions still open), forgotten once no session names it, and made again when an
+// operator deleted it.
+both_backends!(
+    session_keys_are_shared_rolled_and_forgotten,
+    |url| async move {
+        let db = open(&url).await;
+        let v = local_vault();
+        let (vault, first) = counted(&v.key_path);
+        let store = SealedSessionStore::open(db.clone(), vault).await.unwrap();
+        let mut records = Vec::new();
+        for i in 0..50 {
+            let mut record = session_record(&format!("verifier-{i}"), 600);
+            store.create(&mut record).await.unwrap();
+            records.push(record);
+        }
+        assert_eq!(
+            first.get(),
+            (1, 0),
+            "one wrap for the key, none per session"
+        );
+
+        // Another process (a replica, a restart) unwraps the stored key once.
+        let (vault, second) = counted(&v.key_path);
+        let replica = SealedSessionStore::open(db.clone(), vault).await.unwrap();
+        for record in &records {
+            assert_eq!(
+                replica.load(&record.id).await.unwrap().as_ref(),
+                Some(record)
+            );
+        }
+        assert_eq!(second.get(), (0, 1));
+        let sealed = samvault::storage::sealed::count_by_kek(&db).await.unwrap();
+        assert_eq!(sealed.len(), 1, "{sealed:?}");
+        assert_eq!((sealed[0].what, sealed[0].records), ("session keys", 1));
+
+        // A day later a new key seals new sessions; the old one still opens its own.
+        let aged = "UPDATE session_keys SET created_at = created_at - $1";
+        sqlx::query(aged)
+            .bind(ROLL_AFTER + 1)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        store.upkeep().await.unwrap();
+        assert_eq!(first.get(), (2, 0));
+        let mut newer = session_record("newer", 600);
+        store.create(&mut newer).await.unwrap();
+        let keys_used = "SELECT COUNT(DISTINCT key_id) AS n FROM sessions";
+        let used: i64 = sqlx::query(keys_used)
+            .fetch_one(db.pool())
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap();
+        assert_eq!(used, 2);
+        replica.upkeep().await.unwrap();
+        assert_eq!(replica.load(&newer.id).await.unwrap(), Some(newer.clone()));
+        assert_eq!(second.get(), (0, 2), "the replica took the new key up once");
+        assert!(store.load(&records[0].id).await.unwrap().is_some());
+
+        // The old key stays while a session names it, and goes with the last one.
+        store.upkeep().await.unwrap();
+        assert_eq!(count_rows(&db, "session_keys").await, 2);
+        for record in &records {
+            store.delete(&record.id).await.unwrap();
+        }
+        store.upkeep().await.unwrap();
+        assert_eq!(count_rows(&db, "session_keys").await, 1);
+
+        // An operator ends every session: a new key at the next upkeep, shared again.
+        sqlx::query("DELETE FROM sessions")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM session_keys")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        store.upkeep().await.unwrap();
+        assert_eq!(first.get(), (3, 0));
+        let mut after = session_record("after", 600);
+        store.create(&mut after).await.unwrap();
+        assert_eq!(replica.load(&after.id).await.unwrap(), Some(after));
+        assert_eq!(count_rows(&db, "session_keys").await, 1);
     }
 );
 

@@ -4,7 +4,7 @@
 pub mod api;
 pub mod client_address;
 pub mod client_auth;
-mod health;
+pub mod health;
 pub mod metrics;
 pub mod onboard;
 pub mod openapi;
@@ -74,19 +74,22 @@ pub struct Shared {
     pub sign_in: Arc<crate::ops::SignInLimits>,
     /// Customer work the dashboard asks for: sync, consent, removal.
     pub customers: crate::customers::Customers,
+    /// Onboarding sign-in starts and callbacks per client address (`SAMVAULT_ONBOARD_RATE`).
+    pub onboard_limit: onboard::OnboardLimit,
+    /// Where sessions live, sealed under the session key (`storage::session_keys`).
+    pub sessions: SealedSessionStore,
+    /// The last `/readyz` check, which answers probes for a few seconds.
+    pub readiness: health::Readiness,
 }
 
 pub fn router(state: AppState) -> Router {
     let secure_cookies = state.config.public_url.scheme() == "https";
-    let sessions = SessionManagerLayer::new(SealedSessionStore::new(
-        state.db.clone(),
-        state.vault.clone(),
-    ))
-    .with_name("samvault_session")
-    .with_http_only(true)
-    .with_same_site(SameSite::Lax)
-    .with_secure(secure_cookies)
-    .with_expiry(Expiry::OnInactivity(time::Duration::minutes(15)));
+    let sessions = SessionManagerLayer::new(state.sessions.clone())
+        .with_name("samvault_session")
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(secure_cookies)
+        .with_expiry(Expiry::OnInactivity(time::Duration::minutes(15)));
     let pages = onboard::router()
         .merge(ops::router())
         .route("/static/samvault.css", get(templates::stylesheet))

@@ -12,7 +12,10 @@
 //! internal failure that [`log_page_errors`] logs once.
 
 mod consent;
+mod limit;
 mod revoke;
+
+pub use limit::OnboardLimit;
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -24,6 +27,7 @@ use subtle::ConstantTimeEq;
 use tower_sessions::Session;
 
 use super::AppState;
+use super::client_address::ClientAddress;
 use super::templates::{ErrorPage, PageError, PageResult, log_page_errors};
 use crate::domain::TenantId;
 use crate::idp::errors::describe;
@@ -119,6 +123,28 @@ fn unavailable(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Pa
     .caused_by(error)
 }
 
+/// Takes one sign-in step from the client address's budget (`SAMVAULT_ONBOARD_RATE`), before
+/// anything else is read; past it, the 429 page, which says when and how to go on (`again`).
+fn take_step(
+    state: &AppState,
+    ClientAddress(address): ClientAddress,
+    purpose: Purpose,
+    again: &str,
+) -> PageResult<()> {
+    state.onboard_limit.take(address).map_err(|wait| {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        flow_error_page(
+            purpose,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-ins from your address",
+            "Too many sign-ins were started or completed from your network address in a short time. Nothing was stored or changed.",
+            &format!("Wait {} seconds, then {again}.", seconds.max(1)),
+            None,
+        )
+        .retry_after(wait)
+    })
+}
+
 /// A new CSRF token for the forms of the page about to be rendered.
 async fn new_csrf(session: &Session) -> PageResult<String> {
     let csrf = random_token();
@@ -177,19 +203,26 @@ impl CallbackParams {
     }
 }
 
+/// What to do after the wait at a callback: the sign-in is kept, and so is its code.
+const CALLBACK_AGAIN: &str = "reload this page (your sign-in is kept)";
+
 async fn callback_query(
     State(state): State<AppState>,
+    address: ClientAddress,
     session: Session,
     RawQuery(query): RawQuery,
 ) -> PageResult {
+    take_step(&state, address, Purpose::Consent, CALLBACK_AGAIN)?;
     callback(state, session, query.unwrap_or_default().as_bytes()).await
 }
 
 async fn callback_form(
     State(state): State<AppState>,
+    address: ClientAddress,
     session: Session,
     body: axum::body::Bytes,
 ) -> PageResult {
+    take_step(&state, address, Purpose::Consent, CALLBACK_AGAIN)?;
     callback(state, session, &body).await
 }
 

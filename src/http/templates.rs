@@ -4,6 +4,7 @@
 
 use std::error::Error;
 use std::sync::Arc;
+use std::time::Duration;
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -71,6 +72,8 @@ struct Failure {
     status: StatusCode,
     view: View,
     cause: Option<Cause>,
+    /// When to come back (`Retry-After`), for a refusal that passes.
+    retry_after: Option<Duration>,
 }
 
 enum View {
@@ -114,6 +117,7 @@ impl PageError {
             status,
             view,
             cause: None,
+            retry_after: None,
         }))
     }
 
@@ -123,6 +127,12 @@ impl PageError {
             error: Arc::from(error.into()),
             tenant: None,
         });
+        self
+    }
+
+    /// Says when to come back: `Retry-After`, in whole seconds (at least one).
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.0.retry_after = Some(wait);
         self
     }
 
@@ -141,6 +151,7 @@ impl IntoResponse for PageError {
             status,
             view,
             cause,
+            retry_after,
         } = *self.0;
         let mut response = match view {
             View::Message { title, text } => (
@@ -156,6 +167,12 @@ impl IntoResponse for PageError {
         };
         if let Some(cause) = cause {
             response.extensions_mut().insert(cause);
+        }
+        if let Some(wait) = retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         response
     }

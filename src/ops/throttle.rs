@@ -90,7 +90,7 @@ impl Drop for Ticket<'_> {
 
 /// Whom a budget belongs to: an IPv4 address (also when written as IPv4-mapped IPv6), or an
 /// IPv6 /64, the smallest network a site is given: one host can use all of it.
-fn owner(address: IpAddr) -> IpAddr {
+pub(crate) fn owner(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

@@ -19,6 +19,7 @@ pub mod replicas;
 pub mod requests;
 pub mod rotation;
 pub mod sealed;
+pub mod session_keys;
 pub mod sessions;
 mod sql;
 pub mod stats;
@@ -87,10 +88,10 @@ macro_rules! migrations {
 fn migrator(backend: Backend) -> Migrator {
     let migrations = match backend {
         Backend::Sqlite => {
-            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list", 7 "0007_audit_filters", 8 "0008_rotation_days", 9 "0009_key_rotations", 10 "0010_replicas", 11 "0011_consent_grant_version", 12 "0012_ops_session_epoch", 13 "0013_customers", 14 "0014_customer_requests")
+            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list", 7 "0007_audit_filters", 8 "0008_rotation_days", 9 "0009_key_rotations", 10 "0010_replicas", 11 "0011_consent_grant_version", 12 "0012_ops_session_epoch", 13 "0013_customers", 14 "0014_customer_requests", 16 "0016_session_keys")
         }
         Backend::Postgres => {
-            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list", 7 "0007_audit_filters", 8 "0008_rotation_days", 9 "0009_key_rotations", 10 "0010_replicas", 11 "0011_consent_grant_version", 12 "0012_ops_session_epoch", 13 "0013_customers", 14 "0014_customer_requests")
+            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list", 7 "0007_audit_filters", 8 "0008_rotation_days", 9 "0009_key_rotations", 10 "0010_replicas", 11 "0011_consent_grant_version", 12 "0012_ops_session_epoch", 13 "0013_customers", 14 "0014_customer_requests", 16 "0016_session_keys")
         }
     };
     Migrator::with_migrations(migrations)

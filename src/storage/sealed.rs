@@ -15,9 +15,10 @@ const SEALED_TABLES: [(&str, &str); 3] = [
         "refresh tokens (grant versions)",
         "SELECT kek_id, COUNT(*) AS n FROM grants WHERE sealed IS NOT NULL GROUP BY kek_id ORDER BY kek_id",
     ),
+    // Session rows are sealed under a session key, which is what the KEK wraps.
     (
-        "sessions",
-        "SELECT kek_id, COUNT(*) AS n FROM sessions GROUP BY kek_id ORDER BY kek_id",
+        "session keys",
+        "SELECT kek_id, COUNT(*) AS n FROM session_keys GROUP BY kek_id ORDER BY kek_id",
     ),
     (
         "ops users' TOTP secrets",
@@ -63,12 +64,12 @@ pub async fn shredded_grants(db: &Db) -> Result<i64, StorageError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SealedTable {
     Grants,
-    Sessions,
+    SessionKeys,
     OpsTotp,
 }
 
 impl SealedTable {
-    pub const ALL: [SealedTable; 3] = [Self::Grants, Self::Sessions, Self::OpsTotp];
+    pub const ALL: [SealedTable; 3] = [Self::Grants, Self::SessionKeys, Self::OpsTotp];
 
     /// Rows not wrapped under `$1` after the keyset position, in key order (`$2`, `$3` are the
     /// last key seen; `$4` the batch size). Shredded grants have nothing to re-wrap.
@@ -79,8 +80,8 @@ impl SealedTable {
                  WHERE sealed IS NOT NULL AND kek_id <> $1 AND (tenant_id > $2 OR (tenant_id = $2 AND version > $3))
                  ORDER BY tenant_id, version LIMIT $4"
             }
-            Self::Sessions => {
-                "SELECT id AS k, kek_id, wrapped_key FROM sessions
+            Self::SessionKeys => {
+                "SELECT id AS k, kek_id, wrapped_key FROM session_keys
                  WHERE kek_id <> $1 AND id > $2 ORDER BY id LIMIT $3"
             }
             Self::OpsTotp => {
@@ -99,8 +100,8 @@ impl SealedTable {
                 "UPDATE grants SET kek_id = $1, wrapped_key = $2
                  WHERE kek_id = $3 AND wrapped_key = $4 AND tenant_id = $5 AND version = $6"
             }
-            Self::Sessions => {
-                "UPDATE sessions SET kek_id = $1, wrapped_key = $2
+            Self::SessionKeys => {
+                "UPDATE session_keys SET kek_id = $1, wrapped_key = $2
                  WHERE kek_id = $3 AND wrapped_key = $4 AND id = $5"
             }
             Self::OpsTotp => {
@@ -148,7 +149,7 @@ pub async fn not_under(
         .bind(&after.key);
     let query = match table {
         SealedTable::Grants => query.bind(after.version).bind(limit),
-        SealedTable::Sessions | SealedTable::OpsTotp => query.bind(limit),
+        SealedTable::SessionKeys | SealedTable::OpsTotp => query.bind(limit),
     };
     let rows: Vec<KeyedRow> = query.fetch_all(db.pool()).await?;
     Ok(rows
@@ -182,7 +183,7 @@ pub async fn swap_wrapped_key(
         .bind(&row.at.key);
     let query = match row.table {
         SealedTable::Grants => query.bind(row.at.version),
-        SealedTable::Sessions | SealedTable::OpsTotp => query,
+        SealedTable::SessionKeys | SealedTable::OpsTotp => query,
     };
     Ok(query.execute(db.pool()).await?.rows_affected() == 1)
 }

@@ -1,21 +1,26 @@
-//! tower-sessions store over samvault's own database, with every row sealed by the vault.
+//! tower-sessions store over samvault's own database, with every row sealed.
 //!
-//! Sessions carry the onboarding flow's PKCE verifier and nonce (and later the ops user's
-//! identity), so rows are sealed like refresh tokens: a database reader learns only that a
-//! session exists and when it expires.
+//! Sessions carry the onboarding flow's PKCE verifier and nonce (and the ops user's identity),
+//! so rows are sealed: a database reader learns only that a session exists and when it
+//! expires. They are sealed under the session key ([`SessionKeys`]), not under a data key of
+//! their own: a new session costs no key-provider call, since anyone can make one.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{Error, Result, SessionStore};
 
-use super::{Db, SealedColumns};
-use crate::vault::{Sealed, Vault};
+use super::Db;
+pub use super::session_keys::SessionKeyError;
+use super::session_keys::{REFRESH_EVERY, SessionKeys};
+use crate::vault::{SealedRecord, Vault};
 
 #[derive(Clone)]
 pub struct SealedSessionStore {
     db: Db,
-    vault: Vault,
+    keys: Arc<SessionKeys>,
 }
 
 impl std::fmt::Debug for SealedSessionStore {
@@ -31,7 +36,9 @@ pub fn row_key(id: &Id) -> String {
     hex::encode(sha2::Sha256::digest(format!("samvault:session-row:{id}")))
 }
 
-fn context(id: &Id) -> String {
+/// What a session row is sealed with as associated data: its id, so a row copied under
+/// another id does not open.
+pub fn context(id: &Id) -> String {
     format!("samvault:session:{id}")
 }
 
@@ -40,27 +47,53 @@ fn backend(e: impl std::fmt::Display) -> Error {
 }
 
 impl SealedSessionStore {
-    pub fn new(db: Db, vault: Vault) -> Self {
-        Self { db, vault }
+    /// Opens the session key (see [`SessionKeys::open`]): at most one key-provider call.
+    pub async fn open(db: Db, vault: Vault) -> std::result::Result<Self, SessionKeyError> {
+        let keys = SessionKeys::open(db.clone(), vault).await?;
+        Ok(Self {
+            db,
+            keys: Arc::new(keys),
+        })
     }
 
-    async fn seal(&self, record: &Record) -> Result<Sealed> {
+    /// Seals the record under the current session key: `(key id, sealed bytes)`.
+    fn seal(&self, record: &Record) -> Result<(String, SealedRecord)> {
         let json = zeroize::Zeroizing::new(
             serde_json::to_vec(record).map_err(|e| Error::Encode(e.to_string()))?,
         );
-        self.vault
-            .seal(&json, &context(&record.id))
-            .await
-            .map_err(backend)
+        let current = self.keys.current();
+        Ok((current.id, current.key.seal(&json, &context(&record.id))))
     }
 
-    /// Removes expired rows; called from a periodic task.
+    /// Removes expired rows.
     pub async fn delete_expired(&self) -> std::result::Result<u64, sqlx::Error> {
         let done = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
             .bind(super::now())
             .execute(self.db.pool())
             .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Every [`REFRESH_EVERY`]: expired rows removed, the newest session key taken up (or a
+    /// new one made when due), keys no row names any more forgotten.
+    pub async fn upkeep(&self) -> std::result::Result<(), SessionKeyError> {
+        self.delete_expired().await?;
+        self.keys.refresh().await
+    }
+
+    pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REFRESH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.upkeep().await {
+                    tracing::warn!(error = %e, "session upkeep failed; tried again in a minute");
+                }
+            }
+        })
     }
 }
 
@@ -69,14 +102,13 @@ impl SessionStore for SealedSessionStore {
     async fn create(&self, record: &mut Record) -> Result<()> {
         // Ids are 128 random bits; on the astronomically unlikely collision, draw again.
         loop {
-            let sealed = self.seal(record).await?;
+            let (key_id, sealed) = self.seal(record)?;
             let done = sqlx::query(
-                "INSERT INTO sessions (id, kek_id, wrapped_key, sealed, expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO sessions (id, key_id, sealed, expires_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
             )
             .bind(row_key(&record.id))
-            .bind(&sealed.wrapped_key.kek_id)
-            .bind(sealed.wrapped_key.bytes.as_slice())
-            .bind(sealed.record.as_bytes())
+            .bind(&key_id)
+            .bind(sealed.as_bytes())
             .bind(record.expiry_date.unix_timestamp())
             .execute(self.db.pool())
             .await
@@ -89,15 +121,14 @@ impl SessionStore for SealedSessionStore {
     }
 
     async fn save(&self, record: &Record) -> Result<()> {
-        let sealed = self.seal(record).await?;
+        let (key_id, sealed) = self.seal(record)?;
         sqlx::query(
-            "INSERT INTO sessions (id, kek_id, wrapped_key, sealed, expires_at) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO UPDATE SET kek_id = $2, wrapped_key = $3, sealed = $4, expires_at = $5",
+            "INSERT INTO sessions (id, key_id, sealed, expires_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET key_id = $2, sealed = $3, expires_at = $4",
         )
         .bind(row_key(&record.id))
-        .bind(&sealed.wrapped_key.kek_id)
-        .bind(sealed.wrapped_key.bytes.as_slice())
-        .bind(sealed.record.as_bytes())
+        .bind(&key_id)
+        .bind(sealed.as_bytes())
         .bind(record.expiry_date.unix_timestamp())
         .execute(self.db.pool())
         .await
@@ -106,18 +137,29 @@ impl SessionStore for SealedSessionStore {
     }
 
     async fn load(&self, id: &Id) -> Result<Option<Record>> {
-        let row: Option<SealedColumns> = sqlx::query_as(
-            "SELECT kek_id, wrapped_key, sealed FROM sessions WHERE id = $1 AND expires_at > $2",
-        )
-        .bind(row_key(id))
-        .bind(super::now())
-        .fetch_optional(self.db.pool())
-        .await
-        .map_err(backend)?;
-        let Some(row) = row else { return Ok(None) };
-        let sealed = row.into_sealed().map_err(backend)?;
-        // A row that no longer opens (key rotated away, tampered) is treated as no session.
-        let Ok(plain) = self.vault.open(&sealed, &context(id)).await else {
+        let row: Option<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT key_id, sealed FROM sessions WHERE id = $1 AND expires_at > $2")
+                .bind(row_key(id))
+                .bind(super::now())
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(backend)?;
+        let Some((key_id, sealed)) = row else {
+            return Ok(None);
+        };
+        // A row that does not open (its key gone or unreadable, tampered) is no session.
+        let key = match self.keys.get(&key_id).await {
+            Ok(Some(key)) => key,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::warn!(error = %e, "a session's key cannot be opened now");
+                return Ok(None);
+            }
+        };
+        let Ok(sealed) = SealedRecord::decode(sealed) else {
+            return Ok(None);
+        };
+        let Ok(plain) = key.open(&sealed, &context(id)) else {
             return Ok(None);
         };
         serde_json::from_slice(plain.expose_secret())

@@ -115,6 +115,32 @@ impl PreparedKey {
     }
 }
 
+/// A data key kept in memory to seal many small records with (the session key): wrapped
+/// once and stored beside them, unwrapped once per process, so sealing one costs no key
+/// provider call.
+pub struct HeldKey(DataKey);
+
+impl std::fmt::Debug for HeldKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldKey([redacted])")
+    }
+}
+
+impl HeldKey {
+    /// Seals `plaintext` with a fresh nonce; `context` is bound as associated data.
+    pub fn seal(&self, plaintext: &[u8], context: &str) -> SealedRecord {
+        envelope::seal(&self.0, plaintext, context.as_bytes())
+    }
+
+    pub fn open(
+        &self,
+        record: &SealedRecord,
+        context: &str,
+    ) -> Result<SecretBox<Vec<u8>>, VaultError> {
+        envelope::open(&self.0, record, context.as_bytes())
+    }
+}
+
 impl Vault {
     pub fn new(provider: Arc<dyn KeyProvider>) -> Self {
         Self::with_previous(provider, Vec::new())
@@ -164,6 +190,17 @@ impl Vault {
         let key = DataKey::generate();
         let wrapped_key = self.primary.wrap(&key).await?;
         Ok(PreparedKey { key, wrapped_key })
+    }
+
+    /// A new key to hold, and its wrapped form to store (one wrap).
+    pub async fn new_held_key(&self) -> Result<(HeldKey, WrappedKey), VaultError> {
+        let PreparedKey { key, wrapped_key } = self.prepare_key().await?;
+        Ok((HeldKey(key), wrapped_key))
+    }
+
+    /// A stored key unwrapped to hold (one unwrap, unless the provider has it cached).
+    pub async fn hold(&self, wrapped: &WrappedKey) -> Result<HeldKey, VaultError> {
+        Ok(HeldKey(self.unwrap(wrapped).await?))
     }
 
     pub async fn open(

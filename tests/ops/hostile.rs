@@ -625,7 +625,70 @@ async fn hostile_inputs_meet_the_onboarding_guards(backend: Backend) {
     );
 }
 
+/// Past `SAMVAULT_ONBOARD_RATE`, hostile sign-in starts and callbacks from one address get
+/// the 429 page: HTML, with `Retry-After`, none of the payload back as markup, never a 5xx,
+/// and nothing samvault holds changes.
+async fn a_hostile_flood_of_sign_ins_gets_the_429_page(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let options = StackOptions::default().env("SAMVAULT_ONBOARD_RATE", "4");
+    let stack = Stack::start(&db.url, options).await;
+    let before = holdings(&stack).await;
+    let mut browser = Browser::new(&stack);
+    let csrf = field(
+        &browser
+            .get(&format!("{}/onboard", stack.sv()))
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "csrf",
+    );
+    let mut answers = Vec::new();
+    for p in PAYLOADS {
+        let e = enc(p);
+        let start = format!("{}/onboard/start", stack.sv());
+        let invited = [("csrf", csrf.as_str()), ("invitation", p)];
+        answers.push(browser.post_form(&start, &invited).await);
+        let revoke = format!("{}/onboard/revoke/start", stack.sv());
+        answers.push(browser.post_form(&revoke, &[("csrf", p)]).await);
+        let callback = format!("{}/onboard/callback?code={e}&state={e}", stack.sv());
+        answers.push(browser.get(&callback).await);
+        let form_post = format!("{}/onboard/callback", stack.sv());
+        answers.push(
+            browser
+                .post_form(&form_post, &[("code", p), ("state", p)])
+                .await,
+        );
+    }
+    let (mut failures, mut refused) = (Vec::new(), 0);
+    for (i, response) in answers.into_iter().enumerate() {
+        let status = response.status().as_u16();
+        let retry_after = response.headers().contains_key("retry-after");
+        let body = response.text().await.unwrap_or_default();
+        if status == 429 {
+            refused += 1;
+            if !retry_after || !body.contains("Too many sign-ins") {
+                failures.push(format!("#{i}: a 429 without its page or Retry-After"));
+            }
+        } else if !(400..500).contains(&status) {
+            failures.push(format!("#{i}: {status}"));
+        }
+        failures.extend(
+            REFLECTED
+                .iter()
+                .filter(|m| body.contains(**m))
+                .map(|m| format!("#{i}: reflected {m}")),
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(refused >= 40, "{refused} of 48 refused past a budget of 4");
+    assert_eq!(holdings(&stack).await, before);
+}
+
 on_both_backends!(
     hostile_inputs_get_clear_refusals_and_change_nothing,
-    hostile_inputs_meet_the_onboarding_guards
+    hostile_inputs_meet_the_onboarding_guards,
+    a_hostile_flood_of_sign_ins_gets_the_429_page
 );

@@ -272,6 +272,7 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 pub mod customers;
+pub mod keyvault;
 pub mod ops;
 pub mod revoke;
 pub mod stack;

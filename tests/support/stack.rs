@@ -256,6 +256,8 @@ impl Stack {
                 "RUST_LOG",
                 "debug,sqlx=warn,hyper=info,h2=info,rustls=info,tower_sessions=info,reqwest=info",
             ),
+            // Tests consent many partners from one address; the limit's own tests lower it.
+            ("SAMVAULT_ONBOARD_RATE", "100000"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

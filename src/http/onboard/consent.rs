@@ -16,8 +16,8 @@ use serde::Deserialize;
 use tower_sessions::Session;
 
 use super::{
-    AppState, Pending, Purpose, bad_state, begin_sign_in, csrf_matches, error_page, mfa_refusal,
-    new_csrf, redeem_and_identify, unavailable,
+    AppState, ClientAddress, Pending, Purpose, bad_state, begin_sign_in, csrf_matches, error_page,
+    mfa_refusal, new_csrf, redeem_and_identify, take_step, unavailable,
 };
 use crate::config::Onboarding;
 use crate::domain::TenantId;
@@ -161,9 +161,16 @@ struct StartForm {
 
 async fn start(
     State(state): State<AppState>,
+    address: ClientAddress,
     session: Session,
     Form(form): Form<StartForm>,
 ) -> PageResult<Redirect> {
+    take_step(
+        &state,
+        address,
+        Purpose::Consent,
+        "go back and press Grant consent again",
+    )?;
     let invited = form.invitation.as_deref().is_some_and(|t| !t.is_empty());
     if state.config.onboarding == Onboarding::Invitation && !invited {
         return Err(by_invitation(&state));

@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use tower_sessions::Session;
 
 use super::{
-    AppState, PageError, PageResult, Pending, Purpose, bad_state, begin_sign_in, csrf_matches,
-    flow_error_page, mfa_refusal, new_csrf, redeem_and_identify, unavailable,
+    AppState, ClientAddress, PageError, PageResult, Pending, Purpose, bad_state, begin_sign_in,
+    csrf_matches, flow_error_page, mfa_refusal, new_csrf, redeem_and_identify, take_step,
+    unavailable,
 };
 use crate::broker::BrokerError;
 use crate::domain::TenantId;
@@ -145,9 +146,16 @@ async fn page(State(state): State<AppState>, session: Session) -> PageResult<Rev
 
 async fn start(
     State(state): State<AppState>,
+    address: ClientAddress,
     session: Session,
     body: Bytes,
 ) -> PageResult<Redirect> {
+    take_step(
+        &state,
+        address,
+        Purpose::Revoke,
+        "go back and press Sign in to revoke again",
+    )?;
     let form = serde_urlencoded::from_bytes::<StartForm>(&body).map_err(|_| expired_form())?;
     if !csrf_matches(&session, &form.csrf).await? {
         return Err(expired_form());

@@ -862,6 +862,8 @@ pub fn parse_customer_grants(value: &str) -> Result<Vec<CustomerGrant>, String> 
         return Err("must name at least one resource=Scope,Scope".into());
     }
     Ok(grants)
+}
+
 /// `SAMVAULT_ONBOARD_RATE`: a whole number of steps a minute, 1 to 100000.
 fn parse_onboard_rate(value: &str) -> Result<u32, ConfigError> {
     value

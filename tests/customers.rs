@@ -177,7 +177,7 @@ both_backends!(storage_round_trip, |url| async move {
     assert_eq!(row.last_token_at, Some(T0 + 50));
 
     // Keyset pages in tenant-id order.
-    let mut ids = vec![a.clone(), b.clone(), c.clone()];
+    let mut ids = [a.clone(), b.clone(), c.clone()];
     ids.sort_by(|x, y| x.as_str().cmp(y.as_str()));
     let first = customers::list(&db, &p, None, 2).await.unwrap();
     assert_eq!(
@@ -870,7 +870,7 @@ both_backends!(storage_consent_work_and_syncs, |url| async move {
         customers::claim_due_syncs(&db, T0, T0 + 600, 5)
             .await
             .unwrap(),
-        [p.clone()]
+        std::slice::from_ref(&p)
     );
     assert!(
         customers::claim_due_syncs(&db, T0, T0 + 600, 5)

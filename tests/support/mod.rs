@@ -275,3 +275,57 @@ pub mod ops;
 pub mod revoke;
 pub mod stack;
 pub mod webhook;
+
+/// The unkeyed SHA-256 a row's hash was before issue 17: length-prefixed fields after the
+/// previous hash. Anyone with write access can recompute it.
+pub fn plain_hash(prev: &str, row: &sqlx::any::AnyRow) -> String {
+    use sqlx::Row;
+    use sha2::{Digest, Sha256};
+    let seq: i64 = row.try_get("seq").unwrap();
+    let at: i64 = row.try_get("at").unwrap();
+    let tenant: Option<String> = row.try_get("tenant_id").unwrap();
+    let mut h = Sha256::new();
+    for part in [
+        prev.to_string(),
+        seq.to_string(),
+        at.to_string(),
+        row.try_get::<String, _>("actor").unwrap(),
+        row.try_get::<String, _>("action").unwrap(),
+        tenant.unwrap_or_default(),
+        row.try_get::<String, _>("detail").unwrap(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// What a database writer without the vault's key can do: recompute every plain hash and
+/// link from entry `from` on, after rewriting rows.
+pub async fn recompute_plain_chain(db: &Db, from: i64) {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT seq, at, actor, action, tenant_id, detail, prev_hash, hash FROM audit_log ORDER BY seq",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    let mut prev = "0".repeat(64);
+    for row in &rows {
+        let seq: i64 = row.try_get("seq").unwrap();
+        if seq < from {
+            prev = row.try_get("hash").unwrap();
+            continue;
+        }
+        let hash = plain_hash(&prev, row);
+        sqlx::query("UPDATE audit_log SET prev_hash = $1, hash = $2 WHERE seq = $3")
+            .bind(&prev)
+            .bind(&hash)
+            .bind(seq)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        prev = hash;
+    }
+}
+

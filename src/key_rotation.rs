@@ -85,6 +85,7 @@ fn table_name(table: SealedTable) -> &'static str {
         SealedTable::Grants => "refresh tokens",
         SealedTable::Sessions => "sessions",
         SealedTable::OpsTotp => "ops users' TOTP secrets",
+        SealedTable::AuditKey => "audit chain key",
     }
 }
 

@@ -7,6 +7,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use samvault::audit_chain::{self, AuditChainError, Settings};
+use samvault::storage::audit;
 use support::stack::*;
 use support::{Backend, recompute_plain_chain};
 
@@ -40,10 +42,8 @@ async fn last_seq(stack: &Stack) -> i64 {
 
 /// A stack whose processes keep the audit head in `anchor` (outside the database).
 async fn stack_with_anchor(db_url: &str, anchor: &Path) -> Stack {
-    let options = StackOptions::default().env(
-        "SAMVAULT_AUDIT_ANCHOR_FILE",
-        &anchor.display().to_string(),
-    );
+    let options =
+        StackOptions::default().env("SAMVAULT_AUDIT_ANCHOR_FILE", &anchor.display().to_string());
     Stack::start(db_url, options).await
 }
 
@@ -74,12 +74,18 @@ async fn a_cut_tail_is_found_against_the_anchor_file(backend: Backend) {
     let (intact, printed) = verify(&stack);
     assert!(!intact, "a cut tail must not verify: {printed}");
     assert!(
-        printed.contains(&format!("names event {head}, the log ends at event {}", head - 2)),
+        printed.contains(&format!(
+            "names event {head}, the log ends at event {}",
+            head - 2
+        )),
         "{printed}"
     );
 
-    // Entries written after the cut do not move the anchor: the evidence stays.
-    audit_entries(&stack, 3);
+    // Entries written after the cut do not move the anchor: the evidence stays. (They differ
+    // from the ones cut: an identical entry in the same second would have the same MAC.)
+    for _ in 0..3 {
+        stack.cli(&["invite", "create", "--expires", "1d"]);
+    }
     assert_eq!(std::fs::read_to_string(&anchor).unwrap(), written);
     let (intact, printed) = verify(&stack);
     assert!(!intact, "still refused after new entries: {printed}");
@@ -225,3 +231,121 @@ async fn loopback_http_is_accepted_beside_an_https_public_url() {
     stack.replicas[0].public_url = Some("https://samvault.example.com".into());
     stack.start_replica(0).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The key: sealed once by the vault, opened by every process, moved by `keys rotate`
+// ---------------------------------------------------------------------------------------
+
+async fn verified(db: &samvault::storage::Db) -> Result<audit::Verified, audit::Broken> {
+    audit::verify(db, &[]).await.unwrap()
+}
+
+both_backends!(
+    the_audit_key_is_sealed_once_and_opened_by_every_process,
+    |url| async move {
+        let raw = support::open_unaudited(&url).await;
+        let vault = support::local_vault();
+        let first = audit_chain::open(raw.clone(), &vault.vault, &Settings::default())
+            .await
+            .unwrap();
+        let keyed = audit::search(&first, &Default::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(keyed.len(), 1);
+        assert_eq!(
+            (keyed[0].seq, keyed[0].action.as_str()),
+            (1, "audit.chain_keyed")
+        );
+        // A second process opens the same key: their entries form one chain.
+        let second = audit_chain::open(raw.clone(), &vault.vault, &Settings::default())
+            .await
+            .unwrap();
+        audit::append(
+            &second,
+            "cli",
+            "client.create",
+            None,
+            serde_json::json!({}),
+            1,
+        )
+        .await
+        .unwrap();
+        assert_eq!(verified(&first).await.unwrap().entries, 2);
+        // No key is created twice.
+        assert_eq!(audit::next_seq(&raw).await.unwrap(), 3);
+
+        // Another key file cannot open it: the process stops rather than chain with a new key.
+        let other = support::local_vault();
+        let refused = audit_chain::open(raw.clone(), &other.vault, &Settings::default()).await;
+        assert!(
+            matches!(refused, Err(AuditChainError::Vault(_))),
+            "{refused:?}"
+        );
+        // Nor can the first keyed entry be moved to pass rewritten entries off as older ones.
+        sqlx::query("UPDATE audit_key SET first_seq = 3")
+            .execute(raw.pool())
+            .await
+            .unwrap();
+        let refused = audit_chain::open(raw.clone(), &vault.vault, &Settings::default()).await;
+        assert!(
+            matches!(refused, Err(AuditChainError::Vault(_))),
+            "{refused:?}"
+        );
+    }
+);
+
+both_backends!(
+    a_log_from_before_the_key_is_keyed_from_its_next_entry,
+    |url| async move {
+        let raw = support::open_unaudited(&url).await;
+        support::unkeyed_entries(&raw, 2).await;
+        let vault = support::local_vault();
+        let db = audit_chain::open(raw, &vault.vault, &Settings::default())
+            .await
+            .unwrap();
+        let intact = verified(&db).await.unwrap();
+        assert_eq!((intact.entries, intact.first_keyed), (3, 3));
+        let event = &audit::search(&db, &Default::default(), 1).await.unwrap()[0];
+        assert_eq!(event.action, "audit.chain_keyed");
+        assert_eq!(event.detail["unkeyed_entries"], 2);
+    }
+);
+
+both_backends!(keys_rotate_moves_the_audit_key_too, |url| async move {
+    use samvault::key_rotation::{self, Target};
+    use samvault::storage::sealed;
+    let raw = support::open_unaudited(&url).await;
+    let vault = support::local_vault();
+    let db = audit_chain::open(raw.clone(), &vault.vault, &Settings::default())
+        .await
+        .unwrap();
+    let old = vault.vault.provider().current_kek_id();
+    let report = key_rotation::rotate(&db, &vault.vault, Target::NewKey, "cli", |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.moved.get("audit chain key"), Some(&1));
+    assert_eq!(report.retired, [old]);
+    let counts = sealed::count_by_kek(&db).await.unwrap();
+    let key = counts.iter().find(|c| c.what == "audit chain key").unwrap();
+    assert_eq!(key.kek_id, report.target_kek_id);
+    // Opened again under the new KEK alone: the same key, the chain still intact.
+    let reopened = audit_chain::open(raw, &vault.vault, &Settings::default())
+        .await
+        .unwrap();
+    assert!(verified(&reopened).await.is_ok());
+});
+
+both_backends!(
+    an_anchor_file_in_a_missing_directory_is_refused,
+    |url| async move {
+        let raw = support::open_unaudited(&url).await;
+        let vault = support::local_vault();
+        let settings = Settings {
+            anchor_file: Some(PathBuf::from("/nonexistent-samvault-dir/audit.anchor")),
+            checkpoint_every: 0,
+        };
+        let refused = audit_chain::open(raw, &vault.vault, &settings).await;
+        let err = refused.err().expect("refused").to_string();
+        assert!(err.starts_with("SAMVAULT_AUDIT_ANCHOR_FILE:"), "{err}");
+    }
+);

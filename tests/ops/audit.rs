@@ -84,7 +84,7 @@ async fn filters_paging_and_chain_verification(backend: Backend) {
     let mut op = Operator::signed_in(&stack, "alice", "viewer").await;
 
     // 120 more entries, alternately for two tenants, so that paging has work to do.
-    let direct = stack.db().await;
+    let direct = stack.audited_db().await;
     let mut wingtip_entries = BTreeSet::new();
     for i in 0..120 {
         let tenant = if i % 2 == 0 { CONTOSO } else { WINGTIP };

@@ -1,13 +1,26 @@
-//! The audit log: append-only and hash-chained, so a deleted or edited row breaks the chain.
+//! The audit log: append-only and chained, so a deleted, edited or inserted row breaks the
+//! chain, even for someone who can write to the database.
 //!
-//! Each row's hash is SHA-256 over the previous hash and the row's canonical fields.
-//! Appends are serialised (a process-wide lock, plus a transaction-scoped advisory lock on
-//! PostgreSQL for replicas) so the chain never forks.
+//! Each row's `hash` is a MAC, under a key the vault seals (`chain.rs`), of the previous
+//! row's `hash` and the row's canonical fields; rows from before the key keep plain SHA-256
+//! hashes. Appends are serialised (a process-wide lock, plus a transaction-scoped advisory
+//! lock on PostgreSQL for replicas) so the chain never forks. Each append also records the
+//! new head outside the database when configured (`anchor.rs`), which is what shows rows cut
+//! off the end.
 
-use sha2::{Digest, Sha256};
+mod anchor;
+mod chain;
+mod verify;
+
+pub use anchor::{Head, read as read_anchor};
+pub use chain::{Chain, ChainKey, CheckpointEvent};
+pub use verify::{Broken, Verified, verify};
+
 use tokio::sync::Mutex;
 
-use super::{Backend, Db, FromRow, SqlBuilder, StorageError};
+use super::{Backend, Db, FromRow, SealedColumns, SqlBuilder, StorageError};
+use crate::vault::Sealed;
+use chain::Fields;
 
 static APPEND: Mutex<()> = Mutex::const_new(());
 /// Arbitrary constant naming the audit chain's advisory lock on PostgreSQL.
@@ -24,33 +37,35 @@ pub struct AuditEvent {
     pub detail: serde_json::Value,
 }
 
-fn row_hash(
-    prev: &str,
-    seq: i64,
-    at: i64,
-    actor: &str,
-    action: &str,
-    tenant: Option<&str>,
-    detail: &str,
-) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        prev,
-        &seq.to_string(),
-        &at.to_string(),
-        actor,
-        action,
-        tenant.unwrap_or(""),
-        detail,
-    ] {
-        // Length-prefix every field so no two different rows serialise alike.
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
+type WriteTx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// A write transaction that holds the chain: nobody else appends until it ends.
+async fn begin_chain(db: &Db) -> Result<WriteTx, StorageError> {
+    let mut tx = db.begin_write().await?;
+    if db.backend() == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
     }
-    hex::encode(h.finalize())
+    Ok(tx)
+}
+
+/// The next entry's number and the hash it chains to.
+async fn next_link(tx: &mut WriteTx) -> Result<(i64, String), StorageError> {
+    let last: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(match last {
+        Some((seq, hash)) => (seq + 1, hash),
+        None => (1, GENESIS.to_string()),
+    })
 }
 
 /// Appends one event. `detail` must never hold secrets (callers pass ids, names, outcomes).
+/// Needs the chain's key ([`Db::with_audit_chain`]); then writes the new head to the anchor
+/// file, unless the file names a head the log no longer holds (kept as evidence).
 pub async fn append(
     db: &Db,
     actor: &str,
@@ -59,24 +74,23 @@ pub async fn append(
     detail: serde_json::Value,
     at: i64,
 ) -> Result<i64, StorageError> {
+    let chain = db.audit_chain().ok_or(StorageError::NoAuditKey)?;
     let _guard = APPEND.lock().await;
-    let mut tx = db.begin_write().await?;
-    if db.backend() == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(AUDIT_LOCK_KEY)
-            .execute(&mut *tx)
-            .await?;
-    }
-    let last: Option<(i64, String)> =
-        sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut *tx)
-            .await?;
-    let (seq, prev) = match last {
-        Some((seq, hash)) => (seq + 1, hash),
-        None => (1, GENESIS.to_string()),
-    };
+    let mut tx = begin_chain(db).await?;
+    let (seq, prev) = next_link(&mut tx).await?;
     let detail = detail.to_string();
-    let hash = row_hash(&prev, seq, at, actor, action, tenant, &detail);
+    let entry = Fields {
+        seq,
+        at,
+        actor,
+        action,
+        tenant,
+        detail: &detail,
+    };
+    let head = Head {
+        seq,
+        mac: chain.seal(&prev, &entry),
+    };
     sqlx::query(
         "INSERT INTO audit_log (seq, at, actor, action, tenant_id, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
@@ -87,63 +101,163 @@ pub async fn append(
     .bind(tenant)
     .bind(&detail)
     .bind(&prev)
-    .bind(&hash)
+    .bind(&head.mac)
     .execute(&mut *tx)
     .await?;
+    if let Some(body) = chain.checkpoint(&head, at) {
+        super::outbox::insert_with(&mut *tx, &body, at).await?;
+    }
+    let anchor = match chain.anchor_file() {
+        Some(path) => Some((path, anchor_state(&mut tx, path).await?)),
+        None => None,
+    };
     tx.commit().await?;
+    if let Some((path, state)) = anchor {
+        move_anchor(path, &head, state).await;
+    }
     Ok(seq)
 }
 
-/// Rows per read while verifying: the walk holds one page in memory, not the whole log.
-const VERIFY_PAGE: i64 = 1000;
+/// Whether the anchor file may move on to a new head.
+#[derive(Debug)]
+pub enum AnchorState {
+    /// No anchor yet.
+    Missing,
+    /// The log still holds the anchored entry with its MAC.
+    Held(Head),
+    /// The anchored entry is gone or differs, or the file is unusable: it must stay as it is.
+    Lost(String),
+}
 
-/// Walks the whole chain; returns the number of entries, or the first sequence number that
-/// does not verify. Reads pages of [`VERIFY_PAGE`] rows through the read connections, so a
-/// long log neither fills memory nor holds SQLite's single writer connection; rows appended
-/// during the walk are simply walked too.
-pub async fn verify(db: &Db) -> Result<Result<u64, i64>, StorageError> {
-    let mut prev = GENESIS.to_string();
-    let mut expected_seq: i64 = 1;
-    loop {
-        let rows: Vec<ChainRow> = sqlx::query_as(
-            "SELECT seq, at, actor, action, tenant_id, detail, prev_hash, hash FROM audit_log \
-             WHERE seq >= $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(expected_seq)
-        .bind(VERIFY_PAGE)
-        .fetch_all(db.reader())
+async fn anchor_state(
+    tx: &mut WriteTx,
+    path: &std::path::Path,
+) -> Result<AnchorState, StorageError> {
+    let head = match anchor::read(path) {
+        Ok(None) => return Ok(AnchorState::Missing),
+        Ok(Some(head)) => head,
+        Err(why) => return Ok(AnchorState::Lost(why)),
+    };
+    let stored: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
+        .bind(head.seq)
+        .fetch_optional(&mut **tx)
         .await?;
-        let page = rows.len() as i64;
-        for row in rows {
-            let EventRow {
-                seq,
-                at,
-                actor,
-                action,
-                tenant_id,
-                detail,
-            } = &row.event;
-            let computed = row_hash(
-                &prev,
-                *seq,
-                *at,
-                actor,
-                action,
-                tenant_id.as_deref(),
-                detail,
-            );
-            if *seq != expected_seq || row.prev_hash != prev || row.hash != computed {
-                return Ok(Err(*seq));
+    Ok(match stored {
+        Some(mac) if mac == head.mac => AnchorState::Held(head),
+        Some(_) => AnchorState::Lost(format!("entry {} has another MAC", head.seq)),
+        None => AnchorState::Lost(format!("entry {} is not in the log", head.seq)),
+    })
+}
+
+/// What the anchor file says about the log now (start-up reports a lost anchor).
+pub async fn check_anchor(db: &Db) -> Result<Option<AnchorState>, StorageError> {
+    let Some(path) = db.audit_chain().and_then(Chain::anchor_file) else {
+        return Ok(None);
+    };
+    let mut tx = db.begin_write().await?;
+    let state = anchor_state(&mut tx, path).await?;
+    tx.rollback().await?;
+    Ok(Some(state))
+}
+
+async fn move_anchor(path: &std::path::Path, head: &Head, state: AnchorState) {
+    match state {
+        // Another process (a CLI command) may have anchored a later head meanwhile.
+        AnchorState::Held(old) if old.seq >= head.seq => {}
+        AnchorState::Missing | AnchorState::Held(_) => {
+            let (path, head) = (path.to_path_buf(), head.clone());
+            let written = tokio::task::spawn_blocking(move || anchor::write(&path, &head)).await;
+            if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
+                tracing::error!(error = %e, "SAMVAULT_AUDIT_ANCHOR_FILE: cannot write the audit head");
             }
-            prev = row.hash;
-            expected_seq += 1;
         }
-        if page < VERIFY_PAGE {
-            // The end of the log. (Rows cut off its end leave no trace in the chain: the
-            // shorter chain verifies, as it always has.)
-            return Ok(Ok((expected_seq - 1) as u64));
-        }
+        AnchorState::Lost(why) => tracing::error!(
+            anchor = %path.display(),
+            why,
+            "the audit log no longer holds the head in SAMVAULT_AUDIT_ANCHOR_FILE: it was cut or rewritten; \
+             the anchor is kept as evidence (docs/RUNBOOK.md, \"The audit anchor does not match\")"
+        ),
     }
+}
+
+/// The audit key as stored: sealed by the vault, with the first entry it chains.
+pub struct StoredKey {
+    pub first_seq: i64,
+    pub sealed: Sealed,
+}
+
+/// The associated data the audit key is sealed under: the first keyed entry is bound to the
+/// key, so moving it (to pass rewritten entries off as pre-key ones) makes the key unopenable.
+pub fn key_context(first_seq: i64) -> String {
+    format!("samvault:audit-key:first-seq:{first_seq}")
+}
+
+/// The one row of `audit_key`.
+const KEY_NAME: &str = "audit";
+
+pub async fn stored_key(db: &Db) -> Result<Option<StoredKey>, StorageError> {
+    #[derive(FromRow)]
+    struct KeyRow {
+        first_seq: i64,
+        #[sqlx(flatten)]
+        sealed: SealedColumns,
+    }
+    let row: Option<KeyRow> = sqlx::query_as(
+        "SELECT first_seq, kek_id, wrapped_key, sealed FROM audit_key WHERE name = $1",
+    )
+    .bind(KEY_NAME)
+    .fetch_optional(db.pool())
+    .await?;
+    row.map(|row| {
+        Ok(StoredKey {
+            first_seq: row.first_seq,
+            sealed: row
+                .sealed
+                .into_sealed()
+                .map_err(|e| StorageError::Corrupt(format!("audit key: {e}")))?,
+        })
+    })
+    .transpose()
+}
+
+/// The number the next entry will get.
+pub async fn next_seq(db: &Db) -> Result<i64, StorageError> {
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM audit_log")
+            .fetch_one(db.pool())
+            .await?,
+    )
+}
+
+/// Stores the audit key sealed for `first_seq`, if no key is stored yet and `first_seq` is
+/// still the next entry's number. `false`: another process stored one first, or an entry was
+/// appended meanwhile (seal again for the new number).
+pub async fn store_key(
+    db: &Db,
+    first_seq: i64,
+    sealed: &Sealed,
+    at: i64,
+) -> Result<bool, StorageError> {
+    let mut tx = begin_chain(db).await?;
+    if next_link(&mut tx).await?.0 != first_seq {
+        return Ok(false);
+    }
+    let stored = sqlx::query(
+        "INSERT INTO audit_key (name, first_seq, kek_id, wrapped_key, sealed, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(KEY_NAME)
+    .bind(first_seq)
+    .bind(&sealed.wrapped_key.kek_id)
+    .bind(&sealed.wrapped_key.bytes)
+    .bind(sealed.record.as_bytes())
+    .bind(at)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    tx.commit().await?;
+    Ok(stored)
 }
 
 /// An `audit_log` row's event, with its detail still JSON text.

@@ -219,6 +219,13 @@ async fn filters_paging_and_chain_verification(backend: Backend) {
             || page.contains(&format!("\"broken_at\":{tampered}")),
         "{page}"
     );
+
+    // The old unkeyed scheme let a database writer recompute every hash after an edit; the
+    // MACs need the vault's audit key, so the chain stays broken.
+    support::recompute_plain_chain(&direct, 1).await;
+    let (status, page) = verify(&mut op).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("The chain is broken at entry #1"), "{page}");
 }
 
 on_both_backends!(filters_paging_and_chain_verification);

@@ -2414,6 +2414,35 @@ both_backends!(
     }
 );
 
+both_backends!(audit_anchor_follows_concurrent_appends, |url| async move {
+    // Appends queued behind one anchor write are covered by the next; each returns once
+    // a head at least as new as its own is on disk.
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("audit.anchor");
+    let db = support::open_unaudited(&url)
+        .await
+        .with_audit_chain(test_chain(1).with_anchor(anchor.clone()));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (db, anchor) = (db.clone(), anchor.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5 {
+                let seq = audit::append(&db, "t", "t", None, serde_json::json!({ "i": i }), T0)
+                    .await
+                    .unwrap();
+                let on_disk = Head::parse(&std::fs::read_to_string(&anchor).unwrap()).unwrap();
+                assert!(on_disk.seq >= seq, "{} < {seq}", on_disk.seq);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let on_disk = Head::parse(&std::fs::read_to_string(&anchor).unwrap()).unwrap();
+    assert_eq!(on_disk.seq, 40);
+    assert_eq!(verified(&db).await, Ok(40));
+});
+
 both_backends!(audit_verify_needs_a_usable_anchor, |url| async move {
     let dir = tempfile::tempdir().unwrap();
     let anchor = dir.path().join("audit.anchor");

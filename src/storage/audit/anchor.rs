@@ -4,7 +4,9 @@
 //! that no longer holds that entry with that MAC was cut or rewritten.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::storage::{Db, StorageError};
 
 /// An entry's number and its `hash` (a MAC under the audit key), written `SEQ:MAC`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +45,102 @@ impl Head {
 impl std::fmt::Display for Head {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.seq, self.mac)
+    }
+}
+
+/// Whether the anchor file may move on to a new head.
+#[derive(Debug)]
+pub enum AnchorState {
+    /// No anchor yet.
+    Missing,
+    /// The log still holds the anchored entry with its MAC.
+    Held(Head),
+    /// The anchored entry is gone or differs, or the file is unusable: it must stay as it is.
+    Lost(String),
+}
+
+/// The anchor file of one process: appends hand it their heads, and it writes the newest one.
+#[derive(Debug)]
+pub struct AnchorFile {
+    path: PathBuf,
+    /// The newest head appended by this process and not yet written.
+    wanted: std::sync::Mutex<Option<Head>>,
+    /// The newest head this process wrote (or gave up on); held while writing, so appends
+    /// queued behind a write are covered by the next one (a disk flush takes milliseconds).
+    written: tokio::sync::Mutex<i64>,
+}
+
+impl AnchorFile {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            wanted: std::sync::Mutex::new(None),
+            written: tokio::sync::Mutex::new(0),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes the file name `head` (or a later head of this process) before returning, unless
+    /// it names a head the log no longer holds: that file is evidence and stays as it is.
+    pub async fn advance(&self, db: &Db, head: Head) {
+        {
+            let mut wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+            if wanted.as_ref().is_none_or(|w| w.seq < head.seq) {
+                *wanted = Some(head.clone());
+            }
+        }
+        let mut written = self.written.lock().await;
+        if *written >= head.seq {
+            return;
+        }
+        // Still there: whoever takes it writes it (or a later one) before `written` moves.
+        let newest = self.wanted.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(newest) = newest else {
+            return;
+        };
+        *written = newest.seq;
+        match self.state(db).await {
+            // Another process (a CLI command) anchored a later head meanwhile.
+            Ok(AnchorState::Held(old)) if old.seq >= newest.seq => {}
+            Ok(AnchorState::Missing | AnchorState::Held(_)) => self.write(newest).await,
+            Ok(AnchorState::Lost(why)) => tracing::error!(
+                anchor = %self.path.display(),
+                why,
+                "the audit log no longer holds the head in SAMVAULT_AUDIT_ANCHOR_FILE: it was cut or \
+                 rewritten; the anchor is kept as evidence (docs/RUNBOOK.md, \"The audit anchor does not match\")"
+            ),
+            Err(e) => tracing::error!(error = %e, "audit anchor not moved: the log cannot be read"),
+        }
+    }
+
+    async fn write(&self, head: Head) {
+        let path = self.path.clone();
+        let written = tokio::task::spawn_blocking(move || write(&path, &head)).await;
+        if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
+            tracing::error!(error = %e, "SAMVAULT_AUDIT_ANCHOR_FILE: cannot write the audit head");
+        }
+    }
+
+    /// Whether the log still holds the head in the file.
+    pub async fn state(&self, db: &Db) -> Result<AnchorState, StorageError> {
+        let head = match read(&self.path) {
+            Ok(None) => return Ok(AnchorState::Missing),
+            Ok(Some(head)) => head,
+            Err(why) => return Ok(AnchorState::Lost(why)),
+        };
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
+                .bind(head.seq)
+                .fetch_optional(db.reader())
+                .await?;
+        Ok(match stored {
+            Some(mac) if mac == head.mac => AnchorState::Held(head),
+            Some(_) => AnchorState::Lost(format!("entry {} has another MAC", head.seq)),
+            None => AnchorState::Lost(format!("entry {} is not in the log", head.seq)),
+        })
     }
 }
 

@@ -14,7 +14,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::anchor::Head;
+use super::anchor::{AnchorFile, Head};
 use crate::storage::StorageError;
 
 /// Bound into every MAC, so an audit MAC is never mistaken for any other HMAC of that key.
@@ -68,7 +68,7 @@ pub type CheckpointEvent = fn(head: &Head, at: i64) -> String;
 pub struct Chain {
     key: ChainKey,
     first_keyed: i64,
-    anchor: Option<PathBuf>,
+    anchor: Option<AnchorFile>,
     checkpoint: Option<(i64, CheckpointEvent)>,
 }
 
@@ -86,7 +86,7 @@ impl Chain {
     /// Every append writes the new head to `path` (`SAMVAULT_AUDIT_ANCHOR_FILE`), and a
     /// verification compares the log with it.
     pub fn with_anchor(mut self, path: PathBuf) -> Self {
-        self.anchor = Some(path);
+        self.anchor = Some(AnchorFile::new(path));
         self
     }
 
@@ -104,7 +104,11 @@ impl Chain {
     }
 
     pub fn anchor_file(&self) -> Option<&Path> {
-        self.anchor.as_deref()
+        self.anchor.as_ref().map(AnchorFile::path)
+    }
+
+    pub(super) fn anchor(&self) -> Option<&AnchorFile> {
+        self.anchor.as_ref()
     }
 
     /// What a new entry's `hash` is: always its MAC.

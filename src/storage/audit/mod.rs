@@ -12,7 +12,7 @@ mod anchor;
 mod chain;
 mod verify;
 
-pub use anchor::{Head, read as read_anchor};
+pub use anchor::{AnchorState, Head, read as read_anchor};
 pub use chain::{Chain, ChainKey, CheckpointEvent};
 pub use verify::{Broken, Verified, verify};
 
@@ -65,7 +65,8 @@ async fn next_link(tx: &mut WriteTx) -> Result<(i64, String), StorageError> {
 
 /// Appends one event. `detail` must never hold secrets (callers pass ids, names, outcomes).
 /// Needs the chain's key ([`Db::with_audit_chain`]); then writes the new head to the anchor
-/// file, unless the file names a head the log no longer holds (kept as evidence).
+/// file (returning once it is on disk), unless the file names a head the log no longer holds
+/// (kept as evidence).
 pub async fn append(
     db: &Db,
     actor: &str,
@@ -107,76 +108,20 @@ pub async fn append(
     if let Some(body) = chain.checkpoint(&head, at) {
         super::outbox::insert_with(&mut *tx, &body, at).await?;
     }
-    let anchor = match chain.anchor_file() {
-        Some(path) => Some((path, anchor_state(&mut tx, path).await?)),
-        None => None,
-    };
     tx.commit().await?;
-    if let Some((path, state)) = anchor {
-        move_anchor(path, &head, state).await;
+    // Outside the append lock: one anchor write covers every append that queued behind it.
+    drop(_guard);
+    if let Some(anchor) = chain.anchor() {
+        anchor.advance(db, head).await;
     }
     Ok(seq)
 }
 
-/// Whether the anchor file may move on to a new head.
-#[derive(Debug)]
-pub enum AnchorState {
-    /// No anchor yet.
-    Missing,
-    /// The log still holds the anchored entry with its MAC.
-    Held(Head),
-    /// The anchored entry is gone or differs, or the file is unusable: it must stay as it is.
-    Lost(String),
-}
-
-async fn anchor_state(
-    tx: &mut WriteTx,
-    path: &std::path::Path,
-) -> Result<AnchorState, StorageError> {
-    let head = match anchor::read(path) {
-        Ok(None) => return Ok(AnchorState::Missing),
-        Ok(Some(head)) => head,
-        Err(why) => return Ok(AnchorState::Lost(why)),
-    };
-    let stored: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
-        .bind(head.seq)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(match stored {
-        Some(mac) if mac == head.mac => AnchorState::Held(head),
-        Some(_) => AnchorState::Lost(format!("entry {} has another MAC", head.seq)),
-        None => AnchorState::Lost(format!("entry {} is not in the log", head.seq)),
-    })
-}
-
 /// What the anchor file says about the log now (start-up reports a lost anchor).
 pub async fn check_anchor(db: &Db) -> Result<Option<AnchorState>, StorageError> {
-    let Some(path) = db.audit_chain().and_then(Chain::anchor_file) else {
-        return Ok(None);
-    };
-    let mut tx = db.begin_write().await?;
-    let state = anchor_state(&mut tx, path).await?;
-    tx.rollback().await?;
-    Ok(Some(state))
-}
-
-async fn move_anchor(path: &std::path::Path, head: &Head, state: AnchorState) {
-    match state {
-        // Another process (a CLI command) may have anchored a later head meanwhile.
-        AnchorState::Held(old) if old.seq >= head.seq => {}
-        AnchorState::Missing | AnchorState::Held(_) => {
-            let (path, head) = (path.to_path_buf(), head.clone());
-            let written = tokio::task::spawn_blocking(move || anchor::write(&path, &head)).await;
-            if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
-                tracing::error!(error = %e, "SAMVAULT_AUDIT_ANCHOR_FILE: cannot write the audit head");
-            }
-        }
-        AnchorState::Lost(why) => tracing::error!(
-            anchor = %path.display(),
-            why,
-            "the audit log no longer holds the head in SAMVAULT_AUDIT_ANCHOR_FILE: it was cut or rewritten; \
-             the anchor is kept as evidence (docs/RUNBOOK.md, \"The audit anchor does not match\")"
-        ),
+    match db.audit_chain().and_then(Chain::anchor) {
+        Some(anchor) => Ok(Some(anchor.state(db).await?)),
+        None => Ok(None),
     }
 }
 

@@ -345,7 +345,7 @@ both_backends!(
             checkpoint_every: 0,
         };
         let refused = audit_chain::open(raw, &vault.vault, &settings).await;
-        let err = refused.err().expect("refused").to_string();
+        let err = refused.expect_err("refused").to_string();
         assert!(err.starts_with("SAMVAULT_AUDIT_ANCHOR_FILE:"), "{err}");
     }
 );

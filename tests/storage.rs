@@ -2476,7 +2476,7 @@ both_backends!(audit_verify_checks_heads_kept_elsewhere, |url| async move {
     let checked = audit::verify(&db, std::slice::from_ref(&head))
         .await
         .unwrap();
-    assert_eq!(checked.unwrap().heads, [head.clone()]);
+    assert_eq!(checked.unwrap().heads, std::slice::from_ref(&head));
     let forged = Head {
         mac: "0".repeat(64),
         ..head.clone()

@@ -76,7 +76,7 @@ pub async fn append(
     at: i64,
 ) -> Result<i64, StorageError> {
     let chain = db.audit_chain().ok_or(StorageError::NoAuditKey)?;
-    let _guard = APPEND.lock().await;
+    let guard = APPEND.lock().await;
     let mut tx = begin_chain(db).await?;
     let (seq, prev) = next_link(&mut tx).await?;
     let detail = detail.to_string();
@@ -110,7 +110,7 @@ pub async fn append(
     }
     tx.commit().await?;
     // Outside the append lock: one anchor write covers every append that queued behind it.
-    drop(_guard);
+    drop(guard);
     if let Some(anchor) = chain.anchor() {
         anchor.advance(db, head).await;
     }

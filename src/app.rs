@@ -31,6 +31,13 @@ pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
+/// `db` able to write to and verify the audit log: the chain's key opened with `vault`
+/// (created the first time), the anchor file and checkpoints of the configuration.
+pub async fn audited(db: Db, vault: &Vault, config: &Config) -> anyhow::Result<Db> {
+    let settings = crate::audit_chain::Settings::from_config(config);
+    Ok(crate::audit_chain::open(db, vault, &settings).await?)
+}
+
 /// Opens the configured key providers (creating the local key file on first run; asking Key
 /// Vault for its key's current version): the one that wraps, and any previous ones kept to
 /// unwrap older records during a migration.
@@ -123,6 +130,7 @@ impl Services {
         let idp = IdpClient::new(&config)?;
         let db = open_db(&config).await?;
         let vault = open_vault(&config).await?;
+        let db = audited(db, &vault, &config).await?;
         let metrics = Arc::new(Metrics::new());
         let notifier = Notifier::new(db.clone(), &config, metrics.clone());
         let settings = BrokerSettings {
@@ -169,22 +177,19 @@ impl Services {
 /// refused with a clear message instead of two schedulers sharing one file.
 fn sqlite_single_process_lock(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
     use secrecy::ExposeSecret;
-    let url = config.database_url.expose_secret();
-    let Some(rest) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    else {
+    let Some(path) = crate::storage::sqlite_file(config.database_url.expose_secret()) else {
         return Ok(None);
     };
-    let path = rest.split('?').next().unwrap_or(rest);
-    if path.is_empty() || path == ":memory:" {
-        return Ok(None);
-    }
+    let path = path.display();
     let lock_path = format!("{path}.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options
         .open(&lock_path)
         .map_err(|e| anyhow::anyhow!("DATABASE_URL: cannot create {lock_path}: {e}"))?;
     match file.try_lock() {

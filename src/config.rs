@@ -64,6 +64,8 @@ const SETTINGS: &[(&str, Option<&str>)] = &[
     ("SAMVAULT_IDP_ROTATION", Some("entra")),
     ("SAMVAULT_CUSTOMERS", Some("true")),
     ("SAMVAULT_ONBOARD_RATE", Some("20")),
+    ("SAMVAULT_AUDIT_ANCHOR_FILE", None),
+    ("SAMVAULT_AUDIT_CHECKPOINT_EVERY", Some("100")),
 ];
 
 /// Settings that are secrets: they may also be read from `<NAME>_FILE`.
@@ -208,6 +210,10 @@ pub struct Config {
     pub customers: CustomerSettings,
     /// Onboarding sign-in starts and callbacks one client address may make per minute.
     pub onboard_rate: u32,
+    /// Where every audit append writes the chain's head, outside the database.
+    pub audit_anchor_file: Option<PathBuf>,
+    /// Every this many audit entries, an `audit.checkpoint` webhook event (0: none).
+    pub audit_checkpoint_every: u64,
 }
 
 impl Config {
@@ -259,6 +265,19 @@ impl Config {
         let keys = KeySettings::parse(&raw)?;
         let rotation = RotationSettings::parse(&raw)?;
         let webhook = WebhookSettings::parse(&raw)?;
+        let customers = CustomerSettings::parse(&raw)?;
+        let mut outbound = vec![
+            ("SAMVAULT_AUTHORITY", &entra.authority),
+            ("SAMVAULT_PARTNER_CENTER_URL", &customers.partner_center_url),
+        ];
+        outbound.extend(
+            webhook
+                .webhook_url
+                .iter()
+                .map(|u| ("SAMVAULT_WEBHOOK_URL", u)),
+        );
+        require_tls_beside_https(&server.public_url, &outbound)?;
+        let audit_checkpoint_every = parse_checkpoint_every(&raw)?;
         Ok(Self {
             database_url: server.database_url,
             listen: server.listen,
@@ -285,8 +304,10 @@ impl Config {
             webhook_url: webhook.webhook_url,
             webhook_secret: webhook.webhook_secret,
             trusted_proxies: parse_trusted_proxies(raw.get("SAMVAULT_TRUSTED_PROXIES"))?,
-            customers: CustomerSettings::parse(&raw)?,
+            customers,
             onboard_rate: parse_onboard_rate(raw.required("SAMVAULT_ONBOARD_RATE")?)?,
+            audit_anchor_file: raw.get("SAMVAULT_AUDIT_ANCHOR_FILE").map(PathBuf::from),
+            audit_checkpoint_every,
         })
     }
 
@@ -677,6 +698,43 @@ fn parse_http_url(name: &str, value: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+/// With an https public URL, samvault is in production: every outbound URL that carries
+/// tokens, codes, secrets or signed events must be https too, unless its host is this machine
+/// (the dev doubles, a sidecar). Each pair is a setting's name and its URL.
+fn require_tls_beside_https(
+    public_url: &Url,
+    outbound: &[(&str, &Url)],
+) -> Result<(), ConfigError> {
+    if public_url.scheme() != "https" {
+        return Ok(());
+    }
+    for (name, url) in outbound {
+        if url.scheme() != "https" && !is_loopback(url) {
+            return Err(bad(
+                name,
+                format!(
+                    "'{}' must be https while SAMVAULT_PUBLIC_URL is https (http only for a loopback host)",
+                    url.origin().ascii_serialization()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `url` points at this machine: 127.0.0.0/8, ::1 or `localhost`.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
 /// Parses `local:PATH` or `azure-keyvault:URL`; the error says why, the caller names the setting.
 fn parse_key_provider(value: &str) -> Result<KeyProviderConfig, String> {
     if let Some(path) = value.strip_prefix("local:") {
@@ -862,6 +920,14 @@ pub fn parse_customer_grants(value: &str) -> Result<Vec<CustomerGrant>, String> 
         return Err("must name at least one resource=Scope,Scope".into());
     }
     Ok(grants)
+}
+
+/// `SAMVAULT_AUDIT_CHECKPOINT_EVERY`: a whole number of entries, 0 for none.
+fn parse_checkpoint_every(raw: &Raw) -> Result<u64, ConfigError> {
+    let name = "SAMVAULT_AUDIT_CHECKPOINT_EVERY";
+    raw.required(name)?
+        .parse::<u64>()
+        .map_err(|_| bad(name, "must be a whole number (0: none)"))
 }
 
 /// `SAMVAULT_ONBOARD_RATE`: a whole number of steps a minute, 1 to 100000.
@@ -1200,6 +1266,72 @@ mod tests {
             .app_identity()
             .unwrap_err();
         assert!(err.to_string().contains("SAMVAULT_CLIENT_ID"));
+    }
+
+    #[test]
+    fn plain_http_beside_an_https_public_url_is_refused_unless_loopback() {
+        let https = ("SAMVAULT_PUBLIC_URL", "https://samvault.example.com");
+        let secret = ("SAMVAULT_WEBHOOK_SECRET", "s3cr3t");
+        for (name, value) in [
+            ("SAMVAULT_AUTHORITY", "http://login.example.com"),
+            ("SAMVAULT_AUTHORITY", "http://10.0.0.5:8081"),
+            (
+                "SAMVAULT_WEBHOOK_URL",
+                "http://hooks.example.com/samvault?token=x",
+            ),
+            ("SAMVAULT_WEBHOOK_URL", "http://localhost.example.com/h"),
+        ] {
+            let err = Config::from_sources(None, &env(&[https, secret, (name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("configuration: {name}: ")),
+                "{err}"
+            );
+            assert!(err.contains("https") && !err.contains('\n'), "{err}");
+            assert!(
+                !err.contains("token=x"),
+                "a URL's secrets are not repeated: {err}"
+            );
+            // The same URL is fine beside an http public URL (the demo).
+            Config::from_sources(None, &env(&[secret, (name, value)])).unwrap();
+        }
+        for (name, value) in [
+            ("SAMVAULT_AUTHORITY", "http://127.0.0.1:8081"),
+            ("SAMVAULT_AUTHORITY", "http://[::1]:8081"),
+            ("SAMVAULT_AUTHORITY", "https://login.example.com"),
+            ("SAMVAULT_WEBHOOK_URL", "http://localhost:9000/h"),
+            ("SAMVAULT_WEBHOOK_URL", "http://127.0.0.2/h"),
+        ] {
+            let config = Config::from_sources(None, &env(&[https, secret, (name, value)]));
+            assert!(config.is_ok(), "{name}={value}: {:?}", config.err());
+        }
+    }
+
+    #[test]
+    fn the_audit_settings() {
+        let config = Config::from_sources(None, &env(&[])).unwrap();
+        assert_eq!(config.audit_anchor_file, None);
+        assert_eq!(config.audit_checkpoint_every, 100);
+        let config = Config::from_sources(
+            None,
+            &env(&[
+                ("SAMVAULT_AUDIT_ANCHOR_FILE", "/mnt/anchor/samvault.anchor"),
+                ("SAMVAULT_AUDIT_CHECKPOINT_EVERY", "0"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.audit_anchor_file.as_deref(),
+            Some(Path::new("/mnt/anchor/samvault.anchor"))
+        );
+        assert_eq!(config.audit_checkpoint_every, 0);
+        let err = Config::from_sources(None, &env(&[("SAMVAULT_AUDIT_CHECKPOINT_EVERY", "-1")]));
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("SAMVAULT_AUDIT_CHECKPOINT_EVERY")
+        );
     }
 
     #[test]

@@ -88,6 +88,7 @@ fn table_name(table: SealedTable) -> &'static str {
         SealedTable::Grants => "refresh tokens",
         SealedTable::SessionKeys => "session keys",
         SealedTable::OpsTotp => "ops users' TOTP secrets",
+        SealedTable::AuditKey => "audit chain key",
     }
 }
 

@@ -7,6 +7,7 @@
 //! Vault double) are crates of their own under `crates/`, which this library never imports.
 
 pub mod app;
+pub mod audit_chain;
 pub mod backoff;
 pub mod broker;
 pub mod clients;

@@ -25,6 +25,7 @@ use url::Url;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::storage::audit::Head;
 use crate::storage::outbox::{self, OutboxRow};
 use crate::storage::{self, Db, StorageError};
 
@@ -75,6 +76,10 @@ pub enum EventKind {
     /// Any other change of a customer's status (gone, access_denied, unconsented, ...).
     #[serde(rename = "customer.status_changed")]
     CustomerStatusChanged,
+    /// The audit chain's head every `SAMVAULT_AUDIT_CHECKPOINT_EVERY` entries, for the
+    /// receiver to keep outside samvault's database (issue 17).
+    #[serde(rename = "audit.checkpoint")]
+    AuditCheckpoint,
 }
 
 impl EventKind {
@@ -89,6 +94,7 @@ impl EventKind {
             Self::CustomerConsentFailed => "customer.consent_failed",
             Self::CustomerRemoved => "customer.removed",
             Self::CustomerStatusChanged => "customer.status_changed",
+            Self::AuditCheckpoint => "audit.checkpoint",
         }
     }
 }
@@ -117,6 +123,9 @@ pub struct Event {
     /// `partner.consenter_changed`: whose consent the partner's grant comes from now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub consenter: Option<PartnerUser>,
+    /// `audit.checkpoint`: the entry's number and MAC, as `SEQ:MAC`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<String>,
 }
 
 /// A partner's user as events name them: UPN and Entra object id (`None` for imports).
@@ -150,6 +159,7 @@ impl Event {
             id: uuid::Uuid::new_v4().to_string(),
             previous_consenter: None,
             consenter: None,
+            audit_head: None,
         }
     }
 
@@ -243,10 +253,30 @@ impl Event {
         }
     }
 
+    /// `audit.checkpoint`: the audit chain's head `head`, written at `at`.
+    pub fn audit_checkpoint(head: &Head, at: i64) -> Self {
+        Self {
+            at: storage::rfc3339(at),
+            audit_head: Some(head.to_string()),
+            reason: Some(format!(
+                "Keep this head outside samvault: `samvault audit verify --checkpoint {head}` \
+                 fails if the audit log no longer holds entry {} with this MAC.",
+                head.seq
+            )),
+            ..Self::new(EventKind::AuditCheckpoint)
+        }
+    }
+
     /// The JSON body as stored in the outbox and sent to the receiver.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("an Event always serialises")
     }
+}
+
+/// The outbox body of an `audit.checkpoint` event: what the audit chain queues with every
+/// checkpoint entry (`storage::audit::CheckpointEvent`).
+pub fn audit_checkpoint_body(head: &Head, at: i64) -> String {
+    Event::audit_checkpoint(head, at).to_json()
 }
 
 /// `sha256=<lowercase hex HMAC-SHA256(secret, body)>`, the `X-Samvault-Signature` value.

@@ -9,6 +9,7 @@
 //!   authorization-code calls, and a partner at another address consents all the same;
 //! - sessions are sealed under a session key wrapped once: they survive a restart, which costs
 //!   one unwrap however many sessions are open, and `keys rotate` moves that key too.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

@@ -64,6 +64,15 @@ async fn sealed_records(db: &Db) -> Vec<Record> {
             sealed: sealed_from(&row, ["totp_kek_id", "totp_wrapped_key", "totp_sealed"]),
         });
     }
+    let keys = "SELECT first_seq, kek_id, wrapped_key, sealed FROM audit_key";
+    for row in sqlx::query(keys).fetch_all(db.pool()).await.unwrap() {
+        let first_seq: i64 = row.try_get("first_seq").unwrap();
+        records.push(Record {
+            what: "audit chain key".into(),
+            context: samvault::storage::audit::key_context(first_seq),
+            sealed: sealed_from(&row, ["kek_id", "wrapped_key", "sealed"]),
+        });
+    }
     records
 }
 
@@ -206,6 +215,7 @@ async fn a_database_copied_without_the_key_file_yields_nothing(backend: Backend)
     };
     assert_eq!(count("refresh token"), 5);
     assert_eq!(count("TOTP secret"), 1);
+    assert_eq!(count("audit chain key"), 1);
 
     let own_key = vault_over(&stack.dir.path().join("samvault.key"));
     let another_key = vault_over(&dir.path().join("another.key"));

@@ -1,5 +1,6 @@
 //! Customers of the partners (issue 16, REFERENCE §6): storage on both databases, then discovery
 //! and CPV consent against the real dev IdP and samvault processes.
+#![allow(clippy::too_many_lines)] // scenarios read top to bottom
 
 mod support;
 

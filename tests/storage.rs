@@ -5,6 +5,7 @@
 mod support;
 
 use samvault::domain::{PartnerStatus, Resource, TenantId};
+use samvault::storage::audit::{Broken, Head};
 use samvault::storage::partners::{
     self, GrantHolder, GuardedConsent, NewConsent, StoredGrant, grant_context,
 };
@@ -2128,6 +2129,11 @@ both_backends!(
 // Audit log
 // ---------------------------------------------------------------------------------------
 
+/// The number of entries, or why the log does not verify.
+async fn verified(db: &Db) -> Result<u64, Broken> {
+    audit::verify(db, &[]).await.unwrap().map(|v| v.entries)
+}
+
 async fn append_three(db: &Db, tenant: &TenantId) {
     let t = Some(tenant.as_str());
     assert_eq!(
@@ -2167,13 +2173,9 @@ async fn append_three(db: &Db, tenant: &TenantId) {
 both_backends!(audit_chain_appends_and_verifies, |url| async move {
     let db = open(&url).await;
     let tenant = new_tenant();
-    assert_eq!(
-        audit::verify(&db).await.unwrap(),
-        Ok(0),
-        "an empty log verifies"
-    );
+    assert_eq!(verified(&db).await, Ok(0), "an empty log verifies");
     append_three(&db, &tenant).await;
-    assert_eq!(audit::verify(&db).await.unwrap(), Ok(3));
+    assert_eq!(verified(&db).await, Ok(3));
 
     let recent = audit::recent(&db, 2).await.unwrap();
     assert_eq!(
@@ -2224,8 +2226,30 @@ both_backends!(audit_chain_appends_and_verifies, |url| async move {
     }
     seqs.sort();
     assert_eq!(seqs, (4..=15).collect::<Vec<i64>>());
-    assert_eq!(audit::verify(&db).await.unwrap(), Ok(15));
+    assert_eq!(verified(&db).await, Ok(15));
 });
+
+both_backends!(
+    audit_verify_detects_a_rewrite_with_recomputed_plain_hashes,
+    |url| async move {
+        let db = open(&url).await;
+        append_three(&db, &new_tenant()).await;
+        // Untouched, and with the plain hashes recomputed over unchanged rows: intact or not,
+        // the rewrite below must not verify.
+        sqlx::query("UPDATE audit_log SET actor = 'ops:mallory', detail = '{}' WHERE seq = 2")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        recompute_plain_chain(&db, 2).await;
+        assert_eq!(
+            verified(&db).await,
+            Err(Broken::Entry(2)),
+            "a rewrite with recomputed hashes must not verify"
+        );
+        recompute_plain_chain(&db, 1).await;
+        assert_eq!(verified(&db).await, Err(Broken::Entry(1)));
+    }
+);
 
 both_backends!(audit_verify_detects_an_edited_row, |url| async move {
     let db = open(&url).await;
@@ -2235,7 +2259,7 @@ both_backends!(audit_verify_detects_an_edited_row, |url| async move {
         .execute(db.pool())
         .await
         .unwrap();
-    assert_eq!(audit::verify(&db).await.unwrap(), Err(2));
+    assert_eq!(verified(&db).await, Err(Broken::Entry(2)));
 });
 
 both_backends!(
@@ -2247,7 +2271,7 @@ both_backends!(
             .execute(db.pool())
             .await
             .unwrap();
-        assert_eq!(audit::verify(&db).await.unwrap(), Err(1));
+        assert_eq!(verified(&db).await, Err(Broken::Entry(1)));
     }
 );
 
@@ -2258,7 +2282,7 @@ both_backends!(audit_verify_detects_a_deleted_row, |url| async move {
         .execute(db.pool())
         .await
         .unwrap();
-    assert_eq!(audit::verify(&db).await.unwrap(), Err(3));
+    assert_eq!(verified(&db).await, Err(Broken::Entry(3)));
 });
 
 both_backends!(audit_verify_detects_a_renumbered_chain, |url| async move {
@@ -2273,7 +2297,7 @@ both_backends!(audit_verify_detects_a_renumbered_chain, |url| async move {
         .execute(db.pool())
         .await
         .unwrap();
-    assert_eq!(audit::verify(&db).await.unwrap(), Err(2));
+    assert_eq!(verified(&db).await, Err(Broken::Entry(2)));
 });
 
 both_backends!(
@@ -2293,12 +2317,207 @@ both_backends!(
             .await
             .unwrap();
         }
-        assert_eq!(audit::verify(&db).await.unwrap(), Ok(1_205));
+        assert_eq!(verified(&db).await, Ok(1_205));
         sqlx::query("UPDATE audit_log SET detail = '{}' WHERE seq = 1100")
             .execute(db.pool())
             .await
             .unwrap();
-        assert_eq!(audit::verify(&db).await.unwrap(), Err(1_100));
+        assert_eq!(verified(&db).await, Err(Broken::Entry(1_100)));
+    }
+);
+
+both_backends!(
+    audit_entries_from_before_the_key_verify_as_the_prefix,
+    |url| async move {
+        let db = open(&url).await;
+        unkeyed_entries(&db, 3).await;
+        let db = db.with_audit_chain(test_chain(4));
+        append_n(&db, 3).await;
+        let verified_ = audit::verify(&db, &[]).await.unwrap().unwrap();
+        assert_eq!((verified_.entries, verified_.first_keyed), (6, 4));
+        // An unkeyed entry rewritten and the whole chain recomputed: the first keyed entry's
+        // MAC covers the last unkeyed hash, so the prefix is sealed too.
+        sqlx::query("UPDATE audit_log SET actor = 'ops:mallory' WHERE seq = 2")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        recompute_plain_chain(&db, 1).await;
+        assert_eq!(verified(&db).await, Err(Broken::Entry(4)));
+    }
+);
+
+both_backends!(audit_without_the_key_writes_nothing, |url| async move {
+    let db = support::open_unaudited(&url).await;
+    let refused = audit::append(&db, "cli", "x", None, serde_json::json!({}), T0).await;
+    assert!(
+        matches!(refused, Err(StorageError::NoAuditKey)),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        audit::verify(&db, &[]).await,
+        Err(StorageError::NoAuditKey)
+    ));
+    assert_eq!(
+        audit::next_seq(&db).await.unwrap(),
+        1,
+        "nothing was written"
+    );
+});
+
+/// The `hash` of entry `seq`.
+async fn mac_of(db: &Db, seq: i64) -> String {
+    sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = $1")
+        .bind(seq)
+        .fetch_one(db.pool())
+        .await
+        .unwrap()
+}
+
+async fn append_n(db: &Db, n: i64) {
+    for i in 0..n {
+        audit::append(
+            db,
+            "test",
+            "test.n",
+            None,
+            serde_json::json!({ "i": i }),
+            T0 + i,
+        )
+        .await
+        .unwrap();
+    }
+}
+
+both_backends!(
+    audit_verify_finds_a_cut_tail_against_the_anchor_file,
+    |url| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let anchor = dir.path().join("audit.anchor");
+        let db = support::open_unaudited(&url)
+            .await
+            .with_audit_chain(test_chain(1).with_anchor(anchor.clone()));
+        append_n(&db, 5).await;
+        let written = std::fs::read_to_string(&anchor).unwrap();
+        assert_eq!(written, format!("5:{}\n", mac_of(&db, 5).await));
+        let intact = audit::verify(&db, &[]).await.unwrap().unwrap();
+        assert_eq!(intact.entries, 5);
+        assert_eq!(intact.heads, [Head::parse(&written).unwrap()]);
+
+        sqlx::query("DELETE FROM audit_log WHERE seq > 3")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(verified(&db).await, Err(Broken::Cut { head: 5, last: 3 }));
+        // New entries never move the anchor off a head the log lost.
+        append_n(&db, 1).await;
+        assert_eq!(std::fs::read_to_string(&anchor).unwrap(), written);
+        assert_eq!(verified(&db).await, Err(Broken::Cut { head: 5, last: 4 }));
+        append_n(&db, 1).await;
+        assert_eq!(std::fs::read_to_string(&anchor).unwrap(), written);
+        assert_eq!(verified(&db).await, Err(Broken::Rewritten { head: 5 }));
+    }
+);
+
+both_backends!(audit_anchor_follows_concurrent_appends, |url| async move {
+    // Appends queued behind one anchor write are covered by the next; each returns once
+    // a head at least as new as its own is on disk.
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("audit.anchor");
+    let db = support::open_unaudited(&url)
+        .await
+        .with_audit_chain(test_chain(1).with_anchor(anchor.clone()));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (db, anchor) = (db.clone(), anchor.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5 {
+                let seq = audit::append(&db, "t", "t", None, serde_json::json!({ "i": i }), T0)
+                    .await
+                    .unwrap();
+                let on_disk = Head::parse(&std::fs::read_to_string(&anchor).unwrap()).unwrap();
+                assert!(on_disk.seq >= seq, "{} < {seq}", on_disk.seq);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let on_disk = Head::parse(&std::fs::read_to_string(&anchor).unwrap()).unwrap();
+    assert_eq!(on_disk.seq, 40);
+    assert_eq!(verified(&db).await, Ok(40));
+});
+
+both_backends!(audit_verify_needs_a_usable_anchor, |url| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("audit.anchor");
+    let db = support::open_unaudited(&url)
+        .await
+        .with_audit_chain(test_chain(1).with_anchor(anchor.clone()));
+    assert_eq!(
+        verified(&db).await,
+        Ok(0),
+        "an empty log needs no anchor yet"
+    );
+    append_n(&db, 2).await;
+    std::fs::remove_file(&anchor).unwrap();
+    assert!(
+        matches!(verified(&db).await, Err(Broken::Anchor(why)) if why.contains("does not exist"))
+    );
+    std::fs::write(&anchor, "not an anchor").unwrap();
+    assert!(matches!(verified(&db).await, Err(Broken::Anchor(_))));
+    // A garbled anchor is evidence too: appends leave it alone.
+    append_n(&db, 1).await;
+    assert_eq!(std::fs::read_to_string(&anchor).unwrap(), "not an anchor");
+});
+
+both_backends!(audit_verify_checks_heads_kept_elsewhere, |url| async move {
+    let db = open(&url).await;
+    append_three(&db, &new_tenant()).await;
+    let head = Head {
+        seq: 2,
+        mac: mac_of(&db, 2).await,
+    };
+    let checked = audit::verify(&db, std::slice::from_ref(&head))
+        .await
+        .unwrap();
+    assert_eq!(checked.unwrap().heads, std::slice::from_ref(&head));
+    let forged = Head {
+        mac: "0".repeat(64),
+        ..head.clone()
+    };
+    assert_eq!(
+        audit::verify(&db, &[forged]).await.unwrap(),
+        Err(Broken::Rewritten { head: 2 })
+    );
+    let later = Head { seq: 9, ..head };
+    assert_eq!(
+        audit::verify(&db, &[later]).await.unwrap(),
+        Err(Broken::Cut { head: 9, last: 3 })
+    );
+});
+
+both_backends!(
+    audit_checkpoints_are_queued_as_webhook_events,
+    |url| async move {
+        let db = support::open_unaudited(&url).await.with_audit_chain(
+            test_chain(1).with_checkpoints(2, samvault::notify::audit_checkpoint_body),
+        );
+        append_n(&db, 5).await;
+        let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM webhook_outbox ORDER BY id")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(bodies.len(), 2, "entries 2 and 4");
+        for (body, seq) in bodies.iter().zip([2, 4]) {
+            let event: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(event["kind"], "audit.checkpoint");
+            let head = format!("{seq}:{}", mac_of(&db, seq).await);
+            assert_eq!(event["audit_head"], head.as_str());
+            let checked = audit::verify(&db, &[Head::parse(&head).unwrap()])
+                .await
+                .unwrap();
+            assert!(checked.is_ok(), "{checked:?}");
+        }
     }
 );
 
@@ -3170,7 +3389,7 @@ both_backends!(
             }
         }
         assert!(errors.is_empty(), "concurrent writes failed: {errors:?}");
-        assert_eq!(audit::verify(&db).await.unwrap(), Ok(24));
+        assert_eq!(verified(&db).await, Ok(24));
         assert_eq!(rotation::failures(&db, &tenant).await.unwrap(), 24);
 
         // Every reported change is recorded once, and each starts where the previous one ended.

@@ -72,7 +72,13 @@ pub enum SecretCommand {
 }
 
 pub async fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
-    let db = app::open_db(config).await?;
+    // Listing needs neither the vault nor the audit key.
+    let db = match &command {
+        Command::List { .. } | Command::Secret(SecretCommand::List { .. }) => {
+            app::open_db(config).await?
+        }
+        _ => super::audit::audited_db(config).await?,
+    };
     match command {
         Command::Create(opts) => create(&db, opts, config).await?,
         Command::List { json } => list(&db, Output::new(json)).await?,

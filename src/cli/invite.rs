@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use serde_json::json;
 
-use samvault::app;
 use samvault::config::{self, Config};
 use samvault::domain::TenantId;
 use samvault::storage::rfc3339;
@@ -39,7 +38,7 @@ pub async fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> 
         .transpose()?;
     let lifetime =
         config::parse_duration(&expires).map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
-    let db = app::open_db(config).await?;
+    let db = super::audit::audited_db(config).await?;
     let (url, expires_at) = create_invitation(
         &db,
         &config.public_url,

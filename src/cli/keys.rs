@@ -102,6 +102,7 @@ impl Status {
 async fn rotate(config: &Config, onto_current: bool) -> anyhow::Result<()> {
     let db = app::open_db(config).await?;
     let vault = app::open_vault(config).await?;
+    let db = app::audited(db, &vault, config).await?;
     let target = if onto_current {
         Target::Current
     } else {

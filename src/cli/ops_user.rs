@@ -39,7 +39,10 @@ pub enum Command {
 }
 
 pub async fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> {
-    let db = app::open_db(config).await?;
+    let db = match &command {
+        Command::List => app::open_db(config).await?,
+        _ => super::audit::audited_db(config).await?,
+    };
     match command {
         Command::Create {
             username,

@@ -25,6 +25,8 @@ mod sql;
 pub mod stats;
 
 use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -52,6 +54,10 @@ pub enum StorageError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// An audit entry was written or verified through a handle without the chain's key
+    /// (`crate::audit_chain::open` gives it one).
+    #[error("the audit chain's key is not open")]
+    NoAuditKey,
 }
 
 /// The database handle shared by every part of the service.
@@ -62,6 +68,8 @@ pub struct Db {
     /// for a write), for the reads on the request path; on PostgreSQL, `pool` itself.
     reader: AnyPool,
     backend: Backend,
+    /// The audit chain's key and outside heads, once opened (`Db::with_audit_chain`).
+    audit: Option<Arc<audit::Chain>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -88,10 +96,10 @@ macro_rules! migrations {
 fn migrator(backend: Backend) -> Migrator {
     let migrations = match backend {
         Backend::Sqlite => {
-            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list", 7 "0007_audit_filters", 8 "0008_rotation_days", 9 "0009_key_rotations", 10 "0010_replicas", 11 "0011_consent_grant_version", 12 "0012_ops_session_epoch", 13 "0013_customers", 14 "0014_customer_requests", 16 "0016_session_keys")
+            migrations!("sqlite": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list", 7 "0007_audit_filters", 8 "0008_rotation_days", 9 "0009_key_rotations", 10 "0010_replicas", 11 "0011_consent_grant_version", 12 "0012_ops_session_epoch", 13 "0013_customers", 14 "0014_customer_requests", 15 "0015_audit_key", 16 "0016_session_keys")
         }
         Backend::Postgres => {
-            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list", 7 "0007_audit_filters", 8 "0008_rotation_days", 9 "0009_key_rotations", 10 "0010_replicas", 11 "0011_consent_grant_version", 12 "0012_ops_session_epoch", 13 "0013_customers", 14 "0014_customer_requests", 16 "0016_session_keys")
+            migrations!("postgres": 1 "0001_initial", 2 "0002_rotation", 3 "0003_token_requests", 4 "0004_request_summary", 5 "0005_ops_users", 6 "0006_partner_list", 7 "0007_audit_filters", 8 "0008_rotation_days", 9 "0009_key_rotations", 10 "0010_replicas", 11 "0011_consent_grant_version", 12 "0012_ops_session_epoch", 13 "0013_customers", 14 "0014_customer_requests", 15 "0015_audit_key", 16 "0016_session_keys")
         }
     };
     Migrator::with_migrations(migrations)
@@ -129,8 +137,11 @@ impl Db {
         } else {
             options
         };
-        let pool = options.connect(url).await?;
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if backend == Backend::Sqlite && !in_memory {
+            create_owner_only(url);
+        }
+        let pool = options.connect(url).await?;
         let reader = if backend == Backend::Sqlite && !in_memory {
             // The writer connected first, so the file exists and is in WAL mode.
             AnyPoolOptions::new()
@@ -152,7 +163,18 @@ impl Db {
             pool,
             reader,
             backend,
+            audit: None,
         })
+    }
+
+    /// This handle (and its clones) appends to and verifies the audit chain with `chain`.
+    pub fn with_audit_chain(mut self, chain: audit::Chain) -> Self {
+        self.audit = Some(Arc::new(chain));
+        self
+    }
+
+    pub fn audit_chain(&self) -> Option<&audit::Chain> {
+        self.audit.as_deref()
     }
 
     pub async fn migrate(&self) -> Result<(), StorageError> {
@@ -191,6 +213,36 @@ impl Db {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// The file a `sqlite:` URL names, as sqlx reads it (percent-decoded); `None` for another
+/// database or an in-memory one.
+pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let path = options.get_filename();
+    (!path.as_os_str().is_empty()).then(|| path.to_path_buf())
+}
+
+/// Creates a missing SQLite file (`mode=rwc`) readable by its owner only, before SQLite
+/// creates it with the umask's mode. SQLite gives its `-wal` and `-shm` files the database
+/// file's mode. An existing file is left as it is.
+fn create_owner_only(url: &str) {
+    let Some(path) = sqlite_file(url).filter(|_| url.contains("mode=rwc")) else {
+        return;
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    // Already there, or a path SQLite will report on itself.
+    let _ = options.open(&path);
 }
 
 /// Seconds since the Unix epoch, the one time representation in the database.

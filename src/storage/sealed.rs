@@ -10,7 +10,7 @@ use crate::vault::WrappedKey;
 
 /// What is sealed, and the query that counts its records per KEK id. Crypto-shredded grant
 /// versions (sealed payload and wrapped key set to NULL) are left out: nothing is sealed.
-const SEALED_TABLES: [(&str, &str); 3] = [
+const SEALED_TABLES: [(&str, &str); 4] = [
     (
         "refresh tokens (grant versions)",
         "SELECT kek_id, COUNT(*) AS n FROM grants WHERE sealed IS NOT NULL GROUP BY kek_id ORDER BY kek_id",
@@ -23,6 +23,10 @@ const SEALED_TABLES: [(&str, &str); 3] = [
     (
         "ops users' TOTP secrets",
         "SELECT totp_kek_id AS kek_id, COUNT(*) AS n FROM ops_users GROUP BY totp_kek_id ORDER BY totp_kek_id",
+    ),
+    (
+        "audit chain key",
+        "SELECT kek_id, COUNT(*) AS n FROM audit_key GROUP BY kek_id ORDER BY kek_id",
     ),
 ];
 
@@ -66,10 +70,17 @@ pub enum SealedTable {
     Grants,
     SessionKeys,
     OpsTotp,
+    /// The audit chain's HMAC key (`storage::audit`).
+    AuditKey,
 }
 
 impl SealedTable {
-    pub const ALL: [SealedTable; 3] = [Self::Grants, Self::SessionKeys, Self::OpsTotp];
+    pub const ALL: [SealedTable; 4] = [
+        Self::Grants,
+        Self::SessionKeys,
+        Self::OpsTotp,
+        Self::AuditKey,
+    ];
 
     /// Rows not wrapped under `$1` after the keyset position, in key order (`$2`, `$3` are the
     /// last key seen; `$4` the batch size). Shredded grants have nothing to re-wrap.
@@ -87,6 +98,10 @@ impl SealedTable {
             Self::OpsTotp => {
                 "SELECT username AS k, totp_kek_id AS kek_id, totp_wrapped_key AS wrapped_key FROM ops_users
                  WHERE totp_kek_id <> $1 AND username > $2 ORDER BY username LIMIT $3"
+            }
+            Self::AuditKey => {
+                "SELECT name AS k, kek_id, wrapped_key FROM audit_key
+                 WHERE kek_id <> $1 AND name > $2 ORDER BY name LIMIT $3"
             }
         }
     }
@@ -107,6 +122,10 @@ impl SealedTable {
             Self::OpsTotp => {
                 "UPDATE ops_users SET totp_kek_id = $1, totp_wrapped_key = $2
                  WHERE totp_kek_id = $3 AND totp_wrapped_key = $4 AND username = $5"
+            }
+            Self::AuditKey => {
+                "UPDATE audit_key SET kek_id = $1, wrapped_key = $2
+                 WHERE kek_id = $3 AND wrapped_key = $4 AND name = $5"
             }
         }
     }
@@ -149,7 +168,9 @@ pub async fn not_under(
         .bind(&after.key);
     let query = match table {
         SealedTable::Grants => query.bind(after.version).bind(limit),
-        SealedTable::SessionKeys | SealedTable::OpsTotp => query.bind(limit),
+        SealedTable::SessionKeys | SealedTable::OpsTotp | SealedTable::AuditKey => {
+            query.bind(limit)
+        }
     };
     let rows: Vec<KeyedRow> = query.fetch_all(db.pool()).await?;
     Ok(rows
@@ -183,7 +204,7 @@ pub async fn swap_wrapped_key(
         .bind(&row.at.key);
     let query = match row.table {
         SealedTable::Grants => query.bind(row.at.version),
-        SealedTable::SessionKeys | SealedTable::OpsTotp => query,
+        SealedTable::SessionKeys | SealedTable::OpsTotp | SealedTable::AuditKey => query,
     };
     Ok(query.execute(db.pool()).await?.rows_affected() == 1)
 }

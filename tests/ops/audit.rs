@@ -84,7 +84,7 @@ async fn filters_paging_and_chain_verification(backend: Backend) {
     let mut op = Operator::signed_in(&stack, "alice", "viewer").await;
 
     // 120 more entries, alternately for two tenants, so that paging has work to do.
-    let direct = stack.db().await;
+    let direct = stack.audited_db().await;
     let mut wingtip_entries = BTreeSet::new();
     for i in 0..120 {
         let tenant = if i % 2 == 0 { CONTOSO } else { WINGTIP };
@@ -219,6 +219,13 @@ async fn filters_paging_and_chain_verification(backend: Backend) {
             || page.contains(&format!("\"broken_at\":{tampered}")),
         "{page}"
     );
+
+    // The old unkeyed scheme let a database writer recompute every hash after an edit; the
+    // MACs need the vault's audit key, so the chain stays broken.
+    support::recompute_plain_chain(&direct, 1).await;
+    let (status, page) = verify(&mut op).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("The chain is broken at entry #1"), "{page}");
 }
 
 on_both_backends!(filters_paging_and_chain_verification);

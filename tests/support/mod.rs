@@ -229,8 +229,23 @@ macro_rules! on_both_backends {
     };
 }
 
-/// Connects to `url` and applies the migrations.
+/// The audit key storage tests chain with (the service opens its own from the vault).
+pub const TEST_AUDIT_KEY: [u8; 32] = [0x5a; 32];
+
+/// Connects to `url`, applies the migrations, and gives the handle the audit chain's key
+/// ([`TEST_AUDIT_KEY`], every entry keyed).
 pub async fn open(url: &str) -> Db {
+    open_unaudited(url).await.with_audit_chain(test_chain(1))
+}
+
+/// The audit chain of [`open`], keyed from entry `first_keyed` on.
+pub fn test_chain(first_keyed: i64) -> samvault::storage::audit::Chain {
+    use samvault::storage::audit::{Chain, ChainKey};
+    Chain::new(ChainKey::from_bytes(&TEST_AUDIT_KEY).unwrap(), first_keyed)
+}
+
+/// Connects to `url` and applies the migrations; the handle cannot write to the audit log.
+pub async fn open_unaudited(url: &str) -> Db {
     let db = Db::connect(&SecretString::from(url.to_string()))
         .await
         .unwrap_or_else(|e| panic!("connect to test database: {e}"));
@@ -277,3 +292,72 @@ pub mod ops;
 pub mod revoke;
 pub mod stack;
 pub mod webhook;
+
+/// The unkeyed SHA-256 a row's hash was before issue 17: length-prefixed fields after the
+/// previous hash. Anyone with write access can recompute it.
+pub fn plain_hash(prev: &str, row: &sqlx::any::AnyRow) -> String {
+    use sha2::{Digest, Sha256};
+    use sqlx::Row;
+    let seq: i64 = row.try_get("seq").unwrap();
+    let at: i64 = row.try_get("at").unwrap();
+    let tenant: Option<String> = row.try_get("tenant_id").unwrap();
+    let mut h = Sha256::new();
+    for part in [
+        prev.to_string(),
+        seq.to_string(),
+        at.to_string(),
+        row.try_get::<String, _>("actor").unwrap(),
+        row.try_get::<String, _>("action").unwrap(),
+        tenant.unwrap_or_default(),
+        row.try_get::<String, _>("detail").unwrap(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// What a database writer without the vault's key can do: recompute every plain hash and
+/// link from entry `from` on, after rewriting rows.
+pub async fn recompute_plain_chain(db: &Db, from: i64) {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT seq, at, actor, action, tenant_id, detail, prev_hash, hash FROM audit_log ORDER BY seq",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    let mut prev = "0".repeat(64);
+    for row in &rows {
+        let seq: i64 = row.try_get("seq").unwrap();
+        if seq < from {
+            prev = row.try_get("hash").unwrap();
+            continue;
+        }
+        let hash = plain_hash(&prev, row);
+        sqlx::query("UPDATE audit_log SET prev_hash = $1, hash = $2 WHERE seq = $3")
+            .bind(&prev)
+            .bind(&hash)
+            .bind(seq)
+            .execute(db.pool())
+            .await
+            .unwrap();
+        prev = hash;
+    }
+}
+
+/// Entries as a samvault from before the audit key wrote them: plain SHA-256 chain.
+pub async fn unkeyed_entries(db: &Db, n: i64) {
+    for seq in 1..=n {
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor, action, tenant_id, detail, prev_hash, hash) \
+             VALUES ($1, $2, 'cli', 'client.create', NULL, '{}', '', '')",
+        )
+        .bind(seq)
+        .bind(1_700_000_000 + seq)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    }
+    recompute_plain_chain(db, 1).await;
+}

@@ -593,6 +593,20 @@ impl Stack {
             .unwrap()
     }
 
+    /// A direct database handle that can write to the audit log: the chain's key opened with
+    /// the stack's key file, as a CLI command would.
+    pub async fn audited_db(&self) -> samvault::storage::Db {
+        let (provider, _) = samvault::vault::LocalKeyProvider::open_or_create(
+            &self.dir.path().join("samvault.key"),
+        )
+        .unwrap();
+        let vault = samvault::vault::Vault::new(std::sync::Arc::new(provider));
+        let settings = samvault::audit_chain::Settings::default();
+        samvault::audit_chain::open(self.db().await, &vault, &settings)
+            .await
+            .unwrap()
+    }
+
     pub async fn scalar(&self, sql: &'static str, tenant: &str) -> i64 {
         use sqlx::Row;
         let db = self.db().await;

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::domain::TenantId;
 use crate::http::AppState;
-use crate::storage::audit::{self, AuditFilter};
+use crate::storage::audit::{self, AuditFilter, Broken, Verified};
 
 /// Entries per page: enough to scan, small enough to render at once.
 const PAGE_SIZE: i64 = 50;
@@ -260,8 +260,10 @@ async fn log(
 #[template(path = "ops/audit_verify.html")]
 pub(super) struct VerifyPage {
     chrome: Chrome,
-    /// `Ok(entries)` or `Err(first bad seq)`, as `storage::audit::verify` answers.
-    outcome: Result<u64, i64>,
+    /// As `storage::audit::verify` answers.
+    outcome: Result<Verified, Broken>,
+    /// Whether `SAMVAULT_AUDIT_ANCHOR_FILE` is set (without it a cut tail goes unnoticed).
+    anchored: bool,
 }
 
 /// Read-only, so any role may verify; it is still a form, so it carries the CSRF token.
@@ -273,18 +275,26 @@ async fn verify(State(state): State<AppState>, action: Action<Viewer>) -> PageRe
             "Someone is verifying the audit chain right now. Try again in a moment.",
         ));
     };
-    let outcome = audit::verify(&state.db).await.map_err(unavailable)?;
-    let detail = match outcome {
-        Ok(entries) => serde_json::json!({ "intact": true, "entries": entries }),
-        Err(seq) => serde_json::json!({ "intact": false, "broken_at": seq }),
+    let outcome = audit::verify(&state.db, &[]).await.map_err(unavailable)?;
+    let detail = match &outcome {
+        Ok(v) => serde_json::json!({ "intact": true, "entries": v.entries }),
+        Err(Broken::Entry(seq)) => serde_json::json!({ "intact": false, "broken_at": seq }),
+        Err(Broken::Cut { head, last }) => {
+            serde_json::json!({ "intact": false, "cut": { "anchor": head, "last": last } })
+        }
+        Err(Broken::Rewritten { head }) => {
+            serde_json::json!({ "intact": false, "rewritten_at": head })
+        }
+        Err(Broken::Anchor(_)) => serde_json::json!({ "intact": false, "anchor": "unusable" }),
     };
     audit_action(&state, &action.user, "ops.audit.verify", None, detail).await?;
-    if let Err(seq) = outcome {
-        tracing::warn!(seq, user = %action.user.username, "audit chain broken");
+    if let Err(broken) = &outcome {
+        tracing::warn!(?broken, user = %action.user.username, "audit chain broken");
     }
     Ok(VerifyPage {
         chrome: action.chrome(Section::Audit),
         outcome,
+        anchored: state.config.audit_anchor_file.is_some(),
     })
 }
 

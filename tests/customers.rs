@@ -177,7 +177,7 @@ both_backends!(storage_round_trip, |url| async move {
     assert_eq!(row.last_token_at, Some(T0 + 50));
 
     // Keyset pages in tenant-id order.
-    let mut ids = vec![a.clone(), b.clone(), c.clone()];
+    let mut ids = [a.clone(), b.clone(), c.clone()];
     ids.sort_by(|x, y| x.as_str().cmp(y.as_str()));
     let first = customers::list(&db, &p, None, 2).await.unwrap();
     assert_eq!(
@@ -752,3 +752,191 @@ both_backends!(partner_center_windows_are_taken_once, |url| async move {
     );
     assert!(took < WINDOW * 60, "{took:?}");
 });
+
+both_backends!(storage_consent_work_and_syncs, |url| async move {
+    use customers::ConsentRecord;
+    let db = open(&url).await;
+    let p = partner(&db).await;
+    let (a, b) = (new_tenant(), new_tenant());
+    customers::upsert_listed(&db, &p, &[listed(&a, "A"), listed(&b, "B")], T0, Some(T0))
+        .await
+        .unwrap();
+    // Claims: due rows only, leased (not claimed twice), one partner's when asked.
+    assert!(
+        customers::claim_due_consents(&db, None, T0 - 1, T0 + 600, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let other = new_tenant();
+    assert!(
+        customers::claim_due_consents(&db, Some(&other), T0, T0 + 600, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = customers::claim_due_consents(&db, Some(&p), T0, T0 + 600, 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].next_consent_at, Some(T0 + 600));
+    let rest = customers::claim_due_consents(&db, None, T0, T0 + 600, 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_ne!(rest[0].customer_tenant_id, claimed[0].customer_tenant_id);
+
+    // A failure counts and reschedules; a consent resets and clears.
+    let failed = customers::record_consent_failure(&db, &p, &a, "503", Some("g1"), T0 + 15, T0)
+        .await
+        .unwrap();
+    assert_eq!(failed, Some((CustomerStatus::Unconsented, 1)));
+    let row = customers::get(&db, &p, &a).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.consent_failures, row.next_consent_at),
+        (CustomerStatus::ConsentFailed, 1, Some(T0 + 15))
+    );
+    assert_eq!(row.grants_applied.as_deref(), Some("g1"));
+    customers::postpone_consent(&db, &p, &a, T0 + 30)
+        .await
+        .unwrap();
+    let row = customers::get(&db, &p, &a).await.unwrap().unwrap();
+    assert_eq!(
+        (row.consent_failures, row.next_consent_at),
+        (1, Some(T0 + 30))
+    );
+    let record = ConsentRecord {
+        status: CustomerStatus::Consented,
+        reason: None,
+        grants_applied: Some("g2"),
+    };
+    let from = customers::record_consent(&db, &p, &a, record, T0 + 40)
+        .await
+        .unwrap();
+    assert_eq!(from, Some(CustomerStatus::ConsentFailed));
+    let row = customers::get(&db, &p, &a).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            row.consent_failures,
+            row.next_consent_at,
+            row.status_changed_at
+        ),
+        (0, None, T0 + 40)
+    );
+
+    // Grants changed: consented customers with other grants are due again; by hand, all.
+    assert_eq!(
+        customers::schedule_regrant(&db, "g2", T0 + 50)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        customers::schedule_regrant(&db, "g3", T0 + 50)
+            .await
+            .unwrap(),
+        1
+    );
+    let removed = ConsentRecord {
+        status: CustomerStatus::Removed,
+        reason: Some("x"),
+        grants_applied: None,
+    };
+    customers::record_consent(&db, &p, &b, removed, T0 + 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        customers::schedule_consent(&db, &p, Some(&b), T0 + 60)
+            .await
+            .unwrap(),
+        1
+    );
+    let row = customers::get(&db, &p, &b).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.next_consent_at),
+        (CustomerStatus::Unconsented, Some(T0 + 60))
+    );
+    assert_eq!(
+        customers::schedule_consent(&db, &p, None, T0 + 70)
+            .await
+            .unwrap(),
+        2
+    );
+
+    // Syncs: a usable partner without a row is due; claimed once; recorded.
+    assert_eq!(customers::schedule_unsynced(&db, T0).await.unwrap(), 1);
+    assert_eq!(customers::schedule_unsynced(&db, T0).await.unwrap(), 0);
+    assert_eq!(
+        customers::claim_due_syncs(&db, T0, T0 + 600, 5)
+            .await
+            .unwrap(),
+        std::slice::from_ref(&p)
+    );
+    assert!(
+        customers::claim_due_syncs(&db, T0, T0 + 600, 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    customers::record_sync(&db, &p, T0 + 5, T0 + 86_400, None)
+        .await
+        .unwrap();
+    customers::record_sync(&db, &p, T0 + 6, T0 + 300, Some("down"))
+        .await
+        .unwrap();
+    let sync = customers::sync_state(&db, &p).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            sync.last_sync_at,
+            sync.next_sync_at,
+            sync.last_error.as_deref()
+        ),
+        (Some(T0 + 5), T0 + 300, Some("down"))
+    );
+    customers::schedule_sync(&db, &p, T0 + 10).await.unwrap();
+    customers::schedule_sync(&db, &p, T0 + 20).await.unwrap();
+    assert_eq!(
+        customers::sync_state(&db, &p)
+            .await
+            .unwrap()
+            .unwrap()
+            .next_sync_at,
+        T0 + 10,
+        "sooner wins"
+    );
+
+    // Consents are followed by id.
+    let last = customers::last_consent_id(&db).await.unwrap();
+    assert!(last >= 1);
+    let (seen, partners) = customers::consents_after(&db, last - 1).await.unwrap();
+    assert_eq!((seen, partners), (last, vec![p.clone()]));
+    assert!(
+        customers::consents_after(&db, last)
+            .await
+            .unwrap()
+            .1
+            .is_empty()
+    );
+});
+
+async fn strict_rotation(backend: Backend) {
+    let Some(db) = fresh_database(backend).await else {
+        return;
+    };
+    let options = StackOptions::default()
+        .customers()
+        .idp_arg("--strict-rotation")
+        .env("SAMVAULT_IDP_ROTATION", "strict");
+    let mut stack = Stack::start(&db.url, options).await;
+    stack.consent("jane@contoso.example").await;
+    wait_for_statuses(&stack, &demo_outcome(), 30).await;
+    stack.stop_replica(0);
+    // Every verification went through the partner's single-flight and wrote its new refresh
+    // token back in order: the partner's grant is alive.
+    stack.cli(&["rotate", "--partner", CONTOSO]);
+    assert_eq!(stack.partner(CONTOSO).unwrap()["status"], "active");
+}
+stack_test!(
+    strict_rotation_verifies_in_the_partners_single_flight,
+    strict_rotation
+);

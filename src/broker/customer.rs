@@ -1,7 +1,9 @@
 //! Redemptions of a partner's grant at one of its customers' authorities (SPEC §6): what a
-//! consent push is verified with. Like every redemption of the grant, under the partner's
-//! mutex and lease, with the new refresh token written back before anything is returned.
-//! The access token is not cached: the cache holds the partner's own tokens.
+//! consent push is verified with. The new refresh token is written back before anything is
+//! returned. Under the partner's mutex and lease when the IdP spends a refresh token at its
+//! first use (`SAMVAULT_IDP_ROTATION=strict`); with Entra's rotation several run at once,
+//! each write-back taking the next version when it commits, as customer tokens do. The
+//! access token is not cached.
 
 use super::{Broker, BrokerError, IssuedToken, Kept, Redemption, Source, issued_token};
 use crate::domain::{Resource, TenantId};
@@ -27,13 +29,21 @@ impl From<crate::storage::StorageError> for CustomerRedeemError {
 }
 
 impl Broker {
-    /// Redeems `partner`'s grant at `customer`'s authority for `resource`.
+    /// Redeems `partner`'s grant at `customer`'s authority for `resource`; `in_line`: through
+    /// the partner's single-flight.
     pub async fn redeem_at_customer(
         &self,
         partner: &TenantId,
         customer: &TenantId,
         resource: &Resource,
+        in_line: bool,
     ) -> Result<IssuedToken, CustomerRedeemError> {
+        if !in_line {
+            let mut released = false;
+            return self
+                .redeem_customer_leased(partner, customer, resource, "", &mut released)
+                .await;
+        }
         let lock = self.partner_lock(partner);
         let _guard = lock.lock().await;
         let owner = self.wait_for_lease(partner).await?;

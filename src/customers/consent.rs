@@ -16,6 +16,7 @@ use serde_json::json;
 use super::{Customers, StatusChange, partner_problem};
 use crate::backoff::Backoff;
 use crate::broker::customer::CustomerRedeemError;
+use crate::config::IdpRotation;
 use crate::domain::{CustomerStatus, TenantId};
 use crate::notify::EventKind;
 use crate::partner_center::{PcError, PcToken};
@@ -134,8 +135,10 @@ impl Customers {
     async fn verify(&self, row: &CustomerRow) -> Result<(), Refused> {
         let resource = self.inner.settings.first_resource();
         let broker = &self.inner.broker;
+        let in_line = self.inner.settings.idp_rotation == IdpRotation::Strict;
+        let (partner, customer) = (&row.partner_tenant_id, &row.customer_tenant_id);
         match broker
-            .redeem_at_customer(&row.partner_tenant_id, &row.customer_tenant_id, resource)
+            .redeem_at_customer(partner, customer, resource, in_line)
             .await
         {
             Ok(_) => Ok(()),

@@ -20,7 +20,7 @@ use crate::storage::{StorageError, now};
 
 /// Pushes in flight at once: enough to keep Partner Center's 50 calls a second busy while
 /// each call and its verification take tens of milliseconds.
-pub const WORKERS: usize = 12;
+pub const WORKERS: usize = 24;
 /// How often the scheduler looks for new consents and due work.
 const TICK: Duration = Duration::from_millis(500);
 /// A claimed push or sync is someone's for this long (longer than a throttled call may

@@ -115,7 +115,7 @@ impl Budget {
         let due = {
             let mut state = self.state.lock().expect("budget lock");
             state.claims += 1;
-            state.claims % KEEP_WINDOWS as u64 == 0
+            state.claims.is_multiple_of(KEEP_WINDOWS as u64)
         };
         if due && let Err(e) = customers::prune_windows(db, window - KEEP_WINDOWS).await {
             tracing::warn!(error = %e, "Partner Center budget: pruning failed");

@@ -111,18 +111,18 @@ impl CustomerTokens {
 
     /// An access token for `resource` in `customer`, a customer tenant of `partner`: from the
     /// cache, or by redeeming the partner's grant at the customer's authority. Counted in
-    /// `samvault_customer_tokens_total`; `actor` (`client:ID`) is named in the audit of the
-    /// customer status changes the request finds.
+    /// `samvault_customer_tokens_total`; `client_id` (the integration's, audited as
+    /// `client:ID`) is named in the audit of the customer status changes the request finds.
     pub async fn access_token(
         &self,
         partner: &TenantId,
         customer: &TenantId,
         resource: &Resource,
-        actor: &str,
+        client_id: &str,
     ) -> Result<IssuedToken, CustomerTokenError> {
         let asked = Asked {
             key: (partner.clone(), customer.clone(), resource.clone()),
-            actor,
+            client_id,
         };
         let result = self.issue(&asked).await;
         let outcome = result
@@ -369,7 +369,8 @@ impl CustomerTokens {
             "to": to.as_str(), "code": code, "reason": reason,
         });
         let tenant = Some(partner.as_str());
-        audit::append(db, asked.actor, "customer.status", tenant, detail, at).await?;
+        let actor = format!("client:{}", asked.client_id);
+        audit::append(db, &actor, "customer.status", tenant, detail, at).await?;
         let code = code.map(|c| c.to_string());
         let event = Event::customer(
             EventKind::CustomerStatusChanged,
@@ -384,8 +385,8 @@ impl CustomerTokens {
     }
 }
 
-/// One request: the cache key (partner, customer tenant, resource) and who asked.
+/// One request: the cache key (partner, customer tenant, resource) and the client that asked.
 struct Asked<'a> {
     key: CustomerKey,
-    actor: &'a str,
+    client_id: &'a str,
 }

@@ -69,10 +69,9 @@ pub(super) async fn issue_customer_token(
         .map_err(|e| Problem::invalid_request(format!("customer tenant id: {e}")))?;
     let (resource, purpose) = parse_token_request(&body, &state.config.resources)?;
     may_use_resource(&client, &resource)?;
-    let actor = format!("client:{}", client.client_id);
     let outcome = state
         .customer_tokens
-        .access_token(&tenant, &customer, &resource, &actor)
+        .access_token(&tenant, &customer, &resource, &client.client_id)
         .await;
     let asked = Asked {
         client: &client,

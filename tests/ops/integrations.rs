@@ -360,7 +360,48 @@ async fn bad_client_input_is_refused(backend: Backend) {
     }
 }
 
+/// `customers:issue` is offered on the form but never ticked by default (a client gets it only
+/// when an admin asks), and a client created with it lists it.
+async fn customers_issue_is_offered_unticked(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    let mut alice = Operator::signed_in(&stack, "alice", "admin").await;
+    let (_, page, _) = alice.get("/ops/integrations").await;
+    let boxes: Vec<&str> = page
+        .split("<input ")
+        .filter(|i| i.contains("name=\"permission\""))
+        .collect();
+    let customers: Vec<&&str> = boxes
+        .iter()
+        .filter(|i| i.contains("value=\"customers:issue\""))
+        .collect();
+    assert_eq!(customers.len(), 1, "{page}");
+    assert!(
+        !customers[0].split('>').next().unwrap().contains("checked"),
+        "{page}"
+    );
+    let ticked = boxes
+        .iter()
+        .filter(|i| i.split('>').next().unwrap().contains("checked"));
+    assert_eq!(
+        ticked.count(),
+        2,
+        "tokens:issue and partners:read stay ticked"
+    );
+
+    let csrf = alice.csrf("/ops/integrations").await;
+    let mut form = create_form(&csrf, "crm");
+    form.push(("permission", "customers:issue"));
+    let (status, page, _) = alice.post("/ops/integrations", &form).await;
+    assert_eq!(status, 200, "{page}");
+    let (_, list, _) = alice.get("/ops/integrations").await;
+    assert!(list.contains("customers:issue"), "{list}");
+}
+
 on_both_backends!(
+    customers_issue_is_offered_unticked,
     admin_creates_rolls_and_revokes_a_client,
     only_admins_manage_clients,
     bad_client_input_is_refused

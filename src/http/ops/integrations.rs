@@ -101,20 +101,29 @@ impl ClientRow {
     }
 }
 
-/// A permission checkbox of the create form.
+/// A permission checkbox of the create form; `ticked` by default or not.
 struct Choice {
     permission: Permission,
     meaning: &'static str,
+    ticked: bool,
 }
 
-const PERMISSIONS: [Choice; 2] = [
+const PERMISSIONS: [Choice; 3] = [
     Choice {
         permission: Permission::TokensIssue,
         meaning: "exchange a partner's grant for access tokens",
+        ticked: true,
     },
     Choice {
         permission: Permission::PartnersRead,
         meaning: "read partners' status and expiry horizon",
+        ticked: true,
+    },
+    // Customer tenants are a wider reach: granted only when an admin ticks it, as on the CLI.
+    Choice {
+        permission: Permission::CustomersIssue,
+        meaning: "exchange a partner's grant for access tokens in its customers' tenants",
+        ticked: false,
     },
 ];
 

@@ -421,6 +421,23 @@ async fn refusals_change_the_customer_not_the_partner(backend: Backend) {
     assert_eq!(tailspin.status, CustomerStatus::AccessDenied);
     assert!(tailspin.reason.unwrap().starts_with("AADSTS50020: "));
 
+    // `customers consent` pushes the app back into Northwind: its tokens are issued again,
+    // and it is `consented` once more.
+    stack.cli(&[
+        "customers",
+        "consent",
+        "--partner",
+        CONTOSO,
+        "--customer",
+        NORTHWIND,
+    ]);
+    let (status, answer) = customer_token(&stack, &creds, CONTOSO, NORTHWIND, GRAPH).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        customer_row(&stack, CONTOSO, NORTHWIND).await.status,
+        CustomerStatus::Consented
+    );
+
     stack
         .sim(
             reqwest::Method::DELETE,

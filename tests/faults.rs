@@ -335,7 +335,111 @@ async fn rotation_during_an_outage_keeps_the_grant(backend: Backend) {
     );
 }
 
+const ADATUM: &str = "7b1e0c3a-5d2f-4c8e-9a6b-00000000c001";
+const CONTOSO: &str = "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01";
+
+/// A customer-tenant token request: (status, Retry-After, body). Nothing is cached before the
+/// last request, so each faulted one meets the IdP.
+async fn ask_customer(
+    stack: &Stack,
+    creds: &(String, String),
+    customer: &str,
+) -> (u16, Option<String>, Value) {
+    let url = format!(
+        "{}/api/v1/partners/{CONTOSO}/customers/{customer}/token",
+        stack.sv()
+    );
+    let response = stack
+        .http
+        .post(url)
+        .basic_auth(&creds.0, Some(&creds.1))
+        .json(&json!({ "resource": "https://graph.microsoft.com", "purpose": "faults" }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry_after, response.json().await.unwrap())
+}
+
+/// IdP faults at a customer's authority are transient, as at a partner's: the integration
+/// gets 503 `idp_unavailable` with `Retry-After`, the next request succeeds, and neither the
+/// customer's status nor the partner's moves.
+async fn idp_faults_at_a_customer_authority_are_transient(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    stack.consent("jane@contoso.example").await;
+    stack.cli(&["customers", "sync", "--partner", CONTOSO]);
+    stack.cli(&[
+        "customers",
+        "consent",
+        "--partner",
+        CONTOSO,
+        "--customer",
+        ADATUM,
+    ]);
+    let out = stack.cli(&[
+        "client",
+        "create",
+        "--name",
+        "crm",
+        "--resource",
+        "https://graph.microsoft.com",
+        "--permission",
+        "customers:issue",
+        "--json",
+    ]);
+    let out: Value = serde_json::from_str(&out).unwrap();
+    let creds = (
+        out["client_id"].as_str().unwrap().to_string(),
+        out["client_secret"].as_str().unwrap().to_string(),
+    );
+    let status_of = |stack: &Stack| {
+        let list = stack.cli(&["customers", "list", "--partner", CONTOSO, "--json"]);
+        let list: Value = serde_json::from_str(&list).unwrap();
+        let rows = list
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| list["customers"].as_array().unwrap().clone());
+        let adatum = rows
+            .iter()
+            .find(|c| c["customer_tenant_id"] == ADATUM)
+            .unwrap();
+        adatum["status"].as_str().unwrap().to_string()
+    };
+    assert_eq!(status_of(&stack), "consented");
+    for (fault, retry_after) in [
+        (json!({ "count": 1, "status": 500 }), "5"),
+        (json!({ "count": 1, "status": 503, "retry_after": 7 }), "7"),
+        (json!({ "count": 1, "status": 504, "body": "empty" }), "5"),
+        (
+            json!({ "count": 1, "status": 200, "body": "malformed" }),
+            "5",
+        ),
+    ] {
+        set_tenant_fault(&stack, ADATUM, fault.clone()).await;
+        let (status, after, body) = ask_customer(&stack, &creds, ADATUM).await;
+        assert_eq!(
+            (status, body["code"].as_str(), after.as_deref()),
+            (503, Some("idp_unavailable"), Some(retry_after)),
+            "{fault}: {body}"
+        );
+        assert_eq!(status_of(&stack), "consented", "{fault}");
+        assert_eq!(stack.statuses()[CONTOSO], "active", "{fault}");
+    }
+    // A refusal is never cached: with the faults spent, the next request is issued.
+    let (status, _, body) = ask_customer(&stack, &creds, ADATUM).await;
+    assert_eq!(status, 200, "recovery: {body}");
+    assert_eq!(stack.counters().await["faults_served"], json!(4));
+}
+
 on_both_backends!(
+    idp_faults_at_a_customer_authority_are_transient,
     idp_faults_are_transient_for_integrations,
     consent_during_an_outage_stores_nothing,
     rotation_during_an_outage_keeps_the_grant,

@@ -1,11 +1,13 @@
 //! Parsed values: once one of these exists, it is valid ("parse, don't validate").
 
 use std::fmt;
+use std::sync::Arc;
 
-/// An Entra tenant id: a GUID, stored lower-case in its canonical hyphenated form.
+/// An Entra tenant id: a GUID, stored lower-case in its canonical hyphenated form. Shared,
+/// not copied: a token request's id goes to the cache key and the request log by reference.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
-pub struct TenantId(String);
+pub struct TenantId(Arc<str>);
 
 impl TenantId {
     pub fn parse(value: &str) -> Result<Self, &'static str> {
@@ -14,11 +16,17 @@ impl TenantId {
         if value.len() != 36 {
             return Err("tenant id must be a GUID like 6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01");
         }
-        Ok(Self(uuid.hyphenated().to_string()))
+        Ok(Self(uuid.hyphenated().to_string().into()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<&TenantId> for Arc<str> {
+    fn from(id: &TenantId) -> Self {
+        id.0.clone()
     }
 }
 
@@ -30,9 +38,10 @@ impl fmt::Display for TenantId {
 
 /// An audience an access token is issued for, such as `https://graph.microsoft.com`:
 /// an https origin (no path, query or trailing slash), as Entra's `.default` scope wants it.
+/// Shared, not copied: every token request names one of the few configured resources.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
-pub struct Resource(String);
+pub struct Resource(Arc<str>);
 
 impl Resource {
     pub fn parse(value: &str) -> Result<Self, &'static str> {
@@ -47,7 +56,7 @@ impl Resource {
         {
             return Err("resource must be an https origin like https://graph.microsoft.com");
         }
-        Ok(Self(trimmed.to_ascii_lowercase()))
+        Ok(Self(trimmed.to_ascii_lowercase().into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -60,6 +69,12 @@ impl Resource {
     }
 }
 
+impl From<&Resource> for Arc<str> {
+    fn from(resource: &Resource) -> Self {
+        resource.0.clone()
+    }
+}
+
 impl fmt::Display for Resource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -68,7 +83,7 @@ impl fmt::Display for Resource {
 
 /// Why an integration asks for a token (SAM: access must identify its purpose).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Purpose(String);
+pub struct Purpose(Arc<str>);
 
 impl Purpose {
     pub const MAX_CHARS: usize = 200;
@@ -85,11 +100,17 @@ impl Purpose {
         if trimmed.chars().any(char::is_control) {
             return Err("purpose must not contain control characters");
         }
-        Ok(Self(trimmed.to_string()))
+        Ok(Self(trimmed.into()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<&Purpose> for Arc<str> {
+    fn from(purpose: &Purpose) -> Self {
+        purpose.0.clone()
     }
 }
 

@@ -2055,8 +2055,8 @@ fn request(at: i64, client: &str, outcome: &str, cached: bool, mfa: Option<bool>
         tenant_id: "6f3a2a5e-0c1d-4a3b-8f4e-1c2d3e4f5a01".into(),
         customer_tenant_id: None,
         resource: "https://api.partnercenter.microsoft.com".into(),
-        purpose: format!("sync {at}"),
-        outcome: outcome.into(),
+        purpose: format!("sync {at}").into(),
+        outcome: outcome.to_owned().into(),
         cached,
         mfa,
     }

@@ -5,8 +5,11 @@
 //! and committed as a new grant version *before* the access token is handed to anyone, so a
 //! crash at any point leaves a usable refresh token in the database.
 
+mod access_token;
 pub mod customer;
 pub mod request_log;
+
+pub use access_token::AccessToken;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +48,7 @@ fn still_fresh(token: Option<&IssuedToken>) -> Option<IssuedToken> {
 #[derive(Clone)]
 pub struct IssuedToken {
     /// Shared with the cache: a cached hit copies a pointer, not the token.
-    pub access_token: Arc<SecretString>,
+    pub access_token: Arc<AccessToken>,
     pub expires_at: i64,
     pub mfa: bool,
     pub cached: bool,
@@ -190,7 +193,7 @@ pub(crate) fn issued_token(tokens: TokenSet, at: i64) -> IssuedToken {
     let claims = AccessClaims::peek(tokens.access_token.expose_secret()).unwrap_or_default();
     IssuedToken {
         expires_at: at + tokens.expires_in.as_secs() as i64,
-        access_token: Arc::new(tokens.access_token),
+        access_token: Arc::new(AccessToken::new(tokens.access_token)),
         mfa: claims.mfa(),
         cached: false,
     }

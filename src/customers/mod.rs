@@ -103,7 +103,7 @@ impl Customers {
     async fn pc_token(&self, partner: &TenantId) -> Result<PcToken, BrokerError> {
         let resource = Resource::parse(PARTNER_CENTER).expect("static resource");
         let issued = self.inner.broker.access_token(partner, &resource).await?;
-        Ok(issued.access_token.as_ref().clone())
+        Ok(issued.access_token.secret().clone())
     }
 
     /// Appends to the audit log; a failure is logged, never fails the work it records.

@@ -1,7 +1,9 @@
 //! The token request log, bounded: the latest [`RECENT`] requests row by row, and per-hour
 //! counts per client and resource for everything older (the security report's 7-day share).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::{Db, FromRow, SqlBuilder, StorageError, flag};
 
@@ -9,16 +11,16 @@ use super::{Db, FromRow, SqlBuilder, StorageError, flag};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestRecord {
     pub at: i64,
-    pub client_id: String,
+    pub client_id: Arc<str>,
     /// The partner whose grant the token comes from.
-    pub tenant_id: String,
+    pub tenant_id: Arc<str>,
     /// The customer tenant the token was for (customer-tenant tokens); `None` for a partner's
     /// own token.
-    pub customer_tenant_id: Option<String>,
-    pub resource: String,
-    pub purpose: String,
+    pub customer_tenant_id: Option<Arc<str>>,
+    pub resource: Arc<str>,
+    pub purpose: Arc<str>,
     /// `issued`, or the problem code the caller got.
-    pub outcome: String,
+    pub outcome: Cow<'static, str>,
     pub cached: bool,
     /// Whether the issued token's `amr` carried `mfa`; `None` when no token was issued.
     pub mfa: Option<bool>,
@@ -64,10 +66,10 @@ impl RequestCounts {
 #[derive(Debug, Default)]
 pub struct RequestBatch {
     rows: std::collections::VecDeque<RequestRecord>,
-    hours: BTreeMap<(i64, String, String), RequestCounts>,
-    last_used: BTreeMap<String, i64>,
+    hours: BTreeMap<(i64, Arc<str>, Arc<str>), RequestCounts>,
+    last_used: BTreeMap<Arc<str>, i64>,
     /// The latest token issued per (partner, customer tenant): the customers' `last_token_at`.
-    customer_tokens: BTreeMap<(String, String), i64>,
+    customer_tokens: BTreeMap<(Arc<str>, Arc<str>), i64>,
 }
 
 impl RequestBatch {
@@ -124,8 +126,8 @@ pub async fn write_batch(db: &Db, batch: &RequestBatch) -> Result<(), StorageErr
              cached = token_request_hours.cached + excluded.cached",
         )
         .bind(hour)
-        .bind(client)
-        .bind(resource)
+        .bind(&**client)
+        .bind(&**resource)
         .bind(n.requests)
         .bind(n.issued)
         .bind(n.issued_mfa)
@@ -142,7 +144,7 @@ pub async fn write_batch(db: &Db, batch: &RequestBatch) -> Result<(), StorageErr
     .await?;
     for (client, at) in &batch.last_used {
         sqlx::query("UPDATE clients SET last_used_at = $2 WHERE client_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)")
-            .bind(client)
+            .bind(&**client)
             .bind(at)
             .execute(&mut *tx)
             .await?;
@@ -152,8 +154,8 @@ pub async fn write_batch(db: &Db, batch: &RequestBatch) -> Result<(), StorageErr
             "UPDATE customers SET last_token_at = $3 WHERE partner_tenant_id = $1 \
              AND customer_tenant_id = $2 AND (last_token_at IS NULL OR last_token_at < $3)",
         )
-        .bind(partner)
-        .bind(customer)
+        .bind(&**partner)
+        .bind(&**customer)
         .bind(at)
         .execute(&mut *tx)
         .await?;
@@ -174,17 +176,17 @@ fn insert_rows(db: &Db, rows: &[&RequestRecord]) -> SqlBuilder {
         sql.push(if i == 0 { "(" } else { ", (" })
             .push_bind(r.at)
             .push(", ")
-            .push_bind(r.client_id.as_str())
+            .push_bind(&*r.client_id)
             .push(", ")
-            .push_bind(r.tenant_id.as_str())
+            .push_bind(&*r.tenant_id)
             .push(", ")
             .push_bind(r.customer_tenant_id.as_deref())
             .push(", ")
-            .push_bind(r.resource.as_str())
+            .push_bind(&*r.resource)
             .push(", ")
-            .push_bind(r.purpose.as_str())
+            .push_bind(&*r.purpose)
             .push(", ")
-            .push_bind(r.outcome.as_str())
+            .push_bind(&*r.outcome)
             .push(", ")
             .push_bind(i64::from(r.cached))
             .push(", ")
@@ -220,12 +222,12 @@ pub async fn latest(db: &Db, limit: i64) -> Result<Vec<RequestRecord>, StorageEr
         .into_iter()
         .map(|r| RequestRecord {
             at: r.at,
-            client_id: r.client_id,
-            tenant_id: r.tenant_id,
-            customer_tenant_id: r.customer_tenant_id,
-            resource: r.resource,
-            purpose: r.purpose,
-            outcome: r.outcome,
+            client_id: r.client_id.into(),
+            tenant_id: r.tenant_id.into(),
+            customer_tenant_id: r.customer_tenant_id.map(Into::into),
+            resource: r.resource.into(),
+            purpose: r.purpose.into(),
+            outcome: r.outcome.into(),
             cached: flag(r.cached),
             mfa: r.mfa.map(flag),
         })

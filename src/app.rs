@@ -17,8 +17,8 @@ use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::rotation::liveness::Liveness;
 use crate::rotation::{Scheduler, SchedulerSettings};
-use crate::storage::Db;
 use crate::storage::sessions::SealedSessionStore;
+use crate::storage::{Db, sealed};
 use crate::vault::azure::AzureSettings;
 use crate::vault::{AzureKeyVaultProvider, KeyProvider, LocalKeyProvider, Vault};
 
@@ -41,13 +41,36 @@ pub async fn audited(db: Db, vault: &Vault, config: &Config) -> anyhow::Result<D
 /// Opens the configured key providers (creating the local key file on first run; asking Key
 /// Vault for its key's current version): the one that wraps, and any previous ones kept to
 /// unwrap older records during a migration.
-pub async fn open_vault(config: &Config) -> anyhow::Result<Vault> {
+pub async fn open_vault(config: &Config, db: &Db) -> anyhow::Result<Vault> {
+    refuse_a_new_key_for_sealed_records(config, db).await?;
     let primary = open_key_provider(config, &config.key_provider, true).await?;
     let mut previous = Vec::new();
     for provider in &config.previous_key_providers {
         previous.push(open_key_provider(config, provider, false).await?);
     }
     Ok(Vault::with_previous(primary, previous))
+}
+
+/// A local key file is made on first run, not beside records another key sealed: the new key
+/// would open none of them, and the stray file would pass for the right one. A move to a new
+/// key names the old one in `SAMVAULT_PREVIOUS_KEY_PROVIDERS`.
+async fn refuse_a_new_key_for_sealed_records(config: &Config, db: &Db) -> anyhow::Result<()> {
+    let KeyProviderConfig::Local(path) = &config.key_provider else {
+        return Ok(());
+    };
+    if path.exists() || !config.previous_key_providers.is_empty() {
+        return Ok(());
+    }
+    if let Some(sealed) = sealed::count_by_kek(db).await?.first() {
+        anyhow::bail!(
+            "SAMVAULT_KEY_PROVIDER: key file {} does not exist, but this database holds {} sealed by key {}: \
+             set SAMVAULT_KEY_PROVIDER to the key file that sealed them (a new key would open none of them)",
+            path.display(),
+            sealed.what,
+            sealed.kek_id
+        );
+    }
+    Ok(())
 }
 
 async fn open_key_provider(
@@ -129,7 +152,7 @@ impl Services {
     ) -> anyhow::Result<Services> {
         let idp = IdpClient::new(&config)?;
         let db = open_db(&config).await?;
-        let vault = open_vault(&config).await?;
+        let vault = open_vault(&config, &db).await?;
         let db = audited(db, &vault, &config).await?;
         let metrics = Arc::new(Metrics::new());
         let notifier = Notifier::new(db.clone(), &config, metrics.clone());

@@ -300,4 +300,63 @@ async fn a_database_copied_without_the_key_file_yields_nothing(backend: Backend)
     assert!(!contains(&dump, &totp_secret), "the TOTP secret in clear");
 }
 
-on_both_backends!(a_database_copied_without_the_key_file_yields_nothing);
+on_both_backends!(
+    a_database_copied_without_the_key_file_yields_nothing,
+    a_missing_key_file_is_not_replaced_beside_sealed_records
+);
+
+/// A command pointed at a key file that is not there, beside a database whose records were
+/// sealed by another key, refuses and names the setting, before it creates a key: a new key
+/// would open none of the records, and the stray file would look like the right one. With the
+/// old key named as a previous provider (a move to a new local key), the new file is made.
+async fn a_missing_key_file_is_not_replaced_beside_sealed_records(backend: Backend) {
+    let Some(db) = support::fresh_database(backend).await else {
+        return;
+    };
+    let stack = Stack::start(&db.url, StackOptions::default()).await;
+    let mut browser = Browser::new(&stack);
+    assert_eq!(
+        browser
+            .consent("jane@contoso.example", true, "accept")
+            .await
+            .status,
+        200
+    );
+    stack.client(&[PARTNER_CENTER]);
+    let elsewhere = stack.dir.path().join("elsewhere.key");
+    let with_key = |key: &std::path::Path| {
+        let mut cmd = stack.command(&[
+            "client",
+            "create",
+            "--name",
+            "x",
+            "--resource",
+            PARTNER_CENTER,
+        ]);
+        cmd.env("SAMVAULT_KEY_PROVIDER", format!("local:{}", key.display()));
+        cmd
+    };
+
+    for _ in 0..2 {
+        let out = with_key(&elsewhere).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "refused");
+        assert!(
+            stderr.contains("SAMVAULT_KEY_PROVIDER") && stderr.contains("does not exist"),
+            "names the setting and the missing file: {stderr}"
+        );
+        assert!(!elsewhere.exists(), "no key file was created");
+    }
+
+    let previous = format!("local:{}", stack.dir.path().join("samvault.key").display());
+    let out = with_key(&elsewhere)
+        .env("SAMVAULT_PREVIOUS_KEY_PROVIDERS", &previous)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(elsewhere.exists(), "a move to a new key makes it");
+}

@@ -81,7 +81,7 @@ fn broken_line(broken: &Broken) -> String {
 /// command needs to write to or verify the audit log.
 pub async fn audited_db(config: &Config) -> anyhow::Result<Db> {
     let db = app::open_db(config).await?;
-    let vault = app::open_vault(config).await?;
+    let vault = app::open_vault(config, &db).await?;
     app::audited(db, &vault, config).await
 }
 

@@ -40,7 +40,7 @@ pub async fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> 
 
 async fn status(config: &Config, out: Output) -> anyhow::Result<()> {
     let db = app::open_db(config).await?;
-    let vault = app::open_vault(config).await?;
+    let vault = app::open_vault(config, &db).await?;
     let status = Status {
         provider: vault.provider().kind(),
         current: vault.provider().current_kek_id(),
@@ -101,7 +101,7 @@ impl Status {
 /// `samvault keys rotate`: see [`samvault::key_rotation`].
 async fn rotate(config: &Config, onto_current: bool) -> anyhow::Result<()> {
     let db = app::open_db(config).await?;
-    let vault = app::open_vault(config).await?;
+    let vault = app::open_vault(config, &db).await?;
     let db = app::audited(db, &vault, config).await?;
     let target = if onto_current {
         Target::Current

@@ -75,7 +75,7 @@ async fn create(
         valid_username(username),
         "--username: 1 to 64 letters, digits, '.', '_', '@' or '-'"
     );
-    let vault = app::open_vault(config).await?;
+    let vault = app::open_vault(config, db).await?;
     let initial = password::generate();
     let secret = totp::generate_secret();
     let sealed = vault

@@ -105,7 +105,7 @@ fn partner_json(p: &Partner) -> serde_json::Value {
 
 async fn import(config: &Config, file: &Path) -> anyhow::Result<()> {
     let db = app::open_db(config).await?;
-    let vault = app::open_vault(config).await?;
+    let vault = app::open_vault(config, &db).await?;
     let db = app::audited(db, &vault, config).await?;
     let imported = import_file(&db, &vault, file).await?;
     let detail = json!({ "count": imported });

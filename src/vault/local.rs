@@ -227,8 +227,10 @@ impl KeyProvider for LocalKeyProvider {
         self.file().current().0.clone()
     }
 
+    /// The keys its file holds: another file's records go to the provider that holds them
+    /// (a move from one key file to another names the old one as a previous provider).
     fn owns(&self, kek_id: &str) -> bool {
-        kek_id.starts_with("local:")
+        self.file().find(kek_id).is_some()
     }
 
     fn wrap<'a>(&'a self, key: &'a DataKey) -> BoxFuture<'a, Result<WrappedKey, VaultError>> {

@@ -467,7 +467,12 @@ async fn throttling_is_retried_within_a_bound_and_never_a_500(backend: Backend) 
         (status, body["code"].as_str()),
         (503, Some("key_provider_unavailable"))
     );
-    let log = stack.log(0);
+    let log = stack
+        .log_holding(
+            0,
+            &["Key Vault denies samvault a permission", "Key Vault Crypto"],
+        )
+        .await;
     assert!(
         log.contains("Key Vault denies samvault a permission") && log.contains("Key Vault Crypto"),
         "{log}"

@@ -346,6 +346,19 @@ impl Stack {
         std::fs::read_to_string(self.log_path(replica)).unwrap_or_default()
     }
 
+    /// The log once it holds every one of `lines`, or as it is after 5 s: `serve` writes its
+    /// log from a thread of its own, a moment after the answer that the test saw.
+    pub async fn log_holding(&self, replica: usize, lines: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log(replica);
+            if lines.iter().all(|l| log.contains(l)) || tokio::time::Instant::now() > deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn start_replica(&mut self, i: usize) {
         let log = std::fs::OpenOptions::new()
             .create(true)

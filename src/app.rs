@@ -24,7 +24,7 @@ use crate::vault::{AzureKeyVaultProvider, KeyProvider, LocalKeyProvider, Vault};
 
 /// Connects to the database and applies migrations.
 pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
-    let db = Db::connect(&config.database_url)
+    let db = Db::connect(&config.server.database_url)
         .await
         .map_err(|e| anyhow::anyhow!("DATABASE_URL: cannot open the database: {e}"))?;
     db.migrate().await?;
@@ -43,9 +43,9 @@ pub async fn audited(db: Db, vault: &Vault, config: &Config) -> anyhow::Result<D
 /// unwrap older records during a migration.
 pub async fn open_vault(config: &Config, db: &Db) -> anyhow::Result<Vault> {
     refuse_a_new_key_for_sealed_records(config, db).await?;
-    let primary = open_key_provider(config, &config.key_provider, true).await?;
+    let primary = open_key_provider(config, &config.keys.provider, true).await?;
     let mut previous = Vec::new();
-    for provider in &config.previous_key_providers {
+    for provider in &config.keys.previous_providers {
         previous.push(open_key_provider(config, provider, false).await?);
     }
     Ok(Vault::with_previous(primary, previous))
@@ -55,10 +55,10 @@ pub async fn open_vault(config: &Config, db: &Db) -> anyhow::Result<Vault> {
 /// would open none of them, and the stray file would pass for the right one. A move to a new
 /// key names the old one in `SAMVAULT_PREVIOUS_KEY_PROVIDERS`.
 async fn refuse_a_new_key_for_sealed_records(config: &Config, db: &Db) -> anyhow::Result<()> {
-    let KeyProviderConfig::Local(path) = &config.key_provider else {
+    let KeyProviderConfig::Local(path) = &config.keys.provider else {
         return Ok(());
     };
-    if path.exists() || !config.previous_key_providers.is_empty() {
+    if path.exists() || !config.keys.previous_providers.is_empty() {
         return Ok(());
     }
     if let Some(sealed) = sealed::count_by_kek(db).await?.first() {
@@ -105,7 +105,7 @@ async fn open_key_provider(
             };
             // The Azure SDKs' own variables (AZURE_CLIENT_ID, …), read where they are set.
             let env = |name: &str| std::env::var(name).ok();
-            let settings = AzureSettings::from_env(&env, config.extra_ca_file.clone())
+            let settings = AzureSettings::from_env(&env, config.keys.extra_ca_file.clone())
                 .map_err(|e| anyhow::anyhow!("{setting}: {e}"))?;
             let provider = AzureKeyVaultProvider::connect(url, settings)
                 .await
@@ -158,8 +158,8 @@ impl Services {
         let notifier = Notifier::new(db.clone(), &config, metrics.clone());
         let settings = BrokerSettings {
             primary: config.primary_resource(),
-            rotate_after: config.rotate_after,
-            expiry_warn: config.expiry_warn,
+            rotate_after: config.rotation.rotate_after,
+            expiry_warn: config.rotation.expiry_warn,
         };
         let broker = Broker::new(
             db.clone(),
@@ -200,7 +200,7 @@ impl Services {
 /// refused with a clear message instead of two schedulers sharing one file.
 fn sqlite_single_process_lock(config: &Config) -> anyhow::Result<Option<std::fs::File>> {
     use secrecy::ExposeSecret;
-    let Some(path) = crate::storage::sqlite_file(config.database_url.expose_secret()) else {
+    let Some(path) = crate::storage::sqlite_file(config.server.database_url.expose_secret()) else {
         return Ok(None);
     };
     let path = path.display();
@@ -239,7 +239,7 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
-        let listen = config.listen;
+        let listen = config.server.listen;
         let services = Services::open(config).await?;
         let listener = TcpListener::bind(listen)
             .await
@@ -276,11 +276,11 @@ impl App {
             metrics_access: crate::http::metrics::MetricsAccess::new(
                 services.db.clone(),
                 services.metrics.clone(),
-                services.config.metrics_token.as_ref(),
+                services.config.server.metrics_token.as_ref(),
             ),
             sign_in,
             customers: services.customers.clone(),
-            onboard_limit: crate::http::onboard::OnboardLimit::new(services.config.onboard_rate),
+            onboard_limit: crate::http::onboard::OnboardLimit::new(services.config.onboarding.rate),
             sessions,
             readiness: Default::default(),
         });
@@ -304,20 +304,20 @@ impl App {
         let _log = LogsOffRequestPath::start();
         let router = http::router(self.state.clone());
         let config = &self.services.config;
-        tracing::info!(listen = %self.local_addr(), public_url = %config.public_url, "samvault serving");
+        tracing::info!(listen = %self.local_addr(), public_url = %config.server.public_url, "samvault serving");
         // Before the scheduler: a predecessor killed mid-redemption gets its leases reaped and
         // its partners redeemed first.
         let liveness = Liveness::start(self.services.broker.clone()).await;
-        let scheduler = config.scheduler.then(|| {
+        let scheduler = config.rotation.scheduler.then(|| {
             Scheduler::new(
                 self.services.broker.clone(),
                 SchedulerSettings {
-                    concurrency: config.rotation_concurrency,
+                    concurrency: config.rotation.concurrency,
                 },
             )
             .spawn()
         });
-        let customers = (config.scheduler && config.customers.background)
+        let customers = (config.rotation.scheduler && config.customers.background)
             .then(|| self.services.customers.spawn_scheduler());
         let delivery = self.services.notifier.spawn_delivery();
         // The socket peer's address reaches handlers (`http::client_address`).

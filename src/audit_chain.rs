@@ -46,9 +46,9 @@ impl Settings {
     /// From the configuration; checkpoints only when a webhook receiver is configured.
     pub fn from_config(config: &Config) -> Self {
         Self {
-            anchor_file: config.audit_anchor_file.clone(),
-            checkpoint_every: if config.webhook_url.is_some() {
-                config.audit_checkpoint_every
+            anchor_file: config.audit.anchor_file.clone(),
+            checkpoint_every: if config.webhook.url.is_some() {
+                config.audit.checkpoint_every
             } else {
                 0
             },

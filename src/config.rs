@@ -168,52 +168,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Every setting, by section; each section parses and checks its own (REFERENCE §5).
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub database_url: SecretString,
-    pub listen: SocketAddr,
-    pub public_url: Url,
-    pub authority: Url,
-    pub client_id: Option<String>,
-    /// In the order they are tried: certificate, current secret, next secret.
-    pub app_credentials: Vec<AppCredential>,
-    pub consent_scopes: Vec<String>,
-    pub resources: Vec<Resource>,
-    pub key_provider: KeyProviderConfig,
-    /// Providers that only unwrap older records, during a move to `key_provider`.
-    pub previous_key_providers: Vec<KeyProviderConfig>,
-    /// PEM roots trusted besides the system's for Key Vault connections (a TLS-inspecting
-    /// proxy's CA, a test double's).
-    pub extra_ca_file: Option<PathBuf>,
-    /// Its certificates, read once at start-up, for the Entra ID and webhook clients.
-    pub extra_roots: Vec<reqwest::Certificate>,
-    pub rotate_after: Duration,
-    pub expiry_warn: Duration,
-    pub require_mfa: bool,
-    pub webhook_url: Option<Url>,
-    pub webhook_secret: Option<SecretString>,
-    /// When set, `GET /metrics` asks for `Authorization: Bearer <token>`.
-    pub metrics_token: Option<SecretString>,
-    pub log_format: LogFormat,
-    /// How long a started consent may take before its `state` is refused.
-    pub consent_timeout: Duration,
-    /// The CPV application's name as partner admins know it (shown on onboarding pages).
-    pub app_name: String,
-    /// Redemptions the scheduler runs at once.
-    pub rotation_concurrency: usize,
-    /// Whether this process runs the rotation scheduler (replicas may opt out).
-    pub scheduler: bool,
-    pub onboarding: Onboarding,
-    /// Reverse proxies whose `X-Forwarded-For` names the client (`http::client_address`).
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub server: ServerSettings,
+    pub entra: EntraSettings,
+    pub keys: KeySettings,
+    pub rotation: RotationSettings,
+    pub webhook: WebhookSettings,
     /// Customers of the partners: Partner Center, the CPV consent pushed to each (REFERENCE §6).
     pub customers: CustomerSettings,
-    /// Onboarding sign-in starts and callbacks one client address may make per minute.
-    pub onboard_rate: u32,
-    /// Where every audit append writes the chain's head, outside the database.
-    pub audit_anchor_file: Option<PathBuf>,
-    /// Every this many audit entries, an `audit.checkpoint` webhook event (0: none).
-    pub audit_checkpoint_every: u64,
+    pub onboarding: OnboardingSettings,
+    pub audit: AuditSettings,
 }
 
 impl Config {
@@ -270,57 +236,32 @@ impl Config {
             ("SAMVAULT_AUTHORITY", &entra.authority),
             ("SAMVAULT_PARTNER_CENTER_URL", &customers.partner_center_url),
         ];
-        outbound.extend(
-            webhook
-                .webhook_url
-                .iter()
-                .map(|u| ("SAMVAULT_WEBHOOK_URL", u)),
-        );
+        outbound.extend(webhook.url.iter().map(|u| ("SAMVAULT_WEBHOOK_URL", u)));
         require_tls_beside_https(&server.public_url, &outbound)?;
-        let audit_checkpoint_every = parse_checkpoint_every(&raw)?;
         Ok(Self {
-            database_url: server.database_url,
-            listen: server.listen,
-            public_url: server.public_url,
-            metrics_token: server.metrics_token,
-            log_format: server.log_format,
-            authority: entra.authority,
-            client_id: entra.client_id,
-            app_credentials: entra.app_credentials,
-            consent_scopes: entra.consent_scopes,
-            resources: entra.resources,
-            require_mfa: entra.require_mfa,
-            consent_timeout: entra.consent_timeout,
-            app_name: entra.app_name,
-            key_provider: keys.key_provider,
-            previous_key_providers: keys.previous_key_providers,
-            extra_ca_file: keys.extra_ca_file,
-            extra_roots: keys.extra_roots,
-            rotate_after: rotation.rotate_after,
-            expiry_warn: rotation.expiry_warn,
-            rotation_concurrency: rotation.rotation_concurrency,
-            scheduler: rotation.scheduler,
-            onboarding: Onboarding::parse(raw.required("SAMVAULT_ONBOARDING")?)?,
-            webhook_url: webhook.webhook_url,
-            webhook_secret: webhook.webhook_secret,
-            trusted_proxies: parse_trusted_proxies(raw.get("SAMVAULT_TRUSTED_PROXIES"))?,
+            server,
+            entra,
+            keys,
+            rotation,
+            webhook,
             customers,
-            onboard_rate: parse_onboard_rate(raw.required("SAMVAULT_ONBOARD_RATE")?)?,
-            audit_anchor_file: raw.get("SAMVAULT_AUDIT_ANCHOR_FILE").map(PathBuf::from),
-            audit_checkpoint_every,
+            onboarding: OnboardingSettings::parse(&raw)?,
+            audit: AuditSettings::parse(&raw)?,
         })
     }
 
     /// The redirect URI registered with Entra: public URL + `/onboard/callback`.
     pub fn redirect_uri(&self) -> Url {
-        self.public_url
+        self.server
+            .public_url
             .join("onboard/callback")
             .expect("valid relative path")
     }
 
     /// The partner's primary resource: the first consent scope that names a resource.
     pub fn primary_resource(&self) -> Resource {
-        self.consent_scopes
+        self.entra
+            .consent_scopes
             .iter()
             .find_map(|s| {
                 s.rsplit_once('/')
@@ -332,21 +273,25 @@ impl Config {
     /// The CPV app's identity, required by every command that talks to Entra.
     pub fn app_identity(&self) -> Result<(String, Vec<AppCredential>), ConfigError> {
         let id = self
+            .entra
             .client_id
             .clone()
             .ok_or_else(|| bad("SAMVAULT_CLIENT_ID", "is required"))?;
-        if self.app_credentials.is_empty() {
+        if self.entra.app_credentials.is_empty() {
             return Err(bad(
                 "SAMVAULT_CLIENT_SECRET",
                 "is required (or SAMVAULT_CLIENT_CERT with SAMVAULT_CLIENT_KEY)",
             ));
         }
-        Ok((id, self.app_credentials.clone()))
+        Ok((id, self.entra.app_credentials.clone()))
     }
 
     pub fn is_sqlite(&self) -> bool {
         use secrecy::ExposeSecret;
-        self.database_url.expose_secret().starts_with("sqlite:")
+        self.server
+            .database_url
+            .expose_secret()
+            .starts_with("sqlite:")
     }
 }
 
@@ -372,12 +317,16 @@ impl<'a> Raw<'a> {
 }
 
 /// Where samvault listens and keeps its data, and how it reports.
-struct ServerSettings {
-    database_url: SecretString,
-    listen: SocketAddr,
-    public_url: Url,
-    metrics_token: Option<SecretString>,
-    log_format: LogFormat,
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub database_url: SecretString,
+    pub listen: SocketAddr,
+    pub public_url: Url,
+    /// When set, `GET /metrics` asks for `Authorization: Bearer <token>`.
+    pub metrics_token: Option<SecretString>,
+    pub log_format: LogFormat,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`http::client_address`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl ServerSettings {
@@ -422,20 +371,25 @@ impl ServerSettings {
             public_url,
             metrics_token,
             log_format,
+            trusted_proxies: parse_trusted_proxies(raw.get("SAMVAULT_TRUSTED_PROXIES"))?,
         })
     }
 }
 
 /// The CPV app as Entra ID knows it, and what its consents ask for.
-struct EntraSettings {
-    authority: Url,
-    client_id: Option<String>,
-    app_credentials: Vec<AppCredential>,
-    consent_scopes: Vec<String>,
-    resources: Vec<Resource>,
-    require_mfa: bool,
-    consent_timeout: Duration,
-    app_name: String,
+#[derive(Clone, Debug)]
+pub struct EntraSettings {
+    pub authority: Url,
+    pub client_id: Option<String>,
+    /// In the order they are tried: certificate, current secret, next secret.
+    pub app_credentials: Vec<AppCredential>,
+    pub consent_scopes: Vec<String>,
+    pub resources: Vec<Resource>,
+    pub require_mfa: bool,
+    /// How long a started consent may take before its `state` is refused.
+    pub consent_timeout: Duration,
+    /// The CPV application's name as partner admins know it (shown on onboarding pages).
+    pub app_name: String,
 }
 
 impl EntraSettings {
@@ -480,19 +434,25 @@ impl EntraSettings {
 }
 
 /// Where the key-encryption keys live, and the roots trusted to reach them.
-struct KeySettings {
-    key_provider: KeyProviderConfig,
-    previous_key_providers: Vec<KeyProviderConfig>,
-    extra_ca_file: Option<PathBuf>,
-    extra_roots: Vec<reqwest::Certificate>,
+#[derive(Clone, Debug)]
+pub struct KeySettings {
+    /// The provider that wraps new data keys.
+    pub provider: KeyProviderConfig,
+    /// Providers that only unwrap older records, during a move to `provider`.
+    pub previous_providers: Vec<KeyProviderConfig>,
+    /// PEM roots trusted besides the system's for Key Vault connections (a TLS-inspecting
+    /// proxy's CA, a test double's).
+    pub extra_ca_file: Option<PathBuf>,
+    /// Its certificates, read once at start-up, for the Entra ID and webhook clients.
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl KeySettings {
     fn parse(raw: &Raw) -> Result<Self, ConfigError> {
-        let key_provider = parse_key_provider(raw.required("SAMVAULT_KEY_PROVIDER")?)
+        let provider = parse_key_provider(raw.required("SAMVAULT_KEY_PROVIDER")?)
             .map_err(|why| bad("SAMVAULT_KEY_PROVIDER", why))?;
         // A migration from one provider to another: these still unwrap, the first one wraps.
-        let previous_key_providers = raw
+        let previous_providers = raw
             .get("SAMVAULT_PREVIOUS_KEY_PROVIDERS")
             .unwrap_or_default()
             .split([' ', ','])
@@ -507,8 +467,8 @@ impl KeySettings {
             .transpose()?
             .unwrap_or_default();
         Ok(Self {
-            key_provider,
-            previous_key_providers,
+            provider,
+            previous_providers,
             extra_ca_file,
             extra_roots,
         })
@@ -516,16 +476,19 @@ impl KeySettings {
 }
 
 /// How the rotation engine keeps grants alive.
-struct RotationSettings {
-    rotate_after: Duration,
-    expiry_warn: Duration,
-    rotation_concurrency: usize,
-    scheduler: bool,
+#[derive(Clone, Debug)]
+pub struct RotationSettings {
+    pub rotate_after: Duration,
+    pub expiry_warn: Duration,
+    /// Redemptions the scheduler runs at once.
+    pub concurrency: usize,
+    /// Whether this process runs the rotation scheduler (replicas may opt out).
+    pub scheduler: bool,
 }
 
 impl RotationSettings {
     fn parse(raw: &Raw) -> Result<Self, ConfigError> {
-        let rotation_concurrency = raw
+        let concurrency = raw
             .required("SAMVAULT_ROTATION_CONCURRENCY")?
             .parse::<usize>()
             .ok()
@@ -539,36 +502,69 @@ impl RotationSettings {
         Ok(Self {
             rotate_after: raw.duration("SAMVAULT_ROTATE_AFTER")?,
             expiry_warn: raw.duration("SAMVAULT_EXPIRY_WARN")?,
-            rotation_concurrency,
+            concurrency,
             scheduler: raw.flag("SAMVAULT_SCHEDULER")?,
         })
     }
 }
 
 /// Where events are delivered, and the secret that signs them.
-struct WebhookSettings {
-    webhook_url: Option<Url>,
-    webhook_secret: Option<SecretString>,
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    pub url: Option<Url>,
+    pub secret: Option<SecretString>,
 }
 
 impl WebhookSettings {
     fn parse(raw: &Raw) -> Result<Self, ConfigError> {
-        let webhook_url = raw
+        let url = raw
             .get("SAMVAULT_WEBHOOK_URL")
             .map(|u| parse_http_url("SAMVAULT_WEBHOOK_URL", u))
             .transpose()?;
-        let webhook_secret = raw
+        let secret = raw
             .get("SAMVAULT_WEBHOOK_SECRET")
             .map(|s| SecretString::from(s.to_string()));
-        if webhook_url.is_some() && webhook_secret.is_none() {
+        if url.is_some() && secret.is_none() {
             return Err(bad(
                 "SAMVAULT_WEBHOOK_SECRET",
                 "is required with SAMVAULT_WEBHOOK_URL",
             ));
         }
+        Ok(Self { url, secret })
+    }
+}
+
+/// Who may start a consent, and how often one address may try.
+#[derive(Clone, Debug)]
+pub struct OnboardingSettings {
+    pub mode: Onboarding,
+    /// Onboarding sign-in starts and callbacks one client address may make per minute.
+    pub rate: u32,
+}
+
+impl OnboardingSettings {
+    fn parse(raw: &Raw) -> Result<Self, ConfigError> {
         Ok(Self {
-            webhook_url,
-            webhook_secret,
+            mode: Onboarding::parse(raw.required("SAMVAULT_ONBOARDING")?)?,
+            rate: parse_onboard_rate(raw.required("SAMVAULT_ONBOARD_RATE")?)?,
+        })
+    }
+}
+
+/// Where the audit chain's head is written outside the database, and how often it is sent.
+#[derive(Clone, Debug)]
+pub struct AuditSettings {
+    /// Every audit append writes the chain's head here.
+    pub anchor_file: Option<PathBuf>,
+    /// Every this many audit entries, an `audit.checkpoint` webhook event (0: none).
+    pub checkpoint_every: u64,
+}
+
+impl AuditSettings {
+    fn parse(raw: &Raw) -> Result<Self, ConfigError> {
+        Ok(Self {
+            anchor_file: raw.get("SAMVAULT_AUDIT_ANCHOR_FILE").map(PathBuf::from),
+            checkpoint_every: parse_checkpoint_every(raw)?,
         })
     }
 }
@@ -1040,23 +1036,26 @@ mod tests {
     #[test]
     fn defaults_match_the_spec() {
         let config = Config::from_sources(None, &env(&[])).unwrap();
-        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(
             config.redirect_uri().as_str(),
             "http://127.0.0.1:8080/onboard/callback"
         );
         assert_eq!(
-            config.authority.as_str(),
+            config.entra.authority.as_str(),
             "https://login.microsoftonline.com/"
         );
         assert_eq!(
-            config.key_provider,
+            config.keys.provider,
             KeyProviderConfig::Local("samvault.key".into())
         );
-        assert_eq!(config.rotate_after, Duration::from_secs(7 * 86_400));
-        assert_eq!(config.resources.len(), 3);
+        assert_eq!(
+            config.rotation.rotate_after,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(config.entra.resources.len(), 3);
         assert_eq!(config.primary_resource().as_str(), PARTNER_CENTER);
-        assert!(config.require_mfa);
+        assert!(config.entra.require_mfa);
         assert!(config.is_sqlite());
     }
 
@@ -1064,7 +1063,7 @@ mod tests {
     fn trusted_proxies_are_addresses_or_ranges() {
         let config = Config::from_sources(None, &env(&[])).unwrap();
         assert!(
-            config.trusted_proxies.is_empty(),
+            config.server.trusted_proxies.is_empty(),
             "no proxy is trusted by default"
         );
         let config = Config::from_sources(
@@ -1076,6 +1075,7 @@ mod tests {
         )
         .unwrap();
         let proxies: Vec<String> = config
+            .server
             .trusted_proxies
             .iter()
             .map(|p| p.to_string())
@@ -1093,9 +1093,9 @@ mod tests {
     #[test]
     fn the_onboarding_rate_is_a_positive_number_a_minute() {
         let config = Config::from_sources(None, &env(&[])).unwrap();
-        assert_eq!(config.onboard_rate, 20);
+        assert_eq!(config.onboarding.rate, 20);
         let config = Config::from_sources(None, &env(&[("SAMVAULT_ONBOARD_RATE", "120")]));
-        assert_eq!(config.unwrap().onboard_rate, 120);
+        assert_eq!(config.unwrap().onboarding.rate, 120);
         for bad in ["0", "-1", "20/m", "1000001", "many"] {
             let err = Config::from_sources(None, &env(&[("SAMVAULT_ONBOARD_RATE", bad)]))
                 .unwrap_err()
@@ -1116,10 +1116,11 @@ mod tests {
             &env(&[("SAMVAULT_METRICS_TOKEN", "0123456789abcdef")]),
         )
         .unwrap();
-        assert!(config.metrics_token.is_some());
+        assert!(config.server.metrics_token.is_some());
         assert!(
             Config::from_sources(None, &env(&[]))
                 .unwrap()
+                .server
                 .metrics_token
                 .is_none()
         );
@@ -1137,10 +1138,10 @@ mod tests {
         let config =
             Config::from_sources(Some(&file), &env(&[("SAMVAULT_LISTEN", "127.0.0.1:9100")]))
                 .unwrap();
-        assert_eq!(config.listen.to_string(), "127.0.0.1:9100");
-        assert_eq!(config.rotate_after, Duration::from_secs(86_400));
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(config.rotation.rotate_after, Duration::from_secs(86_400));
         assert_eq!(
-            config.authority.as_str(),
+            config.entra.authority.as_str(),
             "https://login.microsoftonline.us/"
         );
     }
@@ -1234,10 +1235,10 @@ mod tests {
     #[test]
     fn onboarding_is_open_unless_by_invitation() {
         let open = Config::from_sources(None, &env(&[])).unwrap();
-        assert_eq!(open.onboarding, Onboarding::Open);
+        assert_eq!(open.onboarding.mode, Onboarding::Open);
         let closed = env(&[("SAMVAULT_ONBOARDING", "invitation")]);
         let closed = Config::from_sources(None, &closed).unwrap();
-        assert_eq!(closed.onboarding, Onboarding::Invitation);
+        assert_eq!(closed.onboarding.mode, Onboarding::Invitation);
         let err = Config::from_sources(None, &env(&[("SAMVAULT_ONBOARDING", "closed")]));
         assert!(
             err.unwrap_err()
@@ -1311,8 +1312,8 @@ mod tests {
     #[test]
     fn the_audit_settings() {
         let config = Config::from_sources(None, &env(&[])).unwrap();
-        assert_eq!(config.audit_anchor_file, None);
-        assert_eq!(config.audit_checkpoint_every, 100);
+        assert_eq!(config.audit.anchor_file, None);
+        assert_eq!(config.audit.checkpoint_every, 100);
         let config = Config::from_sources(
             None,
             &env(&[
@@ -1322,10 +1323,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            config.audit_anchor_file.as_deref(),
+            config.audit.anchor_file.as_deref(),
             Some(Path::new("/mnt/anchor/samvault.anchor"))
         );
-        assert_eq!(config.audit_checkpoint_every, 0);
+        assert_eq!(config.audit.checkpoint_every, 0);
         let err = Config::from_sources(None, &env(&[("SAMVAULT_AUDIT_CHECKPOINT_EVERY", "-1")]));
         assert!(
             err.unwrap_err()

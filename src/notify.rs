@@ -327,11 +327,11 @@ impl Notifier {
     /// configuration requires with it) are set.
     /// Delivery outcomes are counted in `metrics`.
     pub fn new(db: Db, config: &Config, metrics: Arc<Metrics>) -> Self {
-        let target = match (&config.webhook_url, &config.webhook_secret) {
+        let target = match (&config.webhook.url, &config.webhook.secret) {
             (Some(url), Some(secret)) => Some((url.clone(), secret.clone())),
             _ => None,
         };
-        Self::with_roots(db, target, config.extra_roots.clone(), metrics)
+        Self::with_roots(db, target, config.keys.extra_roots.clone(), metrics)
     }
 
     /// As [`Notifier::new`] with the receiver (URL, HMAC secret) given directly.

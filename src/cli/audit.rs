@@ -54,7 +54,7 @@ fn intact(verified: &Verified, config: &Config) -> Vec<String> {
     for head in &verified.heads {
         lines.push(format!("holds the head {head}"));
     }
-    if config.audit_anchor_file.is_none() {
+    if config.audit.anchor_file.is_none() {
         lines.push(
             "no SAMVAULT_AUDIT_ANCHOR_FILE: events cut off the end would go unnoticed".into(),
         );

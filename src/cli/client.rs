@@ -110,7 +110,7 @@ async fn create(db: &Db, opts: CreateOpts, config: &Config) -> anyhow::Result<()
         &opts.resources,
         &opts.partners,
         opts.rate_limit,
-        &config.resources,
+        &config.entra.resources,
     )?;
     let (client_id, secret) = create_client(db, &new).await?;
     let secret = secret.expose_secret();

@@ -233,13 +233,13 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let idp = tokio::spawn(devidp::serve(idp_listener, options));
 
     let (config, app_credential) = demo_config(&args, &idp_url, certificate.as_ref())?;
-    let public_url = config.public_url.clone();
+    let public_url = config.server.public_url.clone();
     let app = App::build(config).await?;
     let resource = config::PARTNER_CENTER;
     let new = NewClient {
         name: "demo integration".into(),
         permissions: vec![Permission::TokensIssue, Permission::PartnersRead],
-        resources: app.state.config.resources.clone(),
+        resources: app.state.config.entra.resources.clone(),
         partners: None,
         rate_limit_per_minute: 600,
     };

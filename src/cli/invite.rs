@@ -41,7 +41,7 @@ pub async fn run(command: Command, config: &Config) -> anyhow::Result<ExitCode> 
     let db = super::audit::audited_db(config).await?;
     let (url, expires_at) = create_invitation(
         &db,
-        &config.public_url,
+        &config.server.public_url,
         tenant.as_ref(),
         lifetime.as_secs() as i64,
     )

@@ -118,7 +118,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DevKeyvault(args) => dev::dev_keyvault(args).await,
         command => {
             let config = load_config(cli.config.as_deref())?;
-            app::init_tracing(config.log_format);
+            app::init_tracing(config.server.log_format);
             run_with_config(command, config).await
         }
     }

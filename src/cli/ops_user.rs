@@ -87,7 +87,7 @@ async fn create(
     let detail = json!({ "username": username, "role": role.as_str() });
     audit::record(db, "ops_user.create", None, detail).await?;
     let (uri, totp_secret) = (
-        totp::otpauth_uri(&config.app_name, username, &secret),
+        totp::otpauth_uri(&config.entra.app_name, username, &secret),
         totp::base32(&secret),
     );
     out.record(

@@ -227,7 +227,7 @@ async fn shred(
         "Purged by `samvault partners purge`. The partner must consent again."
     };
     let broker = services.broker.clone();
-    let concurrency = services.config.rotation_concurrency;
+    let concurrency = services.config.rotation.concurrency;
     let mut set = spawn_each(tenants, concurrency, move |tenant| {
         let broker = broker.clone();
         async move {

@@ -39,7 +39,7 @@ pub async fn run(opts: Opts, config: Config) -> anyhow::Result<ExitCode> {
     let total = tenants.len() as u64;
     let started = Instant::now();
     let broker = services.broker.clone();
-    let concurrency = services.config.rotation_concurrency;
+    let concurrency = services.config.rotation.concurrency;
     let mut set = spawn_each(tenants, concurrency, move |tenant| {
         let broker = broker.clone();
         async move { broker.rotate(&tenant, Source::Manual).await.map(drop) }

@@ -69,7 +69,7 @@ impl Customers {
         let pc = PartnerCenter::new(
             &settings.partner_center_url,
             app_id,
-            config.extra_roots.clone(),
+            config.keys.extra_roots.clone(),
             budget,
             metrics,
         )?;

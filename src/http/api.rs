@@ -225,7 +225,7 @@ async fn issue_token(
     Path(tenant_id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
-    let (resource, purpose) = parse_token_request(&body, &state.config.resources)?;
+    let (resource, purpose) = parse_token_request(&body, &state.config.entra.resources)?;
     let tenant = parse_tenant(&tenant_id)?;
     may_issue(&client, &resource, &tenant)?;
     let outcome = state.broker.access_token(&tenant, &resource).await;

@@ -31,7 +31,7 @@ impl FromRequestParts<AppState> for ClientAddress {
         Ok(ClientAddress(client_address(
             peer,
             &parts.headers,
-            &state.config.trusted_proxies,
+            &state.config.server.trusted_proxies,
         )))
     }
 }

@@ -83,7 +83,7 @@ pub struct Shared {
 }
 
 pub fn router(state: AppState) -> Router {
-    let secure_cookies = state.config.public_url.scheme() == "https";
+    let secure_cookies = state.config.server.public_url.scheme() == "https";
     let sessions = SessionManagerLayer::new(state.sessions.clone())
         .with_name("samvault_session")
         .with_http_only(true)
@@ -143,7 +143,7 @@ pub fn router(state: AppState) -> Router {
 /// No script at all, styles from samvault only, no framing. `form-action` must also allow
 /// the IdP, because browsers check the redirect that follows the consent form's POST.
 fn content_security_policy(config: &Config) -> HeaderValue {
-    let idp = config.authority.origin().ascii_serialization();
+    let idp = config.entra.authority.origin().ascii_serialization();
     HeaderValue::from_str(&format!(
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self' {idp}; frame-ancestors 'none'; base-uri 'none'"
     ))

@@ -290,7 +290,7 @@ async fn take_pending(
             "The response does not belong to the sign-in started in this browser.",
         ));
     }
-    if now() - pending.started_at > state.config.consent_timeout.as_secs() as i64 {
+    if now() - pending.started_at > state.config.entra.consent_timeout.as_secs() as i64 {
         return Err(bad_state("The sign-in took too long and has expired."));
     }
     Ok(pending)
@@ -419,7 +419,7 @@ async fn redeem_and_identify(
 /// The refusal of a sign-in without MFA while `SAMVAULT_REQUIRE_MFA` holds. `amr` comes from
 /// the access token: v1 tokens carry it, v2 id_tokens do not.
 fn mfa_refusal(state: &AppState, access: &AccessClaims, purpose: Purpose) -> Option<PageError> {
-    if !state.config.require_mfa || access.mfa() {
+    if !state.config.entra.require_mfa || access.mfa() {
         return None;
     }
     let (message, action) = match purpose {

@@ -172,10 +172,10 @@ impl IdpClient {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(20))
-            .tls_certs_merge(config.extra_roots.clone())
+            .tls_certs_merge(config.keys.extra_roots.clone())
             .build()
             .map_err(|e| ConfigError(format!("HTTP client: {e}")))?;
-        let authority = config.authority.clone();
+        let authority = config.entra.authority.clone();
         Ok(Self {
             inner: Arc::new(Inner {
                 jwks: jwks::JwksCache::new(endpoint(&authority, "common", "discovery/v2.0/keys")),
@@ -185,7 +185,7 @@ impl IdpClient {
                 preferred: AtomicUsize::new(0),
                 last_refusal: Mutex::default(),
                 redirect_uri: config.redirect_uri(),
-                consent_scopes: config.consent_scopes.clone(),
+                consent_scopes: config.entra.consent_scopes.clone(),
                 http,
             }),
         })

@@ -67,7 +67,7 @@ pub(super) async fn issue_customer_token(
     may_use_partner(&client, &tenant)?;
     let customer = TenantId::parse(&customer_id)
         .map_err(|e| Problem::invalid_request(format!("customer tenant id: {e}")))?;
-    let (resource, purpose) = parse_token_request(&body, &state.config.resources)?;
+    let (resource, purpose) = parse_token_request(&body, &state.config.entra.resources)?;
     may_use_resource(&client, &resource)?;
     let outcome = state
         .customer_tokens

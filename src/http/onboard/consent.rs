@@ -69,11 +69,12 @@ async fn render_landing(
         None => (None, None),
     };
     Ok(OnboardPage {
-        app_name: state.config.app_name.clone(),
+        app_name: state.config.entra.app_name.clone(),
         client_id: state.idp.client_id().to_string(),
         redirect_uri: state.config.redirect_uri().to_string(),
         scopes: state
             .config
+            .entra
             .consent_scopes
             .iter()
             .map(|s| human_scope(s))
@@ -85,7 +86,7 @@ async fn render_landing(
 }
 
 async fn landing(State(state): State<AppState>, session: Session) -> PageResult<OnboardPage> {
-    if state.config.onboarding == Onboarding::Invitation {
+    if state.config.onboarding.mode == Onboarding::Invitation {
         return Err(by_invitation(&state));
     }
     render_landing(&state, &session, None).await
@@ -93,13 +94,13 @@ async fn landing(State(state): State<AppState>, session: Session) -> PageResult<
 
 /// The answer to a consent without an invitation while `SAMVAULT_ONBOARDING=invitation`.
 fn by_invitation(state: &AppState) -> PageError {
-    let links = state.config.public_url.join("onboard/i/").ok();
+    let links = state.config.server.public_url.join("onboard/i/").ok();
     error_page(
         StatusCode::FORBIDDEN,
         "Onboarding is by invitation",
         &format!(
             "{} connects partner organisations through invitation links only. Nothing was stored.",
-            state.config.app_name
+            state.config.entra.app_name
         ),
         &format!(
             "Ask your CPV contact for an onboarding link (it starts with {}), open it and consent from there. To revoke a grant, use the revoke page.",
@@ -172,7 +173,7 @@ async fn start(
         "go back and press Grant consent again",
     )?;
     let invited = form.invitation.as_deref().is_some_and(|t| !t.is_empty());
-    if state.config.onboarding == Onboarding::Invitation && !invited {
+    if state.config.onboarding.mode == Onboarding::Invitation && !invited {
         return Err(by_invitation(&state));
     }
     if !csrf_matches(&session, &form.csrf).await? {
@@ -202,7 +203,7 @@ pub(super) async fn complete(
     code: &str,
 ) -> PageResult<ConsentDonePage> {
     // Started before the setting changed: refused before the code is redeemed.
-    if state.config.onboarding == Onboarding::Invitation && pending.invitation_id.is_none() {
+    if state.config.onboarding.mode == Onboarding::Invitation && pending.invitation_id.is_none() {
         return Err(by_invitation(state));
     }
     let (tokens, claims) = redeem_and_identify(state, pending, code).await?;
@@ -228,7 +229,7 @@ pub(super) async fn complete(
         .map(|t| format!("{}-{:02}-{:02}", t.year(), t.month() as u8, t.day()))
         .unwrap_or_default();
     Ok(ConsentDonePage {
-        app_name: state.config.app_name.clone(),
+        app_name: state.config.entra.app_name.clone(),
         organisation: consent.display_name,
         tenant_id: consent.tenant_id.to_string(),
         upn: consent.upn,
@@ -383,7 +384,7 @@ fn holder_shown(holder: &GrantHolder) -> String {
 /// replace it, and how to ask the CPV for an invitation.
 fn held_by_another(state: &AppState, consent: &NewConsent, holder: &GrantHolder) -> PageError {
     let (app, org, tenant) = (
-        &state.config.app_name,
+        &state.config.entra.app_name,
         &consent.display_name,
         &consent.tenant_id,
     );

@@ -139,7 +139,7 @@ struct ConfirmForm {
 
 async fn page(State(state): State<AppState>, session: Session) -> PageResult<RevokePage> {
     Ok(RevokePage {
-        app_name: state.config.app_name.clone(),
+        app_name: state.config.entra.app_name.clone(),
         csrf: new_csrf(&session).await?,
     })
 }
@@ -285,7 +285,7 @@ fn confirm_page(
     csrf: String,
 ) -> ConfirmPage {
     ConfirmPage {
-        app_name: state.config.app_name.clone(),
+        app_name: state.config.entra.app_name.clone(),
         upn: revoker.upn.clone(),
         because,
         organisation: partner.display_name.clone(),
@@ -337,7 +337,7 @@ async fn confirm(
     let (shredded, at) = purge(&state, &tenant, &revoker, because).await?;
     tracing::warn!(tenant.id = %tenant, shredded, "partner revoked by its own admin");
     Ok(RevokedPage {
-        app_name: state.config.app_name.clone(),
+        app_name: state.config.entra.app_name.clone(),
         client_id: state.idp.client_id().to_string(),
         organisation: partner.display_name,
         tenant_id: tenant.to_string(),
@@ -359,7 +359,7 @@ async fn take_revoker(state: &AppState, session: &Session) -> PageResult<Revoker
             "Open the revoke page again and sign in.",
         ));
     };
-    if now() - revoker.signed_in_at > state.config.consent_timeout.as_secs() as i64 {
+    if now() - revoker.signed_in_at > state.config.entra.consent_timeout.as_secs() as i64 {
         return Err(refusal(
             StatusCode::BAD_REQUEST,
             "This page has expired",

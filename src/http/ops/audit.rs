@@ -294,7 +294,7 @@ async fn verify(State(state): State<AppState>, action: Action<Viewer>) -> PageRe
     Ok(VerifyPage {
         chrome: action.chrome(Section::Audit),
         outcome,
-        anchored: state.config.audit_anchor_file.is_some(),
+        anchored: state.config.audit.anchor_file.is_some(),
     })
 }
 

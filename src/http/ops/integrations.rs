@@ -167,6 +167,7 @@ async fn list(
         permissions: &PERMISSIONS,
         resources: state
             .config
+            .entra
             .resources
             .iter()
             .map(|r| r.as_str().to_string())
@@ -211,7 +212,7 @@ fn new_client_from(form: &FormFields, state: &AppState) -> Result<NewClient, Inv
         &form.all("resource"),
         &partners,
         rate_limit,
-        &state.config.resources,
+        &state.config.entra.resources,
     )
 }
 

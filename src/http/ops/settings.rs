@@ -149,7 +149,7 @@ async fn create(
     let (tenant, days) = invitation_form(&action.form)?;
     let (url, expires_at) = create_invitation(
         &state.db,
-        &state.config.public_url,
+        &state.config.server.public_url,
         tenant.as_ref(),
         days * 86_400,
     )

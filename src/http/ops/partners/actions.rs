@@ -144,7 +144,7 @@ pub(super) async fn check(
     let tenant = listed.partner.tenant_id;
     let mut rows = Vec::new();
     // One after the other: each redemption writes back the refresh token the next one uses.
-    for resource in &state.config.resources {
+    for resource in &state.config.entra.resources {
         let row = match state.broker.probe(&tenant, resource).await {
             Ok(probe) => CheckRow {
                 resource: resource.to_string(),
@@ -280,7 +280,7 @@ pub(super) async fn invite(
     let tenant = listed.partner.tenant_id;
     let (url, expires_at) = onboarding::create_invitation(
         &state.db,
-        &state.config.public_url,
+        &state.config.server.public_url,
         Some(&tenant),
         INVITATION_LIFETIME_SECS,
     )

@@ -236,6 +236,7 @@ impl DetailPage {
             grant_version: p.grant_version,
             resources: state
                 .config
+                .entra
                 .resources
                 .iter()
                 .map(|r| r.to_string())

@@ -404,9 +404,14 @@ async fn replicas_share_rotation_and_survive_sigkill(backend: Backend) {
             "{tenant}"
         );
     }
+    // Lines a replica queued for its log thread die with it when it is SIGKILLed: read the
+    // logs once the running replicas have written one (rotations go on every second).
     for replica in 0..2 {
+        let log = stack
+            .log_holding(replica, &["refresh token redeemed"])
+            .await;
         assert!(
-            stack.log(replica).contains("refresh token redeemed"),
+            log.contains("refresh token redeemed"),
             "replica {replica} did some of the work"
         );
     }
